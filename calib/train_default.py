@@ -1,0 +1,118 @@
+"""Train the bundled default model: a byte-level Mamba-1 on the Austen training novels.
+
+Reproducible: the seed, step count, batch shape and the sha256 of the training text are written to
+`training.json` beside the weights. The held-out novel is only used to report bits/byte.
+
+    QUAMBA_EDGE_CACHE=.cache python calib/train_default.py --steps 1500 --out quamba_edge/assets/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from quamba_edge.checkpoints import save_checkpoint
+from quamba_edge.data.austen import heldout_text_file, train_text_files
+from quamba_edge.models.mamba import MambaConfig, MambaLM, init_weights
+
+
+def load_bytes(paths: list[Path]) -> tuple[torch.Tensor, str]:
+    raw = b"".join(p.read_bytes() for p in paths)
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).long(), hashlib.sha256(raw).hexdigest()
+
+
+@torch.no_grad()
+def heldout_bits_per_byte(model: MambaLM, data: torch.Tensor, seq_len: int, max_windows: int) -> float:
+    model.set_train_scan(False)
+    model.eval()
+    windows = data[: (len(data) - 1) // seq_len * seq_len + 1]
+    nll, count = 0.0, 0
+    for i in range(min(max_windows, (len(windows) - 1) // seq_len)):
+        chunk = windows[i * seq_len : (i + 1) * seq_len + 1]
+        logits = model(chunk[None, :-1])
+        nll += F.cross_entropy(logits[0], chunk[1:], reduction="sum").item()
+        count += seq_len
+    model.train()
+    model.set_train_scan(True)
+    return nll / count / math.log(2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--d-model", type=int, default=384)
+    ap.add_argument("--n-layer", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--out", type=Path, default=Path("quamba_edge/assets/default"))
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    train, train_sha = load_bytes(train_text_files())
+    heldout, heldout_sha = load_bytes([heldout_text_file()])
+    cfg = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=256)
+    model = MambaLM(cfg)
+    init_weights(model, args.seed)
+    model.set_train_scan(True)
+    decay = [p for n, p in model.named_parameters() if p.ndim == 2 and "A_log" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim == 2 and "A_log" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.95),
+    )
+    warmup = min(100, args.steps // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return args.lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, args.steps - warmup)
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    gen = torch.Generator().manual_seed(args.seed)
+    history = []
+    start = time.time()
+    for step in range(args.steps):
+        starts = torch.randint(0, len(train) - args.seq_len - 1, (args.batch,), generator=gen)
+        batch = torch.stack([train[s : s + args.seq_len + 1] for s in starts.tolist()])
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        logits = model(batch[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), batch[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        bpb = loss.item() / math.log(2)
+        if step % 10 == 0:
+            print(f"step {step:5d}  train {bpb:.3f} bits/byte  lr {lr_at(step):.2e}  {time.time() - start:7.0f} s",
+                  flush=True)
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            held = heldout_bits_per_byte(model, heldout, 512, max_windows=32)
+            history.append({"step": step + 1, "train_bpb": round(bpb, 4), "heldout_bpb": round(held, 4),
+                            "seconds": round(time.time() - start)})
+            print(f"step {step + 1:5d}  held-out {held:.3f} bits/byte (first 16 KiB of persuasion)", flush=True)
+            info = {
+                "seed": args.seed, "steps": args.steps, "steps_done": step + 1, "batch": args.batch,
+                "seq_len": args.seq_len, "lr": args.lr, "threads": args.threads,
+                "train_text_sha256": train_sha, "train_bytes": len(train),
+                "heldout_text_sha256": heldout_sha, "history": history,
+                "command": "python calib/train_default.py " + " ".join(
+                    f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+            }
+            save_checkpoint(model, args.out, extra={"training": info})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Quantized-model artifacts: a directory with `manifest.json` and `weights.safetensors`.
+
+The manifest records everything needed to trust and rebuild the model: format and toolkit version,
+the model family and config, the recipe, the calibration data digest, every scale, and the sha256 of
+every file. The directory is written under a temporary name and renamed into place, so a crash never
+leaves a half-written artifact; loading re-hashes every file and refuses any mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from quamba_edge import __version__
+from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.io import atomic_write_json, sha256_file
+from quamba_edge.models.mamba import MambaConfig, MambaLM
+from quamba_edge.quant.qmodels import QuantizedMambaLM
+from quamba_edge.quant.recipes import Recipe
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+
+
+def is_artifact(path: Path) -> bool:
+    return (Path(path) / MANIFEST).exists()
+
+
+def _weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # The lm_head is tied to the embedding: store it once.
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+
+
+def save_artifact(
+    model: MambaLM | QuantizedMambaLM, out_dir: Path, *, recipe: Recipe, source: dict,
+    calibration: dict | None = None, scales: list[dict[str, float]] | None = None,
+    extra_files: list[Path] = (),
+) -> Path:
+    """Write the artifact to `out_dir` atomically; an existing artifact there is replaced."""
+    out_dir = Path(out_dir).resolve()
+    if out_dir.exists() and any(out_dir.iterdir()) and not is_artifact(out_dir):
+        raise QuambaEdgeError(
+            f"{out_dir} exists and is not a quamba-edge artifact; refusing to overwrite it. "
+            "Fix: choose an empty or new --out directory."
+        )
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_file(_weights_of(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        for f in extra_files:
+            shutil.copy(f, tmp / Path(f).name)
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "toolkit_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+            "family": "mamba",
+            "model_config": model.cfg.to_dict(),
+            "source": source,
+            "recipe": recipe.to_dict(),
+            "recipe_label": recipe.label,
+            "calibration": calibration,
+            "scales": scales,
+            "files": files,
+        }
+        atomic_write_json(tmp / MANIFEST, manifest)
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        if out_dir.exists():
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_manifest(path: Path) -> dict:
+    """Parse and verify: format version, then the sha256 of every listed file."""
+    path = Path(path)
+    if not path.exists():
+        raise QuambaEdgeError(f"no such artifact directory: {path}. Fix: run `quamba-edge calibrate --out {path}`.")
+    if not is_artifact(path):
+        raise QuambaEdgeError(f"{path} has no {MANIFEST}, so it is not a quamba-edge artifact.")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except json.JSONDecodeError as exc:
+        raise QuambaEdgeError(f"{path / MANIFEST} is not valid JSON ({exc}); re-run `quamba-edge calibrate`.") from exc
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise QuambaEdgeError(
+            f"{path} is artifact format v{version} (written by quamba-edge {manifest.get('toolkit_version')}); "
+            f"this quamba-edge {__version__} reads v{FORMAT_VERSION}. Fix: re-run `quamba-edge calibrate` "
+            "with this version, or install the version that wrote it."
+        )
+    for name, expected in manifest.get("files", {}).items():
+        f = path / name
+        if not f.exists():
+            raise QuambaEdgeError(f"{path} is missing {name}. Fix: re-run `quamba-edge calibrate`.")
+        got = sha256_file(f)
+        if got != expected:
+            raise QuambaEdgeError(
+                f"{f} has sha256 {got[:16]}..., the manifest says {expected[:16]}...: the file was changed or "
+                "corrupted after it was written. Fix: re-run `quamba-edge calibrate` (or copy the artifact again)."
+            )
+    return manifest
+
+
+def load_artifact(path: Path) -> tuple[MambaLM | QuantizedMambaLM, dict]:
+    manifest = read_manifest(path)
+    if manifest.get("family") != "mamba":
+        raise QuambaEdgeError(f"{path} holds a {manifest.get('family')!r} model; this build reads mamba.")
+    cfg = MambaConfig.from_dict(manifest["model_config"])
+    recipe = Recipe.from_dict(manifest["recipe"])
+    model = QuantizedMambaLM(cfg, recipe) if recipe.quantize else MambaLM(cfg)
+    state = load_file(str(Path(path) / WEIGHTS))
+    if not recipe.quantize:
+        state["lm_head.weight"] = state["backbone.embedding.weight"]
+    model.load_state_dict(state, strict=True)
+    return model.eval(), manifest

@@ -1,0 +1,1 @@
+"""Calibration and evaluation data: the default text corpus and tokenizers."""

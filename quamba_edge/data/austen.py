@@ -1,0 +1,117 @@
+"""The default corpus: Jane Austen's six novels, from Debian's `r-cran-janeaustenr` package.
+
+The package stores the novels as an R lazy-load database (an index `.rdx` and a blob `.rdb`). We fetch
+the .deb with `apt-get download` (no root install), check its sha256, and decode the database with
+the `rdata` package, so a fresh machine rebuilds byte-identical text files without any model hub.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+import subprocess
+import tempfile
+import warnings
+import zlib
+from pathlib import Path
+
+from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.paths import cache_dir
+
+DEB_NAME = "r-cran-janeaustenr"
+DEB_FILE = "r-cran-janeaustenr_1.0.0-1_all.deb"
+DEB_SHA256 = "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95"
+RDATA_DIR = "usr/lib/R/site-library/janeaustenr/data"
+
+# Training/calibration novels, in file order; the held-out novel is never seen by training or calibration.
+TRAIN_NOVELS = ("emma", "mansfieldpark", "northangerabbey", "prideprejudice", "sensesensibility")
+HELDOUT_NOVEL = "persuasion"
+NOVELS = TRAIN_NOVELS + (HELDOUT_NOVEL,)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fetch_deb(workdir: Path) -> Path:
+    """`apt-get download` into workdir; refresh the package lists once if the first try fails."""
+    deb = workdir / DEB_FILE
+    for attempt in range(2):
+        proc = subprocess.run(
+            ["apt-get", "download", f"{DEB_NAME}=1.0.0-1"], cwd=workdir, capture_output=True, text=True
+        )
+        if proc.returncode == 0 and deb.exists():
+            break
+        if attempt == 0:
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+    else:
+        raise QuambaEdgeError(
+            f"could not download {DEB_FILE} with apt-get ({proc.stderr.strip()[-300:]}). "
+            "Fix: run `apt-get update` as root, or pass your own text with --data PATH."
+        )
+    got = sha256_file(deb)
+    if got != DEB_SHA256:
+        raise QuambaEdgeError(f"{DEB_FILE} has sha256 {got}, expected {DEB_SHA256}; refusing to use it.")
+    return deb
+
+
+def _decode_rdata(payload: bytes):
+    import rdata
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rdata warns that a bare serialization stream is "assumed RDS"
+        return rdata.conversion.convert(rdata.parser.parse_data(payload))
+
+
+def extract_novels(deb: Path, out_dir: Path) -> dict[str, Path]:
+    """Decode every novel from the package into `out_dir/<name>.txt` (lines joined by newlines)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True)
+        data = Path(tmp) / RDATA_DIR
+        index = _decode_rdata(gzip.decompress((data / "Rdata.rdx").read_bytes()))
+        blob = (data / "Rdata.rdb").read_bytes()
+        paths = {}
+        for name in NOVELS:
+            offset, length = (int(v) for v in index["variables"][name])
+            # Each chunk: a 4-byte big-endian uncompressed length, then zlib data.
+            lines = _decode_rdata(zlib.decompress(blob[offset + 4 : offset + length]))
+            text = "\n".join(str(line) for line in lines) + "\n"
+            target = out_dir / f"{name}.txt"
+            tmp_target = target.with_suffix(".txt.tmp")
+            tmp_target.write_text(text, encoding="utf-8")
+            tmp_target.replace(target)
+            paths[name] = target
+    return paths
+
+
+def corpus_dir() -> Path:
+    return cache_dir() / "austen"
+
+
+def ensure_corpus(verbose: bool = False) -> Path:
+    """Build the corpus once; later calls only check that every novel is present."""
+    out = corpus_dir()
+    if all((out / f"{name}.txt").exists() for name in NOVELS):
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        deb = _fetch_deb(Path(tmp))
+        if verbose:
+            print(f"fetched {DEB_FILE} (sha256 ok)")
+        extract_novels(deb, out)
+        shutil.copy(deb, out / DEB_FILE)
+    return out
+
+
+def train_text_files() -> list[Path]:
+    root = ensure_corpus()
+    return [root / f"{name}.txt" for name in TRAIN_NOVELS]
+
+
+def heldout_text_file() -> Path:
+    return ensure_corpus() / f"{HELDOUT_NOVEL}.txt"

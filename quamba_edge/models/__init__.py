@@ -1,0 +1,1 @@
+"""fp reference models, one file per family. Nothing here knows about quantization."""

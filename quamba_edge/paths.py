@@ -1,0 +1,17 @@
+"""Where downloaded and generated files live. One git-ignored cache root, overridable for CI and tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_MODEL_DIR = PACKAGE_DIR / "assets" / "default"
+
+
+def cache_dir() -> Path:
+    """`$QUAMBA_EDGE_CACHE`, else `~/.cache/quamba_edge` (the Makefile points it at `./.cache`)."""
+    root = os.environ.get("QUAMBA_EDGE_CACHE")
+    path = Path(root) if root else Path.home() / ".cache" / "quamba_edge"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,90 @@
+"""The user's steps as library functions; the CLI and notebooks call these the same way."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from quamba_edge.artifact import is_artifact, load_artifact, save_artifact
+from quamba_edge.checkpoints import load_mamba, resolve_model_dir
+from quamba_edge.data.text import Windows, load_windows
+from quamba_edge.data.tokenizers import Tokenizer, tokenizer_for
+from quamba_edge.evaluate import evaluate_lm
+from quamba_edge.quant.calibrate import calibrate
+from quamba_edge.quant.recipes import Recipe
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Tokenizer
+    label: str  # recipe label, e.g. "fp", "quamba"
+    directory: Path
+    manifest: dict | None = None
+
+
+def load_any(spec: str | Path) -> LoadedModel:
+    """An artifact directory (has manifest.json) or a checkpoint (`default`, a directory, a hub id)."""
+    if str(spec) != "default" and Path(spec).is_dir() and is_artifact(Path(spec)):
+        model, manifest = load_artifact(Path(spec))
+        tok = tokenizer_for(Path(spec), model.cfg.vocab_size)
+        return LoadedModel(model, tok, manifest["recipe_label"], Path(spec), manifest)
+    model_dir = resolve_model_dir(spec)
+    model = load_mamba(model_dir)
+    return LoadedModel(model, tokenizer_for(model_dir, model.cfg.vocab_size), "fp", model_dir)
+
+
+def batched(windows: torch.Tensor, batch_size: int):
+    for start in range(0, len(windows), batch_size):
+        yield windows[start : start + batch_size]
+
+
+def run_calibrate(
+    model_spec: str, recipe: Recipe, data: str, samples: int, seq_len: int, out: Path,
+    batch_size: int = 8, on_batch: Progress | None = None,
+) -> tuple[Path, dict]:
+    """Load, calibrate on the first `samples` windows of `data`, write the artifact; returns its manifest."""
+    model_dir = resolve_model_dir(model_spec)
+    model = load_mamba(model_dir)
+    tok = tokenizer_for(model_dir, model.cfg.vocab_size)
+    windows: Windows | None = None
+    start = time.perf_counter()
+    if recipe.quantize:
+        windows = load_windows(data, tok, samples, seq_len)
+        qmodel, calib = calibrate(model, batched(windows.tokens, batch_size), recipe, on_batch)
+        scales = calib.scales
+    else:
+        qmodel, scales = model, None
+    calibration = None if windows is None else {
+        "data": str(data), "samples": samples, "seq_len": seq_len, "digest": windows.digest,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    extra = [model_dir / "tokenizer.json"] if (model_dir / "tokenizer.json").exists() else []
+    out = save_artifact(
+        qmodel, out, recipe=recipe, source={"model": str(model_spec), "directory": str(model_dir)},
+        calibration=calibration, scales=scales, extra_files=extra,
+    )
+    return out, load_artifact(out)[1]
+
+
+def run_eval(
+    loaded: LoadedModel, data: str, seq_len: int, max_samples: int | None, batch_size: int = 8,
+    on_batch: Progress | None = None,
+) -> dict:
+    """Bits/byte and next-token accuracy on the first `max_samples` windows of `data` (all if None)."""
+    from quamba_edge.data.text import read_text, take_windows
+
+    ids = loaded.tokenizer.encode(read_text(data))
+    available = len(ids) // seq_len
+    windows = take_windows(ids, min(max_samples or available, available), seq_len, what=f"data at {data}")
+    result = evaluate_lm(loaded.model, windows.tokens, loaded.tokenizer.byte_lengths(), batch_size, on_batch)
+    result.update({"recipe": loaded.label, "data": str(data), "seq_len": seq_len,
+                   "samples": len(windows.tokens), "data_digest": windows.digest})
+    return result

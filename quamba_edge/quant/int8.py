@@ -1,0 +1,62 @@
+"""Symmetric int8 with zero-point 0, the one number format every backend shares (DESIGN.md).
+
+    s = amax / 127,   q = clamp(round_half_even(x / s), -128, 127),   x̂ = s · q
+
+`torch.round` rounds half to even, like ONNX QuantizeLinear and CUDA's `__float2int_rn`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+QMAX = 127
+QMIN = -128
+_EPS = 1e-12
+
+
+def scale_from_amax(amax: Tensor | float) -> Tensor:
+    """Per-tensor (0-d) or per-channel scale; a zero amax gets a tiny scale instead of a division by 0."""
+    amax = torch.as_tensor(amax, dtype=torch.float32)
+    return torch.clamp(amax, min=_EPS) / QMAX
+
+
+def quantize(x: Tensor, scale: Tensor | float) -> Tensor:
+    scale = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
+    return torch.clamp(torch.round(x.float() / scale), QMIN, QMAX).to(torch.int8)
+
+
+def dequantize(q: Tensor, scale: Tensor | float) -> Tensor:
+    scale = torch.as_tensor(scale, dtype=torch.float32, device=q.device)
+    return q.float() * scale
+
+
+def quantize_weight(w: Tensor, granularity: str = "tensor") -> tuple[Tensor, Tensor]:
+    """Weight (out, in) -> int8 and its scale: 0-d for `tensor`, shape (out, 1) for `channel`."""
+    w = w.detach().float()
+    if granularity == "tensor":
+        scale = scale_from_amax(w.abs().max())
+    elif granularity == "channel":
+        scale = scale_from_amax(w.abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True))
+    else:
+        raise ValueError(f"weight granularity must be 'tensor' or 'channel', not {granularity!r}")
+    return quantize(w, scale), scale
+
+
+def _int_mm_supported(m: int, k: int, n: int) -> bool:
+    # torch._int_mm's CPU and CUDA paths want k and n multiples of 8 (CUDA also m > 16).
+    return k % 8 == 0 and n % 8 == 0 and k >= 16
+
+
+def int8_matmul(a: Tensor, b_t: Tensor) -> Tensor:
+    """(m, k) int8 @ (n, k)ᵀ int8 -> (m, n) int32, exactly.
+
+    Uses `torch._int_mm` where it runs; otherwise float64, which is exact for k < 2**38 / 127**2.
+    """
+    m, k = a.shape
+    n = b_t.shape[0]
+    if a.device.type == "cuda" and m <= 16:
+        pass  # cuBLASLt int8 GEMM needs m > 16; fall through to the exact path
+    elif _int_mm_supported(m, k, n):
+        return torch._int_mm(a.contiguous(), b_t.t())
+    return (a.double() @ b_t.double().t()).to(torch.int32)
