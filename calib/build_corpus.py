@@ -3,7 +3,8 @@
     QUAMBA_EDGE_CACHE=.cache python calib/build_corpus.py
 """
 
-from quamba_edge.data.austen import NOVELS, ensure_corpus, sha256_file
+from quamba_edge.data.austen import NOVELS, ensure_corpus
+from quamba_edge.io import sha256_file
 
 if __name__ == "__main__":
     root = ensure_corpus(verbose=True)

@@ -12,7 +12,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from quamba_edge import __version__
@@ -50,7 +57,9 @@ def _threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-ModelArg = Annotated[str, typer.Option("--model", "-m", help="`default` (bundled), a checkpoint directory, or a hub id.")]
+ModelArg = Annotated[
+    str, typer.Option("--model", "-m", help="`default` (bundled), a checkpoint directory, or a hub id.")
+]
 Threads = Annotated[int, typer.Option(help="CPU threads for torch (0: torch's default).")]
 
 

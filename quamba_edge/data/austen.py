@@ -8,8 +8,6 @@ the `rdata` package, so a fresh machine rebuilds byte-identical text files witho
 from __future__ import annotations
 
 import gzip
-import hashlib
-import shutil
 import subprocess
 import tempfile
 import warnings
@@ -17,6 +15,7 @@ import zlib
 from pathlib import Path
 
 from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.io import sha256_file
 from quamba_edge.paths import cache_dir
 
 DEB_NAME = "r-cran-janeaustenr"
@@ -28,14 +27,14 @@ RDATA_DIR = "usr/lib/R/site-library/janeaustenr/data"
 TRAIN_NOVELS = ("emma", "mansfieldpark", "northangerabbey", "prideprejudice", "sensesensibility")
 HELDOUT_NOVEL = "persuasion"
 NOVELS = TRAIN_NOVELS + (HELDOUT_NOVEL,)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+TEXT_SHA256 = {
+    "emma": "7c67b5985c6d0de1efaeb5d342d52cb82c38083c40e2295129e30e87ee690ebe",
+    "mansfieldpark": "98bc90519cdf4ef663ad7de2734bb529435ef24f7abbde6bb1a50898871dafe9",
+    "northangerabbey": "51f91bbe0517db8e65cff009b097ce0a1836124c4e0532ac19e6c0cad982abed",
+    "prideprejudice": "dfc684d4f857fa938268f9ab9c5567b64bd0691251eca959644adeabe6287a4d",
+    "sensesensibility": "105e1651fe93bed7130078578efd31e0c557d68667ba672ddc876f735b30fe09",
+    "persuasion": "8061549557aebd2fd6e353d18d9197cb707029112bd52d4d8b174583a925848a",
+}
 
 
 def _fetch_deb(workdir: Path) -> Path:
@@ -103,8 +102,15 @@ def ensure_corpus(verbose: bool = False) -> Path:
         deb = _fetch_deb(Path(tmp))
         if verbose:
             print(f"fetched {DEB_FILE} (sha256 ok)")
-        extract_novels(deb, out)
-        shutil.copy(deb, out / DEB_FILE)
+        paths = extract_novels(deb, out)
+    for name, path in paths.items():
+        got = sha256_file(path)
+        if got != TEXT_SHA256[name]:
+            path.unlink()
+            raise QuambaEdgeError(
+                f"decoded {name}.txt has sha256 {got}, expected {TEXT_SHA256[name]}: the rdata decoder changed "
+                "its output. Fix: pin `rdata` to the version in pyproject.toml, or pass --data PATH."
+            )
     return out
 
 

@@ -10,7 +10,7 @@ H·Hᵀ = n·I when built. H_40 and the Paley-I matrices are not symmetric: M an
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 from torch import Tensor
@@ -59,7 +59,7 @@ def sylvester(m: int) -> Tensor:
     return H
 
 
-@lru_cache(maxsize=None)
+@cache
 def small_hadamard(K: int) -> Tensor:
     """The ±1 matrix H_K (float64), verified H·Hᵀ = K·I."""
     if K == 1:

@@ -1,0 +1,94 @@
+import json
+
+import pytest
+import torch
+
+from quamba_edge import artifact
+from quamba_edge.artifact import load_artifact, read_manifest, save_artifact
+from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.quant.calibrate import calibrate
+from quamba_edge.quant.recipes import make_recipe
+
+
+@pytest.fixture
+def quantized(tiny_model):
+    batches = [torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))]
+    qmodel, calib = calibrate(tiny_model, batches, make_recipe("quamba"))
+    return qmodel, calib
+
+
+def _save(qmodel, calib, path):
+    return save_artifact(qmodel, path, recipe=qmodel.recipe, source={"model": "tiny"},
+                         calibration={"digest": "abc"}, scales=calib.scales)
+
+
+def test_round_trip_gives_identical_logits(tmp_path, quantized):
+    qmodel, calib = quantized
+    path = _save(qmodel, calib, tmp_path / "art")
+    loaded, manifest = load_artifact(path)
+    ids = torch.randint(0, 256, (2, 20))
+    assert torch.equal(loaded(ids), qmodel(ids))
+    assert manifest["recipe"]["hadamard"] is True and manifest["family"] == "mamba"
+    assert set(manifest["files"]) == {"weights.safetensors"}
+    assert len(manifest["scales"]) == 2 and "u" in manifest["scales"][0]
+    assert not list(tmp_path.glob(".art.*")), "temporary directories left behind"
+
+
+def test_fp_artifact_round_trip(tmp_path, tiny_model):
+    path = save_artifact(tiny_model, tmp_path / "fp", recipe=make_recipe("fp"), source={})
+    loaded, _ = load_artifact(path)
+    ids = torch.randint(0, 256, (1, 9))
+    assert torch.equal(loaded(ids), tiny_model(ids))
+
+
+def test_tampered_weights_are_refused(tmp_path, quantized):
+    path = _save(*quantized, tmp_path / "art")
+    weights = path / "weights.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-5] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(QuambaEdgeError, match="sha256.*re-run `quamba-edge calibrate`"):
+        load_artifact(path)
+
+
+def test_other_format_version_is_refused(tmp_path, quantized):
+    path = _save(*quantized, tmp_path / "art")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(QuambaEdgeError, match="format v99.*reads v1"):
+        read_manifest(path)
+
+
+def test_missing_artifact_and_missing_file(tmp_path, quantized):
+    with pytest.raises(QuambaEdgeError, match="no such artifact"):
+        read_manifest(tmp_path / "none")
+    path = _save(*quantized, tmp_path / "art")
+    (path / "weights.safetensors").unlink()
+    with pytest.raises(QuambaEdgeError, match="missing weights.safetensors"):
+        read_manifest(path)
+
+
+def test_refuses_to_overwrite_a_directory_that_is_not_an_artifact(tmp_path, quantized):
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(QuambaEdgeError, match="not a quamba-edge artifact"):
+        _save(*quantized, target)
+    assert (target / "notes.txt").read_text() == "keep me"
+
+
+def test_a_failed_write_leaves_the_previous_artifact_intact(tmp_path, quantized, monkeypatch):
+    qmodel, calib = quantized
+    path = _save(qmodel, calib, tmp_path / "art")
+    before = (path / "manifest.json").read_text()
+
+    def boom(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(artifact, "save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        _save(qmodel, calib, path)
+    assert (path / "manifest.json").read_text() == before
+    load_artifact(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]

@@ -1,0 +1,40 @@
+"""The bundled default model: shape, size, provenance, and that it is a trained model that quantizes."""
+
+import hashlib
+import json
+
+import torch
+
+from quamba_edge.checkpoints import load_mamba
+from quamba_edge.data import austen
+from quamba_edge.data.text import read_text, take_windows
+from quamba_edge.data.tokenizers import ByteTokenizer
+from quamba_edge.evaluate import evaluate_lm
+from quamba_edge.paths import DEFAULT_MODEL_DIR
+from quamba_edge.quant.calibrate import calibrate
+from quamba_edge.quant.hadamard import factor
+from quamba_edge.quant.recipes import make_recipe
+
+
+def test_shape_size_and_provenance():
+    model = load_mamba("default")
+    assert model.cfg.vocab_size == 256
+    assert factor(model.cfg.d_inner)[0] == 12, "the default run must exercise a non-power-of-two Hadamard"
+    assert (DEFAULT_MODEL_DIR / "model.safetensors").stat().st_size <= 25 * 2**20
+    info = json.loads((DEFAULT_MODEL_DIR / "training.json").read_text())
+    assert {"seed", "steps", "command", "history"} <= info.keys()
+    train = b"".join(p.read_bytes() for p in austen.train_text_files())
+    assert info["train_text_sha256"] == hashlib.sha256(train).hexdigest()
+
+
+def test_trained_and_quantizes_sensibly():
+    torch.set_num_threads(2)
+    model = load_mamba("default")
+    tok = ByteTokenizer()
+    heldout = take_windows(tok.encode(read_text("default-heldout")), 4, 256).tokens
+    calib = take_windows(tok.encode(read_text("default")), 8, 256).tokens
+    fp = evaluate_lm(model, heldout, tok.byte_lengths())
+    assert fp["bits_per_byte"] < 3.0, "an untrained byte model scores 8 bits/byte"
+    qmodel, _ = calibrate(model, [calib], make_recipe("quamba"))
+    q = evaluate_lm(qmodel, heldout, tok.byte_lengths())
+    assert q["bits_per_byte"] < fp["bits_per_byte"] * 1.05, (q, fp)

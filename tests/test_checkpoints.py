@@ -1,0 +1,108 @@
+"""Checkpoint layouts against an independent implementation (transformers' MambaForCausalLM)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from quamba_edge.checkpoints import load_mamba, resolve_model_dir, save_checkpoint
+from quamba_edge.errors import QuambaEdgeError
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def hf_reference(tmp_path_factory):
+    """A randomly initialised model at the real mamba-130m shape, saved by transformers (HF layout)
+    and re-saved in the mamba-ssm layout (config.json + pytorch_model.bin)."""
+    torch.manual_seed(0)
+    cfg = transformers.MambaConfig(
+        vocab_size=50280, hidden_size=768, num_hidden_layers=24, state_size=16, expand=2, conv_kernel=4,
+        use_bias=False, use_conv_bias=True, time_step_rank="auto", layer_norm_epsilon=1e-5,
+        tie_word_embeddings=True,
+    )
+    model = transformers.MambaForCausalLM(cfg).eval()
+    with torch.no_grad():  # make D and A_log differ across channels, as in a trained model
+        for layer in model.backbone.layers:
+            layer.mixer.D.add_(torch.randn_like(layer.mixer.D) * 0.5)
+            layer.mixer.A_log.add_(torch.randn_like(layer.mixer.A_log) * 0.3)
+    hf_dir = tmp_path_factory.mktemp("hf")
+    model.save_pretrained(hf_dir)
+    ssm_dir = tmp_path_factory.mktemp("mamba_ssm")
+    state = {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in model.state_dict().items()}
+    torch.save(state, ssm_dir / "pytorch_model.bin")
+    (ssm_dir / "config.json").write_text(json.dumps({
+        "d_model": 768, "n_layer": 24, "vocab_size": 50277, "ssm_cfg": {}, "rms_norm": True,
+        "residual_in_fp32": True, "fused_add_norm": True, "pad_vocab_size_multiple": 8,
+    }))
+    ids = torch.randint(0, 50280, (2, 19), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(ids).logits
+    return hf_dir, ssm_dir, ids, logits
+
+
+@pytest.mark.parametrize("layout", ["hf", "mamba-ssm"])
+def test_both_layouts_match_transformers(hf_reference, layout):
+    hf_dir, ssm_dir, ids, expected = hf_reference
+    model = load_mamba(hf_dir if layout == "hf" else ssm_dir)
+    assert model.cfg.n_layer == 24 and model.cfg.d_inner == 1536 and model.cfg.vocab_size == 50280
+    with torch.no_grad():
+        got = model(ids)
+    rel = ((got - expected).norm() / expected.norm()).item()
+    assert rel < 1e-4, rel
+    assert (got - expected).abs().max() / expected.abs().max() < 1e-4
+
+
+def test_our_safetensors_round_trip(tmp_path, tiny_model):
+    save_checkpoint(tiny_model, tmp_path / "ck")
+    again = load_mamba(tmp_path / "ck")
+    ids = torch.randint(0, 256, (1, 10))
+    torch.testing.assert_close(again(ids), tiny_model(ids), rtol=0, atol=0)
+
+
+def test_missing_path_names_the_fix(tmp_path):
+    with pytest.raises(QuambaEdgeError, match="no such checkpoint directory"):
+        resolve_model_dir(tmp_path / "nope")
+
+
+def test_unknown_layout(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_dim": 3}))
+    with pytest.raises(QuambaEdgeError, match="no known Mamba layout"):
+        load_mamba(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(QuambaEdgeError, match="no config.json"):
+        load_mamba(empty)
+
+
+def test_truncated_safetensors(tiny_checkpoint):
+    weights = tiny_checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(QuambaEdgeError, match="corrupt or truncated"):
+        load_mamba(tiny_checkpoint)
+
+
+def test_weights_that_do_not_match_the_config(tiny_checkpoint, tiny_model):
+    state = {k: v for k, v in tiny_model.state_dict().items() if k != "lm_head.weight"}
+    state["backbone.layers.0.mixer.D"] = torch.zeros(7)
+    del state["backbone.layers.1.mixer.A_log"]
+    save_file(state, str(tiny_checkpoint / "model.safetensors"))
+    with pytest.raises(QuambaEdgeError, match="do not match its config.json.*missing.*wrong shape"):
+        load_mamba(tiny_checkpoint)
+
+
+def test_pickles_load_with_weights_only(tmp_path, tiny_model):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pickle code ran",))
+
+    (tmp_path / "config.json").write_text(json.dumps({"d_model": 48, "n_layer": 2, "vocab_size": 256}))
+    torch.save({"x": Evil()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(QuambaEdgeError, match="could not be loaded safely"):
+        load_mamba(tmp_path)
+
+
+def test_unreachable_hub_id_says_what_to_do():
+    with pytest.raises(QuambaEdgeError, match="huggingface-cli download"):
+        resolve_model_dir("state-spaces/mamba-130m-not-here")
