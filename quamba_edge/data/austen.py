@@ -109,7 +109,7 @@ def ensure_corpus(verbose: bool = False) -> Path:
             path.unlink()
             raise QuambaEdgeError(
                 f"decoded {name}.txt has sha256 {got}, expected {TEXT_SHA256[name]}: the rdata decoder changed "
-                "its output. Fix: pin `rdata` to the version in pyproject.toml, or pass --data PATH."
+                "its output (tested with rdata 1.1.0). Fix: `pip install rdata==1.1.0`, or pass --data PATH."
             )
     return out
 
