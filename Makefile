@@ -39,7 +39,7 @@ lint: venv
 
 # The committed quality table (benchmarks/results/quality.json): every recipe, the whole held-out novel.
 quality: corpus
-	$(BIN)/python benchmarks/quality.py --all-recipes --threads $(THREADS) --out benchmarks/results/quality.json
+	$(BIN)/python benchmarks/quality.py --all-recipes --threads $(THREADS) --markdown --out benchmarks/results/quality.json
 
 clean:
 	rm -rf out .pytest_cache

@@ -34,6 +34,15 @@ ALL_RECIPES = [
 ]
 
 
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| recipe | bits/byte | vs fp32 | perplexity | next-byte accuracy |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        rel = f"{100 * r['bpb_rel_to_fp']:+.2f}%" if "bpb_rel_to_fp" in r else "-"
+        lines.append(f"| {r['recipe']} | {r['bits_per_byte']:.4f} | {rel} | {r['perplexity']:.3f} | "
+                     f"{100 * r['token_accuracy']:.2f}% |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=[], help="artifacts or checkpoints to evaluate as they are")
@@ -47,6 +56,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=Path("out/quality"))
     ap.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    ap.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     console = Console()
@@ -91,6 +101,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         table.add_row(r["recipe"], f"{r['bits_per_byte']:.4f}", rel, f"{r['perplexity']:.3f}",
                       f"{100 * r['token_accuracy']:.2f}%")
     console.print(table)
+    if args.markdown:
+        print(markdown_table(rows))
     if args.out:
         atomic_write_json(args.out, {
             "benchmark": "quality", "toolkit_version": __version__, "torch": torch.__version__,
