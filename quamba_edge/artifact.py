@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from quamba_edge import __version__
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.io import atomic_write_json, sha256_file
+from quamba_edge.io import atomic_write_json, fsync_dir, fsync_tree, sha256_file
 from quamba_edge.models.mamba import MambaConfig, MambaLM
 from quamba_edge.quant.qmodels import QuantizedMambaLM
 from quamba_edge.quant.recipes import Recipe
@@ -31,7 +31,12 @@ WEIGHTS = "weights.safetensors"
 
 
 def is_artifact(path: Path) -> bool:
-    return (Path(path) / MANIFEST).exists()
+    """A directory whose manifest parses and names a format and a model family (checksums are not checked)."""
+    try:
+        manifest = json.loads((Path(path) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and {"format_version", "family"} <= manifest.keys()
 
 
 def _weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -75,15 +80,30 @@ def save_artifact(
             "files": files,
         }
         atomic_write_json(tmp / MANIFEST, manifest)
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        if out_dir.exists():
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        fsync_tree(tmp)
+        _swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _swap_into_place(tmp: Path, out_dir: Path) -> None:
+    """Move a finished artifact over an older one; if the last rename fails, the older one is put back."""
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    had_old = out_dir.exists()
+    if had_old:
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+    try:
+        tmp.rename(out_dir)
+    except BaseException:
+        if had_old:
+            old.rename(out_dir)
+        raise
+    fsync_dir(out_dir.parent)
+    if had_old:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_manifest(path: Path) -> dict:
@@ -104,7 +124,13 @@ def read_manifest(path: Path) -> dict:
             f"this quamba-edge {__version__} reads v{FORMAT_VERSION}. Fix: re-run `quamba-edge calibrate` "
             "with this version, or install the version that wrote it."
         )
-    for name, expected in manifest.get("files", {}).items():
+    files = manifest.get("files") or {}
+    if WEIGHTS not in files or MANIFEST in files:
+        raise QuambaEdgeError(
+            f"{path / MANIFEST} does not list {WEIGHTS} among its checksummed files, so its weights cannot be "
+            "trusted. Fix: re-run `quamba-edge calibrate`."
+        )
+    for name, expected in files.items():
         f = path / name
         if not f.exists():
             raise QuambaEdgeError(f"{path} is missing {name}. Fix: re-run `quamba-edge calibrate`.")

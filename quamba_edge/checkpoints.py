@@ -70,10 +70,20 @@ def _read_config(model_dir: Path) -> dict:
         raise QuambaEdgeError(f"{cfg_path} is not valid JSON ({exc}).") from exc
 
 
+UNSUPPORTED_HF_TYPES = {"mamba2": "Mamba-2", "falcon_mamba": "Falcon-Mamba (extra RMSNorms on B, C and dt)",
+                        "jamba": "Jamba (hybrid attention)", "zamba": "Zamba (hybrid attention)"}
+
+
 def detect_layout(raw: dict) -> str:
     if "d_model" in raw and "n_layer" in raw:
         return "mamba-ssm"
-    if raw.get("model_type") == "mamba" or {"hidden_size", "state_size"} <= raw.keys():
+    model_type = raw.get("model_type")
+    if model_type in UNSUPPORTED_HF_TYPES:
+        raise QuambaEdgeError(
+            f"this is a {UNSUPPORTED_HF_TYPES[model_type]} checkpoint (model_type={model_type!r}); quamba-edge "
+            "quantizes Mamba-1 (model_type='mamba') only."
+        )
+    if model_type == "mamba" or (model_type is None and {"hidden_size", "state_size"} <= raw.keys()):
         return "hf"
     raise QuambaEdgeError(
         "config.json matches no known Mamba layout: expected mamba-ssm keys (d_model, n_layer, ssm_cfg) "
@@ -147,11 +157,25 @@ def _canonical_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _require_tied_head(raw: dict, state: dict[str, torch.Tensor], model_dir: Path) -> None:
+    """Our models share one matrix for the embedding and the lm_head; a separate head would be dropped."""
+    untied_flag = raw.get("tie_embeddings", raw.get("tie_word_embeddings", True)) is False
+    head, emb = state.get("lm_head.weight"), state.get("backbone.embedding.weight")
+    differs = head is not None and emb is not None and (head.shape != emb.shape or not torch.equal(head, emb))
+    if untied_flag or differs:
+        raise QuambaEdgeError(
+            f"{model_dir} has an lm_head separate from its embedding; quamba-edge supports tied heads only "
+            "(every public Mamba-1 checkpoint ties them). Loading it would silently replace the head."
+        )
+
+
 def load_mamba(spec: str | Path, dtype: torch.dtype = torch.float32) -> MambaLM:
     """Load a Mamba-1 LM from `default`, a local directory or a hub id, checking every tensor's shape."""
     model_dir = resolve_model_dir(spec)
-    cfg = config_from_raw(_read_config(model_dir))
+    raw = _read_config(model_dir)
+    cfg = config_from_raw(raw)
     state = _canonical_keys(load_state_dict(model_dir))
+    _require_tied_head(raw, state, model_dir)
     model = MambaLM(cfg)
     expected = model.state_dict()
     state.setdefault("lm_head.weight", state.get("backbone.embedding.weight"))

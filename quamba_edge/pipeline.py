@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quamba_edge.artifact import is_artifact, load_artifact, save_artifact
+from quamba_edge.artifact import MANIFEST, is_artifact, load_artifact, save_artifact
 from quamba_edge.checkpoints import load_mamba, resolve_model_dir
 from quamba_edge.data.text import Windows, load_windows
 from quamba_edge.data.tokenizers import Tokenizer, tokenizer_for
@@ -32,7 +32,8 @@ class LoadedModel:
 
 def load_any(spec: str | Path) -> LoadedModel:
     """An artifact directory (has manifest.json) or a checkpoint (`default`, a directory, a hub id)."""
-    if str(spec) != "default" and Path(spec).is_dir() and is_artifact(Path(spec)):
+    looks_like_artifact = Path(spec).is_dir() and (is_artifact(Path(spec)) or (Path(spec) / MANIFEST).exists())
+    if str(spec) != "default" and looks_like_artifact:  # a broken manifest gets read_manifest's error
         model, manifest = load_artifact(Path(spec))
         tok = tokenizer_for(Path(spec), model.cfg.vocab_size)
         return LoadedModel(model, tok, manifest["recipe_label"], Path(spec), manifest)

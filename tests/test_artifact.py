@@ -92,3 +92,42 @@ def test_a_failed_write_leaves_the_previous_artifact_intact(tmp_path, quantized,
     assert (path / "manifest.json").read_text() == before
     load_artifact(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_a_manifest_that_does_not_checksum_the_weights_is_refused(tmp_path, quantized):
+    path = _save(*quantized, tmp_path / "art")
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["files"]["weights.safetensors"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(QuambaEdgeError, match="does not list weights.safetensors"):
+        load_artifact(path)
+
+
+def test_only_a_parsable_manifest_makes_an_artifact(tmp_path, quantized):
+    target = tmp_path / "other"
+    target.mkdir()
+    (target / "manifest.json").write_text("{not json")
+    assert not artifact.is_artifact(target)
+    (target / "manifest.json").write_text(json.dumps({"name": "someone else's manifest"}))
+    assert not artifact.is_artifact(target)
+    with pytest.raises(QuambaEdgeError, match="not a quamba-edge artifact"):
+        _save(*quantized, target)
+    assert artifact.is_artifact(_save(*quantized, tmp_path / "art"))
+
+
+def test_a_failed_final_rename_puts_the_previous_artifact_back(tmp_path, quantized, monkeypatch):
+    qmodel, calib = quantized
+    path = _save(qmodel, calib, tmp_path / "art")
+    before = (path / "manifest.json").read_text()
+    real_rename = type(path).rename
+
+    def rename(self, target):
+        if self.name.startswith(".art.tmp-"):
+            raise OSError("rename failed")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(type(path), "rename", rename)
+    with pytest.raises(OSError, match="rename failed"):
+        _save(qmodel, calib, path)
+    assert (path / "manifest.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]

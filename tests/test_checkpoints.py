@@ -106,3 +106,26 @@ def test_pickles_load_with_weights_only(tmp_path, tiny_model):
 def test_unreachable_hub_id_says_what_to_do():
     with pytest.raises(QuambaEdgeError, match="huggingface-cli download"):
         resolve_model_dir("state-spaces/mamba-130m-not-here")
+
+
+def test_an_untied_lm_head_is_refused(tiny_checkpoint, tiny_model):
+    state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    state["lm_head.weight"] = state["lm_head.weight"] + 0.01
+    save_file(state, str(tiny_checkpoint / "model.safetensors"))
+    with pytest.raises(QuambaEdgeError, match="lm_head separate from its embedding"):
+        load_mamba(tiny_checkpoint)
+    state["lm_head.weight"] = state["backbone.embedding.weight"].clone()  # stored twice but equal: fine
+    save_file(state, str(tiny_checkpoint / "model.safetensors"))
+    load_mamba(tiny_checkpoint)
+    raw = json.loads((tiny_checkpoint / "config.json").read_text())
+    (tiny_checkpoint / "config.json").write_text(json.dumps({**raw, "tie_embeddings": False}))
+    with pytest.raises(QuambaEdgeError, match="tied heads only"):
+        load_mamba(tiny_checkpoint)
+
+
+@pytest.mark.parametrize("model_type", ["mamba2", "falcon_mamba"])
+def test_other_mamba_families_are_named_and_refused(tmp_path, model_type):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": model_type, "hidden_size": 64, "state_size": 16, "num_hidden_layers": 2, "vocab_size": 256}))
+    with pytest.raises(QuambaEdgeError, match=f"model_type='{model_type}'.*Mamba-1"):
+        load_mamba(tmp_path)

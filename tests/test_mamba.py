@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from quamba_edge.models.mamba import MambaConfig
@@ -16,6 +17,15 @@ def test_prefill_then_decode_equals_a_longer_prefill(tiny_model):
     torch.testing.assert_close(torch.cat(pieces, 1), full, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ssm, ssm_full, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(conv, conv_full)
+
+
+def test_half_a_state_is_refused(tiny_model):
+    ids = torch.randint(0, 256, (1, 4))
+    conv, ssm = tiny_model.empty_state(1)
+    with pytest.raises(ValueError, match="both conv_state and ssm_state"):
+        tiny_model.step(ids, conv_state=conv)
+    with pytest.raises(ValueError, match="both conv_state and ssm_state"):
+        tiny_model.step(ids, ssm_state=ssm)
 
 
 def test_chunked_prefill_equals_one_prefill(tiny_model):

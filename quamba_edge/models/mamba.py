@@ -144,7 +144,9 @@ class MambaLM(nn.Module):
 
         With no state this is prefill; with l = 1 and the previous state it is one decode step.
         """
-        if conv_state is None or ssm_state is None:
+        if (conv_state is None) != (ssm_state is None):
+            raise ValueError("pass both conv_state and ssm_state (a decode step), or neither (a prefill)")
+        if conv_state is None:
             conv_state, ssm_state = self.empty_state(input_ids.shape[0])
         h = self.backbone.embedding(input_ids)
         new_conv, new_ssm = [], []

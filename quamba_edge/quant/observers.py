@@ -49,7 +49,7 @@ def abs_quantile(x: Tensor, q: float) -> float:
         return float(v_lo + (pos - lo) * (v_hi - v_lo))
     if flat.numel() <= _TORCH_QUANTILE_LIMIT:
         return float(torch.quantile(flat, q))
-    return float(np.quantile(flat.numpy(), q))
+    return float(np.quantile(flat.cpu().numpy(), q))
 
 
 class PercentileObserver:

@@ -193,13 +193,16 @@ class QuantizedMambaLM(nn.Module):
 
     def empty_state(self, batch: int, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
         cfg = self.cfg
-        conv = torch.zeros(cfg.n_layer, batch, cfg.d_inner, cfg.d_conv - 1, dtype=torch.int8)
-        ssm = torch.zeros(cfg.n_layer, batch, cfg.d_inner, cfg.d_state, dtype=torch.float32)
+        device = self.embedding.weight.device
+        conv = torch.zeros(cfg.n_layer, batch, cfg.d_inner, cfg.d_conv - 1, dtype=torch.int8, device=device)
+        ssm = torch.zeros(cfg.n_layer, batch, cfg.d_inner, cfg.d_state, dtype=torch.float32, device=device)
         return conv, ssm
 
     def step(self, input_ids: Tensor, conv_state: Tensor | None = None,
              ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        if conv_state is None or ssm_state is None:
+        if (conv_state is None) != (ssm_state is None):
+            raise ValueError("pass both conv_state and ssm_state (a decode step), or neither (a prefill)")
+        if conv_state is None:
             conv_state, ssm_state = self.empty_state(input_ids.shape[0])
         h = self.embedding(input_ids).float()
         new_conv, new_ssm = [], []
