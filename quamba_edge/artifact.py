@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from quamba_edge import __version__
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.io import atomic_write_json, fsync_dir, fsync_tree, sha256_file
+from quamba_edge.io import atomic_write_json, fsync_tree, sha256_file, swap_dir_into_place
 from quamba_edge.models.mamba import MambaConfig, MambaLM
 from quamba_edge.quant.qmodels import QuantizedMambaLM
 from quamba_edge.quant.recipes import Recipe
@@ -81,29 +81,11 @@ def save_artifact(
         }
         atomic_write_json(tmp / MANIFEST, manifest)
         fsync_tree(tmp)
-        _swap_into_place(tmp, out_dir)
+        swap_dir_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Move a finished artifact over an older one; if the last rename fails, the older one is put back."""
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    had_old = out_dir.exists()
-    if had_old:
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-    try:
-        tmp.rename(out_dir)
-    except BaseException:
-        if had_old:
-            old.rename(out_dir)
-        raise
-    fsync_dir(out_dir.parent)
-    if had_old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_manifest(path: Path) -> dict:

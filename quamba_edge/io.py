@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -55,3 +56,21 @@ def fsync_tree(path: Path) -> None:
             with open(f, "rb") as handle:
                 os.fsync(handle.fileno())
     fsync_dir(path)
+
+
+def swap_dir_into_place(tmp: Path, out_dir: Path) -> None:
+    """Move a finished artifact over an older one; if the last rename fails, the older one is put back."""
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    had_old = out_dir.exists()
+    if had_old:
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+    try:
+        tmp.rename(out_dir)
+    except BaseException:
+        if had_old:
+            old.rename(out_dir)
+        raise
+    fsync_dir(out_dir.parent)
+    if had_old:
+        shutil.rmtree(old, ignore_errors=True)

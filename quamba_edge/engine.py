@@ -1,0 +1,204 @@
+"""build-engine: model or artifact -> a directory of ONNX graphs (+ TensorRT plans) with `build.json`.
+
+    ENGINE_DIR/
+      prefill.onnx, decode.onnx      portable graphs (DESIGN.md), always written
+      prefill.plan, decode.plan      TensorRT only, with <graph>.engine.json and timing.cache
+      build.json                     backend, target, precision, versions, sha256 of every file,
+                                     the parity figures and the integer kernels ONNX Runtime chose
+
+The directory is assembled under a temporary name and renamed into place only after the parity
+check passed, so a failed build never replaces a good engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+from quamba_edge import __version__
+from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.export import ort as ort_backend
+from quamba_edge.export.mamba_onnx import GRAPHS, export_mamba
+from quamba_edge.export.parity import ParityReport, check_layers, check_mamba
+from quamba_edge.io import atomic_write_json, fsync_tree, sha256_file, swap_dir_into_place
+from quamba_edge.models.mamba import MambaConfig
+from quamba_edge.pipeline import load_any
+from quamba_edge.quant.qmodels import QuantizedMambaLM
+
+BUILD_FORMAT_VERSION = 1
+BUILD_JSON = "build.json"
+BACKENDS = ("ort", "tensorrt")
+TARGETS = {"ort": ("cpu", "cuda"), "tensorrt": ("cuda", "orin-nano-4gb", "orin-nano-8gb", "orin-nano-super",
+                                                "orin-nx-16gb", "agx-orin-64gb")}
+
+
+class ParityError(QuambaEdgeError):
+    pass
+
+
+def precision_of(model, requested: str | None) -> str:
+    if isinstance(model, QuantizedMambaLM):
+        if requested not in (None, "int8"):
+            raise QuambaEdgeError(f"this artifact is quantized (int8); --precision {requested} applies to fp models.")
+        return "int8"
+    if requested in (None, "fp32", "fp16"):
+        return requested or "fp32"
+    raise QuambaEdgeError(
+        f"--precision {requested} needs a quantized artifact. Fix: `quamba-edge calibrate --recipe quamba` first, "
+        "then build from its --out directory."
+    )
+
+
+def _parity_failure(report: ParityReport) -> str:
+    worst = report.worst
+    detail = (f"rel. error {worst['rel_error']:.3g} (tolerance {report.tolerance:g})" if "rel_error" in worst
+              else f"int8 entries off by up to {worst['max_step']} steps in {worst['mismatch']:.1%} of places")
+    return (f"the {report.precision} engine disagrees with the PyTorch reference: worst tensor "
+            f"`{worst['tensor']}` in {worst['case']}: {detail}. The engine was not written. This is a bug in "
+            "the export or the backend: please report it with build.json's parity section.")
+
+
+def _sessions(paths: dict[str, Path], backend: str, target: str, int8: bool, threads: int):
+    if backend == "ort":
+        sessions = {g: ort_backend.make_session(p, threads=threads, int8=int8, target=target) for g, p in paths.items()}
+        return {g: (lambda feeds, s=s: ort_backend.run(s, feeds)) for g, s in sessions.items()}
+    from quamba_edge.export.tensorrt import TensorRTGraph
+
+    return {g: TensorRTGraph(p.with_suffix(".plan")) for g, p in paths.items()}
+
+
+def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", target: str = "cpu",
+                 precision: str | None = None, threads: int = 1, max_batch: int = 8, max_prompt: int = 2048,
+                 opt_prompt: int = 512, progress=None) -> dict:
+    if backend not in BACKENDS:
+        raise QuambaEdgeError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}.")
+    if target not in TARGETS[backend]:
+        known = ", ".join(TARGETS[backend])
+        raise QuambaEdgeError(f"unknown target {target!r} for --backend {backend}; known: {known}.")
+    if backend == "tensorrt":
+        from quamba_edge.export.tensorrt import import_tensorrt
+
+        import_tensorrt()  # fail before any work when TensorRT is missing
+    loaded = load_any(model_spec)
+    model = loaded.model.eval()
+    precision = precision_of(model, precision)
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    out = Path(out).resolve()
+    if out.exists() and any(out.iterdir()) and not (out / BUILD_JSON).exists():
+        raise QuambaEdgeError(f"{out} exists and is not an engine directory; refusing to overwrite it. "
+                              "Fix: choose an empty or new --out directory.")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    step = progress or (lambda message: None)
+    try:
+        paths = {}
+        for graph in GRAPHS:
+            step(f"exporting {graph} graph ({precision})")
+            proto = export_mamba(model, graph, dtype)
+            paths[graph] = tmp / f"{graph}.onnx"
+            onnx.save(proto, str(paths[graph]))
+        plans = {}
+        if backend == "tensorrt":
+            from quamba_edge.export.tensorrt import build_plan
+
+            for graph in GRAPHS:
+                step(f"building TensorRT {graph} engine")
+                plans[graph] = build_plan(paths[graph], graph, model.cfg, tmp, max_batch=max_batch,
+                                          max_prompt=max_prompt, opt_prompt=opt_prompt)
+        step("parity check against the PyTorch reference")
+        runners = _sessions(paths, backend, target, precision == "int8", threads)
+        report = check_mamba(model, runners["prefill"], runners["decode"], precision)
+        if precision == "int8" and backend == "ort":
+            probe = export_mamba(model, "prefill", dtype, probes=True).SerializeToString()
+            session = ort_backend.make_session(probe, threads=threads, int8=True, target=target)
+            check_layers(model, lambda feeds: ort_backend.run(session, feeds), report)
+        if not report.passed:
+            raise ParityError(_parity_failure(report))
+        kernels = {}
+        if backend == "ort" and target == "cpu":
+            for graph in GRAPHS:
+                counts = ort_backend.optimized_op_counts(paths[graph], int8=precision == "int8")
+                kernels[graph] = {"integer_kernels": ort_backend.integer_kernels(counts),
+                                  "float_matmuls": counts.get("MatMul", 0) + counts.get("Gemm", 0)}
+        build = {
+            "format_version": BUILD_FORMAT_VERSION, "toolkit_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "family": "mamba", "backend": backend, "target": target, "precision": precision,
+            "recipe": loaded.label, "model_config": model.cfg.to_dict(), "source": str(loaded.directory),
+            "source_manifest_sha256": (sha256_file(loaded.directory / "manifest.json")
+                                       if loaded.manifest else None),
+            "profile": {"max_batch": max_batch, "max_prompt": max_prompt, "opt_prompt": opt_prompt},
+            "versions": _versions(backend), "machine": platform.machine(), "tensorrt": plans or None,
+            "parity": report.to_dict(), "ort_kernels": kernels or None,
+            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+        }
+        atomic_write_json(tmp / BUILD_JSON, build)
+        fsync_tree(tmp)
+        swap_dir_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return build
+
+
+def _versions(backend: str) -> dict:
+    import onnxruntime
+
+    versions = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                "python": platform.python_version()}
+    if backend == "tensorrt":
+        from quamba_edge.export.tensorrt import import_tensorrt
+
+        versions["tensorrt"] = import_tensorrt().__version__
+    return versions
+
+
+@dataclass
+class Engine:
+    directory: Path
+    build: dict
+
+    @property
+    def cfg(self) -> MambaConfig:
+        return MambaConfig.from_dict(self.build["model_config"])
+
+    @property
+    def label(self) -> str:
+        return f"{self.build['backend']}-{self.build['precision']}"
+
+    def graph(self, name: str) -> Path:
+        return self.directory / f"{name}.onnx"
+
+
+def load_engine(directory: Path) -> Engine:
+    """Read build.json and verify: format and toolkit version, then the sha256 of every file."""
+    directory = Path(directory)
+    path = directory / BUILD_JSON
+    if not path.exists():
+        raise QuambaEdgeError(f"{directory} has no {BUILD_JSON}, so it is not an engine directory. "
+                              f"Fix: `quamba-edge build-engine ARTIFACT --out {directory}`.")
+    try:
+        build = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise QuambaEdgeError(f"{path} is not valid JSON ({exc}). Fix: rebuild the engine.") from exc
+    if build.get("format_version") != BUILD_FORMAT_VERSION or build.get("toolkit_version") != __version__:
+        raise QuambaEdgeError(
+            f"{directory} was built by quamba-edge {build.get('toolkit_version')} (engine format "
+            f"v{build.get('format_version')}); this is quamba-edge {__version__}. Engines are rebuilt, not "
+            f"migrated. Fix: `quamba-edge build-engine` again with this version."
+        )
+    for name, digest in build.get("files", {}).items():
+        f = directory / name
+        if not f.exists() or sha256_file(f) != digest:
+            raise QuambaEdgeError(f"{f} is missing or was changed after the build (sha256 mismatch). "
+                                  "Fix: rebuild the engine.")
+    return Engine(directory, build)

@@ -1,0 +1,87 @@
+"""A small ONNX graph builder: unique names, initializers from tensors, one method per op we emit.
+
+We write the Mamba graphs node by node instead of tracing PyTorch: the quantized graph must place
+QuantizeLinear/DequantizeLinear exactly where ONNX Runtime fuses them into integer kernels and where
+TensorRT's explicit quantization expects them, and the prompt recurrence must be one ONNX `Scan`
+that runs at any length. A tracer decides both for us; a builder lets the export say them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17  # TensorRT 10's parser and ONNX Runtime both support it; ReduceMean still takes `axes` here
+
+ONNX_DTYPE = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16,
+              torch.int8: TensorProto.INT8, torch.int64: TensorProto.INT64}
+
+
+class GraphBuilder:
+    def __init__(self, name: str):
+        self.name = name
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._counts: dict[str, int] = {}
+        self._constants: dict[tuple, str] = {}
+
+    def fresh(self, hint: str) -> str:
+        n = self._counts.get(hint, 0)
+        self._counts[hint] = n + 1
+        return hint if n == 0 else f"{hint}_{n}"
+
+    # --- values -------------------------------------------------------------------------------
+    def initializer(self, hint: str, value: torch.Tensor | np.ndarray) -> str:
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        name = self.fresh(hint)
+        self.initializers.append(numpy_helper.from_array(np.array(array, order="C", copy=True), name))
+        return name
+
+    def const(self, value, dtype=np.float32) -> str:
+        """A small shared constant (scalars, shapes, axes), created once per distinct value."""
+        array = np.asarray(value, dtype=dtype)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._constants:
+            self._constants[key] = self.initializer("c", array)
+        return self._constants[key]
+
+    def input(self, name: str, elem_type: int, shape: list) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem_type, shape))
+        return name
+
+    def output(self, value: str, name: str, elem_type: int, shape: list) -> None:
+        self.op("Identity", [value], outputs=[name])
+        self.outputs.append(helper.make_tensor_value_info(name, elem_type, shape))
+
+    # --- ops ----------------------------------------------------------------------------------
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, outputs: list[str] | None = None,
+           domain: str = "", **attrs) -> str | list[str]:
+        outs = outputs or [self.fresh(op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.fresh(f"n_{op_type}"),
+                                           domain=domain, **attrs))
+        return outs[0] if len(outs) == 1 else outs
+
+    def quantize(self, x: str, scale: str) -> str:
+        return self.op("QuantizeLinear", [x, scale, self.const(0, np.int8)])
+
+    def dequantize(self, q: str, scale: str, axis: int | None = None) -> str:
+        attrs = {} if axis is None else {"axis": axis}
+        return self.op("DequantizeLinear", [q, scale, self.const(0, np.int8)], **attrs)
+
+    def qdq(self, x: str, scale: str) -> str:
+        """Fake-quantize: the int8 value exists between the two nodes, where engines fuse."""
+        return self.dequantize(self.quantize(x, scale), scale)
+
+    def model(self, doc: str, metadata: dict[str, str]) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="quamba-edge", doc_string=doc)
+        model.ir_version = 8  # readable by ONNX Runtime >= 1.14 and TensorRT 10
+        for key, value in metadata.items():
+            model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+        onnx.checker.check_model(model, full_check=True)
+        return model

@@ -1,0 +1,99 @@
+"""ONNX Runtime sessions for the exported graphs, and a look at which kernels the optimizer chose.
+
+The one setting that matters for correctness: ONNX Runtime's `QDQPropagationTransformer` moves
+Q/DQ pairs across data-movement ops (Split, Transpose, Concat) to widen fusions. Where an int8 tensor
+crosses the graph boundary (our int8 conv state) that move re-quantizes values the reference keeps
+as they are, so the int8 sessions disable that one pass; every other optimization stays on.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from quamba_edge.errors import QuambaEdgeError
+
+DISABLED_FOR_INT8 = ["QDQPropagationTransformer"]
+INTEGER_KERNELS = {"QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+                   "QLinearConv", "ConvInteger", "QGemm", "QAttention"}
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as exc:  # a core dependency; only a broken install gets here
+        raise QuambaEdgeError("onnxruntime is not installed. Fix: pip install onnxruntime") from exc
+    return onnxruntime
+
+
+def providers_for(target: str) -> list[str]:
+    ort = _ort()
+    if target == "cpu":
+        return ["CPUExecutionProvider"]
+    if target == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise QuambaEdgeError(
+                "ONNX Runtime has no CUDA execution provider here. Fix: pip install 'quamba-edge[gpu]' "
+                "(onnxruntime-gpu) on a machine with an NVIDIA GPU, or use --target cpu."
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise QuambaEdgeError(f"unknown ONNX Runtime target {target!r}; known: cpu, cuda.")
+
+
+def session_options(threads: int, int8: bool, optimized_path: Path | None = None):
+    ort = _ort()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if int8:  # our activations are int8 (zero point 0); by default ORT fuses int8 QDQ only on ARM
+        opts.add_session_config_entry("session.qdqisint8allowed", "1")
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
+    return opts
+
+
+def make_session(graph: Path | bytes, *, threads: int = 1, int8: bool = False, target: str = "cpu"):
+    ort = _ort()
+    source = str(graph) if isinstance(graph, Path) else graph
+    disabled = DISABLED_FOR_INT8 if int8 else []
+    return ort.InferenceSession(source, sess_options=session_options(threads, int8),
+                                providers=providers_for(target), disabled_optimizers=disabled)
+
+
+def optimized_op_counts(graph: Path | bytes, *, int8: bool, threads: int = 1) -> Counter:
+    """Op types of the graph after ONNX Runtime's CPU optimizations, counted (Scan bodies included)."""
+    ort = _ort()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "optimized.onnx"
+        source = str(graph) if isinstance(graph, Path) else graph
+        ort.InferenceSession(source, sess_options=session_options(threads, int8, out),
+                             providers=["CPUExecutionProvider"],
+                             disabled_optimizers=DISABLED_FOR_INT8 if int8 else [])
+        model = onnx.load(str(out), load_external_data=False)
+    counts: Counter = Counter()
+
+    def visit(graph_proto):
+        for node in graph_proto.node:
+            counts[node.op_type] += 1
+            for attr in node.attribute:
+                if attr.g is not None and attr.g.node:
+                    visit(attr.g)
+
+    visit(model.graph)
+    return counts
+
+
+def integer_kernels(counts: Counter) -> dict[str, int]:
+    return {op: n for op, n in sorted(counts.items()) if op in INTEGER_KERNELS}
+
+
+def run(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds)))

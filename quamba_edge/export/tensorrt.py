@@ -1,0 +1,158 @@
+"""TensorRT 10 engines from the portable ONNX graphs (explicit quantization, strongly typed).
+
+The Q/DQ graph already says which tensors are int8, so the network is built strongly typed: TensorRT
+takes the types from the graph instead of choosing precisions (the INT8/FP16 builder flags are
+deprecated in TensorRT 10 and gone in 11). One optimization profile per graph covers batch and prompt
+length; a timing cache is kept next to the plans so rebuilds are fast. Each plan has a sidecar
+`<graph>.engine.json` with the TensorRT version and the GPU's compute capability; loading refuses a
+plan built for another GPU or another TensorRT, because TensorRT plans are not portable between them.
+
+Nothing here runs on the CPU-only development machines: `tensorrt` is imported lazily and its absence
+is a clear error. CI checks that the graphs parse with `tensorrt-rtx`'s OnnxParser (tests marked
+`tensorrt`); the engines themselves are built on the Jetson (Dockerfile.jetson) or a GPU machine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.io import atomic_write, atomic_write_json
+
+WORKSPACE_BYTES = 1 << 30
+
+
+def import_tensorrt(allow_rtx: bool = False):
+    try:
+        import tensorrt as trt
+
+        return trt
+    except ImportError:
+        if allow_rtx:
+            try:
+                import tensorrt_rtx as trt
+
+                return trt
+            except ImportError:
+                pass
+    raise QuambaEdgeError(
+        "TensorRT is not installed. Fix: on a Jetson use the Docker image (`docker build -f Dockerfile.jetson`, "
+        "TensorRT 10.3 from JetPack 6); on an x86 GPU machine `pip install tensorrt` (TensorRT 10). "
+        "Or build for ONNX Runtime: --backend ort."
+    )
+
+
+def parse_onnx(trt, onnx_bytes: bytes, strongly_typed: bool = True):
+    """Parse a graph into a TensorRT network; a graph TensorRT cannot read fails with the parser's errors."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_bytes):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise QuambaEdgeError(f"TensorRT's ONNX parser rejected the graph: {errors[:800]}")
+    return builder, network, parser, logger
+
+
+def profile_shapes(graph: str, cfg, max_batch: int, max_prompt: int, opt_prompt: int) -> dict[str, tuple]:
+    """min / opt / max shapes of every dynamic input of `prefill` or `decode`."""
+    if graph == "prefill":
+        return {"input_ids": ((1, 1), (1, opt_prompt), (max_batch, max_prompt))}
+    conv = lambda b: (cfg.n_layer, b, cfg.d_inner, cfg.d_conv - 1)  # noqa: E731
+    ssm = lambda b: (cfg.n_layer, b, cfg.d_inner, cfg.d_state)  # noqa: E731
+    return {"input_ids": ((1, 1), (1, 1), (max_batch, 1)),
+            "conv_state_in": (conv(1), conv(1), conv(max_batch)),
+            "ssm_state_in": (ssm(1), ssm(1), ssm(max_batch))}
+
+
+def gpu_compute_capability() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            return f"{major}.{minor}"
+    except ImportError:
+        pass
+    raise QuambaEdgeError("no CUDA GPU is visible, so no TensorRT engine can be built or loaded here.")
+
+
+def build_plan(onnx_path: Path, graph: str, cfg, out_dir: Path, *, max_batch: int, max_prompt: int,
+               opt_prompt: int) -> dict:
+    """Build and write `<graph>.plan` + `<graph>.engine.json`; return the metadata."""
+    trt = import_tensorrt()
+    builder, network, _parser, _logger = parse_onnx(trt, onnx_path.read_bytes())
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in profile_shapes(graph, cfg, max_batch, max_prompt, opt_prompt).items():
+        profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    cache_path = out_dir / "timing.cache"
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise QuambaEdgeError(f"TensorRT could not build the {graph} engine (see the log above).")
+    atomic_write(out_dir / f"{graph}.plan", lambda tmp: tmp.write_bytes(bytes(plan)))
+    atomic_write(cache_path, lambda tmp: tmp.write_bytes(bytes(config.get_timing_cache().serialize())))
+    meta = {"tensorrt_version": trt.__version__, "compute_capability": gpu_compute_capability(),
+            "max_batch": max_batch, "max_prompt": max_prompt, "opt_prompt": opt_prompt}
+    atomic_write_json(out_dir / f"{graph}.engine.json", meta)
+    return meta
+
+
+def check_plan_compatible(meta: dict, trt_version: str, compute_capability: str, path: Path) -> None:
+    if meta["tensorrt_version"] != trt_version:
+        raise QuambaEdgeError(
+            f"{path} was built with TensorRT {meta['tensorrt_version']}; this machine has {trt_version}. "
+            "TensorRT plans only load in the version that built them. Fix: rebuild with "
+            "`quamba-edge build-engine ... --backend tensorrt` here."
+        )
+    if meta["compute_capability"] != compute_capability:
+        raise QuambaEdgeError(
+            f"{path} was built for a GPU of compute capability {meta['compute_capability']}; this GPU is "
+            f"{compute_capability}. Fix: rebuild the engine on the target device."
+        )
+
+
+class TensorRTGraph:
+    """Runs one plan: numpy feeds in, numpy outputs out (torch CUDA tensors hold the buffers)."""
+
+    def __init__(self, plan_path: Path):
+        import torch
+
+        trt = import_tensorrt()
+        meta = json.loads(plan_path.with_suffix(".engine.json").read_text())
+        check_plan_compatible(meta, trt.__version__, gpu_compute_capability(), plan_path)
+        self.meta, self.torch, self.trt = meta, torch, trt
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        if self.engine is None:
+            raise QuambaEdgeError(f"TensorRT could not load {plan_path}; rebuild it.")
+        self.context = self.engine.create_execution_context()
+        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.stream = torch.cuda.Stream()
+
+    def __call__(self, feeds: dict) -> dict:
+        torch, trt = self.torch, self.trt
+        keep = {}
+        for name, array in feeds.items():
+            tensor = torch.from_numpy(array).cuda()
+            keep[name] = tensor
+            self.context.set_input_shape(name, tuple(tensor.shape))
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        outputs = {}
+        for name in self.names:
+            if self.engine.get_tensor_mode(name) != trt.TensorIOMode.OUTPUT:
+                continue
+            shape = tuple(self.context.get_tensor_shape(name))
+            dtype = torch.from_numpy(trt.nptype(self.engine.get_tensor_dtype(name))(0).reshape(1)).dtype
+            outputs[name] = torch.empty(shape, dtype=dtype, device="cuda")
+            self.context.set_tensor_address(name, outputs[name].data_ptr())
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise QuambaEdgeError("TensorRT execution failed (see the log above).")
+        self.stream.synchronize()
+        return {name: t.cpu().numpy() for name, t in outputs.items()}
