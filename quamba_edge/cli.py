@@ -1,4 +1,4 @@
-"""`quamba-edge`: calibrate, eval, generate, doctor. A thin layer over `quamba_edge.pipeline`."""
+"""`quamba-edge`: calibrate, eval, generate, build-engine, bench, doctor. A thin layer over the library."""
 
 from __future__ import annotations
 
@@ -171,6 +171,104 @@ def generate(
         seconds = time.perf_counter() - start
     console.print(f"[bold]{prompt}[/]{loaded.tokenizer.decode(out)}", highlight=False)
     err_console.print(f"[dim]{len(out)} tokens in {seconds:.2f} s ({loaded.label})[/]")
+
+
+@app.command("build-engine")
+def build_engine_cmd(
+    model: Annotated[str, typer.Argument(help="A calibrated artifact (int8), or `default` / a checkpoint (fp).")],
+    backend: Annotated[str, typer.Option(help="ort (ONNX Runtime) | tensorrt (TensorRT 10).")] = "ort",
+    target: Annotated[str, typer.Option(help="ort: cpu | cuda.  tensorrt: cuda or a Jetson profile "
+                                             "(orin-nano-8gb, ...).")] = "cpu",
+    precision: Annotated[str | None, typer.Option(help="fp32 | fp16 for fp models; int8 artifacts stay int8.")] = None,
+    out: Annotated[Path, typer.Option(help="Engine directory to write.")] = Path("out/engine"),
+    max_prompt: Annotated[int, typer.Option(help="Longest prompt the engine accepts (TensorRT profile).")] = 2048,
+    max_batch: Annotated[int, typer.Option(help="Largest batch the engine accepts (TensorRT profile).")] = 8,
+    threads: Annotated[int, typer.Option(help="CPU threads for the parity check.")] = 1,
+    json_out: Annotated[bool, typer.Option("--json", help="Print build.json instead of tables.")] = False,
+):
+    """Export the prefill and decode graphs, build the engine, and check it against PyTorch.
+
+    The engine directory holds prefill.onnx and decode.onnx (plus TensorRT plans for --backend
+    tensorrt) and build.json with versions, checksums and the parity figures. A build whose outputs
+    disagree with the PyTorch reference beyond DESIGN.md's tolerances fails and writes nothing.
+    """
+    from quamba_edge.engine import build_engine
+
+    _threads(threads)
+    with user_errors():
+        start = time.perf_counter()
+        with err_console.status("building") as status:
+            build = build_engine(model, out, backend=backend, target=target, precision=precision, threads=threads,
+                                 max_batch=max_batch, max_prompt=max_prompt, progress=status.update)
+        seconds = time.perf_counter() - start
+    if json_out:
+        print(json.dumps(build, indent=2))
+        return
+    parity = build["parity"]
+    table = Table(title=f"parity of the {build['precision']} engine vs PyTorch ({backend}, {target})")
+    for col in ("case", "tensor", "error", "judged"):
+        table.add_column(col)
+    for case in parity["cases"]:
+        error = (f"{case['rel_error']:.2e} rel" if "rel_error" in case
+                 else f"{case['mismatch']:.2%} int8 differ, max {case['max_step']} step")
+        table.add_row(case["case"], case["tensor"], error, "yes" if case["judged"] else "recorded")
+    console.print(table)
+    for graph, info in (build["ort_kernels"] or {}).items():
+        kernels = ", ".join(f"{op} x{n}" for op, n in info["integer_kernels"].items()) or "none"
+        floats = info["float_matmuls"]
+        console.print(f"{graph}: integer kernels in ONNX Runtime: {kernels}; float MatMul/Gemm: {floats}")
+    console.print(f"[green]wrote[/] {out}  ({build['precision']}, parity passed, {seconds:.1f} s)")
+
+
+@app.command()
+def bench(
+    systems: Annotated[list[str], typer.Argument(help="Engine directories (from build-engine), artifacts or "
+                                                      "`default` (PyTorch eager).")],
+    device: Annotated[str, typer.Option(help="cpu | cuda | orin (the Jetson this runs on) | a Jetson "
+                                             "profile.")] = "cpu",
+    prompt_len: Annotated[int, typer.Option(help="Prompt tokens.")] = 1024,
+    gen_len: Annotated[int, typer.Option(help="Generated tokens (the first comes from the prompt).")] = 128,
+    batch: int = 1,
+    threads: Annotated[int, typer.Option(help="CPU threads (one thread for fair CPU comparisons).")] = 1,
+    repeats: Annotated[int, typer.Option(help="Timed runs after one warm-up; medians are reported.")] = 3,
+    estimate_only: Annotated[bool, typer.Option("--estimate", help="Roofline estimate for a Jetson profile "
+                                                                    "instead of a measurement.")] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results (with the machine) here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG of per-token latency over the generation.")] = None,
+):
+    """Time to first token, time per output token and tokens/s, the same loop for every backend."""
+    from quamba_edge.bench import report
+    from quamba_edge.bench.devices import PROFILES, resolve_profile
+
+    with user_errors():
+        if device not in ("cpu", "cuda") and (device in PROFILES or device == "orin"):
+            on_jetson = report.on_jetson(device)
+            if estimate_only or not on_jetson:
+                if not estimate_only:
+                    raise QuambaEdgeError(
+                        f"--device {device}: this machine is not that Jetson, so nothing can be measured here. "
+                        f"Fix: add --estimate for a roofline estimate of {device}, or run bench on the device."
+                    )
+                profile = resolve_profile(device if device != "orin" else "orin-nano-8gb")
+                rows = report.estimates(systems, profile, batch, prompt_len, gen_len)
+                report.print_estimates(console, rows, profile)
+                report.write_json(json_path, {"estimates": rows, "profile": profile.to_dict()})
+                return
+        elif device not in ("cpu", "cuda"):
+            raise QuambaEdgeError(f"unknown device {device!r}; known: cpu, cuda, orin, {', '.join(PROFILES)}.")
+        elif estimate_only:
+            raise QuambaEdgeError("--estimate needs a Jetson profile, e.g. --device orin-nano-8gb.")
+        results = []
+        with _progress() as progress:
+            for spec in systems:
+                task = progress.add_task(f"bench {spec}", total=repeats)
+                results.append(report.measure_system(spec, device, threads, batch, prompt_len, gen_len, repeats,
+                                                     on_repeat=lambda t=task: progress.advance(t)))
+    report.print_measurements(console, results)
+    report.write_json(json_path, {"results": results, "machine": report.machine(device)})
+    if plot:
+        report.plot_tpot(results, plot)
+        console.print(f"wrote {plot}")
 
 
 @app.command()

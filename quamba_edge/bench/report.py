@@ -1,0 +1,114 @@
+"""bench's outputs: measurements and estimates as rich tables, JSON with the machine, a PNG."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from pathlib import Path
+
+from rich.table import Table
+
+from quamba_edge import __version__
+from quamba_edge.bench.devices import DeviceProfile, detect_profile, jetson_model
+from quamba_edge.bench.roofline import estimate
+from quamba_edge.bench.runner import measure
+from quamba_edge.bench.systems import open_system, precision_and_config
+from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.io import atomic_write_json
+
+
+def on_jetson(device: str) -> bool:
+    profile = detect_profile(jetson_model())
+    return profile is not None and (device == "orin" or device == profile.name)
+
+
+def machine(device: str) -> dict:
+    import onnxruntime
+    import torch
+
+    cpu = ""
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    return {"device": device, "cpu": cpu or platform.processor(), "cores": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "quamba_edge": __version__, "jetson": jetson_model(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def measure_system(spec: str, device: str, threads: int, batch: int, prompt_len: int, gen_len: int,
+                   repeats: int, on_repeat=None) -> dict:
+    runner = open_system(spec, device=device, threads=threads, prompt_len=prompt_len, batch=batch)
+    row = measure(runner, batch=batch, prompt_len=prompt_len, gen_len=gen_len, repeats=repeats, threads=threads,
+                  progress=on_repeat).to_dict()
+    row["source"] = spec
+    return row
+
+
+def estimates(systems: list[str], profile: DeviceProfile, batch: int, prompt_len: int, gen_len: int) -> list[dict]:
+    rows = []
+    for spec in systems:
+        cfg, precision, label = precision_and_config(spec)
+        est = estimate(cfg, precision, profile, batch=batch, prompt_len=prompt_len, gen_len=gen_len).to_dict()
+        est["source"] = label
+        rows.append(est)
+    return rows
+
+
+def print_measurements(console, rows: list[dict]) -> None:
+    if not rows:
+        return
+    first = rows[0]
+    table = Table(title=f"measured: batch {first['batch']}, prompt {first['prompt_len']}, generate "
+                        f"{first['gen_len']}, {first['threads']} thread(s), median of {first['repeats']}")
+    for col in ("system", "TTFT ms", "TPOT ms (range)", "prompt tok/s", "decode tok/s", "RSS MiB", "vs first"):
+        table.add_column(col, justify="right" if col != "system" else "left")
+    base = first["decode_tok_s"]
+    for r in rows:
+        lo, hi = r["tpot_ms_range"]
+        table.add_row(r["system"], f"{r['ttft_ms']:.1f}", f"{r['tpot_ms']:.2f} ({lo:.2f}-{hi:.2f})",
+                      f"{r['prompt_tok_s']:.0f}", f"{r['decode_tok_s']:.1f}", f"{r['rss_mb']:.0f}",
+                      f"{r['decode_tok_s'] / base:.2f}x")
+    console.print(table)
+
+
+def print_estimates(console, rows: list[dict], profile: DeviceProfile) -> None:
+    table = Table(title=f"ROOFLINE ESTIMATE for {profile.description} ({profile.bandwidth_gbs:g} GB/s, "
+                        f"{profile.fp16_tflops:g} fp16 TFLOPS, {profile.int8_tops:g} int8 TOPS dense): not measured")
+    for col in ("system", "precision", "weights MB", "prefill ms", "TPOT ms", "total s", "bound"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["source"], r["precision"], f"{r['weight_bytes'] / 1e6:.0f}", f"{r['prefill_ms']:.1f}",
+                      f"{r['tpot_ms']:.2f}", f"{r['total_s']:.2f}", r["decode_bound"])
+    console.print(table)
+
+
+def write_json(path: Path | None, payload: dict) -> None:
+    if path is not None:
+        atomic_write_json(Path(path), payload)
+
+
+def plot_tpot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise QuambaEdgeError("--plot needs matplotlib. Fix: pip install 'quamba-edge[plot]'") from exc
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        ax.plot(range(2, len(r["tpot_curve_ms"]) + 2), r["tpot_curve_ms"], label=r["system"])
+    ax.set_xlabel("generated token")
+    ax.set_ylabel("latency per token (ms, median over repeats)")
+    ax.set_title(f"decode latency after a {rows[0]['prompt_len']}-token prompt")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+    plt.close(fig)

@@ -1,0 +1,69 @@
+"""Roofline estimate of Mamba-1 generation on a device profile: bytes and FLOPs per token ÷ peaks.
+
+An estimate, labelled as one wherever it is printed or stored: it assumes every weight is read once
+per decode step (decode is memory-bound at batch 1) and the peaks of the profile are reached. The
+precision decides bytes per weight: fp16 2 bytes; int8 (Quamba W8A8) 1 byte for the five int8
+layers (in_proj, conv1d, x_proj, dt_proj, out_proj), with the embedding / tied lm_head, norms and
+the SSM parameters kept in fp16 (DESIGN.md). States are read and written once per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from quamba_edge.bench.devices import DeviceProfile
+from quamba_edge.models.mamba import MambaConfig
+
+
+@dataclass
+class Estimate:
+    device: str
+    precision: str
+    batch: int
+    prompt_len: int
+    gen_len: int
+    weight_bytes: float
+    decode_bytes_per_step: float
+    decode_flops_per_step: float
+    prefill_ms: float
+    tpot_ms: float
+    total_s: float
+    decode_bound: str
+    kind: str = "roofline estimate (not a measurement)"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parameter_counts(cfg: MambaConfig) -> tuple[int, int]:
+    """(parameters of the int8-able layers, all other parameters incl. the embedding), whole model."""
+    d, D, n, r, k = cfg.d_inner, cfg.d_model, cfg.d_state, cfg.rank, cfg.d_conv
+    int8_layers = D * 2 * d + d * k + d * (r + 2 * n) + r * d + d * D
+    other = d * n + 2 * d + d + D  # A_log, D, conv bias + dt bias, norm
+    return cfg.n_layer * int8_layers, cfg.n_layer * other + cfg.vocab_size * D + D
+
+
+def estimate(cfg: MambaConfig, precision: str, profile: DeviceProfile, *, batch: int = 1, prompt_len: int = 1024,
+             gen_len: int = 128) -> Estimate:
+    if precision not in ("fp16", "int8"):
+        raise ValueError("the roofline estimate covers fp16 and int8")
+    big, other = parameter_counts(cfg)
+    weight_bytes = big * (1 if precision == "int8" else 2) + other * 2
+    conv_bytes = 1 if precision == "int8" else 2
+    state_bytes = cfg.n_layer * cfg.d_inner * ((cfg.d_conv - 1) * conv_bytes + cfg.d_state * 2)
+    per_token_flops = 2 * (big + cfg.vocab_size * cfg.d_model) + cfg.n_layer * cfg.d_inner * cfg.d_state * 7
+    peak = (profile.int8_tops if precision == "int8" else profile.fp16_tflops) * 1e12
+    bandwidth = profile.bandwidth_gbs * 1e9
+    step_bytes = weight_bytes + 2 * batch * state_bytes
+    step_flops = batch * per_token_flops
+    t_mem, t_compute = step_bytes / bandwidth, step_flops / peak
+    tpot = max(t_mem, t_compute)
+    # Prefill reads the weights once and computes every prompt token (the scan is not tensor-core work,
+    # but its FLOPs are small next to the projections).
+    prefill = max(weight_bytes / bandwidth, batch * prompt_len * per_token_flops / peak)
+    return Estimate(
+        device=profile.name, precision=precision, batch=batch, prompt_len=prompt_len, gen_len=gen_len,
+        weight_bytes=weight_bytes, decode_bytes_per_step=step_bytes, decode_flops_per_step=step_flops,
+        prefill_ms=prefill * 1e3, tpot_ms=tpot * 1e3, total_s=prefill + (gen_len - 1) * tpot,
+        decode_bound="memory" if t_mem >= t_compute else "compute",
+    )

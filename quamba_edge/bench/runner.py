@@ -1,0 +1,125 @@
+"""One timing loop for every backend: prompt -> first token (TTFT), then one token at a time (TPOT).
+
+A runner only knows how to `prefill(ids)` and `decode(token, state)`; the loop, the warm-up, the
+greedy sampling and the statistics are shared, so PyTorch eager, ONNX Runtime and TensorRT are
+measured the same way. Numbers are medians over repeats after one warm-up; the spread is the range.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quamba_edge.errors import QuambaEdgeError
+
+
+class TorchRunner:
+    """PyTorch eager: the fp reference or the quantized reference model."""
+
+    def __init__(self, model, label: str, precision: str):
+        self.model, self.label, self.precision, self.backend = model.eval(), label, precision, "pytorch"
+        self.cfg = model.cfg
+
+    @torch.no_grad()
+    def prefill(self, ids: np.ndarray):
+        logits, conv, ssm = self.model.step(torch.from_numpy(ids))
+        return logits[:, -1].numpy(), (conv, ssm)
+
+    @torch.no_grad()
+    def decode(self, token: np.ndarray, state):
+        logits, conv, ssm = self.model.step(torch.from_numpy(token), *state)
+        return logits[:, -1].numpy(), (conv, ssm)
+
+
+class GraphRunner:
+    """Two graph callables (ONNX Runtime sessions or TensorRT plans) with the DESIGN.md interface."""
+
+    def __init__(self, prefill, decode, cfg, label: str, precision: str, backend: str):
+        self._prefill, self._decode = prefill, decode
+        self.cfg, self.label, self.precision, self.backend = cfg, label, precision, backend
+
+    def prefill(self, ids: np.ndarray):
+        out = self._prefill({"input_ids": ids})
+        return out["logits"], (out["conv_state"], out["ssm_state"])
+
+    def decode(self, token: np.ndarray, state):
+        out = self._decode({"input_ids": token, "conv_state_in": state[0], "ssm_state_in": state[1]})
+        return out["logits"], (out["conv_state"], out["ssm_state"])
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now (Linux), in MiB; 0 where /proc is missing."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@dataclass
+class Measurement:
+    system: str
+    backend: str
+    precision: str
+    batch: int
+    prompt_len: int
+    gen_len: int
+    threads: int
+    repeats: int
+    ttft_ms: float
+    ttft_ms_range: tuple[float, float]
+    tpot_ms: float
+    tpot_ms_range: tuple[float, float]
+    prompt_tok_s: float
+    decode_tok_s: float
+    rss_mb: float
+    tpot_curve_ms: list[float]
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _one_run(runner, prompt: np.ndarray, gen_len: int) -> tuple[float, list[float]]:
+    t0 = time.perf_counter()
+    logits, state = runner.prefill(prompt)
+    token = logits.argmax(-1).astype(np.int64)[:, None]
+    ttft = time.perf_counter() - t0
+    steps = []
+    for _ in range(gen_len - 1):
+        t = time.perf_counter()
+        logits, state = runner.decode(token, state)
+        token = logits.argmax(-1).astype(np.int64)[:, None]
+        steps.append(time.perf_counter() - t)
+    return ttft, steps
+
+
+def measure(runner, *, batch: int, prompt_len: int, gen_len: int, repeats: int, threads: int,
+            seed: int = 0, progress=None) -> Measurement:
+    if gen_len < 2:
+        raise QuambaEdgeError("--gen-len must be at least 2 (the first token comes from the prompt).")
+    rng = np.random.default_rng(seed)
+    prompt = rng.integers(0, runner.cfg.vocab_size, size=(batch, prompt_len), dtype=np.int64)
+    _one_run(runner, prompt[:, : min(prompt_len, 64)], 4)  # warm-up: allocations, kernel selection
+    ttfts, tpots, curves = [], [], []
+    for _ in range(repeats):
+        ttft, steps = _one_run(runner, prompt, gen_len)
+        ttfts.append(ttft)
+        tpots.append(statistics.median(steps))
+        curves.append(steps)
+        if progress:
+            progress()
+    ttft, tpot = statistics.median(ttfts), statistics.median(tpots)
+    curve = [statistics.median(col) * 1e3 for col in zip(*curves)]
+    return Measurement(
+        system=runner.label, backend=runner.backend, precision=runner.precision, batch=batch,
+        prompt_len=prompt_len, gen_len=gen_len, threads=threads, repeats=repeats,
+        ttft_ms=ttft * 1e3, ttft_ms_range=(min(ttfts) * 1e3, max(ttfts) * 1e3),
+        tpot_ms=tpot * 1e3, tpot_ms_range=(min(tpots) * 1e3, max(tpots) * 1e3),
+        prompt_tok_s=batch * prompt_len / ttft, decode_tok_s=batch / tpot, rss_mb=rss_mb(), tpot_curve_ms=curve,
+    )
