@@ -6,7 +6,7 @@ export QUAMBA_EDGE_CACHE ?= $(CURDIR)/.cache
 # Torch threads for the demo and the quality table (benchmarks that time things use one thread).
 THREADS ?= 2
 
-.PHONY: venv corpus demo test lint quality clean
+.PHONY: venv corpus demo test lint quality peers-wheel bench-cpu bench-peers clean
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,28 @@ lint: venv
 # The committed quality table (benchmarks/results/quality.json): every recipe, the whole held-out novel.
 quality: corpus
 	$(BIN)/python benchmarks/quality.py --all-recipes --threads $(THREADS) --markdown --out benchmarks/results/quality.json
+
+# llama.cpp for benchmarks/peers.py: built from source once (about 7 min on 2 cores) into a cached wheel,
+# never inside the tests. The sdist also carries llama.cpp's own gguf converter, unpacked next to it.
+LLAMA_CPP_VERSION ?= 0.3.36
+PEERS_DIR := $(QUAMBA_EDGE_CACHE)/peers
+peers-wheel: venv
+	mkdir -p $(PEERS_DIR)
+	ls $(PEERS_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl > /dev/null 2>&1 || \
+		$(BIN)/pip wheel --no-deps llama-cpp-python==$(LLAMA_CPP_VERSION) -w $(PEERS_DIR) > $(PEERS_DIR)/build.log 2>&1 || \
+		(tail -30 $(PEERS_DIR)/build.log; exit 1)
+	$(BIN)/pip install -q --no-deps $(PEERS_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	test -d $(PEERS_DIR)/src || (mkdir -p $(PEERS_DIR)/src && $(BIN)/pip download -q --no-deps --no-binary :all: \
+		llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(PEERS_DIR) && tar xzf $(PEERS_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz \
+		-C $(PEERS_DIR)/src --strip-components 1)
+
+# CPU decode and prompt speed, one thread: ours (PyTorch eager, ONNX Runtime; fp32 and int8) side by side.
+bench-cpu: corpus
+	$(BIN)/python benchmarks/cpu_decode.py --out benchmarks/results/cpu_decode.json
+
+# Ours against llama.cpp (q8_0 and f32) on the same mamba-130m-shaped weights, one thread.
+bench-peers: corpus peers-wheel
+	$(BIN)/python benchmarks/peers.py --llama-src $(PEERS_DIR)/src --out benchmarks/results/peers.json
 
 clean:
 	rm -rf out .pytest_cache

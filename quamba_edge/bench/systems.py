@@ -46,8 +46,9 @@ def _open_engine(directory: Path, device: str, threads: int, prompt_len: int, ba
             raise QuambaEdgeError(f"{directory} is an ONNX Runtime engine for --target {target}; "
                                   f"--device {device} needs --target {wanted}. Fix: rebuild it.")
         int8 = precision == "int8"
-        sessions = {g: ort_backend.make_session(engine.graph(g), threads=threads, int8=int8, target=target)
-                    for g in ("prefill", "decode")}
+        activations = build.get("int8_activations") or "int8"
+        sessions = {g: ort_backend.make_session(engine.graph(g), threads=threads, int8=int8, target=target,
+                                                activations=activations) for g in ("prefill", "decode")}
         return GraphRunner(lambda f: ort_backend.run(sessions["prefill"], f),
                            lambda f: ort_backend.run(sessions["decode"], f), engine.cfg, label, precision, backend)
     if device == "cpu":

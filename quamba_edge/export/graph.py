@@ -65,12 +65,21 @@ class GraphBuilder:
                                            domain=domain, **attrs))
         return outs[0] if len(outs) == 1 else outs
 
-    def quantize(self, x: str, scale: str) -> str:
-        return self.op("QuantizeLinear", [x, scale, self.const(0, np.int8)])
+    activation_type = np.int8  # np.uint8: the same numbers as int8, stored as q + 128 (see mamba_onnx)
 
-    def dequantize(self, q: str, scale: str, axis: int | None = None) -> str:
+    def _zero_point(self, weight: bool) -> str:
+        if weight:  # one per weight: ORT's x86 u8u8 pass rewrites each weight's zero point in place
+            return self.initializer("w_zero_point", np.zeros((), np.int8))
+        if self.activation_type == np.int8:
+            return self.const(0, np.int8)
+        return self.const(128, np.uint8)
+
+    def quantize(self, x: str, scale: str, to_int8: bool = False) -> str:
+        return self.op("QuantizeLinear", [x, scale, self._zero_point(to_int8)])
+
+    def dequantize(self, q: str, scale: str, axis: int | None = None, weight: bool = False) -> str:
         attrs = {} if axis is None else {"axis": axis}
-        return self.op("DequantizeLinear", [q, scale, self.const(0, np.int8)], **attrs)
+        return self.op("DequantizeLinear", [q, scale, self._zero_point(weight)], **attrs)
 
     def qdq(self, x: str, scale: str) -> str:
         """Fake-quantize: the int8 value exists between the two nodes, where engines fuse."""

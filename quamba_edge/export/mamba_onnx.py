@@ -36,6 +36,11 @@ from quamba_edge.quant.int8 import dequantize
 from quamba_edge.quant.qmodels import QuantizedMambaLM
 
 GRAPHS = ("prefill", "decode")
+# int8 activations are symmetric int8 with zero point 0 (DESIGN.md; TensorRT accepts nothing else).
+# "uint8" stores the same numbers as q + 128 (zero point 128): clamp(round(x/s), -128, 127) + 128 ==
+# clamp(round(x/s) + 128, 0, 255), so the values are identical; it exists because ONNX Runtime's x86 CPU
+# kernels are fast for uint8 x int8 and slow for int8 x int8. Weights are int8 either way.
+ACTIVATION_TYPES = {"int8": np.int8, "uint8": np.uint8}
 MAX_SYLVESTER_BLOCK = 64
 
 
@@ -46,7 +51,8 @@ def state_shapes(cfg: MambaConfig, batch) -> tuple[list, list]:
 class _MambaGraph:
     """Shared by the fp and int8 exports; the layer bodies differ only in where int8 appears."""
 
-    def __init__(self, model: MambaLM | QuantizedMambaLM, kind: str, dtype: torch.dtype, probes: bool = False):
+    def __init__(self, model: MambaLM | QuantizedMambaLM, kind: str, dtype: torch.dtype, probes: bool = False,
+                 activations: str = "int8"):
         if kind not in GRAPHS:
             raise ValueError(f"graph must be one of {GRAPHS}, not {kind!r}")
         self.model, self.kind, self.cfg = model, kind, model.cfg
@@ -56,6 +62,10 @@ class _MambaGraph:
         self.dtype, self.probes = dtype, probes
         self.T = ONNX_DTYPE[dtype]
         self.g = GraphBuilder(f"mamba_{kind}")
+        if activations not in ACTIVATION_TYPES:
+            raise ValueError(f"activations must be one of {sorted(ACTIVATION_TYPES)}, not {activations!r}")
+        self.g.activation_type = ACTIVATION_TYPES[activations]
+        self.activations = activations
 
     # --- helpers ------------------------------------------------------------------------------
     def w(self, hint: str, t: torch.Tensor) -> str:
@@ -89,8 +99,8 @@ class _MambaGraph:
         g = self.g
         wq = g.initializer(f"{hint}_q", q.t().contiguous())
         if scale.numel() == 1:
-            return g.dequantize(wq, self.scalar(scale))
-        return g.dequantize(wq, self.f32(f"{hint}_scale", scale.reshape(-1)), axis=1)
+            return g.dequantize(wq, self.scalar(scale), weight=True)
+        return g.dequantize(wq, self.f32(f"{hint}_scale", scale.reshape(-1)), axis=1, weight=True)
 
     def qlinear(self, hint: str, x_dq: str, lin, quantize_out: bool) -> str:
         """MatMul of a DQ'd activation and a DQ'd weight, + float bias, then Q (kept int8) or float."""
@@ -154,10 +164,9 @@ class _MambaGraph:
         x, z = g.op("Split", [xz, g.const([cfg.d_inner] * 2, np.int64)], n_out=2, axis=-1)
         x_pad = g.op("Concat", [conv_in, g.op("Transpose", [x], perm=[0, 2, 1])], axis=2)
         conv_out = self.last_columns(x_pad)
-        conv_inputs = [x_pad, self.w("conv_w", mixer.conv1d.weight)]
+        c = self.depthwise_conv(x_pad, mixer.conv1d.weight.reshape(cfg.d_inner, cfg.d_conv), self.w)
         if mixer.conv1d.bias is not None:
-            conv_inputs.append(self.w("conv_b", mixer.conv1d.bias))
-        c = g.op("Conv", conv_inputs, group=cfg.d_inner, kernel_shape=[cfg.d_conv])
+            c = g.op("Add", [c, self.w("conv_b", mixer.conv1d.bias.reshape(1, -1, 1))])
         u = g.op("Transpose", [g.op("Mul", [c, g.op("Sigmoid", [c])])], perm=[0, 2, 1])
         dbc = g.op("MatMul", [u, self.w("x_proj_w", mixer.x_proj.weight.t().contiguous())])
         dt, B, C = g.op("Split", [dbc, g.const([cfg.rank, cfg.d_state, cfg.d_state], np.int64)], n_out=3, axis=-1)
@@ -181,11 +190,15 @@ class _MambaGraph:
         xz_q = self.qlinear("in_proj", x_dq, m.in_proj, quantize_out=True)
         x_q, z_q = g.op("Split", [xz_q, g.const([cfg.d_inner] * 2, np.int64)], n_out=2, axis=-1)
         s_xz = self.scalar(m.in_proj.out_scale)
-        x_pad_q = g.op("Concat", [conv_in, g.op("Transpose", [x_q], perm=[0, 2, 1])], axis=2)  # int8
+        if g.activation_type == np.uint8:  # the state stays int8 at the graph boundary: re-encode, exactly
+            conv_in = g.quantize(g.dequantize(conv_in, s_xz, weight=True), s_xz)
+        x_pad_q = g.op("Concat", [conv_in, g.op("Transpose", [x_q], perm=[0, 2, 1])], axis=2)
         conv_out = self.last_columns(x_pad_q)
+        if g.activation_type == np.uint8:
+            conv_out = g.quantize(g.dequantize(conv_out, s_xz), s_xz, to_int8=True)
         conv = m.conv1d
-        w_conv = self.int8_conv_weight(conv.weight, conv.weight_scale)
-        c = g.op("Conv", [g.dequantize(x_pad_q, s_xz), w_conv], group=cfg.d_inner, kernel_shape=[cfg.d_conv])
+        w_conv = dequantize(conv.weight, conv.weight_scale)  # int8 values x their scale, as the reference
+        c = self.depthwise_conv(g.dequantize(x_pad_q, s_xz), w_conv, self.f32)
         bias = dequantize(conv.bias, conv.bias_scale).reshape(1, -1, 1)
         c = g.op("Add", [c, self.f32("conv_b", bias)])
         u = g.op("Transpose", [g.op("Mul", [c, g.op("Sigmoid", [c])])], perm=[0, 2, 1])
@@ -209,12 +222,23 @@ class _MambaGraph:
         out = self.qlinear("out_proj", y_dq, m.out_proj, quantize_out=False)
         return g.op("Add", [h, out]), conv_out, ssm_out
 
-    def int8_conv_weight(self, q: torch.Tensor, scale: torch.Tensor) -> str:
-        g = self.g
-        wq = g.initializer("conv_w_q", q.reshape(q.shape[0], 1, q.shape[1]))
-        if scale.numel() == 1:
-            return g.dequantize(wq, self.scalar(scale))
-        return g.dequantize(wq, self.f32("conv_w_scale", scale.reshape(-1)), axis=0)
+    def depthwise_conv(self, x_pad: str, weight: torch.Tensor, store) -> str:
+        """Causal depthwise conv (b, d, k-1+l) -> (b, d, l) as k shifted multiply-adds.
+
+        ONNX Runtime's grouped Conv with one channel per group costs ~0.3 ms a layer at decode; the same
+        sum written as elementwise ops costs a few microseconds and is just as portable.
+        """
+        g, k = self.g, self.cfg.d_conv
+        if self.kind == "decode":  # x_pad is exactly the k-wide window
+            prod = g.op("Mul", [x_pad, store("conv_w", weight.unsqueeze(0))])
+            return g.op("ReduceSum", [prod, g.const([-1], np.int64)], keepdims=1)
+        out = None
+        for j in range(k):
+            end = j - (k - 1) if j < k - 1 else 2**62
+            window = g.op("Slice", [x_pad, g.const([j], np.int64), g.const([end], np.int64), g.const([2], np.int64)])
+            term = g.op("Mul", [window, store("conv_w", weight[:, j : j + 1].unsqueeze(0))])
+            out = term if out is None else g.op("Add", [out, term])
+        return out
 
     def last_columns(self, x_pad: str) -> str:
         k1 = self.cfg.d_conv - 1
@@ -267,7 +291,7 @@ class _MambaGraph:
         g.output(g.op("Concat", ssm_outs, axis=0), "ssm_state", TensorProto.FLOAT, ssm_shape)
         precision = "int8" if quantized else {torch.float32: "fp32", torch.float16: "fp16"}[self.dtype]
         meta = {"quamba_edge_version": __version__, "family": "mamba", "graph": self.kind,
-                "precision": precision}
+                "precision": precision, "activations": self.activations if quantized else "float"}
         return g.model(f"quamba-edge Mamba-1 {self.kind} graph ({precision})", meta)
 
 
@@ -297,9 +321,9 @@ def _scan_body() -> onnx.GraphProto:
 
 @torch.no_grad()
 def export_mamba(model: MambaLM | QuantizedMambaLM, kind: str, dtype: torch.dtype = torch.float32,
-                 probes: bool = False) -> onnx.ModelProto:
+                 probes: bool = False, activations: str = "int8") -> onnx.ModelProto:
     """The `prefill` or `decode` graph of a fp model (fp32 or fp16) or a quantized model (int8).
 
     `probes` adds the residual stream entering each layer as outputs `probe_h{i}` (parity checks only).
     """
-    return _MambaGraph(model.eval(), kind, dtype, probes).build()
+    return _MambaGraph(model.eval(), kind, dtype, probes, activations).build()

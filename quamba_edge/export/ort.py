@@ -44,7 +44,7 @@ def providers_for(target: str) -> list[str]:
     raise QuambaEdgeError(f"unknown ONNX Runtime target {target!r}; known: cpu, cuda.")
 
 
-def session_options(threads: int, int8: bool, optimized_path: Path | None = None):
+def session_options(threads: int, int8: bool, optimized_path: Path | None = None, activations: str = "int8"):
     ort = _ort()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -52,28 +52,34 @@ def session_options(threads: int, int8: bool, optimized_path: Path | None = None
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    if int8:  # our activations are int8 (zero point 0); by default ORT fuses int8 QDQ only on ARM
+    if int8:
+        # int8 activations (zero point 0): by default ORT fuses int8 Q/DQ into integer kernels only on ARM.
         opts.add_session_config_entry("session.qdqisint8allowed", "1")
+        # uint8-coded activations on x86: AVX2's u8 x s8 multiply-add saturates at 16 bits (a 255 x 127 pair
+        # overflows), which breaks exactness; this makes ORT shift the weights to uint8 (u8 x u8, exact).
+        if activations == "uint8":
+            opts.add_session_config_entry("session.x64quantprecision", "1")
     if optimized_path is not None:
         opts.optimized_model_filepath = str(optimized_path)
     return opts
 
 
-def make_session(graph: Path | bytes, *, threads: int = 1, int8: bool = False, target: str = "cpu"):
+def make_session(graph: Path | bytes, *, threads: int = 1, int8: bool = False, target: str = "cpu",
+                 activations: str = "int8"):
     ort = _ort()
     source = str(graph) if isinstance(graph, Path) else graph
     disabled = DISABLED_FOR_INT8 if int8 else []
-    return ort.InferenceSession(source, sess_options=session_options(threads, int8),
+    return ort.InferenceSession(source, sess_options=session_options(threads, int8, activations=activations),
                                 providers=providers_for(target), disabled_optimizers=disabled)
 
 
-def optimized_op_counts(graph: Path | bytes, *, int8: bool, threads: int = 1) -> Counter:
+def optimized_op_counts(graph: Path | bytes, *, int8: bool, threads: int = 1, activations: str = "int8") -> Counter:
     """Op types of the graph after ONNX Runtime's CPU optimizations, counted (Scan bodies included)."""
     ort = _ort()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "optimized.onnx"
         source = str(graph) if isinstance(graph, Path) else graph
-        ort.InferenceSession(source, sess_options=session_options(threads, int8, out),
+        ort.InferenceSession(source, sess_options=session_options(threads, int8, out, activations),
                              providers=["CPUExecutionProvider"],
                              disabled_optimizers=DISABLED_FOR_INT8 if int8 else [])
         model = onnx.load(str(out), load_external_data=False)

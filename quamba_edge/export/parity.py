@@ -65,7 +65,7 @@ def _compare(case: str, name: str, got: np.ndarray, ref: torch.Tensor, tolerance
     else:
         err = rel_error(got, ref_np)
         excess = err / tolerance if tolerance else 0.0
-        row.update(rel_error=err)
+        row.update(rel_error=err, tolerance=tolerance)
     row["excess"] = float(excess) if tolerance else 0.0
     row["judged"] = tolerance is not None
     return row

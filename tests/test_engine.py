@@ -1,0 +1,126 @@
+"""build-engine end to end: graphs, parity, build.json, verification on load, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from quamba_edge import engine as engine_mod
+from quamba_edge.artifact import save_artifact
+from quamba_edge.engine import build_engine, load_engine
+from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.quant.calibrate import calibrate
+from quamba_edge.quant.recipes import make_recipe
+
+
+@pytest.fixture(scope="module")
+def int8_artifact(tmp_path_factory):
+    from .conftest import make_model
+
+    model = make_model()
+    batches = [torch.randint(0, 256, (4, 64), generator=torch.Generator().manual_seed(3))]
+    qmodel, calib = calibrate(model, batches, make_recipe("quamba"))
+    path = tmp_path_factory.mktemp("art") / "quamba"
+    return save_artifact(qmodel, path, recipe=qmodel.recipe, source={"model": "tiny"}, calibration={},
+                         scales=calib.scales)
+
+
+@pytest.fixture(scope="module")
+def int8_engine(int8_artifact, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eng") / "int8"
+    build_engine(int8_artifact, out)
+    return out
+
+
+def test_int8_build_records_parity_versions_and_kernels(int8_engine, int8_artifact):
+    build = json.loads((int8_engine / "build.json").read_text())
+    assert build["precision"] == "int8" and build["backend"] == "ort" and build["target"] == "cpu"
+    assert build["parity"]["passed"]
+    assert any(c["case"].startswith("layer") for c in build["parity"]["cases"])
+    assert set(build["files"]) == {"prefill.onnx", "decode.onnx"}
+    assert build["versions"]["onnxruntime"] and build["versions"]["torch"]
+    assert build["ort_kernels"]["decode"]["integer_kernels"]["QLinearMatMul"] == 6
+    assert build["source_manifest_sha256"]
+    loaded = load_engine(int8_engine)
+    assert loaded.cfg.n_layer == 2
+
+
+def test_fp_builds_from_a_checkpoint(tiny_checkpoint, tmp_path):
+    for precision in ("fp32", "fp16"):
+        build = build_engine(tiny_checkpoint, tmp_path / precision, precision=precision)
+        assert build["precision"] == precision and build["parity"]["passed"]
+    with pytest.raises(QuambaEdgeError, match="needs a quantized artifact"):
+        build_engine(tiny_checkpoint, tmp_path / "x", precision="int8")
+
+
+def test_a_failed_parity_check_writes_nothing(int8_artifact, tmp_path, monkeypatch):
+    from quamba_edge.export import parity
+
+    monkeypatch.setattr(parity, "TOLERANCE", {"fp32": 1e-5, "fp16": 1e-3, "int8": 1e-12})
+    out = tmp_path / "never"
+    with pytest.raises(engine_mod.ParityError, match="worst tensor .* not written"):
+        build_engine(int8_artifact, out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_tampered_or_foreign_engines_are_refused(int8_engine, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(int8_engine, copy)
+    (copy / "decode.onnx").write_bytes((copy / "decode.onnx").read_bytes()[:-10])
+    with pytest.raises(QuambaEdgeError, match="changed after the build"):
+        load_engine(copy)
+    shutil.rmtree(copy)
+    shutil.copytree(int8_engine, copy)
+    build = json.loads((copy / "build.json").read_text())
+    build["toolkit_version"] = "0.0.1"
+    (copy / "build.json").write_text(json.dumps(build))
+    with pytest.raises(QuambaEdgeError, match="built by quamba-edge 0.0.1"):
+        load_engine(copy)
+    with pytest.raises(QuambaEdgeError, match="not an engine directory"):
+        load_engine(tmp_path)
+
+
+def test_bad_build_requests(int8_artifact, tmp_path):
+    with pytest.raises(QuambaEdgeError, match="unknown backend"):
+        build_engine(int8_artifact, tmp_path / "e", backend="tflite")
+    with pytest.raises(QuambaEdgeError, match="unknown target 'orin-nano-8gb' for --backend ort"):
+        build_engine(int8_artifact, tmp_path / "e", target="orin-nano-8gb")
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    with pytest.raises(QuambaEdgeError, match="not an engine directory; refusing"):
+        build_engine(int8_artifact, keep)
+    assert (keep / "notes.txt").read_text() == "mine"
+
+
+def test_tensorrt_backend_without_tensorrt_says_what_to_install(int8_artifact, tmp_path):
+    pytest.importorskip("onnx")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here; this test covers machines without it")
+    except ImportError:
+        pass
+    with pytest.raises(QuambaEdgeError, match="TensorRT is not installed.*pip install tensorrt.*--backend ort"):
+        build_engine(int8_artifact, tmp_path / "trt", backend="tensorrt", target="orin-nano-8gb")
+    assert not (tmp_path / "trt").exists()
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_parses_our_graphs(int8_artifact, tiny_checkpoint):
+    """Our portable graphs through TensorRT's own ONNX parser (tensorrt, or tensorrt-rtx in CI)."""
+    from quamba_edge.export.mamba_onnx import export_mamba
+    from quamba_edge.export.tensorrt import import_tensorrt, parse_onnx
+    from quamba_edge.pipeline import load_any
+
+    try:
+        trt = import_tensorrt(allow_rtx=True)
+    except QuambaEdgeError as exc:
+        pytest.skip(f"neither tensorrt nor tensorrt-rtx is installed: {exc}")
+    for spec in (int8_artifact, tiny_checkpoint):
+        model = load_any(spec).model
+        for graph in ("prefill", "decode"):
+            _builder, network, _parser, _logger = parse_onnx(trt, export_mamba(model, graph).SerializeToString())
+            assert network.num_outputs == 3
