@@ -142,12 +142,12 @@ class _MambaGraph:
         dA = g.op("Exp", [g.op("Mul", [g.op("Unsqueeze", [delta, g.const([-1], np.int64)]), A])])  # (b,l,d,n)
         du = g.op("Unsqueeze", [g.op("Mul", [delta, u]), g.const([-1], np.int64)])  # (b,l,d,1)
         dBu = g.op("Mul", [du, g.op("Unsqueeze", [B, g.const([2], np.int64)])])  # (b,l,d,n)
-        if self.kind == "decode":
-            t0 = g.const([1], np.int64)
-            h = g.op("Add", [g.op("Mul", [g.op("Squeeze", [dA, t0]), h0]), g.op("Squeeze", [dBu, t0])])
-            Ct = g.op("Unsqueeze", [g.op("Squeeze", [C, t0]), t0])  # (b,1,n)
-            yt = g.op("ReduceSum", [g.op("Mul", [h, Ct]), g.const([-1], np.int64)], keepdims=0)  # (b,d)
-            y = g.op("Unsqueeze", [yt, t0])
+        if self.kind == "decode":  # one step, kept in the (b, 1, d, n) layout of dA
+            t1 = g.const([1], np.int64)
+            h = g.op("Add", [g.op("Mul", [dA, g.op("Unsqueeze", [h0, t1])]), dBu])  # (b,1,d,n)
+            Ct = g.op("Unsqueeze", [C, g.const([2], np.int64)])  # (b,1,1,n)
+            y = g.op("ReduceSum", [g.op("Mul", [h, Ct]), g.const([-1], np.int64)], keepdims=0)  # (b,1,d)
+            h = g.op("Squeeze", [h, t1])
         else:
             h, y = g.op("Scan", [h0, dA, dBu, C], n_out=2, body=_scan_body(), num_scan_inputs=3,
                         scan_input_axes=[1, 1, 1], scan_output_axes=[1])

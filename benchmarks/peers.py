@@ -1,0 +1,140 @@
+"""quamba-edge against llama.cpp on the same weights, one thread, in one run.
+
+    make bench-peers     # builds llama-cpp-python once into a cached wheel, then runs this script
+    python benchmarks/peers.py --llama-src .cache/peers/src --out benchmarks/results/peers.json
+
+The model is the mamba-130m shape with random weights (seed 0; see cpu_decode.py for why a shape).
+It is written once as a mamba-ssm checkpoint; llama.cpp's own converter (convert_hf_to_gguf.py from
+the llama-cpp-python sdist, with its bundled gguf-py) turns it into f32 and q8_0 gguf files, and
+quamba-edge builds its fp32 and Quamba int8 ONNX Runtime engines from the same checkpoint. Every
+system is timed by quamba-edge's bench loop (prompt, then greedy decode one token at a time), with
+llama.cpp driven through llama-cpp-python's `eval` at n_threads = n_threads_batch = 1.
+
+The bundled model cannot be compared on quality here: llama.cpp's Mamba converter supplies a GPT-NeoX
+vocabulary (50k tokens), and the bundled model is byte-level (256).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from cpu_decode import mamba_130m_shape, save_model_artifacts
+from rich.console import Console
+from rich.table import Table
+
+from quamba_edge.bench.report import machine
+from quamba_edge.bench.runner import measure
+from quamba_edge.bench.systems import open_system
+from quamba_edge.engine import build_engine
+from quamba_edge.io import atomic_write_json
+
+
+class LlamaCppRunner:
+    """llama.cpp behind the bench loop's prefill/decode interface (batch 1, greedy)."""
+
+    backend = "llama.cpp"
+
+    def __init__(self, gguf: Path, quant: str, cfg, max_tokens: int):
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=str(gguf), n_threads=1, n_threads_batch=1, n_ctx=max_tokens + 16,
+                         n_batch=max_tokens + 16, logits_all=False, verbose=False)
+        self.cfg, self.precision, self.label = cfg, quant, f"llama.cpp-{quant}"
+        self.n_vocab = self.llm.n_vocab()
+
+    def _last_logits(self) -> np.ndarray:
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,))[None, :].copy()
+
+    def prefill(self, ids: np.ndarray):
+        self.llm.reset()
+        self.llm.eval([int(t) for t in ids[0]])
+        return self._last_logits(), None
+
+    def decode(self, token: np.ndarray, state):
+        self.llm.eval([int(token[0, 0])])
+        return self._last_logits(), None
+
+
+def convert(llama_src: Path, checkpoint: Path, outtype: str, out: Path) -> Path:
+    converter = llama_src / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py"
+    if not converter.exists():
+        sys.exit(f"{converter} is missing. Fix: `make peers-wheel` (unpacks the llama-cpp-python sdist).")
+    env = {**os.environ, "PYTHONPATH": str(converter.parent / "gguf-py")}
+    cmd = [sys.executable, str(converter), str(checkpoint), "--outtype", outtype, "--outfile", str(out)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"llama.cpp's converter failed ({' '.join(cmd)}):\n{result.stderr[-2000:]}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--llama-src", type=Path, default=Path(".cache/peers/src"))
+    ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--gen-len", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--calib-samples", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    console = Console(width=140)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = mamba_130m_shape()
+        cfg = model.cfg
+        console.print("writing the checkpoint, calibrating, building engines")
+        fp_dir, q_dir = save_model_artifacts(model, "mamba-130m-shape", root, args.calib_samples, 256)
+        config = json.loads((fp_dir / "config.json").read_text())
+        (fp_dir / "config.json").write_text(json.dumps({**config, "architectures": ["MambaLMHeadModel"]}))
+        systems = []
+        for src, precision in ((q_dir, None), (fp_dir, "fp32")):
+            eng = root / f"engine-{precision or 'int8'}"
+            build_engine(src, eng, precision=precision, max_prompt=args.prompt_len)
+            systems.append(open_system(str(eng), device="cpu", threads=1, prompt_len=args.prompt_len, batch=1))
+        systems.append(open_system(str(fp_dir), device="cpu", threads=1, prompt_len=args.prompt_len, batch=1))
+        for quant in ("q8_0", "f32"):
+            console.print(f"converting to gguf {quant} with llama.cpp's converter")
+            gguf = convert(args.llama_src, fp_dir, quant, root / f"model-{quant}.gguf")
+            systems.append(LlamaCppRunner(gguf, quant, cfg, args.prompt_len + args.gen_len))
+        for system in systems:
+            console.print(f"timing {system.label}")
+            m = measure(system, batch=1, prompt_len=args.prompt_len, gen_len=args.gen_len, repeats=args.repeats,
+                        threads=1)
+            name = system.label if system.backend == "llama.cpp" else \
+                f"quamba-edge-{system.backend}-{system.precision}"
+            row = {**m.to_dict(), "system": name, "model": "mamba-130m-shape"}
+            row.pop("tpot_curve_ms")
+            rows.append(row)
+    q8 = next(r for r in rows if r["system"] == "llama.cpp-q8_0")
+    for r in rows:
+        r["decode_vs_llama_q8_0"] = r["decode_tok_s"] / q8["decode_tok_s"]
+        r["prompt_vs_llama_q8_0"] = r["prompt_tok_s"] / q8["prompt_tok_s"]
+    table = Table(title=f"one thread, mamba-130m shape, prompt {args.prompt_len}, generate {args.gen_len} (medians)")
+    for col in ("system", "prompt tok/s", "decode tok/s", "decode vs llama.cpp q8_0", "prompt vs llama.cpp q8_0"):
+        table.add_column(col, justify="left" if col == "system" else "right", no_wrap=True)
+    for r in rows:
+        table.add_row(r["system"], f"{r['prompt_tok_s']:.0f}", f"{r['decode_tok_s']:.1f}",
+                      f"{r['decode_vs_llama_q8_0']:.2f}x", f"{r['prompt_vs_llama_q8_0']:.2f}x")
+    console.print(table)
+    if args.out:
+        import llama_cpp
+
+        atomic_write_json(args.out, {"command": "python " + " ".join(sys.argv), "machine": machine("cpu"),
+                                     "llama_cpp_python": llama_cpp.__version__, "rows": rows,
+                                     "date": time.strftime("%Y-%m-%d")})
+        console.print(f"wrote {args.out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
