@@ -12,6 +12,7 @@ $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
 	@echo "installing into $(VENV) (log: $(VENV)/pip.log) ..."
 	@$(BIN)/pip install -c constraints-cpu.txt -e '.[dev]' > $(VENV)/pip.log 2>&1 || (tail -30 $(VENV)/pip.log; exit 1)
+	@$(BIN)/pip install tensorrt-rtx >> $(VENV)/pip.log 2>&1 || echo "tensorrt-rtx did not install: the TensorRT parser tests will be skipped"
 	$(BIN)/python -c "import torch, transformers, quamba_edge; print('torch', torch.__version__)"
 	touch $@
 

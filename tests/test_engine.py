@@ -109,10 +109,11 @@ def test_tensorrt_backend_without_tensorrt_says_what_to_install(int8_artifact, t
 
 
 @pytest.mark.tensorrt
-def test_tensorrt_parses_our_graphs(int8_artifact, tiny_checkpoint):
-    """Our portable graphs through TensorRT's own ONNX parser (tensorrt, or tensorrt-rtx in CI)."""
+def test_tensorrt_parses_and_builds_our_graphs(int8_artifact, tiny_checkpoint):
+    """Our portable graphs through TensorRT's own ONNX parser and builder (TensorRT, or tensorrt-rtx in CI,
+    whose builder runs without a GPU): Q/DQ placement, the Scan over a dynamic prompt length, profiles."""
     from quamba_edge.export.mamba_onnx import export_mamba
-    from quamba_edge.export.tensorrt import import_tensorrt, parse_onnx
+    from quamba_edge.export.tensorrt import import_tensorrt, parse_onnx, profile_shapes
     from quamba_edge.pipeline import load_any
 
     try:
@@ -122,5 +123,12 @@ def test_tensorrt_parses_our_graphs(int8_artifact, tiny_checkpoint):
     for spec in (int8_artifact, tiny_checkpoint):
         model = load_any(spec).model
         for graph in ("prefill", "decode"):
-            _builder, network, _parser, _logger = parse_onnx(trt, export_mamba(model, graph).SerializeToString())
+            builder, network, _parser, _logger = parse_onnx(trt, export_mamba(model, graph).SerializeToString())
             assert network.num_outputs == 3
+            config = builder.create_builder_config()
+            profile = builder.create_optimization_profile()
+            for name, (lo, opt, hi) in profile_shapes(graph, model.cfg, 2, 128, 32).items():
+                profile.set_shape(name, lo, opt, hi)
+            config.add_optimization_profile(profile)
+            plan = builder.build_serialized_network(network, config)
+            assert plan is not None and plan.nbytes > 0, f"TensorRT could not build the {graph} graph"

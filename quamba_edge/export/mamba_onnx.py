@@ -149,7 +149,7 @@ class _MambaGraph:
             y = g.op("ReduceSum", [g.op("Mul", [h, Ct]), g.const([-1], np.int64)], keepdims=0)  # (b,1,d)
             h = g.op("Squeeze", [h, t1])
         else:
-            h, y = g.op("Scan", [h0, dA, dBu, C], n_out=2, body=_scan_body(), num_scan_inputs=3,
+            h, y = g.op("Scan", [h0, dA, dBu, C], n_out=2, body=_scan_body(g.fresh("scan")), num_scan_inputs=3,
                         scan_input_axes=[1, 1, 1], scan_output_axes=[1])
         y = g.op("Add", [y, g.op("Mul", [u, D])])
         return y, h
@@ -190,7 +190,9 @@ class _MambaGraph:
         xz_q = self.qlinear("in_proj", x_dq, m.in_proj, quantize_out=True)
         x_q, z_q = g.op("Split", [xz_q, g.const([cfg.d_inner] * 2, np.int64)], n_out=2, axis=-1)
         s_xz = self.scalar(m.in_proj.out_scale)
-        if g.activation_type == np.uint8:  # the state stays int8 at the graph boundary: re-encode, exactly
+        if self.kind == "prefill":  # a float zero state, quantized here: TensorRT wants int8 only out of Q nodes
+            conv_in = g.quantize(conv_in, s_xz)
+        elif g.activation_type == np.uint8:  # the state stays int8 at the graph boundary: re-encode, exactly
             conv_in = g.quantize(g.dequantize(conv_in, s_xz, weight=True), s_xz)
         x_pad_q = g.op("Concat", [conv_in, g.op("Transpose", [x_q], perm=[0, 2, 1])], axis=2)
         conv_out = self.last_columns(x_pad_q)
@@ -258,8 +260,7 @@ class _MambaGraph:
             ssm_all = g.input("ssm_state_in", TensorProto.FLOAT, ssm_shape)
         else:
             batch = g.op("Slice", [g.op("Shape", [ids]), g.const([0], np.int64), g.const([1], np.int64)])
-            conv_zero = g.const(np.zeros((1, cfg.d_inner, cfg.d_conv - 1)),
-                                np.int8 if quantized else self._np_dtype())
+            conv_zero = g.const(np.zeros((1, cfg.d_inner, cfg.d_conv - 1)), self._np_dtype())
             ssm_zero = g.const(np.zeros((1, cfg.d_inner, cfg.d_state)), np.float32)
             tail = g.const([cfg.d_inner, cfg.d_conv - 1], np.int64)
             conv0 = g.op("Expand", [conv_zero, g.op("Concat", [batch, tail], axis=0)])
@@ -295,27 +296,37 @@ class _MambaGraph:
         return g.model(f"quamba-edge Mamba-1 {self.kind} graph ({precision})", meta)
 
 
-def _scan_body() -> onnx.GraphProto:
-    """h_t = dA_t * h_{t-1} + dBu_t;  y_t = <h_t, C_t>  (b, d, n) state, (b, d) output."""
+def _scan_body(tag: str) -> onnx.GraphProto:
+    """h_t = dA_t * h_{t-1} + dBu_t;  y_t = <h_t, C_t>  (b, d, n) state, (b, d) output.
+
+    Value and node names carry `tag` so that the six (or 64) bodies stay distinguishable in TensorRT.
+    """
+    def v(name: str) -> str:
+        return f"{tag}_{name}"
+
+    def node(op: str, inputs: list[str], outputs: list[str], **attrs) -> onnx.NodeProto:
+        return helper.make_node(op, [v(i) for i in inputs], [v(o) for o in outputs], name=v(f"{op}_{outputs[0]}"),
+                                **attrs)
+
     nodes = [
-        helper.make_node("Mul", ["dA_t", "h_prev"], ["decayed"]),
-        helper.make_node("Add", ["decayed", "dBu_t"], ["h_next"]),
-        helper.make_node("Constant", [], ["axis1"], value=helper.make_tensor("a1", TensorProto.INT64, [1], [1])),
-        helper.make_node("Constant", [], ["axis_last"], value=helper.make_tensor("al", TensorProto.INT64, [1], [-1])),
-        helper.make_node("Unsqueeze", ["C_t", "axis1"], ["C_row"]),
-        helper.make_node("Mul", ["h_next", "C_row"], ["hC"]),
-        helper.make_node("ReduceSum", ["hC", "axis_last"], ["y_t"], keepdims=0),
-        helper.make_node("Identity", ["h_next"], ["h_out"]),
+        node("Mul", ["dA_t", "h_prev"], ["decayed"]),
+        node("Add", ["decayed", "dBu_t"], ["h_next"]),
+        node("Constant", [], ["axis1"], value=helper.make_tensor(v("a1"), TensorProto.INT64, [1], [1])),
+        node("Constant", [], ["axis_last"], value=helper.make_tensor(v("al"), TensorProto.INT64, [1], [-1])),
+        node("Unsqueeze", ["C_t", "axis1"], ["C_row"]),
+        node("Mul", ["h_next", "C_row"], ["hC"]),
+        node("ReduceSum", ["hC", "axis_last"], ["y_t"], keepdims=0),
+        node("Identity", ["h_next"], ["h_out"]),
     ]
     f = TensorProto.FLOAT
     return helper.make_graph(
-        nodes, "selective_scan_step",
-        [helper.make_tensor_value_info("h_prev", f, ["batch", "d", "n"]),
-         helper.make_tensor_value_info("dA_t", f, ["batch", "d", "n"]),
-         helper.make_tensor_value_info("dBu_t", f, ["batch", "d", "n"]),
-         helper.make_tensor_value_info("C_t", f, ["batch", "n"])],
-        [helper.make_tensor_value_info("h_out", f, ["batch", "d", "n"]),
-         helper.make_tensor_value_info("y_t", f, ["batch", "d"])],
+        nodes, v("selective_scan_step"),
+        [helper.make_tensor_value_info(v("h_prev"), f, ["batch", "d", "n"]),
+         helper.make_tensor_value_info(v("dA_t"), f, ["batch", "d", "n"]),
+         helper.make_tensor_value_info(v("dBu_t"), f, ["batch", "d", "n"]),
+         helper.make_tensor_value_info(v("C_t"), f, ["batch", "n"])],
+        [helper.make_tensor_value_info(v("h_out"), f, ["batch", "d", "n"]),
+         helper.make_tensor_value_info(v("y_t"), f, ["batch", "d"])],
     )
 
 
