@@ -77,6 +77,10 @@ def calibrate(
     percentile_clip: Annotated[bool, typer.Option("--percentile-clip/--no-percentile",
                                                   help="Clip the SSM input at --percentile (quamba).")] = True,
     weight_granularity: Annotated[str, typer.Option(help="tensor | channel.")] = "tensor",
+    int8_head: Annotated[bool, typer.Option("--int8-head/--fp-head",
+                                            help="Also make the tied lm_head int8 (per-channel). Not part of the "
+                                                 "paper's recipe; faster CPU decode; its quality is measured "
+                                                 "by `eval`.")] = False,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
     out: Annotated[Path, typer.Option(help="Artifact directory to write.")] = Path("out/quamba"),
     threads: Threads = 0,
@@ -90,7 +94,7 @@ def calibrate(
     with user_errors():
         try:
             rec = make_recipe(recipe, hadamard=hadamard, percentile_clip=percentile_clip, percentile=percentile,
-                              weight_granularity=weight_granularity)
+                              weight_granularity=weight_granularity, int8_head=int8_head)
         except ValueError as exc:
             raise QuambaEdgeError(str(exc)) from exc
         start = time.perf_counter()

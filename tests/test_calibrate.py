@@ -125,3 +125,24 @@ def test_unsupported_hadamard_width_fails_before_the_pass():
 def test_fp_recipe_returns_the_model(tiny_model):
     model, calib = calibrate(tiny_model, _batches(), make_recipe("fp"))
     assert model is tiny_model and calib is None
+
+
+def test_int8_head_is_the_dequantized_product_of_its_int8_parts(tiny_model):
+    from quamba_edge.quant.int8 import quantize
+
+    qmodel, calib = calibrate(tiny_model, _batches(), make_recipe("quamba", int8_head=True))
+    head = qmodel.head
+    assert calib.head_scale > 0 and float(head.in_scale) == pytest.approx(calib.head_scale)
+    assert head.weight.dtype == torch.int8 and head.weight_scale.shape == (256, 1)
+    ids = _batches(7, n=1, b=2, l=9)[0]
+    with torch.no_grad():
+        logits = qmodel(ids)
+        h = qmodel.embedding(ids).float()
+        conv, ssm = qmodel.empty_state(2)
+        for i, layer in enumerate(qmodel.layers):
+            h, _, _ = layer(h, conv[i], ssm[i])
+        x_q = quantize(qmodel.norm_f(h), head.in_scale)
+        reference = dequantize(x_q, head.in_scale) @ dequantize(head.weight, head.weight_scale).T
+    rel_close(logits, reference)
+    fp_logits = tiny_model(ids)
+    assert (logits - fp_logits).norm() / fp_logits.norm() < 0.1  # still the same model

@@ -116,3 +116,16 @@ def test_onnx_hadamard_equals_the_reference_rotation():
         y = torch.randn(2, 3, n, generator=torch.Generator().manual_seed(n))
         got = ort_backend.run(session, {"y": y.numpy()})["out"]
         assert rel_error(got, rotate(y, n).numpy()) < 1e-6
+
+
+def test_int8_head_graph_matches_and_runs_the_head_in_int8():
+    model = make_model(seed=2)
+    batches = [torch.randint(0, 256, (4, 64), generator=torch.Generator().manual_seed(4))]
+    qmodel = calibrate(model, batches, make_recipe("quamba", int8_head=True))[0]
+    assert qmodel.recipe.label == "quamba-int8-head"
+    run = _runners(qmodel, activations="uint8")
+    report = check_mamba(qmodel, run["prefill"], run["decode"], "int8")
+    assert report.passed, report.worst
+    graph = export_mamba(qmodel, "decode", activations="uint8").SerializeToString()
+    kernels = ort_backend.integer_kernels(ort_backend.optimized_op_counts(graph, int8=True, activations="uint8"))
+    assert kernels.get("MatMulIntegerToFloat") == TINY.n_layer + 1  # out_proj per layer + the head

@@ -286,7 +286,12 @@ class _MambaGraph:
             ssm_outs.append(g.op("Unsqueeze", [ssm_out, g.const([0], np.int64)]))
         last = g.op("Gather", [h, g.const(-1, np.int64)], axis=1)  # (b, d_model)
         norm_f = self.model.norm_f if quantized else self.model.backbone.norm_f
-        logits = g.op("Gemm", [self.rmsnorm(last, norm_f.weight, norm_f.eps), emb_name], transB=1)
+        normed = self.rmsnorm(last, norm_f.weight, norm_f.eps)
+        head = self.model.head if quantized else None
+        if head is not None:  # int8 lm_head (--int8-head): MatMulIntegerToFloat in ONNX Runtime
+            logits = self.qlinear("head", g.qdq(normed, self.scalar(head.in_scale)), head, quantize_out=False)
+        else:
+            logits = g.op("Gemm", [normed, emb_name], transB=1)
         g.output(self.cast(logits, TensorProto.FLOAT), "logits", TensorProto.FLOAT, ["batch", cfg.vocab_size])
         g.output(g.op("Concat", conv_outs, axis=0), "conv_state", conv_type, conv_shape)
         g.output(g.op("Concat", ssm_outs, axis=0), "ssm_state", TensorProto.FLOAT, ssm_shape)

@@ -27,6 +27,7 @@ from quamba_edge.quant.recipes import Recipe
 @dataclass
 class CalibrationResult:
     scales: list[dict[str, float]]  # per layer: activation point -> scale
+    head_scale: float | None = None  # input of the int8 lm_head (recipe.int8_head only)
 
 
 def _check_finite(x: Tensor, layer: int, point: str, batch: int) -> None:
@@ -89,6 +90,13 @@ def observe_activations(
             mixer.dt_proj.register_forward_hook(hook_dt_proj),
             mixer.out_proj.register_forward_hook(hook_out_proj),
         ]
+    head_observer = AbsMaxObserver() if recipe.int8_head else None
+    if head_observer is not None:
+        def hook_norm_f(_m, _inp, out):
+            _check_finite(out, len(layers), "head", state["batch"])
+            head_observer.observe(out)
+
+        handles.append(model.backbone.norm_f.register_forward_hook(hook_norm_f))
     try:
         with torch.no_grad():
             for batch in batches:
@@ -101,7 +109,8 @@ def observe_activations(
             h.remove()
     if state["batch"] == 0:
         raise QuambaEdgeError("calibration got no data: pass at least one sample (--samples 1 or more).")
-    return CalibrationResult([{p: float(o.scale()) for p, o in obs.items()} for obs in observers])
+    return CalibrationResult([{p: float(o.scale()) for p, o in obs.items()} for obs in observers],
+                             float(head_observer.scale()) if head_observer is not None else None)
 
 
 @torch.no_grad()
@@ -111,6 +120,9 @@ def build_quantized(model: MambaLM, calib: CalibrationResult, recipe: Recipe) ->
     qm = QuantizedMambaLM(cfg, recipe)
     qm.embedding.weight.copy_(model.backbone.embedding.weight.float())
     qm.norm_f.weight.copy_(model.backbone.norm_f.weight.float())
+    if recipe.int8_head:
+        w_q, w_s = quantize_weight(model.backbone.embedding.weight, "channel")
+        qm.head.load_float(w_q, w_s, torch.tensor(calib.head_scale), None)
     M = hadamard_matrix(cfg.d_inner) if recipe.hadamard else None
     for layer, qlayer, s in zip(model.backbone.layers, qm.layers, calib.scales):
         fp, q = layer.mixer, qlayer.mixer

@@ -190,6 +190,8 @@ class QuantizedMambaLM(nn.Module):
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(QResidualBlock(cfg, recipe) for _ in range(cfg.n_layer))
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.head = (QLinear(cfg.d_model, cfg.vocab_size, granularity="channel", bias=False, int8_output=False)
+                     if recipe.int8_head else None)
 
     def empty_state(self, batch: int, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
         cfg = self.cfg
@@ -210,7 +212,11 @@ class QuantizedMambaLM(nn.Module):
             h, c, s = layer(h, conv_state[i], ssm_state[i])
             new_conv.append(c)
             new_ssm.append(s)
-        logits = F.linear(self.norm_f(h), self.embedding.weight)  # lm_head tied, fp32
+        normed = self.norm_f(h)
+        if self.head is not None:  # --int8-head: per-channel int8 copy of the tied matrix
+            logits = self.head(quantize(normed, self.head.in_scale))
+        else:
+            logits = F.linear(normed, self.embedding.weight)  # lm_head tied, fp32
         return logits, torch.stack(new_conv), torch.stack(new_ssm)
 
     def forward(self, input_ids: Tensor) -> Tensor:
