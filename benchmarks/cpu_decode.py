@@ -50,23 +50,27 @@ def mamba_130m_shape(seed: int = 0) -> MambaLM:
     return model.eval()
 
 
-def quantize(model, samples: int, seq_len: int):
+def quantize(model, samples: int, seq_len: int, int8_head: bool = False):
     windows = load_windows("default", ByteTokenizer(), samples, seq_len).tokens  # bytes: valid ids for both vocabs
     batches = [windows[i : i + 8] for i in range(0, len(windows), 8)]
-    return calibrate(model, batches, make_recipe("quamba"))
+    return calibrate(model, batches, make_recipe("quamba", int8_head=int8_head))
 
 
-def save_model_artifacts(model, name: str, root: Path, samples: int, seq_len: int) -> tuple[Path, Path]:
-    """fp checkpoint + Quamba artifact on disk, so every system is opened the way a user opens it."""
+def save_model_artifacts(model, name: str, root: Path, samples: int, seq_len: int) -> tuple[Path, dict[str, Path]]:
+    """fp checkpoint + Quamba artifacts (fp32 head as in the paper, and --int8-head) on disk, so every
+    system is opened the way a user opens it."""
     from quamba_edge.artifact import save_artifact
     from quamba_edge.checkpoints import save_checkpoint
 
-    fp_dir, q_dir = root / f"{name}-fp", root / f"{name}-quamba"
+    fp_dir = root / f"{name}-fp"
     save_checkpoint(model, fp_dir)
-    qmodel, calib = quantize(model, samples, seq_len)
-    save_artifact(qmodel, q_dir, recipe=qmodel.recipe, source={"model": name}, calibration=None,
-                  scales=calib.scales)
-    return fp_dir, q_dir
+    artifacts = {}
+    for int8_head in (False, True):
+        qmodel, calib = quantize(model, samples, seq_len, int8_head)
+        artifacts[qmodel.recipe.label] = save_artifact(
+            qmodel, root / f"{name}-{qmodel.recipe.label}", recipe=qmodel.recipe, source={"model": name},
+            calibration=None, scales=calib.scales)
+    return fp_dir, artifacts
 
 
 def profile_decode(engine_dir: Path, threads: int, steps: int = 20) -> dict[str, float]:
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    console = Console()
+    console = Console(width=150)
     rows: list[dict] = []
     profiles: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,13 +122,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for name in args.models:
             model = load_any("default").model if name == "bundled" else mamba_130m_shape()
             console.print(f"[bold]{name}[/]: calibrating and building engines")
-            fp_dir, q_dir = save_model_artifacts(model, name, root, args.calib_samples, args.calib_seq_len)
-            systems = [str(fp_dir)] + ([] if args.skip_pytorch_int8 else [str(q_dir)])
-            for src, precision in ((fp_dir, "fp32"), (q_dir, None)):
-                eng = root / f"{name}-engine-{precision or 'int8'}"
-                build_engine(src, eng, precision=precision, threads=args.threads, max_prompt=args.prompt_len)
+            fp_dir, artifacts = save_model_artifacts(model, name, root, args.calib_samples, args.calib_seq_len)
+            systems = [str(fp_dir)] + ([] if args.skip_pytorch_int8 else [str(artifacts["quamba"])])
+            for label, src in (("fp32", fp_dir), *artifacts.items()):
+                eng = root / f"{name}-engine-{label}"
+                build_engine(src, eng, precision="fp32" if label == "fp32" else None, threads=args.threads,
+                             max_prompt=args.prompt_len)
                 systems.append(str(eng))
-            profiles[name] = profile_decode(root / f"{name}-engine-int8", args.threads)
+            for label in artifacts:
+                profiles[f"{name} {label}"] = profile_decode(root / f"{name}-engine-{label}", args.threads)
             for spec in systems:
                 system = open_system(spec, device="cpu", threads=args.threads, prompt_len=args.prompt_len, batch=1)
                 console.print(f"  timing {system.label}")
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print_table(console, rows)
     for name, prof in profiles.items():
         top = ", ".join(f"{op} {100 * share:.0f}%" for op, share in prof.items() if op != "step_kernel_ms")
-        console.print(f"{name}: ORT int8 decode step {prof['step_kernel_ms']:.2f} ms of kernels: {top}")
+        console.print(f"{name}: ORT decode step {prof['step_kernel_ms']:.2f} ms of kernels: {top}")
     if args.out:
         atomic_write_json(args.out, {"command": "python " + " ".join(sys.argv), "machine": machine("cpu"),
                                      "rows": rows, "ort_int8_decode_profile": profiles,
@@ -152,14 +158,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def _system_name(runner) -> str:
+    """quamba-edge-<backend>-<fp32 | int8 | int8-head>, the names benchmarks/results use."""
     backend = "pytorch" if isinstance(runner, TorchRunner) else runner.backend
-    return f"quamba-edge-{backend}-{runner.precision}"
+    precision = "int8-head" if "int8-head" in runner.label else runner.precision
+    return f"quamba-edge-{backend}-{precision}"
 
 
 def print_table(console, rows: list[dict]) -> None:
     table = Table(title="CPU, one thread: prompt and decode speed (medians)")
     for col in ("model", "system", "prompt tok/s", "decode tok/s", "TPOT ms", "decode vs pytorch-fp32"):
-        table.add_column(col, justify="left" if col in ("model", "system") else "right")
+        table.add_column(col, justify="left" if col in ("model", "system") else "right", no_wrap=True)
     for r in rows:
         table.add_row(r["model"], r["system"], f"{r['prompt_tok_s']:.0f}", f"{r['decode_tok_s']:.1f}",
                       f"{r['tpot_ms']:.2f}", f"{r.get('decode_vs_pytorch_fp32', 1):.2f}x")

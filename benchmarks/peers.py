@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cpu_decode import mamba_130m_shape, save_model_artifacts
+from cpu_decode import _system_name, mamba_130m_shape, save_model_artifacts
 from rich.console import Console
 from rich.table import Table
 
@@ -93,13 +93,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         model = mamba_130m_shape()
         cfg = model.cfg
         console.print("writing the checkpoint, calibrating, building engines")
-        fp_dir, q_dir = save_model_artifacts(model, "mamba-130m-shape", root, args.calib_samples, 256)
+        fp_dir, artifacts = save_model_artifacts(model, "mamba-130m-shape", root, args.calib_samples, 256)
         config = json.loads((fp_dir / "config.json").read_text())
         (fp_dir / "config.json").write_text(json.dumps({**config, "architectures": ["MambaLMHeadModel"]}))
         systems = []
-        for src, precision in ((q_dir, None), (fp_dir, "fp32")):
-            eng = root / f"engine-{precision or 'int8'}"
-            build_engine(src, eng, precision=precision, max_prompt=args.prompt_len)
+        for label, src in (*artifacts.items(), ("fp32", fp_dir)):
+            eng = root / f"engine-{label}"
+            build_engine(src, eng, precision="fp32" if label == "fp32" else None, max_prompt=args.prompt_len)
             systems.append(open_system(str(eng), device="cpu", threads=1, prompt_len=args.prompt_len, batch=1))
         systems.append(open_system(str(fp_dir), device="cpu", threads=1, prompt_len=args.prompt_len, batch=1))
         for quant in ("q8_0", "f32"):
@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             console.print(f"timing {system.label}")
             m = measure(system, batch=1, prompt_len=args.prompt_len, gen_len=args.gen_len, repeats=args.repeats,
                         threads=1)
-            name = system.label if system.backend == "llama.cpp" else \
-                f"quamba-edge-{system.backend}-{system.precision}"
+            name = system.label if system.backend == "llama.cpp" else _system_name(system)
             row = {**m.to_dict(), "system": name, "model": "mamba-130m-shape"}
             row.pop("tpot_curve_ms")
             rows.append(row)
