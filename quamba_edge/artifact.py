@@ -9,7 +9,6 @@ leaves a half-written artifact; loading re-hashes every file and refuses any mis
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import time
@@ -20,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from quamba_edge import __version__
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.io import atomic_write_json, fsync_tree, sha256_file, swap_dir_into_place
+from quamba_edge.io import atomic_write_json, sha256_file, staged_dir
 from quamba_edge.models.mamba import MambaConfig, MambaLM
 from quamba_edge.quant.qmodels import QuantizedMambaLM
 from quamba_edge.quant.recipes import Recipe
@@ -56,10 +55,7 @@ def save_artifact(
             f"{out_dir} exists and is not a quamba-edge artifact; refusing to overwrite it. "
             "Fix: choose an empty or new --out directory."
         )
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_dir(out_dir) as tmp:
         save_file(_weights_of(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         for f in extra_files:
             shutil.copy(f, tmp / Path(f).name)
@@ -80,11 +76,6 @@ def save_artifact(
             "files": files,
         }
         atomic_write_json(tmp / MANIFEST, manifest)
-        fsync_tree(tmp)
-        swap_dir_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

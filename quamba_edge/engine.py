@@ -13,9 +13,7 @@ check passed, so a failed build never replaces a good engine.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.export import ort as ort_backend
 from quamba_edge.export.mamba_onnx import GRAPHS, export_mamba
 from quamba_edge.export.parity import ParityReport, check_layers, check_mamba
-from quamba_edge.io import atomic_write_json, fsync_tree, sha256_file, swap_dir_into_place
+from quamba_edge.io import atomic_write_json, sha256_file, staged_dir
 from quamba_edge.models.mamba import MambaConfig
 from quamba_edge.pipeline import load_any
 from quamba_edge.quant.qmodels import QuantizedMambaLM
@@ -96,12 +94,9 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
     if out.exists() and any(out.iterdir()) and not (out / BUILD_JSON).exists():
         raise QuambaEdgeError(f"{out} exists and is not an engine directory; refusing to overwrite it. "
                               "Fix: choose an empty or new --out directory.")
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     step = progress or (lambda message: None)
     activations = activation_encoding(backend, target)
-    try:
+    with staged_dir(out) as tmp:
         paths = {}
         for graph in GRAPHS:
             step(f"exporting {graph} graph ({precision})")
@@ -147,11 +142,6 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
             "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         }
         atomic_write_json(tmp / BUILD_JSON, build)
-        fsync_tree(tmp)
-        swap_dir_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return build
 
 

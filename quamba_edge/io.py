@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -74,3 +75,20 @@ def swap_dir_into_place(tmp: Path, out_dir: Path) -> None:
     fsync_dir(out_dir.parent)
     if had_old:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: Path):
+    """Build a directory under a temporary name; on success fsync it and swap it into place, on any
+    error remove it. An existing `out_dir` is replaced only by a complete new one."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        swap_dir_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
