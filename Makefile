@@ -51,7 +51,7 @@ peers-wheel: venv
 	ls $(PEERS_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl > /dev/null 2>&1 || \
 		$(BIN)/pip wheel --no-deps llama-cpp-python==$(LLAMA_CPP_VERSION) -w $(PEERS_DIR) > $(PEERS_DIR)/build.log 2>&1 || \
 		(tail -30 $(PEERS_DIR)/build.log; exit 1)
-	$(BIN)/pip install -q --no-deps $(PEERS_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	$(BIN)/pip install -q $(PEERS_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	test -d $(PEERS_DIR)/src || (mkdir -p $(PEERS_DIR)/src && $(BIN)/pip download -q --no-deps --no-binary :all: \
 		llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(PEERS_DIR) && tar xzf $(PEERS_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz \
 		-C $(PEERS_DIR)/src --strip-components 1)

@@ -115,10 +115,13 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
         runners = _sessions(paths, backend, target, precision == "int8", threads, activations)
         report = check_mamba(model, runners["prefill"], runners["decode"], precision)
         if precision == "int8" and backend == "ort":
-            probe = export_mamba(model, "prefill", dtype, probes=True, activations=activations).SerializeToString()
-            session = ort_backend.make_session(probe, threads=threads, int8=True, target=target,
-                                               activations=activations)
-            check_layers(model, lambda feeds: ort_backend.run(session, feeds), report)
+            probes = {}
+            for graph in GRAPHS:
+                proto = export_mamba(model, graph, dtype, probes=True, activations=activations)
+                session = ort_backend.make_session(proto.SerializeToString(), threads=threads, int8=True,
+                                                   target=target, activations=activations)
+                probes[graph] = lambda feeds, s=session: ort_backend.run(s, feeds)
+            check_layers(model, probes["prefill"], probes["decode"], report)
         if not report.passed:
             raise ParityError(_parity_failure(report))
         kernels = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,10 +25,14 @@ Progress = Callable[[int], None]
 @dataclass
 class LoadedModel:
     model: nn.Module
-    tokenizer: Tokenizer
     label: str  # recipe label, e.g. "fp", "quamba"
     directory: Path
     manifest: dict | None = None
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        """Looked up on first use: building an engine or timing one needs no tokenizer."""
+        return tokenizer_for(self.directory, self.model.cfg.vocab_size)
 
 
 def load_any(spec: str | Path) -> LoadedModel:
@@ -35,11 +40,9 @@ def load_any(spec: str | Path) -> LoadedModel:
     looks_like_artifact = Path(spec).is_dir() and (is_artifact(Path(spec)) or (Path(spec) / MANIFEST).exists())
     if str(spec) != "default" and looks_like_artifact:  # a broken manifest gets read_manifest's error
         model, manifest = load_artifact(Path(spec))
-        tok = tokenizer_for(Path(spec), model.cfg.vocab_size)
-        return LoadedModel(model, tok, manifest["recipe_label"], Path(spec), manifest)
+        return LoadedModel(model, manifest["recipe_label"], Path(spec), manifest)
     model_dir = resolve_model_dir(spec)
-    model = load_mamba(model_dir)
-    return LoadedModel(model, tokenizer_for(model_dir, model.cfg.vocab_size), "fp", model_dir)
+    return LoadedModel(load_mamba(model_dir), "fp", model_dir)
 
 
 def batched(windows: torch.Tensor, batch_size: int):

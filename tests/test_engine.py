@@ -56,7 +56,7 @@ def test_fp_builds_from_a_checkpoint(tiny_checkpoint, tmp_path):
 def test_a_failed_parity_check_writes_nothing(int8_artifact, tmp_path, monkeypatch):
     from quamba_edge.export import parity
 
-    monkeypatch.setattr(parity, "TOLERANCE", {"fp32": 1e-5, "fp16": 1e-3, "int8": 1e-12})
+    monkeypatch.setattr(parity, "LAYER_TOLERANCE", 1e-15)
     out = tmp_path / "never"
     with pytest.raises(engine_mod.ParityError, match="worst tensor .* not written"):
         build_engine(int8_artifact, out)

@@ -55,8 +55,8 @@ def test_fp16_graphs_match_fp16_weights_within_1e_3():
 def test_int8_graphs_match_layer_by_layer(quantized, activations):
     run = _runners(quantized, activations=activations)
     report = check_mamba(quantized, run["prefill"], run["decode"], "int8")
-    probe = _runners(quantized, activations=activations, probes=True)["prefill"]
-    check_layers(quantized, probe, report)
+    probe = _runners(quantized, activations=activations, probes=True)
+    check_layers(quantized, probe["prefill"], probe["decode"], report)
     assert report.passed, report.worst
     layer_cases = [c for c in report.cases if c["case"].startswith("layer")]
     assert layer_cases and all(c.get("max_step", 0) <= 1 for c in layer_cases)
@@ -65,10 +65,10 @@ def test_int8_graphs_match_layer_by_layer(quantized, activations):
 def test_a_wrong_scale_fails_the_parity_check(quantized):
     broken = copy.deepcopy(quantized)
     broken.layers[0].mixer.x_proj.weight_scale.mul_(1.25)
-    probe = _runners(broken, probes=True)["prefill"]
+    probe = _runners(broken, probes=True)
     run = _runners(broken)
     report = check_mamba(quantized, run["prefill"], run["decode"], "int8")
-    check_layers(quantized, probe, report)
+    check_layers(quantized, probe["prefill"], probe["decode"], report)
     assert not report.passed
     assert report.worst["excess"] > 3
 
@@ -125,7 +125,10 @@ def test_int8_head_graph_matches_and_runs_the_head_in_int8():
     assert qmodel.recipe.label == "quamba-int8-head"
     run = _runners(qmodel, activations="uint8")
     report = check_mamba(qmodel, run["prefill"], run["decode"], "int8")
+    probe = _runners(qmodel, activations="uint8", probes=True)
+    check_layers(qmodel, probe["prefill"], probe["decode"], report)
     assert report.passed, report.worst
+    assert any(c["case"].startswith("norm + head") and c["judged"] for c in report.cases)
     graph = export_mamba(qmodel, "decode", activations="uint8").SerializeToString()
     kernels = ort_backend.integer_kernels(ort_backend.optimized_op_counts(graph, int8=True, activations="uint8"))
     assert kernels.get("MatMulIntegerToFloat") == TINY.n_layer + 1  # out_proj per layer + the head

@@ -284,6 +284,8 @@ class _MambaGraph:
             h, conv_out, ssm_out = body(layer, h, conv_in, ssm_in)
             conv_outs.append(g.op("Unsqueeze", [conv_out, g.const([0], np.int64)]))
             ssm_outs.append(g.op("Unsqueeze", [ssm_out, g.const([0], np.int64)]))
+        if self.probes:
+            g.output(h, f"probe_h{cfg.n_layer}", self.T, ["batch", seq, cfg.d_model])
         last = g.op("Gather", [h, g.const(-1, np.int64)], axis=1)  # (b, d_model)
         norm_f = self.model.norm_f if quantized else self.model.backbone.norm_f
         normed = self.rmsnorm(last, norm_f.weight, norm_f.eps)
@@ -340,6 +342,7 @@ def export_mamba(model: MambaLM | QuantizedMambaLM, kind: str, dtype: torch.dtyp
                  probes: bool = False, activations: str = "int8") -> onnx.ModelProto:
     """The `prefill` or `decode` graph of a fp model (fp32 or fp16) or a quantized model (int8).
 
-    `probes` adds the residual stream entering each layer as outputs `probe_h{i}` (parity checks only).
+    `probes` adds the residual stream entering each layer i as output `probe_h{i}`, and the one leaving
+    the last layer as `probe_h{n_layer}` (layer-by-layer parity checks only).
     """
     return _MambaGraph(model.eval(), kind, dtype, probes, activations).build()

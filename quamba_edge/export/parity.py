@@ -5,13 +5,13 @@ Tolerances are relative errors ‖engine − ref‖₂ / ‖ref‖₂ per output
 - fp16 graphs: 1e-3, against the model with its weights rounded to fp16 and run in fp32 (PyTorch's
   own fp16 CPU kernels are both slower, 70 s for a 33-token prompt, and less exact than that).
 - int8 graphs: every int8 tensor is exact except near rounding ties (DESIGN.md). A tie resolved
-  differently in layer i changes the input of layer i+1, so end to end a few one-step differences
-  cascade through a deep model: compared end to end, only the logits and SSM state are judged,
-  against a cascade bound (5e-2). The sharp check is layer by layer (`check_layers`): the graph's
-  own residual stream entering each layer (probe outputs) is fed to the reference layer, so each
-  layer is compared on equal inputs: its int8 conv state may differ by one step in at most 0.5% of
-  places, its output and SSM state within 1e-3. A wrong scale, rotation or layout fails both by
-  orders of magnitude (the tests check that it does).
+  differently in layer i changes the input of layer i+1, so end to end one-step differences cascade
+  through a deep model (5% on the logits of a 24-layer model after 33 tokens is normal): end-to-end
+  int8 figures are recorded, not judged. The check is layer by layer (`check_layers`): the graph's
+  own residual stream entering each layer (probe outputs) is fed to the reference layer, and its
+  final residual to the reference norm and head, so each piece is compared on equal inputs: int8
+  conv state equal except one step in at most 0.5% of places, layer outputs, SSM states and logits
+  within 1e-3. A wrong scale, rotation or layout fails by orders of magnitude (tests check it does).
 """
 
 from __future__ import annotations
@@ -102,27 +102,36 @@ def check_mamba(model, prefill, decode, precision: str, *, seed: int = 0, batch:
 
 
 def _judge(precision: str, name: str) -> float | None:
-    if precision == "int8" and name == "conv_state":
-        return None  # cascaded one-step differences; judged layer by layer instead
+    if precision == "int8":
+        return None  # cascaded one-step differences end to end; int8 is judged layer by layer instead
     return TOLERANCE[precision]
 
 
 @torch.no_grad()
-def check_layers(model, prefill_with_probes, report: ParityReport, *, seed: int = 1, batch: int = 2,
-                 length: int = 33) -> ParityReport:
-    """Layer by layer on equal inputs: the graph's residual entering layer i -> reference layer i."""
+def check_layers(model, prefill_with_probes, decode_with_probes, report: ParityReport, *, seed: int = 1,
+                 batch: int = 2, length: int = 33) -> ParityReport:
+    """Every layer, then the head, on equal inputs: the graph's own residual entering layer i goes into
+    reference layer i (and its final residual into the reference norm + head), for prefill and for
+    one decode step from the reference's prefill state."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.cfg.vocab_size, (batch, length), generator=gen)
-    out = prefill_with_probes({"input_ids": ids.numpy()})
-    layers = model.layers
-    conv0, ssm0 = model.empty_state(batch)
-    for i, layer in enumerate(layers):
-        h_in = torch.from_numpy(out[f"probe_h{i}"])
-        h_out, conv, ssm = layer(h_in, conv0[i], ssm0[i])
-        case = f"layer {i} on the graph's own input, l={length}"
-        got_out = out[f"probe_h{i + 1}"] if i + 1 < len(layers) else None
-        if got_out is not None:
-            report.cases.append(_compare(case, "layer_output", got_out, h_out, LAYER_TOLERANCE))
-        report.cases.append(_compare(case, "conv_state", out["conv_state"][i], conv, LAYER_TOLERANCE))
-        report.cases.append(_compare(case, "ssm_state", out["ssm_state"][i], ssm, LAYER_TOLERANCE))
+    nxt = torch.randint(0, model.cfg.vocab_size, (batch, 1), generator=gen)
+    _, conv_ref, ssm_ref = model.step(ids)
+    runs = [
+        (f"prefill l={length}", prefill_with_probes({"input_ids": ids.numpy()}), model.empty_state(batch)),
+        (f"decode after l={length}", decode_with_probes({"input_ids": nxt.numpy(), "conv_state_in": conv_ref.numpy(),
+                                                         "ssm_state_in": ssm_ref.numpy()}), (conv_ref, ssm_ref)),
+    ]
+    n = len(model.layers)
+    for label, out, (conv_in, ssm_in) in runs:
+        for i, layer in enumerate(model.layers):
+            h_out, conv, ssm = layer(torch.from_numpy(out[f"probe_h{i}"]), conv_in[i], ssm_in[i])
+            case = f"layer {i} on the graph's own input, {label}"
+            report.cases.append(_compare(case, "layer_output", out[f"probe_h{i + 1}"], h_out, LAYER_TOLERANCE))
+            report.cases.append(_compare(case, "conv_state", out["conv_state"][i], conv, LAYER_TOLERANCE))
+            report.cases.append(_compare(case, "ssm_state", out["ssm_state"][i], ssm, LAYER_TOLERANCE))
+        final = torch.from_numpy(out[f"probe_h{n}"])[:, -1:]
+        logits = model.logits(final)[:, -1]
+        report.cases.append(_compare(f"norm + head on the graph's own input, {label}", "logits", out["logits"],
+                                     logits, LAYER_TOLERANCE))
     return report

@@ -212,12 +212,14 @@ class QuantizedMambaLM(nn.Module):
             h, c, s = layer(h, conv_state[i], ssm_state[i])
             new_conv.append(c)
             new_ssm.append(s)
+        return self.logits(h), torch.stack(new_conv), torch.stack(new_ssm)
+
+    def logits(self, h: Tensor) -> Tensor:
+        """Final norm and head on the residual stream (b, l, d_model)."""
         normed = self.norm_f(h)
         if self.head is not None:  # --int8-head: per-channel int8 copy of the tied matrix
-            logits = self.head(quantize(normed, self.head.in_scale))
-        else:
-            logits = F.linear(normed, self.embedding.weight)  # lm_head tied, fp32
-        return logits, torch.stack(new_conv), torch.stack(new_ssm)
+            return self.head(quantize(normed, self.head.in_scale))
+        return F.linear(normed, self.embedding.weight)  # lm_head tied, fp32
 
     def forward(self, input_ids: Tensor) -> Tensor:
         return self.step(input_ids)[0]
