@@ -27,11 +27,17 @@ def test_per_channel_weights_use_each_rows_amax():
         quantize_weight(w, "group")
 
 
-@pytest.mark.parametrize("m,k,n", [(1, 768, 1536), (5, 24, 768), (3, 12, 20), (17, 96, 56), (2, 7, 3)])
-def test_int8_matmul_is_exact(m, k, n):
+@pytest.mark.parametrize("m,k,n", [(1, 768, 1536), (5, 24, 768), (3, 12, 20), (17, 96, 56), (2, 7, 3),
+                                   (4, 1024, 8), (3, 5120, 16)])
+@pytest.mark.parametrize("extreme", [False, True])
+def test_int8_matmul_is_exact(m, k, n, extreme):
+    """Exact int32 results, also at the float32 bound (k = 1024 of -128 x -128) and past it (float64)."""
     g = torch.Generator().manual_seed(m * k + n)
     a = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
     b = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
+    if extreme:
+        a.fill_(-128)
+        b.fill_(-128)
     out = int8_matmul(a, b)
     assert out.dtype == torch.int32
     assert torch.equal(out.long(), a.long() @ b.long().T)
