@@ -40,7 +40,8 @@ lint: venv
 
 # The committed quality table (benchmarks/results/quality.json): every recipe, the whole held-out novel.
 quality: corpus
-	$(BIN)/python benchmarks/quality.py --all-recipes --threads $(THREADS) --markdown --out benchmarks/results/quality.json
+	$(BIN)/python benchmarks/quality.py --all-recipes --max-samples 256 --threads $(THREADS) --markdown \
+		--out benchmarks/results/quality.json
 
 # llama.cpp for benchmarks/peers.py: built from source once (about 7 min on 2 cores) into a cached wheel,
 # never inside the tests. The sdist also carries llama.cpp's own gguf converter, unpacked next to it.

@@ -17,7 +17,7 @@ def test_quality_rows_and_json(tmp_path, tiny_checkpoint, text_file):
         "--out", str(out),
     ])
     labels = [r["recipe"] for r in rows]
-    assert labels == ["fp", "naive", "quamba", "quamba-no-hadamard", "quamba-no-percentile"]
+    assert labels == ["fp", "naive", "quamba", "quamba-no-hadamard", "quamba-no-percentile", "quamba-int8-head"]
     saved = json.loads(out.read_text())
     assert [r["recipe"] for r in saved["rows"]] == labels
     assert all({"recipe", "bits_per_byte", "token_accuracy", "data"} <= r.keys() for r in saved["rows"])
