@@ -3,9 +3,9 @@
     python benchmarks/quality.py --all-recipes --out benchmarks/results/quality.json
     python benchmarks/quality.py --models default out/naive out/quamba --max-samples 128
 
-`--all-recipes` calibrates fp, naive, quamba, the two quamba ablations and quamba with an int8 lm_head
-(512 x 512 tokens of the training novels, file order) and evaluates each on the held-out novel. Every row is measured in this
-run; the table also shows each recipe's bits/byte relative to fp32.
+`--all-recipes` calibrates fp, naive, quamba, the two quamba ablations and quamba with an int8
+lm_head (512 x 512 tokens of the training novels, file order) and evaluates each on the held-out
+novel. Every row is measured in this run; the table also shows bits/byte relative to fp32.
 """
 
 from __future__ import annotations
