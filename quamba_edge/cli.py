@@ -232,7 +232,7 @@ def bench(
                                              "profile.")] = "cpu",
     prompt_len: Annotated[int, typer.Option(help="Prompt tokens.")] = 1024,
     gen_len: Annotated[int, typer.Option(help="Generated tokens (the first comes from the prompt).")] = 128,
-    batch: int = 1,
+    batch: Annotated[int, typer.Option(help="Sequences decoded together.")] = 1,
     threads: Annotated[int, typer.Option(help="CPU threads (one thread for fair CPU comparisons).")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed runs after one warm-up; medians are reported.")] = 3,
     estimate_only: Annotated[bool, typer.Option("--estimate", help="Roofline estimate for a Jetson profile "
