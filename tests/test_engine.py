@@ -132,3 +132,14 @@ def test_tensorrt_parses_and_builds_our_graphs(int8_artifact, tiny_checkpoint):
             config.add_optimization_profile(profile)
             plan = builder.build_serialized_network(network, config)
             assert plan is not None and plan.nbytes > 0, f"TensorRT could not build the {graph} graph"
+
+
+def test_a_tensorrt_plan_refuses_another_gpu_or_version(tmp_path):
+    from quamba_edge.export.tensorrt import check_plan_compatible
+
+    meta = {"tensorrt_version": "10.3.0", "compute_capability": "8.7"}
+    check_plan_compatible(meta, "10.3.0", "8.7", tmp_path / "decode.plan")
+    with pytest.raises(QuambaEdgeError, match="built with TensorRT 10.3.0; this machine has 10.7.0"):
+        check_plan_compatible(meta, "10.7.0", "8.7", tmp_path / "decode.plan")
+    with pytest.raises(QuambaEdgeError, match="compute capability 8.7; this GPU is 9.0.*rebuild"):
+        check_plan_compatible(meta, "10.3.0", "9.0", tmp_path / "decode.plan")

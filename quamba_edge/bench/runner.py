@@ -53,6 +53,13 @@ class GraphRunner:
         return out["logits"], (out["conv_state"], out["ssm_state"])
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB), in MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def rss_mb() -> float:
     """Resident memory of this process now (Linux), in MiB; 0 where /proc is missing."""
     try:
@@ -78,7 +85,8 @@ class Measurement:
     tpot_ms_range: tuple[float, float]
     prompt_tok_s: float
     decode_tok_s: float
-    rss_mb: float
+    rss_mb: float  # resident memory after the run
+    peak_rss_mb: float  # the process's peak so far: includes every system timed before this one
     tpot_curve_ms: list[float]
 
     def to_dict(self) -> dict:
@@ -121,5 +129,6 @@ def measure(runner, *, batch: int, prompt_len: int, gen_len: int, repeats: int, 
         prompt_len=prompt_len, gen_len=gen_len, threads=threads, repeats=repeats,
         ttft_ms=ttft * 1e3, ttft_ms_range=(min(ttfts) * 1e3, max(ttfts) * 1e3),
         tpot_ms=tpot * 1e3, tpot_ms_range=(min(tpots) * 1e3, max(tpots) * 1e3),
-        prompt_tok_s=batch * prompt_len / ttft, decode_tok_s=batch / tpot, rss_mb=rss_mb(), tpot_curve_ms=curve,
+        prompt_tok_s=batch * prompt_len / ttft, decode_tok_s=batch / tpot, rss_mb=rss_mb(), peak_rss_mb=peak_rss_mb(),
+        tpot_curve_ms=curve,
     )
