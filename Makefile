@@ -22,13 +22,17 @@ corpus: venv
 	$(BIN)/python calib/build_corpus.py
 
 # Calibrate the bundled model with the naive and Quamba recipes, evaluate fp32 / naive / Quamba on the
-# held-out novel, print the table.
+# held-out novel, print the table; then build ONNX Runtime engines (fp32, int8) and time them.
 demo: corpus
 	$(BIN)/quamba-edge calibrate --model default --recipe naive --out out/naive --threads $(THREADS)
 	$(BIN)/quamba-edge calibrate --model default --recipe quamba --out out/quamba --threads $(THREADS)
 	$(BIN)/python benchmarks/quality.py --models default out/naive out/quamba --threads $(THREADS) \
 		--max-samples $(DEMO_EVAL_SAMPLES) --out out/demo-quality.json
 	$(BIN)/quamba-edge generate out/quamba --max-new-tokens 160
+	$(BIN)/quamba-edge build-engine out/quamba --backend ort --target cpu --out out/engine-int8
+	$(BIN)/quamba-edge build-engine default --precision fp32 --out out/engine-fp32
+	$(BIN)/quamba-edge bench default out/engine-fp32 out/engine-int8 --device cpu --threads 1 --prompt-len 512 \
+		--gen-len 128 --repeats 3 --json out/demo-bench.json
 
 DEMO_EVAL_SAMPLES ?= 128
 
