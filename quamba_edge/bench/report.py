@@ -64,7 +64,8 @@ def print_measurements(console, rows: list[dict]) -> None:
     table = Table(title=f"measured: batch {first['batch']}, prompt {first['prompt_len']}, generate "
                         f"{first['gen_len']}, {first['threads']} thread(s), median of {first['repeats']}")
     for col in ("system", "TTFT ms", "TPOT ms (range)", "prompt tok/s", "decode tok/s", "RSS MiB", "vs first"):
-        table.add_column(col, justify="right" if col != "system" else "left", no_wrap=col in ("system", "TPOT ms (range)"))
+        table.add_column(col, justify="right" if col != "system" else "left",
+                         no_wrap=col in ("system", "TPOT ms (range)"))
     base = first["decode_tok_s"]
     for r in rows:
         lo, hi = r["tpot_ms_range"]
