@@ -50,12 +50,7 @@ def save_artifact(
 ) -> Path:
     """Write the artifact to `out_dir` atomically; an existing artifact there is replaced."""
     out_dir = Path(out_dir).resolve()
-    if out_dir.exists() and any(out_dir.iterdir()) and not is_artifact(out_dir):
-        raise QuambaEdgeError(
-            f"{out_dir} exists and is not a quamba-edge artifact; refusing to overwrite it. "
-            "Fix: choose an empty or new --out directory."
-        )
-    with staged_dir(out_dir) as tmp:
+    with staged_dir(out_dir, ours=is_artifact, what="a quamba-edge artifact") as tmp:
         save_file(_weights_of(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         for f in extra_files:
             shutil.copy(f, tmp / Path(f).name)

@@ -22,6 +22,7 @@ import onnx
 import torch
 
 from quamba_edge import __version__
+from quamba_edge.artifact import MANIFEST
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.export import ort as ort_backend
 from quamba_edge.export.mamba_onnx import GRAPHS, export_mamba
@@ -66,9 +67,8 @@ def _parity_failure(report: ParityReport) -> str:
 
 def _sessions(paths: dict[str, Path], backend: str, target: str, int8: bool, threads: int, activations: str):
     if backend == "ort":
-        sessions = {g: ort_backend.make_session(p, threads=threads, int8=int8, target=target, activations=activations)
-                    for g, p in paths.items()}
-        return {g: (lambda feeds, s=s: ort_backend.run(s, feeds)) for g, s in sessions.items()}
+        return {g: ort_backend.graph_runner(p, threads=threads, int8=int8, target=target, activations=activations)
+                for g, p in paths.items()}
     from quamba_edge.export.tensorrt import TensorRTGraph
 
     return {g: TensorRTGraph(p.with_suffix(".plan")) for g, p in paths.items()}
@@ -91,12 +91,9 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
     precision = precision_of(model, precision)
     dtype = torch.float16 if precision == "fp16" else torch.float32
     out = Path(out).resolve()
-    if out.exists() and any(out.iterdir()) and not (out / BUILD_JSON).exists():
-        raise QuambaEdgeError(f"{out} exists and is not an engine directory; refusing to overwrite it. "
-                              "Fix: choose an empty or new --out directory.")
     step = progress or (lambda message: None)
     activations = activation_encoding(backend, target)
-    with staged_dir(out) as tmp:
+    with staged_dir(out, ours=lambda d: (d / BUILD_JSON).exists(), what="an engine directory") as tmp:
         paths = {}
         for graph in GRAPHS:
             step(f"exporting {graph} graph ({precision})")
@@ -115,12 +112,9 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
         runners = _sessions(paths, backend, target, precision == "int8", threads, activations)
         report = check_mamba(model, runners["prefill"], runners["decode"], precision)
         if precision == "int8" and backend == "ort":
-            probes = {}
-            for graph in GRAPHS:
-                proto = export_mamba(model, graph, dtype, probes=True, activations=activations)
-                session = ort_backend.make_session(proto.SerializeToString(), threads=threads, int8=True,
-                                                   target=target, activations=activations)
-                probes[graph] = lambda feeds, s=session: ort_backend.run(s, feeds)
+            probes = {g: ort_backend.graph_runner(
+                export_mamba(model, g, dtype, probes=True, activations=activations).SerializeToString(),
+                threads=threads, int8=True, target=target, activations=activations) for g in GRAPHS}
             check_layers(model, probes["prefill"], probes["decode"], report)
         if not report.passed:
             raise ParityError(_parity_failure(report))
@@ -137,7 +131,7 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
             "family": "mamba", "backend": backend, "target": target, "precision": precision,
             "int8_activations": activations if precision == "int8" else None,
             "recipe": loaded.label, "model_config": model.cfg.to_dict(), "source": str(loaded.directory),
-            "source_manifest_sha256": (sha256_file(loaded.directory / "manifest.json")
+            "source_manifest_sha256": (sha256_file(loaded.directory / MANIFEST)
                                        if loaded.manifest else None),
             "profile": {"max_batch": max_batch, "max_prompt": max_prompt, "opt_prompt": opt_prompt},
             "versions": _versions(backend), "machine": platform.machine(), "tensorrt": plans or None,
@@ -176,10 +170,6 @@ class Engine:
     @property
     def cfg(self) -> MambaConfig:
         return MambaConfig.from_dict(self.build["model_config"])
-
-    @property
-    def label(self) -> str:
-        return f"{self.build['backend']}-{self.build['precision']}"
 
     def graph(self, name: str) -> Path:
         return self.directory / f"{name}.onnx"

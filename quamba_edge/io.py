@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from quamba_edge.errors import QuambaEdgeError
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -78,10 +80,16 @@ def swap_dir_into_place(tmp: Path, out_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_dir(out_dir: Path):
+def staged_dir(out_dir: Path, *, ours: Callable[[Path], bool], what: str):
     """Build a directory under a temporary name; on success fsync it and swap it into place, on any
-    error remove it. An existing `out_dir` is replaced only by a complete new one."""
+    error remove it. An existing `out_dir` is replaced only by a complete new one, and only if it is
+    empty or `ours` recognises it (`what` names the kind for the error): nobody's notes get deleted."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not ours(out_dir):
+        raise QuambaEdgeError(
+            f"{out_dir} exists and is not {what}; refusing to overwrite it. "
+            "Fix: choose an empty or new --out directory."
+        )
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -19,10 +19,9 @@ from .conftest import TINY, make_model
 
 def _runners(model, dtype=torch.float32, activations="int8", probes=False):
     int8 = hasattr(model, "recipe")
-    sessions = {g: ort_backend.make_session(export_mamba(model, g, dtype, probes=probes, activations=activations)
-                                            .SerializeToString(), int8=int8, activations=activations)
-                for g in ("prefill", "decode")}
-    return {g: (lambda feeds, s=s: ort_backend.run(s, feeds)) for g, s in sessions.items()}
+    return {g: ort_backend.graph_runner(export_mamba(model, g, dtype, probes=probes, activations=activations)
+                                        .SerializeToString(), int8=int8, activations=activations)
+            for g in ("prefill", "decode")}
 
 
 @pytest.fixture(scope="module")

@@ -50,9 +50,9 @@ def measure_system(spec: str, device: str, threads: int, batch: int, prompt_len:
 def estimates(systems: list[str], profile: DeviceProfile, batch: int, prompt_len: int, gen_len: int) -> list[dict]:
     rows = []
     for spec in systems:
-        cfg, precision, label = precision_and_config(spec)
+        cfg, precision = precision_and_config(spec)
         est = estimate(cfg, precision, profile, batch=batch, prompt_len=prompt_len, gen_len=gen_len).to_dict()
-        est["source"] = label
+        est["source"] = spec
         rows.append(est)
     return rows
 

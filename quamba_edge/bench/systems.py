@@ -47,10 +47,9 @@ def _open_engine(directory: Path, device: str, threads: int, prompt_len: int, ba
                                   f"--device {device} needs --target {wanted}. Fix: rebuild it.")
         int8 = precision == "int8"
         activations = build.get("int8_activations") or "int8"
-        sessions = {g: ort_backend.make_session(engine.graph(g), threads=threads, int8=int8, target=target,
-                                                activations=activations) for g in ("prefill", "decode")}
-        return GraphRunner(lambda f: ort_backend.run(sessions["prefill"], f),
-                           lambda f: ort_backend.run(sessions["decode"], f), engine.cfg, label, precision, backend)
+        prefill, decode = (ort_backend.graph_runner(engine.graph(g), threads=threads, int8=int8, target=target,
+                                                    activations=activations) for g in ("prefill", "decode"))
+        return GraphRunner(prefill, decode, engine.cfg, label, precision, backend)
     if device == "cpu":
         raise QuambaEdgeError(f"{directory} is a TensorRT engine; it runs on --device cuda or orin.")
     from quamba_edge.export.tensorrt import TensorRTGraph
@@ -64,7 +63,7 @@ def precision_and_config(spec: str):
     if Path(spec).is_dir() and (Path(spec) / BUILD_JSON).exists():
         engine = load_engine(Path(spec))
         precision = engine.build["precision"]
-        return engine.cfg, "int8" if precision == "int8" else "fp16", str(spec)
+        return engine.cfg, "int8" if precision == "int8" else "fp16"
     loaded = load_any(spec)
     quantized = isinstance(loaded.model, QuantizedMambaLM)
-    return loaded.model.cfg, "int8" if quantized else "fp16", str(spec)
+    return loaded.model.cfg, "int8" if quantized else "fp16"

@@ -64,24 +64,28 @@ def session_options(threads: int, int8: bool, optimized_path: Path | None = None
     return opts
 
 
+def _session(graph: Path | bytes, opts, providers: list[str], int8: bool):
+    source = str(graph) if isinstance(graph, Path) else graph
+    return _ort().InferenceSession(source, sess_options=opts, providers=providers,
+                                   disabled_optimizers=DISABLED_FOR_INT8 if int8 else [])
+
+
 def make_session(graph: Path | bytes, *, threads: int = 1, int8: bool = False, target: str = "cpu",
                  activations: str = "int8"):
-    ort = _ort()
-    source = str(graph) if isinstance(graph, Path) else graph
-    disabled = DISABLED_FOR_INT8 if int8 else []
-    return ort.InferenceSession(source, sess_options=session_options(threads, int8, activations=activations),
-                                providers=providers_for(target), disabled_optimizers=disabled)
+    return _session(graph, session_options(threads, int8, activations=activations), providers_for(target), int8)
+
+
+def graph_runner(graph: Path | bytes, **session_args):
+    """A session wrapped as the callable every parity check and bench runner takes: feeds -> outputs."""
+    session = make_session(graph, **session_args)
+    return lambda feeds: run(session, feeds)
 
 
 def optimized_op_counts(graph: Path | bytes, *, int8: bool, threads: int = 1, activations: str = "int8") -> Counter:
     """Op types of the graph after ONNX Runtime's CPU optimizations, counted (Scan bodies included)."""
-    ort = _ort()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "optimized.onnx"
-        source = str(graph) if isinstance(graph, Path) else graph
-        ort.InferenceSession(source, sess_options=session_options(threads, int8, out, activations),
-                             providers=["CPUExecutionProvider"],
-                             disabled_optimizers=DISABLED_FOR_INT8 if int8 else [])
+        _session(graph, session_options(threads, int8, out, activations), providers_for("cpu"), int8)
         model = onnx.load(str(out), load_external_data=False)
     counts: Counter = Counter()
 
