@@ -99,13 +99,18 @@ def hadamard_matrix(n: int, dtype: torch.dtype = torch.float32) -> Tensor:
     return (torch.kron(small_hadamard(K), sylvester(m)) / n**0.5).to(dtype)
 
 
-def rotate(x: Tensor, n: int | None = None) -> Tensor:
+def rotate(x: Tensor, n: int | None = None, hadamard_K: Tensor | None = None) -> Tensor:
     """x·Mᵀ over the last dimension without forming M: H_K on the K axis, a fast Walsh-Hadamard on 2^k.
 
-    With x viewed as X (…, K, m), (H_K ⊗ H_m)·vec(X) = H_K · X · H_mᵀ (H_m is symmetric).
+    With x viewed as X (…, K, m), (H_K ⊗ H_m)·vec(X) = H_K · X · H_mᵀ (H_m is symmetric). `hadamard_K`
+    overrides the K factor `factor(n)` would pick (the kernels take it as an argument).
     """
     n = n or x.shape[-1]
-    K, m = factor(n)
+    if hadamard_K is None:
+        K, m = factor(n)
+        hadamard_K = small_hadamard(K)
+    else:
+        K, m = hadamard_K.shape[0], n // hadamard_K.shape[0]
     lead = x.shape[:-1]
     X = x.reshape(*lead, K, m)
     h = 1
@@ -115,5 +120,5 @@ def rotate(x: Tensor, n: int | None = None) -> Tensor:
         X = torch.stack([a + b, a - b], dim=-2).reshape(*lead, K, m)
         h *= 2
     if K > 1:
-        X = torch.einsum("ij,...jm->...im", small_hadamard(K).to(X.dtype), X)
+        X = torch.einsum("ij,...jm->...im", hadamard_K.to(X.dtype), X)
     return X.reshape(x.shape) / n**0.5

@@ -1,0 +1,53 @@
+"""Builds csrc/ as a torch extension on first use (ninja, cached under the quamba-edge cache).
+
+The CPU twins always build where a C++ compiler is present (~30 s once). The CUDA kernels join them
+when torch has CUDA and nvcc is found: the same call on a GPU machine or in the Jetson image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.paths import PACKAGE_DIR, cache_dir
+
+CSRC = Path(os.environ.get("QUAMBA_EDGE_CSRC", PACKAGE_DIR.parent / "csrc"))
+CPU_SOURCES = ("cpu/ops_cpu.cpp",)
+CUDA_SOURCES = ("cuda/scan.cu", "cuda/conv1d.cu", "cuda/norm_hadamard.cu", "torch/ops_cuda.cpp")
+CXX_FLAGS = ["-O3", "-std=c++17"]
+NVCC_FLAGS = ["-O3", "-std=c++17", "-Xcompiler", "-Wall"]
+
+
+def sources(cuda: bool) -> list[Path]:
+    names = CPU_SOURCES + (CUDA_SOURCES if cuda else ())
+    paths = [CSRC / n for n in names]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise QuambaEdgeError(f"kernel sources not found: {', '.join(missing)}. Fix: run from a quamba-edge "
+                              "checkout, or set QUAMBA_EDGE_CSRC to its csrc/ directory.")
+    return paths
+
+
+def _digest(paths: list[Path]) -> str:
+    """Build directory name from the sources' content: an edited kernel never loads a stale library."""
+    h = hashlib.sha256()
+    for p in sorted(paths + list((CSRC / "include").rglob("*.h")) + list((CSRC / "torch").glob("*.h"))):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def build_and_load(cuda: bool, verbose: bool = False) -> Path:
+    """Compile (or reuse) and load the extension; its TORCH_LIBRARY_IMPL blocks register the kernels."""
+    from torch.utils.cpp_extension import load
+
+    paths = sources(cuda)
+    name = f"quamba_edge_{'cuda' if cuda else 'cpu'}_{_digest(paths)}"
+    build_dir = cache_dir() / "kernels" / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    load(name=name, sources=[str(p) for p in paths], extra_include_paths=[str(CSRC / "include")],
+         extra_cflags=CXX_FLAGS, extra_cuda_cflags=NVCC_FLAGS if cuda else None, build_directory=str(build_dir),
+         is_python_module=False, with_cuda=cuda, verbose=verbose)
+    return build_dir
