@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -292,8 +293,29 @@ def doctor():
             version = __import__(mod).__version__
             table.add_row(mod, version)
         except ImportError:
-            table.add_row(mod, f"[yellow]missing[/] ({fix})")
+            table.add_row(mod, f"[yellow]missing[/] ({escape(fix)})")
+    table.add_row("kernels", _kernel_status())
     console.print(table)
+
+
+def _kernel_status() -> str:
+    """Which code runs the int8 kernel ops here (builds csrc/ on the first call, ~30 s, then cached)."""
+    import torch
+
+    from quamba_edge import kernels
+
+    with console.status("building the csrc/ kernels (first run only) ..."):
+        state = kernels.load()
+    parts = [f"cpu: {kernels.backend('cpu')}"]
+    if torch.cuda.is_available():
+        parts.append(f"cuda: {kernels.backend('cuda')}")
+    if state.error:
+        fix = ("unset QUAMBA_EDGE_KERNELS" if "QUAMBA_EDGE_KERNELS" in state.error
+               else "install a C++ compiler and `pip install ninja`, run from a checkout with csrc/")
+        parts.append(f"[yellow]compiled kernels not loaded[/] ({state.error}; fix: {fix})")
+    elif torch.cuda.is_available() and not state.cuda:
+        parts.append("[yellow]CUDA kernels not built[/] (fix: install nvcc matching torch's CUDA)")
+    return "; ".join(parts)
 
 
 def main() -> None:

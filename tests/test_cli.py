@@ -70,3 +70,10 @@ def test_help_reads_well():
         res = _run(cmd, "--help")
         assert res.exit_code == 0 and "Usage" in res.output
     assert "Quamba" in _run("--help").output
+
+
+def test_doctor_says_which_kernels_run():
+    res = _run("doctor")
+    assert res.exit_code == 0, res.output
+    assert "kernels" in res.output and "cpu: cpu-twin" in res.output  # the twin builds on this machine
+    assert "[gpu]" in res.output or "tensorrt" in res.output

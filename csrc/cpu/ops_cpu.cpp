@@ -141,7 +141,7 @@ at::Tensor rmsnorm_quantize_cpu(const at::Tensor& x, const at::Tensor& weight, d
       float sum = 0.0f;
       for (int64_t i = 0; i < r.n; ++i) sum += xr[i] * xr[i];
       const float inv = rms_inverse(sum, static_cast<int>(r.n), static_cast<float>(eps));
-      for (int64_t i = 0; i < r.n; ++i) op[row * r.n + i] = rmsnorm_quantize(xr[i], inv, wp[i], s);
+      for (int64_t i = 0; i < r.n; ++i) op[row * r.n + i] = rmsnorm_element(xr[i], inv, wp[i], s);
     }
   });
   return out;

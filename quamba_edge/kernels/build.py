@@ -16,8 +16,8 @@ from quamba_edge.paths import PACKAGE_DIR, cache_dir
 CSRC = Path(os.environ.get("QUAMBA_EDGE_CSRC", PACKAGE_DIR.parent / "csrc"))
 CPU_SOURCES = ("cpu/ops_cpu.cpp",)
 CUDA_SOURCES = ("cuda/scan.cu", "cuda/conv1d.cu", "cuda/norm_hadamard.cu", "torch/ops_cuda.cpp")
-CXX_FLAGS = ["-O3", "-std=c++17"]
-NVCC_FLAGS = ["-O3", "-std=c++17", "-Xcompiler", "-Wall"]
+CXX_FLAGS = ["-O3"]  # torch picks the C++ standard its headers need
+NVCC_FLAGS = ["-O3", "-Xcompiler", "-Wall"]
 
 
 def sources(cuda: bool) -> list[Path]:

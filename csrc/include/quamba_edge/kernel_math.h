@@ -75,7 +75,7 @@ QE_HD float rms_inverse(float sum_of_squares, int d, float eps) {
   return 1.0f / sqrtf(sum_of_squares / static_cast<float>(d) + eps);
 }
 
-QE_HD int8_t rmsnorm_quantize(float x, float inv_rms, float weight, float out_scale) {
+QE_HD int8_t rmsnorm_element(float x, float inv_rms, float weight, float out_scale) {
   return quantize_int8(x * inv_rms * weight, out_scale);
 }
 
