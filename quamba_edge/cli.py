@@ -240,6 +240,8 @@ def bench(
                                                                     "instead of a measurement.")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results (with the machine) here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of per-token latency over the generation.")] = None,
+    kernels: Annotated[bool, typer.Option("--kernels", help="Run quantized PyTorch models through the csrc/ "
+                                                            "kernel ops (CUDA, else the CPU twins).")] = False,
 ):
     """Time to first token, time per output token and tokens/s, the same loop for every backend."""
     from quamba_edge.bench import report
@@ -268,7 +270,7 @@ def bench(
             for spec in systems:
                 task = progress.add_task(f"bench {spec}", total=repeats)
                 results.append(report.measure_system(spec, device, threads, batch, prompt_len, gen_len, repeats,
-                                                     on_repeat=lambda t=task: progress.advance(t)))
+                                                     on_repeat=lambda t=task: progress.advance(t), kernels=kernels))
     report.print_measurements(console, results)
     report.write_json(json_path, {"results": results, "machine": report.machine(device)})
     if plot:

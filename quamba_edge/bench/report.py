@@ -35,12 +35,13 @@ def machine(device: str) -> dict:
     return {"device": device, "cpu": cpu or platform.processor(), "cores": os.cpu_count(),
             "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "quamba_edge": __version__, "jetson": jetson_model(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def measure_system(spec: str, device: str, threads: int, batch: int, prompt_len: int, gen_len: int,
-                   repeats: int, on_repeat=None) -> dict:
-    runner = open_system(spec, device=device, threads=threads, prompt_len=prompt_len, batch=batch)
+                   repeats: int, on_repeat=None, kernels: bool = False) -> dict:
+    runner = open_system(spec, device=device, threads=threads, prompt_len=prompt_len, batch=batch, kernels=kernels)
     row = measure(runner, batch=batch, prompt_len=prompt_len, gen_len=gen_len, repeats=repeats, threads=threads,
                   progress=on_repeat).to_dict()
     row["source"] = spec

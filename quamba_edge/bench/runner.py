@@ -20,21 +20,24 @@ from quamba_edge.errors import QuambaEdgeError
 
 
 class TorchRunner:
-    """PyTorch eager: the fp reference or the quantized reference model."""
+    """PyTorch eager: the fp reference, the quantized reference, or the quantized model on the kernel ops.
 
-    def __init__(self, model, label: str, precision: str):
-        self.model, self.label, self.precision, self.backend = model.eval(), label, precision, "pytorch"
-        self.cfg = model.cfg
+    Logits come back to the host every step (as from every other backend), which also synchronises CUDA.
+    """
+
+    def __init__(self, model, label: str, precision: str, device: str = "cpu", backend: str = "pytorch"):
+        self.model, self.label, self.precision, self.backend = model.eval(), label, precision, backend
+        self.cfg, self.device = model.cfg, torch.device(device)
 
     @torch.no_grad()
     def prefill(self, ids: np.ndarray):
-        logits, conv, ssm = self.model.step(torch.from_numpy(ids))
-        return logits[:, -1].numpy(), (conv, ssm)
+        logits, conv, ssm = self.model.step(torch.from_numpy(ids).to(self.device))
+        return logits[:, -1].float().cpu().numpy(), (conv, ssm)
 
     @torch.no_grad()
     def decode(self, token: np.ndarray, state):
-        logits, conv, ssm = self.model.step(torch.from_numpy(token), *state)
-        return logits[:, -1].numpy(), (conv, ssm)
+        logits, conv, ssm = self.model.step(torch.from_numpy(token).to(self.device), *state)
+        return logits[:, -1].float().cpu().numpy(), (conv, ssm)
 
 
 class GraphRunner:

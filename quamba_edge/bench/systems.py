@@ -12,20 +12,36 @@ from quamba_edge.pipeline import load_any
 from quamba_edge.quant.qmodels import QuantizedMambaLM
 
 
-def open_system(spec: str, *, device: str, threads: int, prompt_len: int, batch: int):
-    """An engine directory (build.json) -> its backend; anything else -> PyTorch eager on the CPU."""
+def open_system(spec: str, *, device: str, threads: int, prompt_len: int, batch: int, kernels: bool = False):
+    """An engine directory (build.json) -> its backend; anything else -> PyTorch eager (CPU or CUDA).
+
+    kernels=True runs a quantized model through the csrc/ ops (CUDA kernels or CPU twins).
+    """
     if Path(spec).is_dir() and (Path(spec) / BUILD_JSON).exists():
         return _open_engine(Path(spec), device, threads, prompt_len, batch)
-    if device != "cpu":
-        raise QuambaEdgeError(f"{spec} is a model, not an engine: PyTorch eager is benchmarked on --device cpu. "
-                              f"Fix: `quamba-edge build-engine {spec} --out DIR` and bench DIR.")
     import torch
 
+    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+        raise QuambaEdgeError(f"{spec} is a model, not an engine: PyTorch eager runs on --device cpu (or cuda on a "
+                              f"machine with a GPU). Fix: `quamba-edge build-engine {spec} --out DIR` and bench DIR.")
     torch.set_num_threads(threads)
     loaded = load_any(spec)
-    precision = "int8" if isinstance(loaded.model, QuantizedMambaLM) else "fp32"
-    label = f"pytorch-{precision}" + (f" ({loaded.label})" if precision == "int8" else "")
-    return TorchRunner(loaded.model, label, precision)
+    model = loaded.model.to(device)
+    precision = "int8" if isinstance(model, QuantizedMambaLM) else "fp32"
+    backend = "pytorch"
+    if kernels:
+        if precision != "int8":
+            raise QuambaEdgeError(f"--kernels runs quantized models; {spec} is fp32. Fix: bench an artifact made "
+                                  "by `quamba-edge calibrate`.")
+        from quamba_edge import kernels as kernel_ops
+        from quamba_edge.kernels.mamba import KernelMambaLM
+
+        kernel_ops.load()
+        model = KernelMambaLM(model)
+        backend = f"kernels-{kernel_ops.backend(device)}"
+    label = ("pytorch" if backend == "pytorch" else backend) + f"-{precision}" + (
+        f" ({loaded.label})" if precision == "int8" else "")
+    return TorchRunner(model, label, precision, device=device, backend=backend)
 
 
 def _open_engine(directory: Path, device: str, threads: int, prompt_len: int, batch: int):

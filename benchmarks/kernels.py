@@ -1,0 +1,201 @@
+"""Kernel timings: our int8 ops against a float baseline, op by op, and end-to-end decode on a GPU.
+
+    python benchmarks/kernels.py --device cpu  --out benchmarks/results/kernels-cpu.json
+    python benchmarks/kernels.py --device cuda --out benchmarks/results/kernels-<gpu>.json
+
+On the CPU (one thread): each op's CPU twin (int8 in, the compiled csrc/cpu code) against the PyTorch
+reference of the same op (`quamba_edge.kernels.reference`, what runs without the extension) and the fp32
+PyTorch scan it replaces. On CUDA: our int8 kernels against an fp16 scan, mamba-ssm's
+`selective_scan_fn` when it imports, else our PyTorch scan in fp16 (the row says which), at batch 1,
+L in {128, 1024, 4096}, d_inner in {1536, 5120}, d_state 16; then decode latency of the whole model
+at the Mamba-2.8B shape (random weights: timing only), int8 on our kernels against fp16 PyTorch.
+Medians of --repeats after warm-up; rows carry `op`, `shape`, `device`, `int8_ms`, the baseline's ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import quamba_edge.kernels as kernels
+from quamba_edge.bench.report import machine
+from quamba_edge.io import atomic_write_json
+from quamba_edge.kernels import ops, reference
+from quamba_edge.models.scan import selective_scan
+from quamba_edge.quant.hadamard import factor, small_hadamard
+
+D_STATE = 16
+
+
+def timed(fn: Callable[[], object], device: str, repeats: int, warmup: int = 2) -> float:
+    """Median milliseconds of fn() (CUDA: synchronised, so the kernels' time is counted)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def scan_case(b: int, length: int, d: int, device: str, gen: torch.Generator):
+    def i8(*shape):
+        return torch.randint(-128, 128, shape, generator=gen, dtype=torch.int8).to(device)
+
+    args = (i8(b, length, d), i8(b, length, d), i8(b, length, D_STATE), i8(b, length, D_STATE), i8(b, length, d),
+            torch.randint(0, 128, (d, D_STATE), generator=gen, dtype=torch.int8).to(device), i8(d), i8(d),
+            torch.tensor([0.03, 0.02, 0.015, 0.015, 0.04, 2.8 / 127, 1.5 / 127, 4.0 / 127], device=device))
+    return args, torch.zeros(b, d, D_STATE, device=device)
+
+
+def float_scan_inputs(args, dtype: torch.dtype):
+    u, delta, B, C, z, A_log, D, delta_bias, scales = args
+    f = [t.to(dtype) * s.to(dtype) for t, s in zip((u, delta, B, C, z), scales[:5])]
+    A = -torch.exp(A_log.float() * scales[5])
+    return f, A, (D.float() * scales[6]), (delta_bias.float() * scales[7])
+
+
+def fp16_scan_baseline(args, device: str):
+    """(name, callable) of the fp16 scan we compare against on CUDA."""
+    (u, delta, B, C, z), A, D, delta_bias = float_scan_inputs(args, torch.float16)
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+        ut, dt, zt = (t.transpose(1, 2).contiguous() for t in (u, delta, z))  # (b, d, l)
+        Bt, Ct = (t.transpose(1, 2).contiguous() for t in (B, C))  # (b, n, l)
+        return "mamba_ssm.selective_scan_fn fp16", lambda: selective_scan_fn(
+            ut, dt, A, Bt, Ct, D, zt, delta_bias, delta_softplus=True, return_last_state=True)
+    except ImportError:
+        def ours():
+            dt_f = torch.nn.functional.softplus(delta.float() + delta_bias).half()
+            y, h = selective_scan(u, dt_f, A.half(), B, C, D.half())
+            return y * torch.nn.functional.silu(z)
+
+        return "quamba-edge PyTorch scan fp16 (mamba-ssm not installed)", ours
+
+
+def op_rows(device: str, repeats: int) -> list[dict]:
+    gen = torch.Generator().manual_seed(0)
+    lengths = (128, 1024, 4096) if device == "cuda" else (1, 128, 512)
+    return [row for d in (1536, 5120) for row in width_rows(d, lengths, device, repeats, gen)]
+
+
+def width_rows(d: int, lengths: tuple[int, ...], device: str, repeats: int, gen: torch.Generator) -> list[dict]:
+    """Every op at one d_inner: the scan over each prompt length, then one decode token's ops."""
+    rows = []
+    for length in lengths:
+        args, h0 = scan_case(1, length, d, device, gen)
+        shape = f"b1 L{length} d{d} n{D_STATE}"
+        int8_ms = timed(lambda a=args, h=h0: ops.selective_scan(*a, h), device, repeats)
+        row = {"op": "selective_scan", "shape": shape, "device": device, "int8_ms": int8_ms}
+        if device == "cuda":
+            name, baseline = fp16_scan_baseline(args, device)
+            row.update(fp16_ms=timed(baseline, device, repeats), baseline=name)
+        else:
+            (u, delta, B, C, _), A, D, _ = float_scan_inputs(args, torch.float32)
+            row["reference_ms"] = timed(lambda a=args, h=h0: reference.selective_scan(*a, h), device, repeats)
+            fp32 = (u, delta, A, B, C, D, h0)
+            row["fp32_scan_ms"] = timed(lambda f=fp32: selective_scan(*f), device, repeats)
+        rows.append(row)
+    # one decode step of the scan and the conv, and the two quantizing epilogues of a token
+    args, h0 = scan_case(1, 1, d, device, gen)
+    step_args = [t[:, 0].contiguous() if t.dim() == 3 else t for t in args]
+    rows.append(_pair("selective_scan_step", f"b1 d{d} n{D_STATE}", device, repeats,
+                      lambda: ops.selective_scan_step(*step_args, h0),
+                      lambda: reference.selective_scan_step(*step_args, h0)))
+    x = torch.randint(-128, 128, (1, d), generator=gen, dtype=torch.int8).to(device)
+    conv = (torch.randint(-128, 128, (d, 4), generator=gen, dtype=torch.int8).to(device),
+            torch.zeros(d, dtype=torch.int8, device=device), torch.full((d,), 0.004, device=device),
+            torch.tensor([0.05, 0.01, 0.02], device=device))
+    state = torch.zeros(1, d, 3, dtype=torch.int8, device=device)
+    rows.append(_pair("conv1d_silu_step", f"b1 d{d} k4", device, repeats,
+                      lambda: ops.conv1d_silu_step(x, state, *conv),
+                      lambda: reference.conv1d_silu_step(x, state, *conv)))
+    y = torch.randn(1, d, generator=gen).to(device)
+    H = small_hadamard(factor(d)[0]).to(torch.int8).to(device)
+    s = torch.tensor([0.05], device=device)
+    rows.append(_pair("hadamard_quantize", f"1 x {d}", device, repeats,
+                      lambda: ops.hadamard_quantize(y, H, s), lambda: reference.hadamard_quantize(y, H, s)))
+    h = torch.randn(1, d // 2, generator=gen).to(device)
+    w = torch.ones(d // 2, device=device)
+    rows.append(_pair("rmsnorm_quantize", f"1 x {d // 2}", device, repeats,
+                      lambda: ops.rmsnorm_quantize(h, w, 1e-5, s),
+                      lambda: reference.rmsnorm_quantize(h, w, 1e-5, s)))
+    return rows
+
+
+def _pair(op: str, shape: str, device: str, repeats: int, fast, ref) -> dict:
+    return {"op": op, "shape": shape, "device": device, "int8_ms": timed(fast, device, repeats * 20),
+            "reference_ms": timed(ref, device, repeats * 20)}
+
+
+def decode_rows(repeats: int) -> list[dict]:
+    """Decode latency at the Mamba-2.8B shape on CUDA: int8 on the kernel ops vs fp16 PyTorch."""
+    from quamba_edge.kernels.mamba import KernelMambaLM
+    from quamba_edge.models.mamba import MambaConfig, MambaLM
+    from quamba_edge.quant.qmodels import QLinear, QuantizedMambaLM
+    from quamba_edge.quant.recipes import make_recipe
+
+    cfg = MambaConfig(d_model=2560, n_layer=64, vocab_size=50280)
+    with torch.device("cuda"):
+        fp16 = MambaLM(cfg).half().eval()
+        q = QuantizedMambaLM(cfg, make_recipe("quamba")).eval()
+    with torch.no_grad():
+        for mod in q.modules():  # random int8 weights at a sane scale: timing only
+            if isinstance(mod, QLinear):
+                mod.weight.random_(-128, 128)
+                mod.weight_scale.fill_(1.0 / (127 * mod.in_features**0.5))
+    fast = KernelMambaLM(q)
+    prompt = torch.randint(0, cfg.vocab_size, (1, 128), device="cuda")
+    token = prompt[:, -1:]
+    rows = []
+    with torch.no_grad():
+        for name, model in (("fp16 PyTorch", fp16), ("int8 kernels", fast)):
+            _, conv, ssm = model.step(prompt)
+            rows.append((name, timed(lambda m=model, c=conv, s=ssm: m.step(token, c, s), "cuda", repeats * 10)))
+    return [{"op": "decode_step", "shape": "mamba-2.8b b1", "device": "cuda", "int8_ms": rows[1][1],
+             "fp16_ms": rows[0][1], "baseline": "fp16 PyTorch eager (our reference model)"}]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    state = kernels.load(require=True)
+    if args.device == "cuda" and not state.cuda:
+        raise SystemExit("the CUDA kernels are not built: run on a machine with a GPU, nvcc and CUDA torch")
+    rows = op_rows(args.device, args.repeats)
+    if args.device == "cuda":
+        rows += decode_rows(args.repeats)
+    base_key = "fp16_ms" if args.device == "cuda" else "reference_ms"
+    table = Table(title=f"kernels on {args.device} ({kernels.backend(args.device)}), medians of {args.repeats}")
+    for col in ("op", "shape", "int8 ms", base_key.replace("_", " "), "speedup"):
+        table.add_column(col, justify="left" if col in ("op", "shape") else "right")
+    for r in rows:
+        r["speedup"] = r[base_key] / r["int8_ms"]
+        table.add_row(r["op"], r["shape"], f"{r['int8_ms']:.3f}", f"{r[base_key]:.3f}", f"{r['speedup']:.2f}x")
+    Console().print(table)
+    if args.out:
+        payload = {"rows": rows, "machine": machine(args.device), "command": " ".join(sys.argv)}
+        atomic_write_json(Path(args.out), payload)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
