@@ -190,6 +190,9 @@ def build_engine_cmd(
     max_batch: Annotated[int, typer.Option(help="Largest batch the engine accepts (TensorRT profile).")] = 8,
     threads: Annotated[int, typer.Option(help="CPU threads for the parity check.")] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="Print build.json instead of tables.")] = False,
+    plugins: Annotated[str, typer.Option(help="TensorRT int8: auto | on | off. On: each layer's conv and scan run "
+                                              "as csrc/ plugins (libquamba_edge_trt.so); auto: when it is "
+                                              "built.")] = "auto",
 ):
     """Export the prefill and decode graphs, build the engine, and check it against PyTorch.
 
@@ -204,7 +207,8 @@ def build_engine_cmd(
         start = time.perf_counter()
         with err_console.status("building") as status:
             build = build_engine(model, out, backend=backend, target=target, precision=precision, threads=threads,
-                                 max_batch=max_batch, max_prompt=max_prompt, progress=status.update)
+                                 max_batch=max_batch, max_prompt=max_prompt, plugins=plugins,
+                                 progress=status.update)
         seconds = time.perf_counter() - start
     if json_out:
         print(json.dumps(build, indent=2))

@@ -76,7 +76,9 @@ def _sessions(paths: dict[str, Path], backend: str, target: str, int8: bool, thr
 
 def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", target: str = "cpu",
                  precision: str | None = None, threads: int = 1, max_batch: int = 8, max_prompt: int = 2048,
-                 opt_prompt: int = 512, progress=None) -> dict:
+                 opt_prompt: int = 512, plugins: str = "auto", progress=None) -> dict:
+    """plugins (TensorRT int8 only): "on" replaces each layer's conv and scan with the csrc/ plugins
+    (export/plugins.py), "off" keeps the portable graph, "auto" uses them when the library is built."""
     if backend not in BACKENDS:
         raise QuambaEdgeError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}.")
     if target not in TARGETS[backend]:
@@ -86,9 +88,12 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
         from quamba_edge.export.tensorrt import import_tensorrt
 
         import_tensorrt()  # fail before any work when TensorRT is missing
+    if plugins not in PLUGIN_MODES:
+        raise QuambaEdgeError(f"--plugins must be one of {', '.join(PLUGIN_MODES)}, not {plugins!r}.")
     loaded = load_any(model_spec)
     model = loaded.model.eval()
     precision = precision_of(model, precision)
+    plugin_lib = _plugin_library(plugins, backend, precision)
     dtype = torch.float16 if precision == "fp16" else torch.float32
     out = Path(out).resolve()
     step = progress or (lambda message: None)
@@ -98,6 +103,10 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
         for graph in GRAPHS:
             step(f"exporting {graph} graph ({precision})")
             proto = export_mamba(model, graph, dtype, activations=activations)
+            if plugin_lib is not None:
+                from quamba_edge.export.plugins import rewrite
+
+                proto = rewrite(proto, model)
             paths[graph] = tmp / f"{graph}.onnx"
             onnx.save(proto, str(paths[graph]))
         plans = {}
@@ -107,7 +116,7 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
             for graph in GRAPHS:
                 step(f"building TensorRT {graph} engine")
                 plans[graph] = build_plan(paths[graph], graph, model.cfg, tmp, max_batch=max_batch,
-                                          max_prompt=max_prompt, opt_prompt=opt_prompt)
+                                          max_prompt=max_prompt, opt_prompt=opt_prompt, plugins=plugin_lib)
         step("parity check against the PyTorch reference")
         runners = _sessions(paths, backend, target, precision == "int8", threads, activations)
         report = check_mamba(model, runners["prefill"], runners["decode"], precision)
@@ -136,10 +145,25 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
             "profile": {"max_batch": max_batch, "max_prompt": max_prompt, "opt_prompt": opt_prompt},
             "versions": _versions(backend), "machine": platform.machine(), "tensorrt": plans or None,
             "parity": report.to_dict(), "ort_kernels": kernels or None,
+            "plugins": {"library": str(plugin_lib), "sha256": sha256_file(plugin_lib)} if plugin_lib else None,
             "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         }
         atomic_write_json(tmp / BUILD_JSON, build)
     return build
+
+
+PLUGIN_MODES = ("auto", "on", "off")
+
+
+def _plugin_library(mode: str, backend: str, precision: str) -> Path | None:
+    if backend != "tensorrt" or precision != "int8" or mode == "off":
+        if mode == "on":
+            raise QuambaEdgeError("--plugins on needs --backend tensorrt and an int8 artifact: the plugins run the "
+                                  "int8 conv and scan kernels.")
+        return None
+    from quamba_edge.export.tensorrt import plugin_library
+
+    return plugin_library(required=mode == "on")
 
 
 def activation_encoding(backend: str, target: str) -> str:

@@ -68,3 +68,29 @@ def test_cpu_twin_compiles_without_warnings(tmp_path):
         cmd += ["-isystem", path]
     result = subprocess.run([*cmd, str(CSRC / "cpu" / "ops_cpu.cpp")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _tensorrt_include() -> str | None:
+    candidates = [os.environ.get("TENSORRT_INCLUDE_DIR"), "/usr/include/aarch64-linux-gnu",
+                  "/usr/include/x86_64-linux-gnu", "/usr/local/tensorrt/include"]
+    return next((c for c in candidates if c and (Path(c) / "NvInferRuntime.h").exists()), None)
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(_tensorrt_include() is None or NVCC is None or shutil.which("cmake") is None,
+                    reason="needs the TensorRT C++ headers (set TENSORRT_INCLUDE_DIR), nvcc and cmake: the "
+                           "Jetson image builds the plugins; this CPU machine has no TensorRT headers")
+def test_tensorrt_plugin_library_builds(tmp_path):
+    """csrc/CMakeLists.txt builds libquamba_edge_trt.so, exporting only TensorRT's two entry points."""
+    build = tmp_path / "build"
+    configure = subprocess.run(["cmake", "-S", str(CSRC), "-B", str(build),
+                                f"-DTENSORRT_INCLUDE_DIR={_tensorrt_include()}", "-DCMAKE_CUDA_ARCHITECTURES=87;90"],
+                               capture_output=True, text=True)
+    assert configure.returncode == 0, configure.stdout[-2000:] + configure.stderr[-2000:]
+    compiled = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True, text=True)
+    assert compiled.returncode == 0, compiled.stdout[-3000:] + compiled.stderr[-2000:]
+    symbols = subprocess.run(["nm", "-D", "--defined-only", str(build / "libquamba_edge_trt.so")],
+                             capture_output=True, text=True, check=True).stdout
+    exported = {line.split()[-1] for line in symbols.splitlines() if " T " in line}
+    assert {"getCreators", "setLoggerFinder"} <= exported
+    assert not any("quamba_edge" in name for name in exported)  # everything else stays hidden

@@ -21,6 +21,7 @@ factor (H_K and Sylvester blocks of at most 64), never as a dense d_inner² matr
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -66,6 +67,9 @@ class _MambaGraph:
             raise ValueError(f"activations must be one of {sorted(ACTIVATION_TYPES)}, not {activations!r}")
         self.g.activation_type = ACTIVATION_TYPES[activations]
         self.activations = activations
+        # Boundaries of the subgraphs a TensorRT plugin replaces (export/plugins.py), recorded as they are
+        # built: the plugin's inputs and outputs, by tensor name, per layer.
+        self.plugin_regions: list[dict] = []
 
     # --- helpers ------------------------------------------------------------------------------
     def w(self, hint: str, t: torch.Tensor) -> str:
@@ -204,7 +208,11 @@ class _MambaGraph:
         bias = dequantize(conv.bias, conv.bias_scale).reshape(1, -1, 1)
         c = g.op("Add", [c, self.f32("conv_b", bias)])
         u = g.op("Transpose", [g.op("Mul", [c, g.op("Sigmoid", [c])])], perm=[0, 2, 1])
-        u_dq = g.qdq(u, self.scalar(conv.out_scale))
+        u_q = g.quantize(u, self.scalar(conv.out_scale))
+        u_dq = g.dequantize(u_q, self.scalar(conv.out_scale))
+        layer_index = len(self.plugin_regions) // 2
+        self.plugin_regions.append({"plugin": "QuambaConv1dSiLU", "layer": layer_index,
+                                    "inputs": [x_q, conv_in], "outputs": [u_q, conv_out]})
         dbc_q = self.qlinear("x_proj", u_dq, m.x_proj, quantize_out=True)
         dt_q, B_q, C_q = g.op("Split", [dbc_q, g.const([cfg.rank, cfg.d_state, cfg.d_state], np.int64)],
                               n_out=3, axis=-1)
@@ -218,6 +226,8 @@ class _MambaGraph:
         y, ssm_out = self.scan(u_dq, delta, A, g.dequantize(B_q, s_dbc), g.dequantize(C_q, s_dbc), D, ssm_in)
         z = g.dequantize(z_q, s_xz)
         y = g.op("Mul", [y, g.op("Mul", [z, g.op("Sigmoid", [z])])])
+        self.plugin_regions.append({"plugin": "QuambaSelectiveScan", "layer": layer_index,
+                                    "inputs": [u_q, delta_q, B_q, C_q, z_q, ssm_in], "outputs": [y, ssm_out]})
         if m.rotate.rotate_output:
             y = self.hadamard(y, cfg.d_inner)
         y_dq = g.qdq(y, self.scalar(m.rotate.out_scale))
@@ -300,6 +310,8 @@ class _MambaGraph:
         precision = "int8" if quantized else {torch.float32: "fp32", torch.float16: "fp16"}[self.dtype]
         meta = {"quamba_edge_version": __version__, "family": "mamba", "graph": self.kind,
                 "precision": precision, "activations": self.activations if quantized else "float"}
+        if quantized and self.activations == "int8":  # plugins read int8 tensors (not ORT's uint8 coding)
+            meta["plugin_regions"] = json.dumps(self.plugin_regions)
         return g.model(f"quamba-edge Mamba-1 {self.kind} graph ({precision})", meta)
 
 

@@ -15,10 +15,13 @@ is a clear error. CI checks that the graphs parse with `tensorrt-rtx`'s OnnxPars
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.io import atomic_write, atomic_write_json
+from quamba_edge.io import atomic_write, atomic_write_json, sha256_file
+from quamba_edge.paths import PACKAGE_DIR
 
 WORKSPACE_BYTES = 1 << 30
 
@@ -43,10 +46,43 @@ def import_tensorrt(allow_rtx: bool = False):
     )
 
 
-def parse_onnx(trt, onnx_bytes: bytes, strongly_typed: bool = True):
-    """Parse a graph into a TensorRT network; a graph TensorRT cannot read fails with the parser's errors."""
+PLUGIN_LIBRARY = "libquamba_edge_trt.so"
+
+
+def plugin_library(required: bool = False) -> Path | None:
+    """Where csrc/CMakeLists.txt's plugin library is: $QUAMBA_EDGE_TRT_PLUGINS, the checkout's build/trt,
+    or the Jetson image's /opt/quamba-edge/lib. None when absent (unless required)."""
+    env = os.environ.get("QUAMBA_EDGE_TRT_PLUGINS")
+    candidates = [Path(env)] if env else [
+        PACKAGE_DIR.parent / "build" / "trt" / PLUGIN_LIBRARY, Path("/opt/quamba-edge/lib") / PLUGIN_LIBRARY,
+        Path(sys.prefix) / "lib" / PLUGIN_LIBRARY]
+    for path in candidates:
+        if path.is_file():
+            return path.resolve()
+    if required:
+        raise QuambaEdgeError(
+            f"the TensorRT plugin library was not found (looked at {', '.join(map(str, candidates))}). Fix: "
+            "`cmake -S csrc -B build/trt -DCMAKE_CUDA_ARCHITECTURES=87 && cmake --build build/trt` (the Jetson "
+            "image has it built), or set QUAMBA_EDGE_TRT_PLUGINS, or build without plugins: --plugins off.")
+    return None
+
+
+def load_plugins(registry, path: Path) -> None:
+    """Register our plugin creators with a TensorRT plugin registry (builder's or runtime's)."""
+    if registry.load_library(str(path)) is None:
+        raise QuambaEdgeError(f"TensorRT could not load the plugin library {path} (built for another TensorRT or "
+                              "CUDA?). Fix: rebuild it with csrc/CMakeLists.txt on this machine.")
+
+
+def parse_onnx(trt, onnx_bytes: bytes, strongly_typed: bool = True, plugins: Path | None = None):
+    """Parse a graph into a TensorRT network; a graph TensorRT cannot read fails with the parser's errors.
+
+    Graphs rewritten by export/plugins.py need `plugins`: the parser maps their plugin nodes to creators.
+    """
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
+    if plugins is not None:
+        load_plugins(builder.get_plugin_registry(), plugins)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -80,10 +116,10 @@ def gpu_compute_capability() -> str:
 
 
 def build_plan(onnx_path: Path, graph: str, cfg, out_dir: Path, *, max_batch: int, max_prompt: int,
-               opt_prompt: int) -> dict:
+               opt_prompt: int, plugins: Path | None = None) -> dict:
     """Build and write `<graph>.plan` + `<graph>.engine.json`; return the metadata."""
     trt = import_tensorrt()
-    builder, network, _parser, _logger = parse_onnx(trt, onnx_path.read_bytes())
+    builder, network, _parser, _logger = parse_onnx(trt, onnx_path.read_bytes(), plugins=plugins)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     profile = builder.create_optimization_profile()
@@ -99,7 +135,8 @@ def build_plan(onnx_path: Path, graph: str, cfg, out_dir: Path, *, max_batch: in
     atomic_write(out_dir / f"{graph}.plan", lambda tmp: tmp.write_bytes(bytes(plan)))
     atomic_write(cache_path, lambda tmp: tmp.write_bytes(bytes(config.get_timing_cache().serialize())))
     meta = {"tensorrt_version": trt.__version__, "compute_capability": gpu_compute_capability(),
-            "max_batch": max_batch, "max_prompt": max_prompt, "opt_prompt": opt_prompt}
+            "max_batch": max_batch, "max_prompt": max_prompt, "opt_prompt": opt_prompt,
+            "plugins": {"library": plugins.name, "sha256": sha256_file(plugins)} if plugins else None}
     atomic_write_json(out_dir / f"{graph}.engine.json", meta)
     return meta
 
@@ -129,6 +166,12 @@ class TensorRTGraph:
         check_plan_compatible(meta, trt.__version__, gpu_compute_capability(), plan_path)
         self.meta, self.torch, self.trt = meta, torch, trt
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        if meta.get("plugins"):  # the plan holds plugin nodes: the same library must be registered first
+            library = plugin_library(required=True)
+            if sha256_file(library) != meta["plugins"]["sha256"]:
+                raise QuambaEdgeError(f"{plan_path} was built with another build of {library.name} than {library}. "
+                                      "Fix: rebuild the engine with this plugin library.")
+            load_plugins(self.runtime.get_plugin_registry(), library)
         self.engine = self.runtime.deserialize_cuda_engine(plan_path.read_bytes())
         if self.engine is None:
             raise QuambaEdgeError(f"TensorRT could not load {plan_path}; rebuild it.")
