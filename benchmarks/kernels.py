@@ -9,6 +9,8 @@ PyTorch scan it replaces. On CUDA: our int8 kernels against an fp16 scan, mamba-
 `selective_scan_fn` when it imports, else our PyTorch scan in fp16 (the row says which), at batch 1,
 L in {128, 1024, 4096}, d_inner in {1536, 5120}, d_state 16; then decode latency of the whole model
 at the Mamba-2.8B shape (random weights: timing only), int8 on our kernels against fp16 PyTorch.
+With --artifact, a calibrated model end to end through bench's loop (prompt 512, 128 tokens): the
+reference QuantizedMambaLM against the same model on the ops (per-token decode and time to first token).
 Medians of --repeats after warm-up; rows carry `op`, `shape`, `device`, `int8_ms`, the baseline's ms.
 """
 
@@ -27,6 +29,8 @@ from rich.table import Table
 
 import quamba_edge.kernels as kernels
 from quamba_edge.bench.report import machine
+from quamba_edge.bench.runner import measure
+from quamba_edge.bench.systems import open_system
 from quamba_edge.io import atomic_write_json
 from quamba_edge.kernels import ops, reference
 from quamba_edge.models.scan import selective_scan
@@ -143,31 +147,56 @@ def _pair(op: str, shape: str, device: str, repeats: int, fast, ref) -> dict:
 
 
 def decode_rows(repeats: int) -> list[dict]:
-    """Decode latency at the Mamba-2.8B shape on CUDA: int8 on the kernel ops vs fp16 PyTorch."""
+    """Decode latency at the Mamba-2.8B shape on CUDA: int8 on the kernel ops vs fp16 PyTorch eager.
+
+    Two int8 rows: the paper's recipe (lm_head in float: here the fp32 tied embedding) and --int8-head.
+    """
     from quamba_edge.kernels.mamba import KernelMambaLM
     from quamba_edge.models.mamba import MambaConfig, MambaLM
     from quamba_edge.quant.qmodels import QLinear, QuantizedMambaLM
     from quamba_edge.quant.recipes import make_recipe
 
     cfg = MambaConfig(d_model=2560, n_layer=64, vocab_size=50280)
-    with torch.device("cuda"):
-        fp16 = MambaLM(cfg).half().eval()
-        q = QuantizedMambaLM(cfg, make_recipe("quamba")).eval()
-    with torch.no_grad():
-        for mod in q.modules():  # random int8 weights at a sane scale: timing only
-            if isinstance(mod, QLinear):
-                mod.weight.random_(-128, 128)
-                mod.weight_scale.fill_(1.0 / (127 * mod.in_features**0.5))
-    fast = KernelMambaLM(q)
     prompt = torch.randint(0, cfg.vocab_size, (1, 128), device="cuda")
     token = prompt[:, -1:]
-    rows = []
-    with torch.no_grad():
-        for name, model in (("fp16 PyTorch", fp16), ("int8 kernels", fast)):
+
+    def decode_ms(model) -> float:
+        with torch.no_grad():
             _, conv, ssm = model.step(prompt)
-            rows.append((name, timed(lambda m=model, c=conv, s=ssm: m.step(token, c, s), "cuda", repeats * 10)))
-    return [{"op": "decode_step", "shape": "mamba-2.8b b1", "device": "cuda", "int8_ms": rows[1][1],
-             "fp16_ms": rows[0][1], "baseline": "fp16 PyTorch eager (our reference model)"}]
+            return timed(lambda: model.step(token, conv, ssm), "cuda", repeats * 10)
+
+    with torch.device("cuda"):
+        fp16 = MambaLM(cfg).half().eval()
+    fp16_ms = decode_ms(fp16)
+    del fp16
+    rows = []
+    for recipe in (make_recipe("quamba"), make_recipe("quamba", int8_head=True)):
+        with torch.device("cuda"):
+            q = QuantizedMambaLM(cfg, recipe).eval()
+        with torch.no_grad():
+            for mod in q.modules():  # random int8 weights at a sane scale: timing only
+                if isinstance(mod, QLinear):
+                    mod.weight.random_(-128, 128)
+                    mod.weight_scale.fill_(1.0 / (127 * mod.in_features**0.5))
+        rows.append({"op": "decode_step", "shape": f"mamba-2.8b b1 ({recipe.label})", "device": "cuda",
+                     "int8_ms": decode_ms(KernelMambaLM(q)), "fp16_ms": fp16_ms,
+                     "baseline": "fp16 PyTorch eager (our reference model)"})
+        del q
+        torch.cuda.empty_cache()
+    return rows
+
+
+def model_rows(artifact: str, device: str, repeats: int, prompt_len: int = 512, gen_len: int = 128) -> list[dict]:
+    """A calibrated artifact end to end (bench's loop): the quantized model on the ops vs the reference."""
+    runners = {kernels_on: open_system(artifact, device=device, threads=1, prompt_len=prompt_len, batch=1,
+                                       kernels=kernels_on) for kernels_on in (False, True)}
+    m = {k: measure(r, batch=1, prompt_len=prompt_len, gen_len=gen_len, repeats=repeats, threads=1)
+         for k, r in runners.items()}
+    shape = f"{artifact} prompt {prompt_len}"
+    return [{"op": "model_decode_step", "shape": shape, "device": device, "int8_ms": m[True].tpot_ms,
+             "reference_ms": m[False].tpot_ms},
+            {"op": "model_prefill", "shape": shape, "device": device, "int8_ms": m[True].ttft_ms,
+             "reference_ms": m[False].ttft_ms}]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--artifact", default=None, help="also time this calibrated artifact end to end (CPU: the "
+                                                     "reference model vs the same model on the ops)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     state = kernels.load(require=True)
@@ -183,11 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = op_rows(args.device, args.repeats)
     if args.device == "cuda":
         rows += decode_rows(args.repeats)
+    if args.artifact:
+        rows += model_rows(args.artifact, args.device, args.repeats)
     base_key = "fp16_ms" if args.device == "cuda" else "reference_ms"
     table = Table(title=f"kernels on {args.device} ({kernels.backend(args.device)}), medians of {args.repeats}")
-    for col in ("op", "shape", "int8 ms", base_key.replace("_", " "), "speedup"):
+    for col in ("op", "shape", "int8 ms", base_key.replace("_", " ") + " (baseline)", "speedup"):
         table.add_column(col, justify="left" if col in ("op", "shape") else "right")
     for r in rows:
+        base_key = "fp16_ms" if "fp16_ms" in r else "reference_ms"
         r["speedup"] = r[base_key] / r["int8_ms"]
         table.add_row(r["op"], r["shape"], f"{r['int8_ms']:.3f}", f"{r[base_key]:.3f}", f"{r['speedup']:.2f}x")
     Console().print(table)

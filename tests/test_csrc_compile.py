@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch.utils.cpp_extension as cpp_ext
 
-from quamba_edge.kernels.build import CSRC, CUDA_SOURCES
+from quamba_edge.kernels.build import CSRC, CUDA_SOURCES, CXX_FLAGS
 
 NVCC = shutil.which("nvcc")
 ARCHS = ("87", "90")
@@ -61,8 +61,8 @@ def test_torch_cuda_bindings_pass_a_syntax_check(tmp_path):
 
 
 def test_cpu_twin_compiles_without_warnings(tmp_path):
-    """The CPU twins with -Wall -Wextra -Werror (the extension build itself does not use -Werror)."""
-    cmd = [os.environ.get("CXX", "g++"), "-std=c++20", "-fsyntax-only", "-Wall", "-Wextra", "-Werror",
+    """The CPU twins with the build's flags and -Wall -Wextra -Werror (the extension build does not use -Werror)."""
+    cmd = [os.environ.get("CXX", "g++"), "-std=c++20", "-fsyntax-only", *CXX_FLAGS, "-Wall", "-Wextra", "-Werror",
            "-I", str(CSRC / "include")]
     for path in [*cpp_ext.include_paths(), sysconfig.get_paths()["include"]]:
         cmd += ["-isystem", path]

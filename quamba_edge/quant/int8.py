@@ -43,9 +43,12 @@ def quantize_weight(w: Tensor, granularity: str = "tensor") -> tuple[Tensor, Ten
     return quantize(w, scale), scale
 
 
-def _int_mm_supported(m: int, k: int, n: int) -> bool:
-    # torch._int_mm's CUDA path wants k and n multiples of 8, k >= 16 and m > 16.
-    return k % 8 == 0 and n % 8 == 0 and k >= 16 and m > 16
+def _int_mm_supported(k: int, n: int) -> bool:
+    # torch._int_mm's CUDA path wants k and n multiples of 8, k >= 16 and m > 16 (m is padded below).
+    return k % 8 == 0 and n % 8 == 0 and k >= 16
+
+
+_INT_MM_MIN_ROWS = 32
 
 
 # Every partial sum of k products of int8 values is an integer of magnitude <= k * 128**2; float32 holds
@@ -58,13 +61,17 @@ _FP64_EXACT_K = 2**53 // 128**2
 def int8_matmul(a: Tensor, b_t: Tensor) -> Tensor:
     """(m, k) int8 @ (n, k)ᵀ int8 -> (m, n) int32, exactly.
 
-    On CUDA `torch._int_mm` (cuBLASLt int8). On CPU a float GEMM that is exact by the bound above:
+    On CUDA `torch._int_mm` (cuBLASLt int8; fewer than 32 rows are zero-padded to 32). On CPU a float GEMM that is exact by the bound above:
     torch 2.13's CPU `_int_mm` is a reference loop (~3 GMAC/s, 85% of a quantized prefill), while
     the float32 GEMM is ~20x faster and returns the same integers.
     """
     m, k = a.shape
     n = b_t.shape[0]
-    if a.device.type == "cuda" and _int_mm_supported(m, k, n):
+    if a.device.type == "cuda" and _int_mm_supported(k, n):
+        if m < _INT_MM_MIN_ROWS:  # decode: a few rows, zero-padded (the weight is still read once)
+            padded = torch.zeros(_INT_MM_MIN_ROWS, k, dtype=a.dtype, device=a.device)
+            padded[:m] = a
+            return torch._int_mm(padded, b_t.t())[:m]
         return torch._int_mm(a.contiguous(), b_t.t())
     if k <= _FP32_EXACT_K:
         return (a.float() @ b_t.float().t()).to(torch.int32)
