@@ -6,7 +6,7 @@ export QUAMBA_EDGE_CACHE ?= $(CURDIR)/.cache
 # Torch threads for the demo and the quality table (benchmarks that time things use one thread).
 THREADS ?= 2
 
-.PHONY: venv corpus demo test lint quality peers-wheel bench-cpu bench-peers clean
+.PHONY: venv corpus demo test lint quality peers-wheel bench-cpu bench-peers bench-kernels trt-plugins clean
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -68,6 +68,18 @@ bench-cpu: corpus
 # Ours against llama.cpp (q8_0 and f32) on the same mamba-130m-shaped weights, one thread.
 bench-peers: corpus peers-wheel
 	$(BIN)/python benchmarks/peers.py --llama-src $(PEERS_DIR)/src --out benchmarks/results/peers.json
+
+# The csrc/ kernels: each op's CPU twin against the PyTorch reference, and the bundled model end to end on
+# them (needs out/quamba from `make demo`). On a GPU machine: bash benchmarks/gpu_check.sh.
+bench-kernels: venv
+	$(BIN)/python benchmarks/kernels.py --device cpu --repeats 5 --artifact out/quamba \
+		--out benchmarks/results/kernels-cpu.json
+
+# libquamba_edge_trt.so (TensorRT plugins + CUDA kernels) where CUDA and the TensorRT headers exist (the
+# Jetson image; CUDA_ARCH=90 for H100/H200). build-engine --backend tensorrt finds it in build/trt.
+CUDA_ARCH ?= 87
+trt-plugins:
+	cmake -S csrc -B build/trt -DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCH) && cmake --build build/trt -j
 
 clean:
 	rm -rf out .pytest_cache
