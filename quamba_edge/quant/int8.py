@@ -61,9 +61,9 @@ _FP64_EXACT_K = 2**53 // 128**2
 def int8_matmul(a: Tensor, b_t: Tensor) -> Tensor:
     """(m, k) int8 @ (n, k)ᵀ int8 -> (m, n) int32, exactly.
 
-    On CUDA `torch._int_mm` (cuBLASLt int8; fewer than 32 rows are zero-padded to 32). On CPU a float GEMM that is exact by the bound above:
-    torch 2.13's CPU `_int_mm` is a reference loop (~3 GMAC/s, 85% of a quantized prefill), while
-    the float32 GEMM is ~20x faster and returns the same integers.
+    On CUDA `torch._int_mm` (cuBLASLt int8; fewer than 32 rows are zero-padded to 32). On CPU a float
+    GEMM that is exact by the bound above: torch 2.13's CPU `_int_mm` is a reference loop (~3 GMAC/s,
+    85% of a quantized prefill), while the float32 GEMM is ~20x faster and returns the same integers.
     """
     m, k = a.shape
     n = b_t.shape[0]
