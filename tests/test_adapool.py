@@ -74,3 +74,30 @@ def test_every_pool_starts_from_the_same_encoder():
     ref = models["avg"].layers.state_dict()
     for m in models.values():
         assert all(torch.equal(v, ref[k]) for k, v in m.layers.state_dict().items())
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_int8_set_model_tracks_fp32(pool):
+    """W8A8 (static per-tensor scales) of every linear layer: within a few percent of fp32 on fresh sets,
+    and each quantized layer is exactly dequantize -> float linear -> (no requantize) of its int8 inputs."""
+    from quamba_edge.quant.int8 import dequantize, quantize
+    from quamba_edge.quant.qset import QuantizedLinear, quantize_set_model
+
+    m = model(pool, 0 if pool == "adapool" else "mean", seed=2)
+    gen = torch.Generator().manual_seed(3)
+    calib = [(torch.randn(16, 10, 6, generator=gen), None) for _ in range(4)]
+    q, amax = quantize_set_model(m, calib)
+    assert len(amax) == sum(isinstance(x, torch.nn.Linear) for x in m.modules())
+    assert not any(isinstance(x, torch.nn.Linear) for x in q.modules())
+    x = torch.randn(32, 10, 6, generator=gen)
+    with torch.no_grad():
+        ref, out = m(x), q(x)
+        assert ((out - ref).norm() / ref.norm()).item() < 0.05
+        wrapper = next(x for x in q.modules() if isinstance(x, QuantizedLinear))
+        layer = wrapper.q
+        a = torch.randn(5, layer.in_features, generator=gen)
+        a_q = quantize(a, layer.in_scale)
+        expected = dequantize(a_q, layer.in_scale) @ dequantize(layer.weight, layer.weight_scale).T + layer.bias
+        assert torch.allclose(wrapper(a), expected, atol=1e-5)
+    with pytest.raises(QuambaEdgeError, match="no sets"):
+        quantize_set_model(m, [])

@@ -30,6 +30,8 @@ def check_sets(x: Tensor, mask: Tensor | None, d_in: int) -> None:
     if x.dim() != 3 or x.shape[-1] != d_in:
         raise QuambaEdgeError(f"sets must be (batch, n, {d_in}) tensors; got {tuple(x.shape)}. Fix: give each set "
                               f"element {d_in} features (the model's d_in).")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise QuambaEdgeError(f"got {x.shape[0]} set(s) of {x.shape[1]} element(s): there is nothing to pool.")
     if not torch.isfinite(x).all():
         raise QuambaEdgeError("the input sets contain NaN or inf values. Fix: clean or impute them first.")
     if mask is not None:

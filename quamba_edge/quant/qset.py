@@ -1,0 +1,81 @@
+"""Static W8A8 for set models (AdaPool and its baselines): every linear layer of the encoder and of the
+pool reads an int8 activation with a calibrated per-tensor scale and an int8 weight (per tensor or per
+output channel), accumulates exactly in int32 and returns float; softmax, LayerNorms, GELU and the
+residual stream stay float, as they do in Quamba's recipe for Mamba.
+
+Calibration runs the fp model on calibration sets and records, per linear layer, the largest |input|
+(abs-max).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.models.adapool import SetModel
+from quamba_edge.quant.int8 import quantize, quantize_weight, scale_from_amax
+from quamba_edge.quant.observers import AbsMaxObserver
+from quamba_edge.quant.qmodels import QLinear
+
+
+class QuantizedLinear(nn.Module):
+    """float x -> int8 (static scale) -> QLinear (int8 x int8 -> int32 -> float + bias)."""
+
+    def __init__(self, q: QLinear):
+        super().__init__()
+        self.q = q
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.q(quantize(x, self.q.in_scale))
+
+
+def linear_layers(model: SetModel) -> dict[str, nn.Linear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+@torch.no_grad()
+def observe_inputs(model: SetModel, batches: Iterable[tuple[Tensor, Tensor | None]]) -> dict[str, float]:
+    """The largest |input| of every linear layer over the calibration sets."""
+    observers = {name: AbsMaxObserver() for name in linear_layers(model)}
+    hooks = [layer.register_forward_pre_hook(lambda _m, args, n=name: observers[n].observe(args[0]))
+             for name, layer in linear_layers(model).items()]
+    try:
+        seen = 0
+        for x, mask in batches:
+            model(x, mask)
+            seen += 1
+    finally:
+        for h in hooks:
+            h.remove()
+    if not seen:
+        raise QuambaEdgeError("calibration got no sets. Fix: pass at least one batch of calibration sets.")
+    amax = {name: float(obs.amax) for name, obs in observers.items()}
+    bad = [n for n, a in amax.items() if not torch.isfinite(torch.tensor(a))]
+    if bad:
+        raise QuambaEdgeError(f"calibration saw NaN/inf at {', '.join(bad)}. Fix: check the calibration sets.")
+    return amax
+
+
+@torch.no_grad()
+def quantize_set_model(model: SetModel, batches: Iterable[tuple[Tensor, Tensor | None]],
+                       weight_granularity: str = "tensor") -> tuple[SetModel, dict[str, float]]:
+    """A copy of `model` whose linear layers are W8A8 (static per-tensor activation scales; weights per
+    tensor or per output channel)."""
+    model = model.eval()
+    amax = observe_inputs(model, batches)
+    qmodel = copy.deepcopy(model)
+    for name, layer in linear_layers(qmodel).items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
+        q = QLinear(layer.in_features, layer.out_features, granularity=weight_granularity,
+                    bias=layer.bias is not None, int8_output=False)
+        w_q, w_scale = quantize_weight(layer.weight, weight_granularity)
+        q.load_float(w_q, w_scale, scale_from_amax(amax[name]), None,
+                     layer.bias.detach().float() if layer.bias is not None else None)
+        setattr(parent, attr, QuantizedLinear(q))
+    qmodel.quantized = True
+    return qmodel.eval(), amax
