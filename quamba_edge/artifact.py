@@ -61,7 +61,7 @@ def save_artifact(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "torch_version": torch.__version__,
             "python": platform.python_version(),
-            "family": "mamba",
+            "family": getattr(model, "family", "mamba"),
             "model_config": model.cfg.to_dict(),
             "source": source,
             "recipe": recipe.to_dict(),
@@ -111,15 +111,30 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
-def load_artifact(path: Path) -> tuple[MambaLM | QuantizedMambaLM, dict]:
+def load_artifact(path: Path) -> tuple[torch.nn.Module, dict]:
     manifest = read_manifest(path)
-    if manifest.get("family") != "mamba":
-        raise QuambaEdgeError(f"{path} holds a {manifest.get('family')!r} model; this build reads mamba.")
-    cfg = MambaConfig.from_dict(manifest["model_config"])
+    family = manifest.get("family")
     recipe = Recipe.from_dict(manifest["recipe"])
+    if family == "adapool":
+        return _load_set_artifact(path, manifest, recipe), manifest
+    if family != "mamba":
+        raise QuambaEdgeError(f"{path} holds a {family!r} model; this quamba-edge reads mamba and adapool.")
+    cfg = MambaConfig.from_dict(manifest["model_config"])
     model = QuantizedMambaLM(cfg, recipe) if recipe.quantize else MambaLM(cfg)
     state = load_file(str(Path(path) / WEIGHTS))
     if not recipe.quantize:
         state["lm_head.weight"] = state["backbone.embedding.weight"]
     model.load_state_dict(state, strict=True)
     return model.eval(), manifest
+
+
+def _load_set_artifact(path: Path, manifest: dict, recipe: Recipe) -> torch.nn.Module:
+    from quamba_edge.models.adapool import SetModel
+    from quamba_edge.quant.qset import quantized_structure
+    from quamba_edge.sets import config_from_dict
+
+    model = SetModel(config_from_dict(manifest["model_config"]))
+    if recipe.quantize:
+        model = quantized_structure(model, recipe.weight_granularity)
+    model.load_state_dict(load_file(str(Path(path) / WEIGHTS)), strict=True)
+    return model.eval()

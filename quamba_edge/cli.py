@@ -69,8 +69,8 @@ def calibrate(
     model: ModelArg = "default",
     recipe: Annotated[str, typer.Option(help="fp | naive | quamba.")] = "quamba",
     data: Annotated[str, typer.Option(help="Calibration text: a file, a directory of *.txt, or `default` "
-                                           "(the Austen training novels).")] = "default",
-    samples: Annotated[int, typer.Option(help="Calibration sequences, taken in file order.")] = 512,
+                                           "(the Austen training novels). Set models: an .npz of sets.")] = "default",
+    samples: Annotated[int, typer.Option(help="Calibration sequences (or sets), taken in file order.")] = 512,
     seq_len: Annotated[int, typer.Option(help="Tokens per calibration sequence.")] = 512,
     percentile: Annotated[float, typer.Option(help="Quantile of |u| for the SSM input scale (quamba).")] = 0.99999,
     hadamard: Annotated[bool, typer.Option("--hadamard/--no-hadamard",
@@ -87,7 +87,11 @@ def calibrate(
     threads: Threads = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON instead of tables.")] = False,
 ):
-    """Calibrate a Mamba checkpoint and write an int8 artifact (manifest.json + weights.safetensors)."""
+    """Calibrate a checkpoint and write an int8 artifact (manifest.json + weights.safetensors).
+
+    The model family comes from the checkpoint: Mamba (text calibration, the recipes below) or a set
+    model with AdaPool or another pooling (--data SETS.npz; static per-tensor W8A8 of every linear layer).
+    """
     from quamba_edge.pipeline import run_calibrate
     from quamba_edge.quant.recipes import make_recipe
 
@@ -108,15 +112,17 @@ def calibrate(
         print(json.dumps(manifest, indent=2))
         return
     if manifest["scales"]:
-        table = Table(title=f"activation scales ({rec.label}); int8 step = scale")
-        table.add_column("layer", justify="right")
+        label = manifest["recipe_label"]
+        table = Table(title=f"activation scales ({label}); int8 step = scale" if manifest["family"] == "mamba"
+                      else f"largest |input| of each linear layer ({label}); int8 step = amax / 127")
+        table.add_column("#", justify="right")
         for point in manifest["scales"][0]:
             table.add_column(point, justify="right")
         for i, row in enumerate(manifest["scales"]):
-            table.add_row(str(i), *(f"{v:.3g}" for v in row.values()))
+            table.add_row(str(i), *(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()))
         console.print(table)
     size = sum(f.stat().st_size for f in path.iterdir()) / 2**20
-    console.print(f"[green]wrote[/] {path}  ({size:.1f} MiB, recipe {rec.label}, {seconds:.1f} s)")
+    console.print(f"[green]wrote[/] {path}  ({size:.1f} MiB, recipe {manifest['recipe_label']}, {seconds:.1f} s)")
 
 
 @app.command("eval")

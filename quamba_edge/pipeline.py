@@ -15,9 +15,14 @@ from quamba_edge.artifact import MANIFEST, is_artifact, load_artifact, save_arti
 from quamba_edge.checkpoints import load_mamba, resolve_model_dir
 from quamba_edge.data.text import Windows, load_windows
 from quamba_edge.data.tokenizers import Tokenizer, tokenizer_for
+from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.evaluate import evaluate_lm
+from quamba_edge.io import sha256_file
 from quamba_edge.quant.calibrate import calibrate
+from quamba_edge.quant.qset import quantize_set_model
 from quamba_edge.quant.recipes import Recipe
+from quamba_edge.sets import FAMILY as SET_FAMILY
+from quamba_edge.sets import checkpoint_family, load_set_checkpoint, load_sets
 
 Progress = Callable[[int], None]
 
@@ -42,6 +47,8 @@ def load_any(spec: str | Path) -> LoadedModel:
         model, manifest = load_artifact(Path(spec))
         return LoadedModel(model, manifest["recipe_label"], Path(spec), manifest)
     model_dir = resolve_model_dir(spec)
+    if checkpoint_family(model_dir) == SET_FAMILY:
+        return LoadedModel(load_set_checkpoint(model_dir), "fp", model_dir)
     return LoadedModel(load_mamba(model_dir), "fp", model_dir)
 
 
@@ -56,6 +63,8 @@ def run_calibrate(
 ) -> tuple[Path, dict]:
     """Load, calibrate on the first `samples` windows of `data`, write the artifact; returns its manifest."""
     model_dir = resolve_model_dir(model_spec)
+    if checkpoint_family(model_dir) == SET_FAMILY:
+        return _calibrate_sets(model_spec, model_dir, recipe, data, samples, out, batch_size, on_batch)
     model = load_mamba(model_dir)
     tok = tokenizer_for(model_dir, model.cfg.vocab_size)
     windows: Windows | None = None
@@ -75,6 +84,41 @@ def run_calibrate(
         qmodel, out, recipe=recipe, source={"model": str(model_spec), "directory": str(model_dir)},
         calibration=calibration, scales=scales, extra_files=extra,
     )
+    return out, load_artifact(out)[1]
+
+
+def set_recipe(recipe: Recipe) -> Recipe:
+    """What a recipe means for a set model: fp stays fp; naive and quamba are static per-tensor W8A8 with
+    abs-max scales (Quamba's percentile clip and Hadamard rotation belong to Mamba's SSM; recorded as naive)."""
+    if not recipe.quantize:
+        return recipe
+    return Recipe("naive", percentile=None, hadamard=False, weight_granularity=recipe.weight_granularity)
+
+
+def _calibrate_sets(model_spec: str, model_dir: Path, recipe: Recipe, data: str, samples: int, out: Path,
+                    batch_size: int, on_batch: Progress | None) -> tuple[Path, dict]:
+    model = load_set_checkpoint(model_dir)
+    recipe = set_recipe(recipe)
+    calibration, scales, qmodel = None, None, model
+    if recipe.quantize:
+        if str(data) == "default":
+            raise QuambaEdgeError("set models calibrate on sets: pass --data SETS.npz (arrays x (sets, n, d) and "
+                                  "optionally mask (sets, n)).")
+        sets = load_sets(data, model.cfg.d_in)
+        start = time.perf_counter()
+
+        def counted():
+            for x, mask in sets.batches(batch_size, samples):
+                yield x, mask
+                if on_batch:
+                    on_batch(len(x))
+
+        qmodel, amax = quantize_set_model(model, counted(), recipe.weight_granularity)
+        scales = [{"layer": name, "amax": a} for name, a in amax.items()]
+        calibration = {"data": str(data), "samples": min(samples, len(sets.x)), "digest": sha256_file(Path(data)),
+                       "seconds": round(time.perf_counter() - start, 2)}
+    out = save_artifact(qmodel, out, recipe=recipe, source={"model": str(model_spec), "directory": str(model_dir)},
+                        calibration=calibration, scales=scales)
     return out, load_artifact(out)[1]
 
 

@@ -60,6 +60,21 @@ def observe_inputs(model: SetModel, batches: Iterable[tuple[Tensor, Tensor | Non
     return amax
 
 
+def quantized_structure(model: SetModel, weight_granularity: str = "tensor") -> SetModel:
+    """A copy of `model` with every nn.Linear replaced by an (unfilled) int8 layer of the same shape:
+    what `quantize_set_model` fills and what an artifact's weights load into."""
+    qmodel = copy.deepcopy(model)
+    for name, layer in linear_layers(qmodel).items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
+        q = QLinear(layer.in_features, layer.out_features, granularity=weight_granularity,
+                    bias=layer.bias is not None, int8_output=False)
+        if layer.bias is not None:
+            q.bias.copy_(layer.bias.detach())
+        setattr(parent, attr, QuantizedLinear(q))
+    return qmodel.eval()
+
+
 @torch.no_grad()
 def quantize_set_model(model: SetModel, batches: Iterable[tuple[Tensor, Tensor | None]],
                        weight_granularity: str = "tensor") -> tuple[SetModel, dict[str, float]]:
@@ -67,15 +82,10 @@ def quantize_set_model(model: SetModel, batches: Iterable[tuple[Tensor, Tensor |
     tensor or per output channel)."""
     model = model.eval()
     amax = observe_inputs(model, batches)
-    qmodel = copy.deepcopy(model)
-    for name, layer in linear_layers(qmodel).items():
-        parent_name, _, attr = name.rpartition(".")
-        parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
-        q = QLinear(layer.in_features, layer.out_features, granularity=weight_granularity,
-                    bias=layer.bias is not None, int8_output=False)
-        w_q, w_scale = quantize_weight(layer.weight, weight_granularity)
-        q.load_float(w_q, w_scale, scale_from_amax(amax[name]), None,
-                     layer.bias.detach().float() if layer.bias is not None else None)
-        setattr(parent, attr, QuantizedLinear(q))
-    qmodel.quantized = True
-    return qmodel.eval(), amax
+    layers = linear_layers(model)
+    qmodel = quantized_structure(model, weight_granularity)
+    for name, wrapper in qmodel.named_modules():
+        if isinstance(wrapper, QuantizedLinear):
+            w_q, w_scale = quantize_weight(layers[name].weight, weight_granularity)
+            wrapper.q.load_float(w_q, w_scale, scale_from_amax(amax[name]), None)
+    return qmodel, amax
