@@ -252,6 +252,8 @@ def bench(
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of per-token latency over the generation.")] = None,
     kernels: Annotated[bool, typer.Option("--kernels", help="Run quantized PyTorch models through the csrc/ "
                                                             "kernel ops (CUDA, else the CPU twins).")] = False,
+    set_size: Annotated[int, typer.Option(help="Set models: elements per set (their latency is per batch of "
+                                               "--batch sets).")] = 128,
 ):
     """Time to first token, time per output token and tokens/s, the same loop for every backend."""
     from quamba_edge.bench import report
@@ -280,12 +282,16 @@ def bench(
             for spec in systems:
                 task = progress.add_task(f"bench {spec}", total=repeats)
                 results.append(report.measure_system(spec, device, threads, batch, prompt_len, gen_len, repeats,
-                                                     on_repeat=lambda t=task: progress.advance(t), kernels=kernels))
+                                                     on_repeat=lambda t=task: progress.advance(t), kernels=kernels,
+                                                     set_size=set_size))
     report.print_measurements(console, results)
     report.write_json(json_path, {"results": results, "machine": report.machine(device)})
-    if plot:
-        report.plot_tpot(results, plot)
+    curves = [r for r in results if "tpot_curve_ms" in r]
+    if plot and curves:
+        report.plot_tpot(curves, plot)
         console.print(f"wrote {plot}")
+    elif plot:
+        console.print("[yellow]no plot[/]: --plot draws per-token latency, which set models do not have")
 
 
 @app.command()

@@ -92,6 +92,9 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
         raise QuambaEdgeError(f"--plugins must be one of {', '.join(PLUGIN_MODES)}, not {plugins!r}.")
     loaded = load_any(model_spec)
     model = loaded.model.eval()
+    if getattr(model, "family", "mamba") == "adapool":
+        return _build_set_engine(loaded, out, backend=backend, target=target, precision=precision, threads=threads,
+                                 max_batch=max_batch, progress=progress)
     precision = precision_of(model, precision)
     plugin_lib = _plugin_library(plugins, backend, precision)
     dtype = torch.float16 if precision == "fp16" else torch.float32
@@ -152,6 +155,49 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
     return build
 
 
+def _build_set_engine(loaded, out: Path, *, backend: str, target: str, precision: str | None, threads: int,
+                      max_batch: int, progress=None) -> dict:
+    """A set model (AdaPool family): one graph, `model.onnx`, run by ONNX Runtime, parity-checked."""
+    from quamba_edge.export.parity import check_sets
+    from quamba_edge.export.set_onnx import export_set_model
+    from quamba_edge.quant.qset import QuantizedLinear
+
+    model = loaded.model
+    quantized = any(isinstance(m, QuantizedLinear) for m in model.modules())
+    native = "int8" if quantized else "fp32"
+    if precision not in (None, native):
+        raise QuambaEdgeError(f"this set model is {native}; --precision {precision} is not available for it "
+                              "(int8 comes from `quamba-edge calibrate`).")
+    if backend != "ort":
+        raise QuambaEdgeError("set models build for ONNX Runtime only so far (--backend ort); the TensorRT path "
+                              "is written for Mamba.")
+    step = progress or (lambda message: None)
+    activations = activation_encoding(backend, target)
+    out = Path(out).resolve()
+    with staged_dir(out, ours=lambda d: (d / BUILD_JSON).exists(), what="an engine directory") as tmp:
+        step(f"exporting the set model ({native})")
+        path = tmp / "model.onnx"
+        onnx.save(export_set_model(model, activations), str(path))
+        step("parity check against the PyTorch reference")
+        runner = ort_backend.graph_runner(path, threads=threads, int8=quantized, target=target, activations=activations)
+        report = check_sets(model, runner, native)
+        if not report.passed:
+            raise ParityError(_parity_failure(report))
+        build = {
+            "format_version": BUILD_FORMAT_VERSION, "toolkit_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "family": "adapool", "backend": backend, "target": target, "precision": native,
+            "int8_activations": activations if quantized else None, "recipe": loaded.label,
+            "model_config": model.cfg.to_dict(), "source": str(loaded.directory),
+            "source_manifest_sha256": sha256_file(loaded.directory / MANIFEST) if loaded.manifest else None,
+            "profile": {"max_batch": max_batch}, "versions": _versions(backend), "machine": platform.machine(),
+            "parity": report.to_dict(),
+            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+        }
+        atomic_write_json(tmp / BUILD_JSON, build)
+    return build
+
+
 PLUGIN_MODES = ("auto", "on", "off")
 
 
@@ -192,7 +238,15 @@ class Engine:
     build: dict
 
     @property
-    def cfg(self) -> MambaConfig:
+    def family(self) -> str:
+        return self.build.get("family", "mamba")
+
+    @property
+    def cfg(self):
+        if self.family == "adapool":
+            from quamba_edge.sets import config_from_dict
+
+            return config_from_dict(self.build["model_config"])
         return MambaConfig.from_dict(self.build["model_config"])
 
     def graph(self, name: str) -> Path:

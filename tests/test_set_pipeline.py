@@ -83,3 +83,27 @@ def test_set_calibration_bad_input(tmp_path, set_checkpoint):
     (ckpt / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(QuambaEdgeError, match="safetensors"):
         load_any(ckpt)
+
+
+def test_build_engine_and_bench_for_set_models(tmp_path, set_checkpoint, set_file):
+    """calibrate -> build-engine (ONNX with Q/DQ, parity against PyTorch) -> bench at batch 1 and 32."""
+    ckpt, _ = set_checkpoint
+    res = _run("calibrate", "--model", ckpt, "--data", set_file, "--samples", 64, "--out", tmp_path / "art")
+    assert res.exit_code == 0, res.output
+    for src, out in ((tmp_path / "art", tmp_path / "e8"), (ckpt, tmp_path / "e32")):
+        res = _run("build-engine", src, "--out", out, "--json")
+        assert res.exit_code == 0, res.output
+        build = json.loads(res.output)
+        assert build["family"] == "adapool" and build["parity"]["passed"]
+        assert build["parity"]["cases"][0]["rel_error"] < build["parity"]["tolerance"]
+    assert json.loads((tmp_path / "e8" / "build.json").read_text())["precision"] == "int8"
+    for batch in (1, 32):
+        out = tmp_path / f"bench{batch}.json"
+        res = _run("bench", tmp_path / "e8", tmp_path / "e32", tmp_path / "art", "--batch", batch, "--set-size", 16,
+                   "--repeats", 2, "--json", out)
+        assert res.exit_code == 0, res.output
+        rows = json.loads(out.read_text())["results"]
+        assert [r["precision"] for r in rows] == ["int8", "fp32", "int8"]
+        assert all(r["batch"] == batch and r["ms_per_batch"] > 0 for r in rows)
+    res = _run("build-engine", tmp_path / "art", "--backend", "tensorrt", "--target", "cuda", "--out", tmp_path / "t")
+    assert res.exit_code != 0 and ("TensorRT" in res.output)

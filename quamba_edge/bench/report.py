@@ -13,7 +13,7 @@ from rich.table import Table
 from quamba_edge import __version__
 from quamba_edge.bench.devices import DeviceProfile, detect_profile, jetson_model
 from quamba_edge.bench.roofline import estimate
-from quamba_edge.bench.runner import measure
+from quamba_edge.bench.runner import SetRunner, measure, measure_sets
 from quamba_edge.bench.systems import open_system, precision_and_config
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.io import atomic_write_json
@@ -40,8 +40,13 @@ def machine(device: str) -> dict:
 
 
 def measure_system(spec: str, device: str, threads: int, batch: int, prompt_len: int, gen_len: int,
-                   repeats: int, on_repeat=None, kernels: bool = False) -> dict:
+                   repeats: int, on_repeat=None, kernels: bool = False, set_size: int = 128) -> dict:
     runner = open_system(spec, device=device, threads=threads, prompt_len=prompt_len, batch=batch, kernels=kernels)
+    if isinstance(runner, SetRunner):
+        row = measure_sets(runner, batch=batch, set_size=set_size, repeats=repeats, threads=threads,
+                           progress=on_repeat)
+        row["source"] = spec
+        return row
     row = measure(runner, batch=batch, prompt_len=prompt_len, gen_len=gen_len, repeats=repeats, threads=threads,
                   progress=on_repeat).to_dict()
     row["source"] = spec
@@ -58,7 +63,24 @@ def estimates(systems: list[str], profile: DeviceProfile, batch: int, prompt_len
     return rows
 
 
+def print_set_measurements(console, rows: list[dict]) -> None:
+    first = rows[0]
+    table = Table(title=f"set models: batch {first['batch']} sets of {first['set_size']}, {first['threads']} "
+                        f"thread(s), median of {first['repeats']}")
+    for col in ("system", "ms / batch (range)", "ms / set", "sets/s", "RSS MiB", "vs first"):
+        table.add_column(col, justify="right" if col != "system" else "left", no_wrap=True)
+    for r in rows:
+        lo, hi = r["ms_range"]
+        table.add_row(r["system"], f"{r['ms_per_batch']:.2f} ({lo:.2f}-{hi:.2f})", f"{r['ms_per_set']:.3f}",
+                      f"{r['sets_per_s']:.0f}", f"{r['rss_mb']:.0f}", f"{r['sets_per_s'] / first['sets_per_s']:.2f}x")
+    console.print(table)
+
+
 def print_measurements(console, rows: list[dict]) -> None:
+    sets = [r for r in rows if r.get("family") == "adapool"]
+    if sets:
+        print_set_measurements(console, sets)
+    rows = [r for r in rows if r.get("family") != "adapool"]
     if not rows:
         return
     first = rows[0]

@@ -135,3 +135,44 @@ def measure(runner, *, batch: int, prompt_len: int, gen_len: int, repeats: int, 
         prompt_tok_s=batch * prompt_len / ttft, decode_tok_s=batch / tpot, rss_mb=rss_mb(), peak_rss_mb=peak_rss_mb(),
         tpot_curve_ms=curve,
     )
+
+
+class SetRunner:
+    """A set model behind one call, sets (b, n, d) + mask (b, n) -> (b, d_out): PyTorch or a graph."""
+
+    def __init__(self, run, cfg, label: str, precision: str, backend: str):
+        self.run, self.cfg, self.label, self.precision, self.backend = run, cfg, label, precision, backend
+
+    @classmethod
+    def torch(cls, model, label: str, precision: str) -> SetRunner:
+        @torch.no_grad()
+        def run(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            return model(torch.from_numpy(x), torch.from_numpy(mask)).numpy()
+
+        return cls(run, model.cfg, label, precision, "pytorch")
+
+    @classmethod
+    def graph(cls, graph, cfg, label: str, precision: str, backend: str) -> SetRunner:
+        return cls(lambda x, mask: graph({"sets": x, "mask": mask})["output"], cfg, label, precision, backend)
+
+
+def measure_sets(runner: SetRunner, *, batch: int, set_size: int, repeats: int, threads: int, seed: int = 0,
+                 progress=None) -> dict:
+    """Latency of one batch of sets (median of `repeats` timed calls after two warm-ups) and sets/s."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch, set_size, runner.cfg.d_in)).astype(np.float32)
+    mask = np.ones((batch, set_size), dtype=bool)
+    for _ in range(2):
+        runner.run(x, mask)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        runner.run(x, mask)
+        times.append((time.perf_counter() - t) * 1e3)
+        if progress:
+            progress()
+    ms = statistics.median(times)
+    return {"system": runner.label, "backend": runner.backend, "precision": runner.precision, "family": "adapool",
+            "batch": batch, "set_size": set_size, "threads": threads, "repeats": repeats,
+            "ms_per_batch": ms, "ms_range": [min(times), max(times)], "ms_per_set": ms / batch,
+            "sets_per_s": batch * 1e3 / ms, "rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb()}

@@ -81,6 +81,13 @@ class GraphBuilder:
         attrs = {} if axis is None else {"axis": axis}
         return self.op("DequantizeLinear", [q, scale, self._zero_point(weight)], **attrs)
 
+    def int8_weight(self, hint: str, q: torch.Tensor, scale: torch.Tensor) -> str:
+        """DQ of an int8 (out, in) weight stored transposed for MatMul; per-tensor or per-output-channel scale."""
+        wq = self.initializer(f"{hint}_q", q.t().contiguous())
+        if scale.numel() == 1:
+            return self.dequantize(wq, self.const(float(scale), np.float32), weight=True)
+        return self.dequantize(wq, self.initializer(f"{hint}_scale", scale.reshape(-1).float()), axis=1, weight=True)
+
     def qdq(self, x: str, scale: str) -> str:
         """Fake-quantize: the int8 value exists between the two nodes, where engines fuse."""
         return self.dequantize(self.quantize(x, scale), scale)

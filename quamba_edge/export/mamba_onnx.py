@@ -99,12 +99,7 @@ class _MambaGraph:
 
     # --- int8 pieces --------------------------------------------------------------------------
     def int8_weight(self, hint: str, q: torch.Tensor, scale: torch.Tensor) -> str:
-        """(out, in) int8 -> DQ'd (in, out) float, per-tensor or per-output-channel (axis 1)."""
-        g = self.g
-        wq = g.initializer(f"{hint}_q", q.t().contiguous())
-        if scale.numel() == 1:
-            return g.dequantize(wq, self.scalar(scale), weight=True)
-        return g.dequantize(wq, self.f32(f"{hint}_scale", scale.reshape(-1)), axis=1, weight=True)
+        return self.g.int8_weight(hint, q, scale)
 
     def qlinear(self, hint: str, x_dq: str, lin, quantize_out: bool) -> str:
         """MatMul of a DQ'd activation and a DQ'd weight, + float bias, then Q (kept int8) or float."""

@@ -137,3 +137,22 @@ def check_layers(model, prefill_with_probes, decode_with_probes, report: ParityR
         report.cases.append(_compare(f"norm + head on the graph's own input, {label}", "logits", out["logits"],
                                      logits, LAYER_TOLERANCE))
     return report
+
+
+@torch.no_grad()
+def check_sets(model, run, precision: str, *, seed: int = 0,
+               shapes: tuple[tuple[int, int], ...] = ((1, 9), (3, 17))) -> ParityReport:
+    """A set-model graph (`run`: feeds -> outputs) against the PyTorch model on random sets, some padded.
+
+    int8 is judged too (at the int8 tolerance): a set model has no recurrence to accumulate rounding.
+    """
+    report = ParityReport(precision, TOLERANCE[precision])
+    gen = torch.Generator().manual_seed(seed)
+    for batch, n in shapes:
+        x = torch.randn(batch, n, model.cfg.d_in, generator=gen)
+        mask = torch.ones(batch, n, dtype=torch.bool)
+        mask[0, n // 2 + 1 :] = False  # the first set is padded: masked elements must change nothing
+        out = run({"sets": x.numpy(), "mask": mask.numpy()})
+        report.cases.append(_compare(f"sets b={batch} n={n}", "output", out["output"], model(x, mask),
+                                     TOLERANCE[precision]))
+    return report

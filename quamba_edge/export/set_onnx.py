@@ -1,0 +1,141 @@
+"""ONNX graph of a set model (AdaPool family): sets (batch, n, d_in) and mask (batch, n) -> (batch, d_out).
+
+fp32, or int8 with Q/DQ around every linear layer exactly where the quantized PyTorch model quantizes
+(its static input scale, its int8 weight): ONNX Runtime fuses them into integer kernels, TensorRT reads
+them as explicit quantization. LayerNorm, softmax, GELU and the residual stream stay float. Masked
+elements get -inf attention scores and no weight in the mean/max pools, as in PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto
+from torch import nn
+
+from quamba_edge import __version__
+from quamba_edge.export.graph import GraphBuilder
+from quamba_edge.export.mamba_onnx import ACTIVATION_TYPES
+from quamba_edge.models.adapool import AdaPool, SetModel
+from quamba_edge.quant.qset import QuantizedLinear
+
+
+class _SetGraph:
+    def __init__(self, model: SetModel, activations: str):
+        self.model, self.cfg = model, model.cfg
+        self.g = GraphBuilder("set_model")
+        self.g.activation_type = ACTIVATION_TYPES[activations]
+        self.activations = activations
+        self.quantized = any(isinstance(m, QuantizedLinear) for m in model.modules())
+
+    def linear(self, x: str, layer: nn.Module, hint: str) -> str:
+        g = self.g
+        if isinstance(layer, nn.Identity):
+            return x
+        if isinstance(layer, QuantizedLinear):
+            q = layer.q
+            x = g.qdq(x, g.const(float(q.in_scale), np.float32))
+            w = g.int8_weight(hint, q.weight, q.weight_scale)
+            bias = q.bias
+        else:
+            w = g.initializer(f"{hint}_w", layer.weight.detach().t().contiguous())
+            bias = layer.bias
+        y = g.op("MatMul", [x, w])
+        return y if bias is None else g.op("Add", [y, g.initializer(f"{hint}_b", bias.detach().float())])
+
+    def layer_norm(self, x: str, norm: nn.Module, hint: str) -> str:
+        if isinstance(norm, nn.Identity):
+            return x
+        g = self.g
+        return g.op("LayerNormalization", [x, g.initializer(f"{hint}_g", norm.weight.detach()),
+                                           g.initializer(f"{hint}_b", norm.bias.detach())], axis=-1,
+                    epsilon=float(norm.eps))
+
+    def heads(self, x: str, h: int, hd: int, perm: list[int]) -> str:
+        g = self.g
+        return g.op("Transpose", [g.op("Reshape", [x, g.const([0, 0, h, hd], np.int64)])], perm=perm)
+
+    def attention(self, q: str, k: str, v: str, mask_bias: str, h: int, d: int) -> str:
+        """q (b, m, d), k/v (b, n, d) -> (b, m, d); softmax over n with the mask's -inf bias."""
+        g = self.g
+        hd = d // h
+        scores = g.op("MatMul", [self.heads(q, h, hd, [0, 2, 1, 3]), self.heads(k, h, hd, [0, 2, 3, 1])])
+        scores = g.op("Add", [g.op("Mul", [scores, g.const(1.0 / math.sqrt(hd))]), mask_bias])
+        out = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), self.heads(v, h, hd, [0, 2, 1, 3])])
+        return g.op("Reshape", [g.op("Transpose", [out], perm=[0, 2, 1, 3]), g.const([0, 0, d], np.int64)])
+
+    def gelu(self, x: str) -> str:
+        g = self.g
+        erf = g.op("Erf", [g.op("Mul", [x, g.const(1.0 / math.sqrt(2.0))])])
+        return g.op("Mul", [g.op("Mul", [x, g.const(0.5)]), g.op("Add", [erf, g.const(1.0)])])
+
+    def masked_mean(self, x: str, weight: str) -> str:
+        g = self.g
+        total = g.op("ReduceSum", [g.op("Mul", [x, weight]), g.const([1], np.int64)], keepdims=0)
+        return g.op("Div", [total, g.op("ReduceSum", [weight, g.const([1], np.int64)], keepdims=0)])
+
+    def build(self) -> onnx.ModelProto:
+        g, cfg, m = self.g, self.cfg, self.model
+        x = g.input("sets", TensorProto.FLOAT, ["batch", "n", cfg.d_in])
+        mask = g.input("mask", TensorProto.BOOL, ["batch", "n"])
+        h = self.linear(x, m.embed, "embed")
+        if m.query_emb is not None:  # the query flag on element 0
+            first = g.op("Slice", [h, g.const([0], np.int64), g.const([1], np.int64), g.const([1], np.int64)])
+            rest = g.op("Slice", [h, g.const([1], np.int64), g.const([2**62], np.int64), g.const([1], np.int64)])
+            h = g.op("Concat", [g.op("Add", [first, g.initializer("query_emb", m.query_emb.detach())]), rest], axis=1)
+        if m.cls is not None:
+            batch = g.op("Slice", [g.op("Shape", [h]), g.const([0], np.int64), g.const([1], np.int64)])
+            shape = g.op("Concat", [batch, g.const([1, cfg.d_model], np.int64)], axis=0)
+            h = g.op("Concat", [g.op("Expand", [g.initializer("cls", m.cls.detach()), shape]), h], axis=1)
+            ones = g.op("Expand", [g.const([[True]], np.bool_), g.op("Concat", [batch, g.const([1], np.int64)],
+                                                                             axis=0)])
+            mask = g.op("Concat", [ones, mask], axis=1)
+        neg_inf = g.op("Where", [mask, g.const(0.0), g.const(-np.inf)])  # (b, n)
+        mask_bias = g.op("Unsqueeze", [neg_inf, g.const([1, 2], np.int64)])  # (b, 1, 1, n)
+        weight = g.op("Unsqueeze", [g.op("Cast", [mask], to=TensorProto.FLOAT), g.const([-1], np.int64)])
+        for i, layer in enumerate(m.layers):
+            y = self.layer_norm(h, layer.norm1, f"l{i}_norm1")
+            q, k, v = (self.linear(y, p, f"l{i}_{n}") for n, p in
+                       (("q", layer.q_proj), ("k", layer.k_proj), ("v", layer.v_proj)))
+            h = g.op("Add", [h, self.linear(self.attention(q, k, v, mask_bias, cfg.n_heads, cfg.d_model),
+                                            layer.out_proj, f"l{i}_o")])
+            ff = self.linear(self.gelu(self.linear(self.layer_norm(h, layer.norm2, f"l{i}_norm2"), layer.ff1,
+                                                   f"l{i}_ff1")), layer.ff2, f"l{i}_ff2")
+            h = g.op("Add", [h, ff])
+        h = self.layer_norm(h, m.norm, "norm")
+        pooled = self.pool(h, mask, mask_bias, weight)
+        g.output(self.linear(pooled, m.head, "head"), "output", TensorProto.FLOAT, ["batch", cfg.d_out])
+        precision = "int8" if self.quantized else "fp32"
+        meta = {"quamba_edge_version": __version__, "family": "adapool", "graph": "model", "precision": precision,
+                "pool": cfg.pool, "activations": self.activations if self.quantized else "float"}
+        return g.model(f"quamba-edge set model ({cfg.pool}, {precision})", meta)
+
+    def pool(self, h: str, mask: str, mask_bias: str, weight: str) -> str:
+        g, pool = self.g, self.model.pool
+        if self.cfg.pool == "avg":
+            return self.masked_mean(h, weight)
+        if self.cfg.pool == "max":
+            keep = g.op("Unsqueeze", [mask, g.const([-1], np.int64)])
+            return g.op("ReduceMax", [g.op("Where", [keep, h, g.const(-np.inf)])], axes=[1], keepdims=0)
+        if self.cfg.pool == "cls":
+            return g.op("Gather", [h, g.const(0, np.int64)], axis=1)
+        assert isinstance(pool, AdaPool)
+        if pool.query == "mean":
+            query = self.masked_mean(h, weight)
+        else:
+            query = g.op("Gather", [h, g.const(int(pool.query), np.int64)], axis=1)
+        q = g.op("Unsqueeze", [self.linear(query, pool.q_proj, "pool_q"), g.const([1], np.int64)])  # (b, 1, d)
+        k, v = self.linear(h, pool.k_proj, "pool_k"), self.linear(h, pool.v_proj, "pool_v")
+        attended = self.attention(q, k, v, mask_bias, pool.n_heads, pool.d)  # (b, 1, d)
+        pooled = self.linear(g.op("Squeeze", [attended, g.const([1], np.int64)]), pool.out_proj, "pool_o")
+        return pooled if pool.query == "mean" else g.op("Add", [pooled, query])
+
+
+@torch.no_grad()
+def export_set_model(model: SetModel, activations: str = "int8") -> onnx.ModelProto:
+    """activations "uint8" stores the same int8 numbers as q + 128 (ONNX Runtime's exact path on x86 CPUs,
+    see engine.activation_encoding); TensorRT takes "int8"."""
+    return _SetGraph(model.eval(), activations).build()
