@@ -6,7 +6,7 @@ export QUAMBA_EDGE_CACHE ?= $(CURDIR)/.cache
 # Torch threads for the demo and the quality table (benchmarks that time things use one thread).
 THREADS ?= 2
 
-.PHONY: venv corpus demo test lint quality peers-wheel bench-cpu bench-peers bench-kernels trt-plugins clean
+.PHONY: venv corpus demo test lint quality peers-wheel bench-cpu bench-peers bench-kernels bench-adapool trt-plugins clean
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -74,6 +74,12 @@ bench-peers: corpus peers-wheel
 bench-kernels: venv
 	$(BIN)/python benchmarks/kernels.py --device cpu --repeats 5 --artifact out/quamba \
 		--out benchmarks/results/kernels-cpu.json
+
+# AdaPool's SNR benchmark (about 30 min on 2 cores): every pooling method at every k, fp32 and int8; the
+# trained models and test sets go to out/adapool for `quamba-edge calibrate / build-engine / bench`.
+bench-adapool: venv
+	$(BIN)/python benchmarks/adapool_snr.py --threads $(THREADS) --out benchmarks/results/adapool_snr.json \
+		--plot benchmarks/results/adapool_snr.png --save-dir out/adapool
 
 # libquamba_edge_trt.so (TensorRT plugins + CUDA kernels) where CUDA and the TensorRT headers exist (the
 # Jetson image; CUDA_ARCH=90 for H100/H200). build-engine --backend tensorrt finds it in build/trt.

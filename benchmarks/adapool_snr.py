@@ -33,6 +33,7 @@ from rich.table import Table
 from quamba_edge.io import atomic_write, atomic_write_json
 from quamba_edge.models.adapool import POOLS, SetModel, SetModelConfig, init_set_model
 from quamba_edge.quant.qset import quantize_set_model
+from quamba_edge.sets import save_set_checkpoint, save_sets
 
 KS = (1, 2, 4, 8, 16, 32, 64, 128)
 N_VECTORS, DIM = 128, 16
@@ -85,7 +86,7 @@ def train_one(pool: str, x_train, y_train, x_test, y_test, args) -> dict:
     # int8: static per-tensor W8A8 of every linear layer, calibrated on 512 training sets
     qmodel, _ = quantize_set_model(model, [(x_train[i : i + 64], None) for i in range(0, min(512, len(x_train)), 64)])
     return {"test_mse": test_mse(model, x_test, y_test), "int8_test_mse": test_mse(qmodel, x_test, y_test),
-            "final_train_mse": float(np.mean(losses[-20:])), "train_seconds": seconds}
+            "final_train_mse": float(np.mean(losses[-20:])), "train_seconds": seconds, "model": model}
 
 
 @torch.no_grad()
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(POOLS))
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument("--save-dir", type=Path, default=None, help="write each trained model (set checkpoint) and the "
+                                                               "test sets (.npz) here, plus calib.npz")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     ks = [int(k) for k in args.ks.split(",")]
@@ -144,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     x = generate_sets(args.train + args.test, np.random.default_rng(args.data_seed))
     x_train, x_test = torch.from_numpy(x[: args.train]), torch.from_numpy(x[args.train :])
     rows, refs = [], []
+    if args.save_dir:
+        save_sets(args.save_dir / "calib.npz", x[:512])
     with Progress() as progress:
         task = progress.add_task("training", total=len(ks) * len(methods))
         for k in ks:
@@ -156,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
                 progress.update(task, description=f"k={k} {method}")
                 result = train_one(method, x_train, y_train, x_test, y_test, args)
                 int8_mse = result.pop("int8_test_mse")
+                model = result.pop("model")
+                if args.save_dir:  # checkpoints and sets for `quamba-edge calibrate / build-engine / bench`
+                    save_set_checkpoint(model, args.save_dir / f"{method}-k{k}", extra={"trained_on": f"knn{k}"})
+                    save_sets(args.save_dir / f"knn{k}-test.npz", x_test.numpy(), y=y_test.numpy())
                 common = {"method": method, "k": k, "snr": k / N_VECTORS}
                 rows.append({**common, "precision": "fp32", **result})
                 rows.append({**common, "precision": "int8", **result, "test_mse": int8_mse})
@@ -175,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     Console().print(table)
     if args.out:
         atomic_write_json(args.out, {"rows": rows, "references": refs, "config": vars(args) | {
-            "out": str(args.out), "plot": str(args.plot)}, "command": " ".join(sys.argv)})
+            "out": str(args.out), "plot": str(args.plot), "save_dir": str(args.save_dir)},
+            "command": " ".join(sys.argv)})
     if args.plot:
         plot(rows, refs, args.plot)
     return 0

@@ -75,6 +75,11 @@ cudaError_t hadamard_quantize(const float* y, const int8_t* hadamard_K, int K, c
   if (K < 1 || n % K != 0 || !is_power_of_two(n / K) || n > kMaxHadamardSize || rows > 0x7fffffff)
     return cudaErrorInvalidValue;
   const size_t smem = sizeof(float) * (n + K * K);
+  if (smem > 48 * 1024) {  // above the default limit a kernel must opt in (Orin and Hopper allow more)
+    const cudaError_t err =
+        cudaFuncSetAttribute(hadamard_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
   hadamard_kernel<<<static_cast<unsigned>(rows), kThreads, smem, stream>>>(y, hadamard_K, K, out_scale, out, n);
   return cudaGetLastError();
 }
