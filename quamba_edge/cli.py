@@ -136,7 +136,7 @@ def eval_cmd(
     threads: Threads = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ):
-    """Measure bits per byte and next-token accuracy on held-out text."""
+    """Measure bits per byte and next-token accuracy on held-out text (set models: MSE on an .npz of sets)."""
     from quamba_edge.pipeline import load_any, run_eval
 
     _threads(threads)
@@ -151,6 +151,12 @@ def eval_cmd(
         print(json.dumps(result, indent=2))
         return
     table = Table(title=f"quality of {model}")
+    if "mse" in result:  # a set model
+        for col in ("recipe", "MSE", "sets", "data"):
+            table.add_column(col)
+        table.add_row(result["recipe"], f"{result['mse']:.5f}", str(result["samples"]), result["data"])
+        console.print(table)
+        return
     for col in ("recipe", "bits/byte", "perplexity", "token acc.", "tokens", "data"):
         table.add_column(col)
     table.add_row(result["recipe"], f"{result['bits_per_byte']:.4f}", f"{result['perplexity']:.3f}",

@@ -87,6 +87,25 @@ def run_calibrate(
     return out, load_artifact(out)[1]
 
 
+@torch.no_grad()
+def _eval_sets(loaded: LoadedModel, data: str, max_samples: int | None, batch_size: int,
+               on_batch: Progress | None) -> dict:
+    if str(data).startswith("default"):
+        raise QuambaEdgeError("set models are evaluated on sets: pass --data SETS.npz with arrays x and y.")
+    sets = load_sets(data, loaded.model.cfg.d_in)
+    if sets.y is None:
+        raise QuambaEdgeError(f"{data} has no targets y, so there is nothing to score. Fix: add y (sets, d_out).")
+    preds = []
+    for x, mask in sets.batches(max(batch_size, 64), max_samples):
+        preds.append(loaded.model(x, mask))
+        if on_batch:
+            on_batch(len(x))
+    pred = torch.cat(preds)
+    mse = torch.nn.functional.mse_loss(pred, sets.y[: len(pred)]).item()
+    return {"recipe": loaded.label, "data": str(data), "samples": len(pred), "mse": mse,
+            "data_digest": sha256_file(Path(data))}
+
+
 def set_recipe(recipe: Recipe) -> Recipe:
     """What a recipe means for a set model: fp stays fp; naive and quamba are static per-tensor W8A8 with
     abs-max scales (Quamba's percentile clip and Hadamard rotation belong to Mamba's SSM; recorded as naive)."""
@@ -126,8 +145,12 @@ def run_eval(
     loaded: LoadedModel, data: str, seq_len: int, max_samples: int | None, batch_size: int = 8,
     on_batch: Progress | None = None,
 ) -> dict:
-    """Bits/byte and next-token accuracy on the first `max_samples` windows of `data` (all if None)."""
+    """Bits/byte and next-token accuracy on the first `max_samples` windows of `data` (all if None).
+    Set models: mean squared error against the set file's targets `y`."""
     from quamba_edge.data.text import read_text, take_windows
+
+    if getattr(loaded.model, "family", "mamba") == SET_FAMILY:
+        return _eval_sets(loaded, data, max_samples, batch_size, on_batch)
 
     ids = loaded.tokenizer.encode(read_text(data))
     available = len(ids) // seq_len

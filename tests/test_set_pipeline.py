@@ -107,3 +107,16 @@ def test_build_engine_and_bench_for_set_models(tmp_path, set_checkpoint, set_fil
         assert all(r["batch"] == batch and r["ms_per_batch"] > 0 for r in rows)
     res = _run("build-engine", tmp_path / "art", "--backend", "tensorrt", "--target", "cuda", "--out", tmp_path / "t")
     assert res.exit_code != 0 and ("TensorRT" in res.output)
+
+
+def test_eval_scores_set_models(tmp_path, set_checkpoint, set_file):
+    ckpt, model = set_checkpoint
+    res = _run("eval", ckpt, "--data", set_file, "--json")
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout[res.stdout.index("{"):])  # after the progress bar
+    sets = load_sets(set_file, 6)
+    with torch.no_grad():
+        expected = torch.nn.functional.mse_loss(model(sets.x, sets.mask), sets.y).item()
+    assert result["samples"] == 96 and abs(result["mse"] - expected) < 1e-6
+    res = _run("eval", ckpt)
+    assert res.exit_code != 0 and "SETS.npz" in res.output
