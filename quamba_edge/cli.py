@@ -234,7 +234,7 @@ def build_engine_cmd(
                  else f"{case['mismatch']:.2%} int8 differ, max {case['max_step']} step")
         table.add_row(case["case"], case["tensor"], error, "yes" if case["judged"] else "recorded")
     console.print(table)
-    for graph, info in (build["ort_kernels"] or {}).items():
+    for graph, info in (build.get("ort_kernels") or {}).items():
         kernels = ", ".join(f"{op} x{n}" for op, n in info["integer_kernels"].items()) or "none"
         floats = info["float_matmuls"]
         console.print(f"{graph}: integer kernels in ONNX Runtime: {kernels}; float MatMul/Gemm: {floats}")

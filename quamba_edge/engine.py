@@ -183,6 +183,9 @@ def _build_set_engine(loaded, out: Path, *, backend: str, target: str, precision
         report = check_sets(model, runner, native)
         if not report.passed:
             raise ParityError(_parity_failure(report))
+        counts = ort_backend.optimized_op_counts(path, int8=quantized, activations=activations)
+        kernels = {"model": {"integer_kernels": ort_backend.integer_kernels(counts),
+                             "float_matmuls": counts.get("MatMul", 0) + counts.get("Gemm", 0)}}
         build = {
             "format_version": BUILD_FORMAT_VERSION, "toolkit_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -191,7 +194,7 @@ def _build_set_engine(loaded, out: Path, *, backend: str, target: str, precision
             "model_config": model.cfg.to_dict(), "source": str(loaded.directory),
             "source_manifest_sha256": sha256_file(loaded.directory / MANIFEST) if loaded.manifest else None,
             "profile": {"max_batch": max_batch}, "versions": _versions(backend), "machine": platform.machine(),
-            "parity": report.to_dict(),
+            "parity": report.to_dict(), "ort_kernels": kernels if target == "cpu" else None,
             "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         }
         atomic_write_json(tmp / BUILD_JSON, build)
