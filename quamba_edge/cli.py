@@ -260,6 +260,8 @@ def bench(
                                                             "kernel ops (CUDA, else the CPU twins).")] = False,
     set_size: Annotated[int, typer.Option(help="Set models: elements per set (their latency is per batch of "
                                                "--batch sets).")] = 128,
+    power: Annotated[bool, typer.Option("--power", help="Sample the Jetson's board power (INA3221) during the run: "
+                                                        "average W and J per token.")] = False,
 ):
     """Time to first token, time per output token and tokens/s, the same loop for every backend."""
     from quamba_edge.bench import report
@@ -289,7 +291,7 @@ def bench(
                 task = progress.add_task(f"bench {spec}", total=repeats)
                 results.append(report.measure_system(spec, device, threads, batch, prompt_len, gen_len, repeats,
                                                      on_repeat=lambda t=task: progress.advance(t), kernels=kernels,
-                                                     set_size=set_size))
+                                                     set_size=set_size, power=power))
     report.print_measurements(console, results)
     report.write_json(json_path, {"results": results, "machine": report.machine(device)})
     curves = [r for r in results if "tpot_curve_ms" in r]

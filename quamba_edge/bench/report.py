@@ -40,15 +40,26 @@ def machine(device: str) -> dict:
 
 
 def measure_system(spec: str, device: str, threads: int, batch: int, prompt_len: int, gen_len: int,
-                   repeats: int, on_repeat=None, kernels: bool = False, set_size: int = 128) -> dict:
+                   repeats: int, on_repeat=None, kernels: bool = False, set_size: int = 128,
+                   power: bool = False) -> dict:
     runner = open_system(spec, device=device, threads=threads, prompt_len=prompt_len, batch=batch, kernels=kernels)
     if isinstance(runner, SetRunner):
         row = measure_sets(runner, batch=batch, set_size=set_size, repeats=repeats, threads=threads,
                            progress=on_repeat)
         row["source"] = spec
         return row
-    row = measure(runner, batch=batch, prompt_len=prompt_len, gen_len=gen_len, repeats=repeats, threads=threads,
-                  progress=on_repeat).to_dict()
+    if not power:
+        row = measure(runner, batch=batch, prompt_len=prompt_len, gen_len=gen_len, repeats=repeats, threads=threads,
+                      progress=on_repeat).to_dict()
+    else:
+        from quamba_edge.bench.power import PowerSampler
+
+        with PowerSampler() as sampler:
+            row = measure(runner, batch=batch, prompt_len=prompt_len, gen_len=gen_len, repeats=repeats,
+                          threads=threads, progress=on_repeat).to_dict()
+        # Energy per generated token at steady decode: average board power x time per output token.
+        row.update(avg_power_w=sampler.average_w(), energy_j=sampler.energy_j(),
+                   j_per_token=sampler.average_w() * row["tpot_ms"] / 1e3 / batch, power_samples=len(sampler.samples))
     row["source"] = spec
     return row
 
@@ -89,12 +100,19 @@ def print_measurements(console, rows: list[dict]) -> None:
     for col in ("system", "TTFT ms", "TPOT ms (range)", "prompt tok/s", "decode tok/s", "RSS MiB", "vs first"):
         table.add_column(col, justify="right" if col != "system" else "left",
                          no_wrap=col in ("system", "TPOT ms (range)"))
+    power = all("avg_power_w" in r for r in rows)
+    if power:
+        table.add_column("board W", justify="right")
+        table.add_column("J/token", justify="right")
     base = first["decode_tok_s"]
     for r in rows:
         lo, hi = r["tpot_ms_range"]
-        table.add_row(r["system"], f"{r['ttft_ms']:.1f}", f"{r['tpot_ms']:.2f} ({lo:.2f}-{hi:.2f})",
-                      f"{r['prompt_tok_s']:.0f}", f"{r['decode_tok_s']:.1f}", f"{r['rss_mb']:.0f}",
-                      f"{r['decode_tok_s'] / base:.2f}x")
+        cells = [r["system"], f"{r['ttft_ms']:.1f}", f"{r['tpot_ms']:.2f} ({lo:.2f}-{hi:.2f})",
+                 f"{r['prompt_tok_s']:.0f}", f"{r['decode_tok_s']:.1f}", f"{r['rss_mb']:.0f}",
+                 f"{r['decode_tok_s'] / base:.2f}x"]
+        if power:
+            cells += [f"{r['avg_power_w']:.2f}", f"{r['j_per_token']:.4f}"]
+        table.add_row(*cells)
     console.print(table)
 
 
