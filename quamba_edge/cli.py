@@ -303,8 +303,11 @@ def bench(
 
 
 @app.command()
-def doctor():
-    """Print what this machine has for quamba-edge (versions, threads, the optional pieces)."""
+def doctor(
+    root: Annotated[Path | None, typer.Option(help="Read /proc, /sys and /etc under this directory (a copy of a "
+                                                   "Jetson's, for checking).")] = None,
+):
+    """Print what this machine has for quamba-edge (versions, threads, kernels, the Jetson, the optional pieces)."""
     import torch
 
     table = Table(title=f"quamba-edge {__version__}")
@@ -321,7 +324,26 @@ def doctor():
         except ImportError:
             table.add_row(mod, f"[yellow]missing[/] ({escape(fix)})")
     table.add_row("kernels", _kernel_status())
+    _jetson_status(table, root)
     console.print(table)
+
+
+def _jetson_status(table: Table, root: Path | None) -> None:
+    """Jetson rows (model, L4T/JetPack, power mode and monitor), TensorRT's plugin library, the GPU."""
+    import torch
+
+    from quamba_edge.bench.jetson import jetson_info, jetson_rows
+    from quamba_edge.bench.power import system_root
+    from quamba_edge.export.tensorrt import plugin_library
+
+    for component, status in jetson_rows(jetson_info(root or system_root())):
+        table.add_row(component, status)
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability(0)
+        table.add_row("compute capability", f"sm_{major}{minor} (CUDA {torch.version.cuda})")
+    library = plugin_library()
+    table.add_row("TensorRT plugins", str(library) if library else
+                  "[yellow]not built[/] (fix: `make trt-plugins` where CUDA and the TensorRT headers are)")
 
 
 def _kernel_status() -> str:
