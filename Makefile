@@ -6,7 +6,7 @@ export QUAMBA_EDGE_CACHE ?= $(CURDIR)/.cache
 # Torch threads for the demo and the quality table (benchmarks that time things use one thread).
 THREADS ?= 2
 
-.PHONY: venv corpus demo test lint quality peers-wheel bench-cpu bench-peers bench-kernels bench-adapool trt-plugins clean
+.PHONY: venv corpus demo test lint quality peers-wheel bench-cpu bench-peers bench-kernels bench-adapool trt-plugins jetson-image clean
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -86,6 +86,10 @@ bench-adapool: venv
 CUDA_ARCH ?= 87
 trt-plugins:
 	cmake -S csrc -B build/trt -DCMAKE_CUDA_ARCHITECTURES=$(CUDA_ARCH) && cmake --build build/trt -j
+
+# The JetPack 6 image (Dockerfile.jetson): on a Jetson, or cross-built from x86 with buildx and QEMU.
+jetson-image:
+	docker buildx build --platform linux/arm64 -f Dockerfile.jetson -t quamba-edge:jetson --load .
 
 clean:
 	rm -rf out .pytest_cache

@@ -8,7 +8,8 @@
 The schemas are defined here, with the PyTorch reference as the fallback kernel for every device.
 `load()` builds csrc/ (csrc/cpu always; csrc/cuda too when torch has CUDA), whose registrations then
 take precedence on their devices: CUDA kernels on a GPU, else the CPU twins, else the reference.
-`QUAMBA_EDGE_KERNELS=reference` skips the build (the fallback only).
+`QUAMBA_EDGE_KERNELS=reference` skips the build (the fallback only), `cpu` builds the CPU twins only,
+`cuda` builds the CUDA kernels too even without a visible GPU (docker build of the Jetson image).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def load(*, require: bool = False, verbose: bool = False) -> KernelState:
         return _STATE
     from quamba_edge.kernels.build import build_and_load
 
-    cuda = torch.cuda.is_available() and mode != "cpu"
+    # "cuda" builds the CUDA kernels even where no GPU is visible (the Jetson image's build stage).
+    cuda = mode == "cuda" or (torch.cuda.is_available() and mode != "cpu")
     try:
         build_dir = build_and_load(cuda=cuda, verbose=verbose)
         _STATE = KernelState(cpu=True, cuda=cuda, build_dir=str(build_dir))
