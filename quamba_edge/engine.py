@@ -132,11 +132,7 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
             raise ParityError(_parity_failure(report))
         kernels = {}
         if backend == "ort" and target == "cpu":
-            for graph in GRAPHS:
-                counts = ort_backend.optimized_op_counts(paths[graph], int8=precision == "int8",
-                                                         activations=activations)
-                kernels[graph] = {"integer_kernels": ort_backend.integer_kernels(counts),
-                                  "float_matmuls": counts.get("MatMul", 0) + counts.get("Gemm", 0)}
+            kernels = {g: _ort_kernels(paths[g], precision == "int8", activations) for g in GRAPHS}
         build = {
             "format_version": BUILD_FORMAT_VERSION, "toolkit_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -155,15 +151,22 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
     return build
 
 
+def _ort_kernels(graph: Path, int8: bool, activations: str) -> dict:
+    """Which integer kernels ONNX Runtime's CPU optimizer chose for a graph, and how many float matmuls stay."""
+    counts = ort_backend.optimized_op_counts(graph, int8=int8, activations=activations)
+    return {"integer_kernels": ort_backend.integer_kernels(counts),
+            "float_matmuls": counts.get("MatMul", 0) + counts.get("Gemm", 0)}
+
+
 def _build_set_engine(loaded, out: Path, *, backend: str, target: str, precision: str | None, threads: int,
                       max_batch: int, progress=None) -> dict:
     """A set model (AdaPool family): one graph, `model.onnx`, run by ONNX Runtime, parity-checked."""
     from quamba_edge.export.parity import check_sets
     from quamba_edge.export.set_onnx import export_set_model
-    from quamba_edge.quant.qset import QuantizedLinear
+    from quamba_edge.quant.qset import is_quantized
 
     model = loaded.model
-    quantized = any(isinstance(m, QuantizedLinear) for m in model.modules())
+    quantized = is_quantized(model)
     native = "int8" if quantized else "fp32"
     if precision not in (None, native):
         raise QuambaEdgeError(f"this set model is {native}; --precision {precision} is not available for it "
@@ -183,9 +186,7 @@ def _build_set_engine(loaded, out: Path, *, backend: str, target: str, precision
         report = check_sets(model, runner, native)
         if not report.passed:
             raise ParityError(_parity_failure(report))
-        counts = ort_backend.optimized_op_counts(path, int8=quantized, activations=activations)
-        kernels = {"model": {"integer_kernels": ort_backend.integer_kernels(counts),
-                             "float_matmuls": counts.get("MatMul", 0) + counts.get("Gemm", 0)}}
+        kernels = {"model": _ort_kernels(path, quantized, activations)} if target == "cpu" else None
         build = {
             "format_version": BUILD_FORMAT_VERSION, "toolkit_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -194,7 +195,7 @@ def _build_set_engine(loaded, out: Path, *, backend: str, target: str, precision
             "model_config": model.cfg.to_dict(), "source": str(loaded.directory),
             "source_manifest_sha256": sha256_file(loaded.directory / MANIFEST) if loaded.manifest else None,
             "profile": {"max_batch": max_batch}, "versions": _versions(backend), "machine": platform.machine(),
-            "parity": report.to_dict(), "ort_kernels": kernels if target == "cpu" else None,
+            "parity": report.to_dict(), "ort_kernels": kernels,
             "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         }
         atomic_write_json(tmp / BUILD_JSON, build)
@@ -218,7 +219,7 @@ def _plugin_library(mode: str, backend: str, precision: str) -> Path | None:
 def activation_encoding(backend: str, target: str) -> str:
     """uint8-coded int8 activations for ONNX Runtime on x86 CPUs, whose uint8 x int8 kernels are the
     fast ones (5x faster decode than int8 x int8 on AVX2); symmetric int8 everywhere else (TensorRT,
-    ARM, CUDA). The numbers are the same either way (see mamba_onnx.ACTIVATION_TYPES)."""
+    ARM, CUDA). The numbers are the same either way (see graph.ACTIVATION_TYPES)."""
     x86 = platform.machine().lower() in ("x86_64", "amd64", "i686")
     return "uint8" if backend == "ort" and target == "cpu" and x86 else "int8"
 

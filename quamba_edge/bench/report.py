@@ -12,6 +12,7 @@ from rich.table import Table
 
 from quamba_edge import __version__
 from quamba_edge.bench.devices import DeviceProfile, detect_profile, jetson_model
+from quamba_edge.bench.power import PowerSampler
 from quamba_edge.bench.roofline import estimate
 from quamba_edge.bench.runner import SetRunner, measure, measure_sets
 from quamba_edge.bench.systems import open_system, precision_and_config
@@ -48,18 +49,15 @@ def measure_system(spec: str, device: str, threads: int, batch: int, prompt_len:
                            progress=on_repeat)
         row["source"] = spec
         return row
-    if not power:
+    sampler = PowerSampler() if power else None
+    with sampler or contextlib.nullcontext():
         row = measure(runner, batch=batch, prompt_len=prompt_len, gen_len=gen_len, repeats=repeats, threads=threads,
                       progress=on_repeat).to_dict()
-    else:
-        from quamba_edge.bench.power import PowerSampler
-
-        with PowerSampler() as sampler:
-            row = measure(runner, batch=batch, prompt_len=prompt_len, gen_len=gen_len, repeats=repeats,
-                          threads=threads, progress=on_repeat).to_dict()
+    if sampler is not None:
         # Energy per generated token at steady decode: average board power x time per output token.
-        row.update(avg_power_w=sampler.average_w(), energy_j=sampler.energy_j(),
-                   j_per_token=sampler.average_w() * row["tpot_ms"] / 1e3 / batch, power_samples=len(sampler.samples))
+        watts = sampler.average_w()
+        row.update(avg_power_w=watts, energy_j=sampler.energy_j(), j_per_token=watts * row["tpot_ms"] / 1e3 / batch,
+                   power_samples=len(sampler.samples))
     row["source"] = spec
     return row
 

@@ -30,7 +30,9 @@ def open_system(spec: str, *, device: str, threads: int, prompt_len: int, batch:
         if kernels or device != "cpu":
             raise QuambaEdgeError("set models are benchmarked on --device cpu, without --kernels (the kernels are "
                                   "Mamba's).")
-        precision = "int8" if loaded.label != "fp" else "fp32"
+        from quamba_edge.quant.qset import is_quantized
+
+        precision = "int8" if is_quantized(loaded.model) else "fp32"
         return SetRunner.torch(loaded.model, f"pytorch-{precision} ({loaded.model.cfg.pool})", precision)
     model = loaded.model.to(device)
     precision = "int8" if isinstance(model, QuantizedMambaLM) else "fp32"

@@ -19,9 +19,19 @@ ONNX_DTYPE = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT
               torch.int8: TensorProto.INT8, torch.int64: TensorProto.INT64}
 
 
+# int8 activations are symmetric int8 with zero point 0 (DESIGN.md; TensorRT accepts nothing else).
+# "uint8" stores the same numbers as q + 128 (zero point 128): clamp(round(x/s), -128, 127) + 128 ==
+# clamp(round(x/s) + 128, 0, 255), so the values are identical; it exists because ONNX Runtime's x86 CPU
+# kernels are fast for uint8 x int8 and slow for int8 x int8. Weights are int8 either way.
+ACTIVATION_TYPES = {"int8": np.int8, "uint8": np.uint8}
+
+
 class GraphBuilder:
-    def __init__(self, name: str):
+    def __init__(self, name: str, activations: str = "int8"):
+        if activations not in ACTIVATION_TYPES:
+            raise ValueError(f"activations must be one of {sorted(ACTIVATION_TYPES)}, not {activations!r}")
         self.name = name
+        self.activation_type = ACTIVATION_TYPES[activations]
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
@@ -64,8 +74,6 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.fresh(f"n_{op_type}"),
                                            domain=domain, **attrs))
         return outs[0] if len(outs) == 1 else outs
-
-    activation_type = np.int8  # np.uint8: the same numbers as int8, stored as q + 128 (see mamba_onnx)
 
     def _zero_point(self, weight: bool) -> str:
         if weight:  # one per weight: ORT's x86 u8u8 pass rewrites each weight's zero point in place

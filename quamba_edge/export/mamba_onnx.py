@@ -37,11 +37,6 @@ from quamba_edge.quant.int8 import dequantize
 from quamba_edge.quant.qmodels import QuantizedMambaLM
 
 GRAPHS = ("prefill", "decode")
-# int8 activations are symmetric int8 with zero point 0 (DESIGN.md; TensorRT accepts nothing else).
-# "uint8" stores the same numbers as q + 128 (zero point 128): clamp(round(x/s), -128, 127) + 128 ==
-# clamp(round(x/s) + 128, 0, 255), so the values are identical; it exists because ONNX Runtime's x86 CPU
-# kernels are fast for uint8 x int8 and slow for int8 x int8. Weights are int8 either way.
-ACTIVATION_TYPES = {"int8": np.int8, "uint8": np.uint8}
 MAX_SYLVESTER_BLOCK = 64
 
 
@@ -62,10 +57,7 @@ class _MambaGraph:
             raise ValueError("the int8 graph keeps its float parts in fp32 (DESIGN.md, CPU); use dtype float32")
         self.dtype, self.probes = dtype, probes
         self.T = ONNX_DTYPE[dtype]
-        self.g = GraphBuilder(f"mamba_{kind}")
-        if activations not in ACTIVATION_TYPES:
-            raise ValueError(f"activations must be one of {sorted(ACTIVATION_TYPES)}, not {activations!r}")
-        self.g.activation_type = ACTIVATION_TYPES[activations]
+        self.g = GraphBuilder(f"mamba_{kind}", activations)
         self.activations = activations
         # Boundaries of the subgraphs a TensorRT plugin replaces (export/plugins.py), recorded as they are
         # built: the plugin's inputs and outputs, by tensor name, per layer.

@@ -18,18 +18,16 @@ from torch import nn
 
 from quamba_edge import __version__
 from quamba_edge.export.graph import GraphBuilder
-from quamba_edge.export.mamba_onnx import ACTIVATION_TYPES
 from quamba_edge.models.adapool import AdaPool, SetModel
-from quamba_edge.quant.qset import QuantizedLinear
+from quamba_edge.quant.qset import QuantizedLinear, is_quantized
 
 
 class _SetGraph:
     def __init__(self, model: SetModel, activations: str):
         self.model, self.cfg = model, model.cfg
-        self.g = GraphBuilder("set_model")
-        self.g.activation_type = ACTIVATION_TYPES[activations]
+        self.g = GraphBuilder("set_model", activations)
         self.activations = activations
-        self.quantized = any(isinstance(m, QuantizedLinear) for m in model.modules())
+        self.quantized = is_quantized(model)
 
     def linear(self, x: str, layer: nn.Module, hint: str) -> str:
         g = self.g

@@ -33,6 +33,11 @@ class QuantizedLinear(nn.Module):
         return self.q(quantize(x, self.q.in_scale))
 
 
+def is_quantized(model: nn.Module) -> bool:
+    """A set model whose linear layers are int8 (from `quantize_set_model` or an int8 artifact)."""
+    return any(isinstance(m, QuantizedLinear) for m in model.modules())
+
+
 def linear_layers(model: SetModel) -> dict[str, nn.Linear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 
