@@ -347,7 +347,7 @@ def _jetson_status(table: Table, root: Path | None) -> None:
 
 
 def _kernel_status() -> str:
-    """Which code runs the int8 kernel ops here (builds csrc/ on the first call, ~30 s, then cached)."""
+    """Which code runs the int8 kernel ops here (builds csrc/ on the first call, ~20 s here, then cached)."""
     import torch
 
     from quamba_edge import kernels

@@ -1,6 +1,6 @@
 """Builds csrc/ as a torch extension on first use (ninja, cached under the quamba-edge cache).
 
-The CPU twins always build where a C++ compiler is present (~30 s once). The CUDA kernels join them
+The CPU twins always build where a C++ compiler is present (~20 s once on 2 cores). The CUDA kernels join them
 when torch has CUDA and nvcc is found: the same call on a GPU machine or in the Jetson image.
 """
 
