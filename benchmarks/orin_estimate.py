@@ -19,15 +19,11 @@ from rich.console import Console
 from rich.table import Table
 
 from quamba_edge.bench.devices import PROFILES
-from quamba_edge.bench.roofline import estimate
+from quamba_edge.bench.roofline import QUAMBA_FIGURE_1, estimate
 from quamba_edge.io import atomic_write_json
-from quamba_edge.models.mamba import MambaConfig
+from quamba_edge.models.mamba import PUBLIC_SHAPES, public_shape
 
-SIZES = {  # d_model, n_layer of state-spaces/mamba-*
-    "mamba-130m": (768, 24), "mamba-370m": (1024, 48), "mamba-790m": (1536, 48),
-    "mamba-1.4b": (2048, 48), "mamba-2.8b": (2560, 64),
-}
-PAPER_RATIO = 1.72
+PAPER_RATIO = QUAMBA_FIGURE_1["speedup"]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -38,8 +34,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = ap.parse_args(argv)
     rows = []
     for device, profile in PROFILES.items():
-        for name, (d_model, n_layer) in SIZES.items():
-            cfg = MambaConfig(d_model=d_model, n_layer=n_layer, vocab_size=50280)
+        for name in PUBLIC_SHAPES:
+            cfg = public_shape(name)
             fp16, int8 = (estimate(cfg, p, profile, prompt_len=args.prompt_len, gen_len=args.gen_len)
                           for p in ("fp16", "int8"))
             rows.append({"device": device, "model": name, "fp16_tpot_ms": fp16.tpot_ms, "int8_tpot_ms": int8.tpot_ms,

@@ -266,6 +266,7 @@ def bench(
     """Time to first token, time per output token and tokens/s, the same loop for every backend."""
     from quamba_edge.bench import report
     from quamba_edge.bench.devices import PROFILES, resolve_profile
+    from quamba_edge.bench.roofline import paper_comparison
 
     with user_errors():
         if device not in ("cpu", "cuda") and (device in PROFILES or device == "orin"):
@@ -276,10 +277,11 @@ def bench(
                         f"--device {device}: this machine is not that Jetson, so nothing can be measured here. "
                         f"Fix: add --estimate for a roofline estimate of {device}, or run bench on the device."
                     )
-                profile = resolve_profile(device if device != "orin" else "orin-nano-8gb")
+                profile = resolve_profile(device if device != "orin" or on_jetson else "orin-nano-8gb")
                 rows = report.estimates(systems, profile, batch, prompt_len, gen_len)
-                report.print_estimates(console, rows, profile)
-                report.write_json(json_path, {"estimates": rows, "profile": profile.to_dict()})
+                paper = paper_comparison(profile) if profile.name.startswith("orin-nano") else None
+                report.print_estimates(console, rows, profile, paper)
+                report.write_json(json_path, {"estimates": rows, "profile": profile.to_dict(), "paper": paper})
                 return
         elif device not in ("cpu", "cuda"):
             raise QuambaEdgeError(f"unknown device {device!r}; known: cpu, cuda, orin, {', '.join(PROFILES)}.")

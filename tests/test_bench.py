@@ -62,10 +62,8 @@ def test_prompt_longer_than_the_engine_profile(fp_engine):
     assert "prompts up to 2048" in flat(result.output) and "--max-prompt 4096" in flat(result.output)
 
 
-def test_orin_on_a_machine_that_is_not_a_jetson(fp_engine, monkeypatch):
-    from quamba_edge.bench import report
-
-    monkeypatch.setattr(report, "jetson_model", lambda path=None: None)
+def test_orin_on_a_machine_that_is_not_a_jetson(fp_engine, monkeypatch, tmp_path):
+    monkeypatch.setenv("QUAMBA_EDGE_SYSROOT", str(tmp_path / "not-a-jetson"))
     result = runner.invoke(app, ["bench", str(fp_engine / "engine"), "--device", "orin"])
     assert result.exit_code == 2
     assert "not that Jetson" in flat(result.output) and "--estimate" in flat(result.output)
@@ -81,6 +79,25 @@ def test_estimate_is_labelled_and_stored_apart(fp_engine, tmp_path):
     assert "results" not in payload
     assert payload["estimates"][0]["kind"].startswith("roofline estimate")
     assert payload["profile"]["bandwidth_gbs"] == 68.0
+    assert [r["precision"] for r in payload["estimates"]] == ["fp16", "int8"]
+    assert [r["deployed"] for r in payload["estimates"]] == [True, False]  # an fp32 engine deploys as fp16
+
+
+def test_estimate_of_the_mamba_2_8b_shape_next_to_the_paper(tmp_path):
+    """`bench mamba-2.8b --device orin-nano-8gb --estimate` needs no weights and prints the paper's Figure 1
+    beside the estimate. The roofline is a lower bound, so the paper's measured seconds lie above it."""
+    out = tmp_path / "est.json"
+    result = runner.invoke(app, ["bench", "mamba-2.8b", "--device", "orin-nano-8gb", "--estimate",
+                                 "--json", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Figure 1" in flat(result.output) and "1.72x" in result.output
+    payload = json.loads(out.read_text())
+    fp16, int8 = payload["estimates"]
+    assert not fp16["deployed"] and not int8["deployed"]  # a shape has no built precision
+    assert 1.72 < int8["speedup_vs_fp16"] < 2.0
+    assert 0.6 < fp16["memory_fraction"] < 0.75  # 5.5 GB of fp16 weights on an 8 GB board
+    paper = payload["paper"]
+    assert paper["paper_fp16_s"] > paper["estimate_fp16_s"] and paper["paper_int8_s"] > paper["estimate_int8_s"]
 
 
 def test_unknown_device_lists_the_known_ones(fp_engine):
@@ -94,6 +111,12 @@ def test_profiles_follow_the_published_figures():
     assert (nano.bandwidth_gbs, nano.memory_gb, nano.compute_capability) == (68.0, 8, "8.7")
     assert nano.int8_tops == pytest.approx(20.5, abs=0.5)  # NVIDIA: 40 sparse = 20 dense INT8 TOPS
     assert devices.PROFILES["agx-orin-64gb"].int8_tops == pytest.approx(85, abs=1)  # 170 sparse GPU TOPS
+    for profile in devices.PROFILES.values():
+        assert profile.source and profile.compute_capability == "8.7"
+        if profile.dla == 0:  # no DLA: the headline sparse TOPS is the GPU's, twice the derived dense figure
+            assert 2 * profile.int8_tops == pytest.approx(profile.published_sparse_tops, rel=0.05), profile.name
+        else:  # the headline adds the DLAs, so it exceeds the GPU's sparse figure
+            assert 2 * profile.int8_tops < profile.published_sparse_tops, profile.name
     assert devices.detect_profile("NVIDIA Jetson Orin Nano Engineering Reference Developer Kit") is nano
     assert devices.detect_profile("NVIDIA Jetson AGX Orin Developer Kit").name == "agx-orin-64gb"
 

@@ -27,9 +27,11 @@ CPU_ONLINE CORE_0 1
 
 
 def fake_jetson(root: Path, model="NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super",
-                release=NV_TEGRA_R36, mode=2, monitor=True) -> Path:
+                release=NV_TEGRA_R36, mode=2, monitor=True, mem_kb: int | None = None) -> Path:
     (root / "proc/device-tree").mkdir(parents=True)
     (root / "proc/device-tree/model").write_text(model + "\x00")
+    if mem_kb is not None:
+        (root / "proc/meminfo").write_text(f"MemTotal:       {mem_kb} kB\nMemFree:        1024000 kB\n")
     (root / "etc").mkdir()
     if release:
         (root / "etc/nv_tegra_release").write_text(release)
@@ -43,7 +45,7 @@ def fake_jetson(root: Path, model="NVIDIA Jetson Orin Nano Engineering Reference
 
 def test_an_orin_nano_on_jetpack6(tmp_path):
     info = jetson_info(fake_jetson(tmp_path))
-    assert info.is_jetson and info.profile == "orin-nano-8gb"
+    assert info.is_jetson and info.profile == "orin-nano-super"  # MAXN_SUPER exists only with the Super firmware
     assert (info.l4t, info.jetpack) == ("R36.4.0", "6.1/6.2")
     assert info.power_mode == "MAXN_SUPER" and info.power_monitors == 1
 
@@ -57,7 +59,7 @@ def test_release_and_power_mode_parsing(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,expected", [
-    ({}, ["Orin Nano", "orin-nano-8gb", "R36.4.0 / JetPack 6.1/6.2", "MAXN_SUPER", "1 INA3221"]),
+    ({}, ["Orin Nano", "orin-nano-super", "R36.4.0 / JetPack 6.1/6.2", "MAXN_SUPER", "1 INA3221"]),
     ({"release": NV_TEGRA_R35, "monitor": False, "mode": 1}, ["upgrade JetPack", "7W", "--runtime nvidia"]),
     ({"release": None}, ["no /etc/nv_tegra_release"]),
 ])
@@ -72,3 +74,34 @@ def test_doctor_reads_a_jetson_tree(tmp_path, kwargs, expected):
 def test_doctor_off_a_jetson(tmp_path):
     res = CliRunner().invoke(app, ["doctor", "--root", str(tmp_path)], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "not a Jetson" in res.output
+
+
+@pytest.mark.parametrize("model,mem_kb,mode,expected", [
+    ("NVIDIA Jetson Orin Nano Developer Kit", 7_620_000, 0, "orin-nano-8gb"),  # 15W
+    ("NVIDIA Jetson Orin Nano Developer Kit", 7_620_000, 2, "orin-nano-super"),  # MAXN_SUPER
+    ("NVIDIA Jetson Orin Nano Developer Kit", 3_720_000, 1, "orin-nano-4gb"),
+    ("NVIDIA Jetson Orin NX Engineering Reference Developer Kit", 7_620_000, 0, "orin-nx-8gb"),
+    ("NVIDIA Jetson Orin NX Engineering Reference Developer Kit", 15_650_000, 0, "orin-nx-16gb"),
+    ("Jetson AGX Orin Developer Kit", 30_600_000, 0, "agx-orin-32gb"),
+    ("Jetson AGX Orin Developer Kit", 62_800_000, 0, "agx-orin-64gb"),
+    ("NVIDIA Jetson Xavier NX Developer Kit", 7_620_000, 0, None),
+])
+def test_the_profile_follows_model_memory_and_power_mode(tmp_path, model, mem_kb, mode, expected):
+    info = jetson_info(fake_jetson(tmp_path, model=model, mode=mode, mem_kb=mem_kb))
+    assert info.profile == expected
+
+
+def test_bench_orin_reads_the_tree_it_is_pointed_at(tmp_path):
+    """`--device orin` is the Jetson under QUAMBA_EDGE_SYSROOT; its estimate uses that board's profile."""
+    import json
+
+    root = fake_jetson(tmp_path / "jetson", model="NVIDIA Jetson Orin Nano Developer Kit", mode=1,
+                       mem_kb=3_720_000)
+    out = tmp_path / "est.json"
+    res = CliRunner().invoke(app, ["bench", "default", "--device", "orin", "--estimate", "--json", str(out)],
+                             env={"QUAMBA_EDGE_SYSROOT": str(root), "COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["profile"]["name"] == "orin-nano-4gb"
+    res = CliRunner().invoke(app, ["bench", "default", "--device", "orin"],
+                             env={"QUAMBA_EDGE_SYSROOT": str(tmp_path / "laptop"), "COLUMNS": "200"})
+    assert res.exit_code == 2 and "not that Jetson" in res.output

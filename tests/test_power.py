@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -90,3 +91,47 @@ def test_bench_power_reports_watts_and_joules_per_token(tmp_path, monkeypatch):
     monkeypatch.setenv("QUAMBA_EDGE_SYSROOT", str(tmp_path / "nothing"))
     res = CliRunner().invoke(app, ["bench", "default", "--prompt-len", "8", "--gen-len", "4", "--power"])
     assert res.exit_code != 0 and "no board power monitor" in res.output
+
+
+TEGRASTATS_JP6 = ("11-26-2026 04:12:07 RAM 2210/7620MB (lfb 2x4MB) SWAP 0/3810MB CPU [3%@729,1%@729] "
+                  "GR3D_FREQ 0% cpu@46.5C soc2@45.9C VDD_IN 6030mW/6030mW VDD_CPU_GPU_CV 560mW/560mW "
+                  "VDD_SOC 1436mW/1436mW")
+
+
+def test_tegrastats_is_the_fallback_when_sysfs_is_hidden(tmp_path, monkeypatch):
+    """No INA3221 under the root, but a `tegrastats` on PATH (here a script printing JetPack 6 lines, as the
+    real tool does): the sampler reads the board rail from its output."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "tegrastats"
+    tool.write_text(f'#!/bin/sh\nwhile true; do echo "{TEGRASTATS_JP6}"; sleep 0.02; done\n')
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    with PowerSampler(root=tmp_path / "no-sysfs", interval_s=0.01) as sampler:
+        time.sleep(0.2)
+    assert sampler.source == "tegrastats"
+    assert sampler.average_w() == pytest.approx(6.03)
+    assert sampler.stream._proc.poll() is not None  # the tool is stopped with the sampler
+
+
+def test_set_bench_power_reports_joules_per_set(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from quamba_edge.cli import app
+    from quamba_edge.models.adapool import SetModel, SetModelConfig, init_set_model
+    from quamba_edge.sets import save_set_checkpoint
+
+    cfg = SetModelConfig(d_in=6, d_model=16, n_heads=2, n_layers=1, d_ff=32, d_out=3, pool="adapool")
+    ckpt = save_set_checkpoint(init_set_model(SetModel(cfg), seed=0), tmp_path / "ckpt")
+    write_ina3221(tmp_path, [("VDD_IN", 4000, 1000)])  # a steady 4 W board
+    monkeypatch.setenv("QUAMBA_EDGE_SYSROOT", str(tmp_path))
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(app, ["bench", str(ckpt), "--set-size", "16", "--batch", "4", "--repeats", "2",
+                                   "--power", "--json", str(out)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    row = json.loads(out.read_text())["results"][0]
+    assert row["avg_power_w"] == pytest.approx(4.0)
+    assert row["j_per_set"] == pytest.approx(4.0 * row["ms_per_set"] / 1e3)
+    assert "J/set" in res.output

@@ -1,20 +1,27 @@
 """Jetson Orin device profiles (DESIGN.md, "Devices") and detection of the Jetson we run on.
 
-Bandwidth and memory are NVIDIA's published module figures. NVIDIA publishes *sparse* INT8 TOPS;
-the dense figures here are half of the GPU's sparse figure, and dense FP16 tensor-core throughput
-is half of dense INT8 (Ampere tensor cores: 256 dense FP16 FMA / clock / tensor core), i.e.
-tensor cores × 512 FLOP × GPU clock. These are peaks for a roofline, not expected throughput.
+Each profile keeps NVIDIA's *published* figures (CUDA and tensor cores, GPU clock, memory bus and
+bandwidth, sparse INT8 TOPS) with the page they come from, and derives the peaks a roofline needs from
+them: dense FP16 tensor-core throughput is tensor cores x 512 FLOP x GPU clock (Ampere: 256 dense FP16
+FMA per clock per tensor core) and dense INT8 is twice that. NVIDIA's headline TOPS are sparse and, on
+NX and AGX, include the DLAs, which TensorRT engines for Mamba do not use; the derived GPU-only figure is
+the honest peak. These are peaks for an estimate, not expected throughput.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from quamba_edge.errors import QuambaEdgeError
 
-DATASHEETS = ("NVIDIA Jetson Orin Nano / NX / AGX Orin module data sheets and the Jetson module comparison "
-              "(developer.nvidia.com/embedded/jetson-modules); Orin Nano Super: NVIDIA developer blog, Dec 2024")
+_MODULES = "developer.nvidia.com/embedded/jetson-modules (Jetson module comparison, technical specifications)"
+_NANO_SHEET = "NVIDIA Jetson Orin Nano Series module data sheet"
+_NX_SHEET = "NVIDIA Jetson Orin NX Series module data sheet"
+_AGX_SHEET = "NVIDIA Jetson AGX Orin Series module data sheet"
+_SUPER_BLOG = ("NVIDIA technical blog, 'NVIDIA Jetson Orin Nano Developer Kit Gets a Super Boost' (Dec 2024) and "
+               "the JetPack 6.1/6.2 release notes (MAXN_SUPER mode)")
 
 
 @dataclass(frozen=True)
@@ -23,61 +30,112 @@ class DeviceProfile:
     description: str
     memory_gb: float
     bandwidth_gbs: float
-    fp16_tflops: float  # dense, GPU tensor cores
-    int8_tops: float  # dense, GPU tensor cores
+    fp16_tflops: float  # dense, GPU tensor cores (derived, see the module docstring)
+    int8_tops: float  # dense, GPU tensor cores (derived)
     compute_capability: str
     tensor_cores: int
     gpu_clock_mhz: int
-    source: str = DATASHEETS
+    cuda_cores: int
+    published_sparse_tops: float  # NVIDIA's headline AI figure (sparse INT8; NX/AGX: GPU + DLA)
+    dla: int
+    source: str
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _orin(name, description, memory_gb, bandwidth, tensor_cores, clock_mhz) -> DeviceProfile:
+def _orin(name: str, description: str, memory_gb: float, bandwidth: float, cuda_cores: int, tensor_cores: int,
+          clock_mhz: int, published_tops: float, dla: int, source: str) -> DeviceProfile:
     fp16 = tensor_cores * 512 * clock_mhz * 1e6 / 1e12
     return DeviceProfile(name, description, memory_gb, bandwidth, round(fp16, 1), round(2 * fp16, 1), "8.7",
-                         tensor_cores, clock_mhz)
+                         tensor_cores, clock_mhz, cuda_cores, published_tops, dla, source)
 
 
 PROFILES: dict[str, DeviceProfile] = {p.name: p for p in (
-    _orin("orin-nano-4gb", "Jetson Orin Nano 4GB (64-bit LPDDR5)", 4, 34.0, 16, 625),
-    _orin("orin-nano-8gb", "Jetson Orin Nano 8GB (128-bit LPDDR5, 15 W)", 8, 68.0, 32, 625),
-    _orin("orin-nano-super", "Jetson Orin Nano Super 8GB (MAXN_SUPER)", 8, 102.0, 32, 1020),
-    _orin("orin-nx-16gb", "Jetson Orin NX 16GB", 16, 102.4, 32, 918),
-    _orin("agx-orin-64gb", "Jetson AGX Orin 64GB", 64, 204.8, 64, 1300),
+    _orin("orin-nano-4gb", "Jetson Orin Nano 4GB (64-bit LPDDR5, 10 W)", 4, 34.0, 512, 16, 625, 20, 0,
+          f"{_NANO_SHEET}; {_MODULES}"),
+    _orin("orin-nano-8gb", "Jetson Orin Nano 8GB (128-bit LPDDR5, 15 W)", 8, 68.0, 1024, 32, 625, 40, 0,
+          f"{_NANO_SHEET}; {_MODULES}"),
+    _orin("orin-nano-super", "Jetson Orin Nano 8GB, Super (MAXN_SUPER, JetPack 6.1+)", 8, 102.0, 1024, 32, 1020,
+          67, 0, f"{_SUPER_BLOG}; {_MODULES}"),
+    _orin("orin-nx-8gb", "Jetson Orin NX 8GB (128-bit LPDDR5, 20 W)", 8, 102.4, 1024, 32, 765, 70, 1,
+          f"{_NX_SHEET}; {_MODULES}"),
+    _orin("orin-nx-16gb", "Jetson Orin NX 16GB (128-bit LPDDR5, 25 W)", 16, 102.4, 1024, 32, 918, 100, 2,
+          f"{_NX_SHEET}; {_MODULES}"),
+    _orin("agx-orin-32gb", "Jetson AGX Orin 32GB (256-bit LPDDR5, 40 W)", 32, 204.8, 1792, 56, 930, 200, 2,
+          f"{_AGX_SHEET}; {_MODULES}"),
+    _orin("agx-orin-64gb", "Jetson AGX Orin 64GB (256-bit LPDDR5, 60 W)", 64, 204.8, 2048, 64, 1300, 275, 2,
+          f"{_AGX_SHEET}; {_MODULES}"),
 )}
 
-# /proc/device-tree/model strings -> profile (the Nano Super is the same module in a faster power mode)
-_MODEL_STRINGS = {"Orin Nano 4GB": "orin-nano-4gb", "Orin Nano 8GB": "orin-nano-8gb", "Orin Nano": "orin-nano-8gb",
-                  "Orin NX 16GB": "orin-nx-16gb", "AGX Orin": "agx-orin-64gb"}
+# Power modes that exist only once the Super firmware is in (JetPack 6.1+ on an Orin Nano).
+_SUPER_MODES = ("MAXN_SUPER", "25W")
 
 
-def jetson_model(path: Path = Path("/proc/device-tree/model")) -> str | None:
+def jetson_model(path: Path | None = None) -> str | None:
+    """The board name from the device tree; off a Jetson (or in a container without it), None."""
+    if path is None:
+        from quamba_edge.bench.power import system_root
+
+        path = system_root() / "proc/device-tree/model"
     try:
         return path.read_text().strip("\x00 \n") or None
     except OSError:
         return None
 
 
-def detect_profile(model: str | None) -> DeviceProfile | None:
+def memory_gb(root: Path) -> float | None:
+    """Physical memory from /proc/meminfo, which tells the 4 GB Nano from the 8 GB, NX 8 from 16, AGX 32 from 64
+    (the device-tree name of a developer kit does not say)."""
+    try:
+        text = (root / "proc/meminfo").read_text()
+    except OSError:
+        return None
+    match = re.search(r"MemTotal:\s*(\d+)\s*kB", text)
+    return int(match.group(1)) / 1024**2 if match else None
+
+
+def detect_profile(model: str | None, mem_gb: float | None = None, power_mode: str | None = None
+                   ) -> DeviceProfile | None:
+    """The profile for a device-tree name; memory and power mode pick the variant when they are known.
+
+    Without memory we assume the larger module of a family (the developer kits carry it)."""
     if not model:
         return None
-    for needle, name in _MODEL_STRINGS.items():
-        if needle.lower() in model.lower():
-            return PROFILES[name]
+    name = model.lower()
+    if "orin nano" in name:
+        if "4gb" in name or (mem_gb is not None and mem_gb < 5.5):
+            return PROFILES["orin-nano-4gb"]
+        return PROFILES["orin-nano-super" if power_mode in _SUPER_MODES else "orin-nano-8gb"]
+    if "orin nx" in name:
+        small = "8gb" in name or (mem_gb is not None and mem_gb < 10)
+        return PROFILES["orin-nx-8gb" if small else "orin-nx-16gb"]
+    if "agx orin" in name:
+        small = "32gb" in name or (mem_gb is not None and mem_gb < 40)
+        return PROFILES["agx-orin-32gb" if small else "agx-orin-64gb"]
     return None
+
+
+def this_jetson(root: Path | None = None) -> DeviceProfile | None:
+    """The profile of the Jetson this runs on (under `root`, default $QUAMBA_EDGE_SYSROOT or /), else None."""
+    from quamba_edge.bench.jetson import power_mode
+    from quamba_edge.bench.power import system_root
+
+    root = system_root() if root is None else root
+    model = jetson_model(root / "proc/device-tree/model")
+    if model is None:
+        return None
+    return detect_profile(model, memory_gb(root), power_mode(root))
 
 
 def resolve_profile(name: str) -> DeviceProfile:
     """A profile by name, or `orin`: the Jetson this runs on."""
     if name == "orin":
-        model = jetson_model()
-        profile = detect_profile(model)
+        profile = this_jetson()
         if profile is None:
             raise QuambaEdgeError(
                 f"--device orin means the Jetson this runs on, but this machine is not one "
-                f"(/proc/device-tree/model: {model!r}). Fix: name a profile ({', '.join(PROFILES)}) with "
+                f"(device-tree model: {jetson_model()!r}). Fix: name a profile ({', '.join(PROFILES)}) with "
                 "--estimate for a roofline estimate, or run on the Jetson (Dockerfile.jetson)."
             )
         return profile

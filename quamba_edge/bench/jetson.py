@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from quamba_edge.bench.devices import detect_profile, jetson_model
+from quamba_edge.bench.devices import detect_profile, jetson_model, memory_gb
 from quamba_edge.bench.power import find_ina3221
 
 # L4T release -> JetPack (NVIDIA's release notes); the image and the TensorRT in it follow JetPack.
@@ -75,9 +75,10 @@ class JetsonInfo:
 
 def jetson_info(root: Path) -> JetsonInfo:
     model = jetson_model(root / "proc/device-tree/model")
-    profile = detect_profile(model)
+    mode = power_mode(root)
+    profile = detect_profile(model, memory_gb(root), mode)
     release = l4t_release(root)
-    return JetsonInfo(model, profile.name if profile else None, release, jetpack_for(release), power_mode(root),
+    return JetsonInfo(model, profile.name if profile else None, release, jetpack_for(release), mode,
                       len(find_ina3221(root)))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.table import Table
 
 from quamba_edge import __version__
-from quamba_edge.bench.devices import DeviceProfile, detect_profile, jetson_model
+from quamba_edge.bench.devices import DeviceProfile, jetson_model, this_jetson
 from quamba_edge.bench.power import PowerSampler
 from quamba_edge.bench.roofline import estimate
 from quamba_edge.bench.runner import SetRunner, measure, measure_sets
@@ -21,7 +21,7 @@ from quamba_edge.io import atomic_write_json
 
 
 def on_jetson(device: str) -> bool:
-    profile = detect_profile(jetson_model())
+    profile = this_jetson()
     return profile is not None and (device == "orin" or device == profile.name)
 
 
@@ -44,31 +44,38 @@ def measure_system(spec: str, device: str, threads: int, batch: int, prompt_len:
                    repeats: int, on_repeat=None, kernels: bool = False, set_size: int = 128,
                    power: bool = False) -> dict:
     runner = open_system(spec, device=device, threads=threads, prompt_len=prompt_len, batch=batch, kernels=kernels)
-    if isinstance(runner, SetRunner):
-        row = measure_sets(runner, batch=batch, set_size=set_size, repeats=repeats, threads=threads,
-                           progress=on_repeat)
-        row["source"] = spec
-        return row
     sampler = PowerSampler() if power else None
     with sampler or contextlib.nullcontext():
-        row = measure(runner, batch=batch, prompt_len=prompt_len, gen_len=gen_len, repeats=repeats, threads=threads,
-                      progress=on_repeat).to_dict()
+        if isinstance(runner, SetRunner):
+            row = measure_sets(runner, batch=batch, set_size=set_size, repeats=repeats, threads=threads,
+                               progress=on_repeat)
+        else:
+            row = measure(runner, batch=batch, prompt_len=prompt_len, gen_len=gen_len, repeats=repeats,
+                          threads=threads, progress=on_repeat).to_dict()
     if sampler is not None:
-        # Energy per generated token at steady decode: average board power x time per output token.
+        # Energy per unit of work at steady state: average board power x time per generated token (per set).
         watts = sampler.average_w()
-        row.update(avg_power_w=watts, energy_j=sampler.energy_j(), j_per_token=watts * row["tpot_ms"] / 1e3 / batch,
-                   power_samples=len(sampler.samples))
+        row.update(avg_power_w=watts, energy_j=sampler.energy_j(), power_samples=len(sampler.samples))
+        if "tpot_ms" in row:
+            row["j_per_token"] = watts * row["tpot_ms"] / 1e3 / batch
+        else:
+            row["j_per_set"] = watts * row["ms_per_set"] / 1e3
     row["source"] = spec
     return row
 
 
 def estimates(systems: list[str], profile: DeviceProfile, batch: int, prompt_len: int, gen_len: int) -> list[dict]:
+    """fp16 and int8 estimates for each system's model shape: a roofline compares precisions, so both are
+    given whatever precision the system itself was built in (`deployed` marks that one)."""
     rows = []
     for spec in systems:
-        cfg, precision = precision_and_config(spec)
-        est = estimate(cfg, precision, profile, batch=batch, prompt_len=prompt_len, gen_len=gen_len).to_dict()
-        est["source"] = spec
-        rows.append(est)
+        cfg, deployed = precision_and_config(spec)
+        pair = {p: estimate(cfg, p, profile, batch=batch, prompt_len=prompt_len, gen_len=gen_len).to_dict()
+                for p in ("fp16", "int8")}
+        for precision, est in pair.items():
+            est.update(source=spec, deployed=precision == deployed,
+                       speedup_vs_fp16=pair["fp16"]["total_s"] / est["total_s"])
+            rows.append(est)
     return rows
 
 
@@ -76,12 +83,17 @@ def print_set_measurements(console, rows: list[dict]) -> None:
     first = rows[0]
     table = Table(title=f"set models: batch {first['batch']} sets of {first['set_size']}, {first['threads']} "
                         f"thread(s), median of {first['repeats']}")
-    for col in ("system", "ms / batch (range)", "ms / set", "sets/s", "RSS MiB", "vs first"):
+    power = all("avg_power_w" in r for r in rows)
+    cols = ["system", "ms / batch (range)", "ms / set", "sets/s", "RSS MiB", "vs first"]
+    for col in cols + (["board W", "J/set"] if power else []):
         table.add_column(col, justify="right" if col != "system" else "left", no_wrap=True)
     for r in rows:
         lo, hi = r["ms_range"]
-        table.add_row(r["system"], f"{r['ms_per_batch']:.2f} ({lo:.2f}-{hi:.2f})", f"{r['ms_per_set']:.3f}",
-                      f"{r['sets_per_s']:.0f}", f"{r['rss_mb']:.0f}", f"{r['sets_per_s'] / first['sets_per_s']:.2f}x")
+        cells = [r["system"], f"{r['ms_per_batch']:.2f} ({lo:.2f}-{hi:.2f})", f"{r['ms_per_set']:.3f}",
+                 f"{r['sets_per_s']:.0f}", f"{r['rss_mb']:.0f}", f"{r['sets_per_s'] / first['sets_per_s']:.2f}x"]
+        if power:
+            cells += [f"{r['avg_power_w']:.2f}", f"{r['j_per_set']:.5f}"]
+        table.add_row(*cells)
     console.print(table)
 
 
@@ -114,15 +126,38 @@ def print_measurements(console, rows: list[dict]) -> None:
     console.print(table)
 
 
-def print_estimates(console, rows: list[dict], profile: DeviceProfile) -> None:
+def print_estimates(console, rows: list[dict], profile: DeviceProfile, paper: dict | None = None) -> None:
+    first = rows[0]
     table = Table(title=f"ROOFLINE ESTIMATE for {profile.description} ({profile.bandwidth_gbs:g} GB/s, "
-                        f"{profile.fp16_tflops:g} fp16 TFLOPS, {profile.int8_tops:g} int8 TOPS dense): not measured")
-    for col in ("system", "precision", "weights MB", "prefill ms", "TPOT ms", "total s", "bound"):
-        table.add_column(col)
+                        f"{profile.fp16_tflops:g} fp16 TFLOPS, {profile.int8_tops:g} int8 TOPS dense): not measured. "
+                        f"Batch {first['batch']}, prompt {first['prompt_len']}, generate {first['gen_len']}")
+    for col in ("system", "precision", "weights MB", "of memory", "prefill ms", "TPOT ms", "total s", "vs fp16",
+                "bound"):
+        table.add_column(col, justify="left" if col in ("system", "precision", "bound") else "right",
+                         no_wrap=col in ("system", "precision", "bound", "of memory"))
     for r in rows:
-        table.add_row(r["source"], r["precision"], f"{r['weight_bytes'] / 1e6:.0f}", f"{r['prefill_ms']:.1f}",
-                      f"{r['tpot_ms']:.2f}", f"{r['total_s']:.2f}", r["decode_bound"])
+        memory = f"{r['memory_fraction']:.1%}" + (" [red](too big)[/]" if r["memory_fraction"] > 0.85 else "")
+        table.add_row(r["source"], r["precision"] + (" *" if r["deployed"] else ""), f"{r['weight_bytes'] / 1e6:.0f}",
+                      memory, f"{r['prefill_ms']:.1f}", f"{r['tpot_ms']:.2f}", f"{r['total_s']:.2f}",
+                      f"{r['speedup_vs_fp16']:.2f}x", r["decode_bound"])
     console.print(table)
+    console.print("* the precision the system was built in (a public shape has none). Weights over ~85% of a "
+                  "Jetson's memory leave too little for the OS, CUDA and the states.")
+    if paper:
+        side = Table(title=f"{paper['model']} on {paper['device']}: this estimate next to Quamba's measurement "
+                           f"on {paper['paper_device']} (prompt {paper['prompt_len']}, generate {paper['gen_len']})")
+        for col in ("", "fp16 s", "int8 s", "int8 speed-up"):
+            side.add_column(col, justify="left" if not col else "right")
+        side.add_row("roofline estimate (lower bound)", f"{paper['estimate_fp16_s']:.1f}",
+                     f"{paper['estimate_int8_s']:.1f}", f"{paper['estimate_speedup']:.2f}x")
+        side.add_row("Quamba, Figure 1 (measured)", f"~{paper['paper_fp16_s']:.0f}", f"~{paper['paper_int8_s']:.1f}",
+                     f"{paper['paper_speedup']:.2f}x")
+        side.add_row("measured / estimate", f"{paper['paper_fp16_over_estimate']:.2f}",
+                     f"{paper['paper_int8_over_estimate']:.2f}",
+                     f"{paper['paper_speedup'] / paper['estimate_speedup']:.0%} of the estimate")
+        console.print(side)
+        console.print(f"source: {paper['source']}. The figure's workload is assumed (the authors' profiling "
+                      "defaults); the ratio does not depend on it while decode dominates.")
 
 
 def write_json(path: Path | None, payload: dict) -> None:

@@ -8,6 +8,7 @@ from quamba_edge.bench.runner import GraphRunner, SetRunner, TorchRunner
 from quamba_edge.engine import BUILD_JSON, load_engine
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.export import ort as ort_backend
+from quamba_edge.models.mamba import PUBLIC_SHAPES, public_shape
 from quamba_edge.pipeline import load_any
 from quamba_edge.quant.qmodels import QuantizedMambaLM
 
@@ -90,11 +91,18 @@ def _open_engine(directory: Path, device: str, threads: int, prompt_len: int, ba
 
 
 def precision_and_config(spec: str):
-    """For estimates: the model config and deployment precision, without opening a backend."""
+    """For estimates: the model config and deployment precision, without opening a backend.
+
+    A public Mamba size (`mamba-2.8b`, ...) stands for its shape alone: estimates need no weights."""
+    if spec in PUBLIC_SHAPES and not Path(spec).exists():
+        return public_shape(spec), None
     if Path(spec).is_dir() and (Path(spec) / BUILD_JSON).exists():
         engine = load_engine(Path(spec))
         precision = engine.build["precision"]
         return engine.cfg, "int8" if precision == "int8" else "fp16"
     loaded = load_any(spec)
+    if getattr(loaded.model, "family", "mamba") != "mamba":
+        raise QuambaEdgeError(f"{spec}: the roofline estimate covers Mamba language models (generation), not "
+                              f"{loaded.model.family} models. Fix: time it with --device cpu or on the device.")
     quantized = isinstance(loaded.model, QuantizedMambaLM)
     return loaded.model.cfg, "int8" if quantized else "fp16"

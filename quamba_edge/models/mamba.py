@@ -51,6 +51,19 @@ class MambaConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+# The public Mamba-1 sizes (state-spaces/mamba-*: d_model, n_layer; vocabulary padded to 50280), for
+# estimates and benchmarks at a real model's shape when its weights are not at hand.
+PUBLIC_SHAPES: dict[str, tuple[int, int]] = {
+    "mamba-130m": (768, 24), "mamba-370m": (1024, 48), "mamba-790m": (1536, 48),
+    "mamba-1.4b": (2048, 48), "mamba-2.8b": (2560, 64),
+}
+
+
+def public_shape(name: str) -> MambaConfig:
+    d_model, n_layer = PUBLIC_SHAPES[name]
+    return MambaConfig(d_model=d_model, n_layer=n_layer, vocab_size=50280)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, d: int, eps: float = 1e-5):
         super().__init__()
