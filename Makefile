@@ -6,7 +6,7 @@ export QUAMBA_EDGE_CACHE ?= $(CURDIR)/.cache
 # Torch threads for the demo and the quality table (benchmarks that time things use one thread).
 THREADS ?= 2
 
-.PHONY: venv corpus demo test lint quality peers-wheel bench-cpu bench-peers bench-kernels bench-adapool trt-plugins jetson-image clean
+.PHONY: venv corpus demo test lint quality peers-wheel bench-cpu bench-peers bench-kernels bench-adapool trt-plugins jetson-image jetson-bench clean
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -90,6 +90,10 @@ trt-plugins:
 # The JetPack 6 image (Dockerfile.jetson): on a Jetson, or cross-built from x86 with buildx and QEMU.
 jetson-image:
 	docker buildx build --platform linux/arm64 -f Dockerfile.jetson -t quamba-edge:jetson --load .
+
+# On the Jetson (from a checkout, outside docker): the one-command benchmark of benchmarks/jetson.sh.
+jetson-bench: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH bash benchmarks/jetson.sh
 
 clean:
 	rm -rf out .pytest_cache
