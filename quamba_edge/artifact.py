@@ -117,8 +117,11 @@ def load_artifact(path: Path) -> tuple[torch.nn.Module, dict]:
     recipe = Recipe.from_dict(manifest["recipe"])
     if family == "adapool":
         return _load_set_artifact(path, manifest, recipe), manifest
+    if family == "wav2vec2":
+        return _load_speech_artifact(path, manifest, recipe), manifest
     if family != "mamba":
-        raise QuambaEdgeError(f"{path} holds a {family!r} model; this quamba-edge reads mamba and adapool.")
+        raise QuambaEdgeError(f"{path} holds a {family!r} model; this quamba-edge reads mamba, adapool and "
+                              "wav2vec2.")
     cfg = MambaConfig.from_dict(manifest["model_config"])
     model = QuantizedMambaLM(cfg, recipe) if recipe.quantize else MambaLM(cfg)
     state = load_file(str(Path(path) / WEIGHTS))
@@ -134,6 +137,17 @@ def _load_set_artifact(path: Path, manifest: dict, recipe: Recipe) -> torch.nn.M
     from quamba_edge.sets import config_from_dict
 
     model = SetModel(config_from_dict(manifest["model_config"]))
+    if recipe.quantize:
+        model = quantized_structure(model, recipe.weight_granularity)
+    model.load_state_dict(load_file(str(Path(path) / WEIGHTS)), strict=True)
+    return model.eval()
+
+
+def _load_speech_artifact(path: Path, manifest: dict, recipe: Recipe) -> torch.nn.Module:
+    from quamba_edge.models.kws import KeywordSpotter, KwsConfig
+    from quamba_edge.quant.qspeech import quantized_structure
+
+    model = KeywordSpotter.from_config(KwsConfig.from_dict(manifest["model_config"]))
     if recipe.quantize:
         model = quantized_structure(model, recipe.weight_granularity)
     model.load_state_dict(load_file(str(Path(path) / WEIGHTS)), strict=True)

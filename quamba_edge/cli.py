@@ -136,7 +136,8 @@ def eval_cmd(
     threads: Threads = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ):
-    """Measure bits per byte and next-token accuracy on held-out text (set models: MSE on an .npz of sets)."""
+    """Measure bits per byte and next-token accuracy on held-out text (set models: MSE on an .npz of sets;
+    keyword spotters: accuracy on the real recordings at every SNR, --max-samples trials each)."""
     from quamba_edge.pipeline import load_any, run_eval
 
     _threads(threads)
@@ -156,6 +157,16 @@ def eval_cmd(
             table.add_column(col)
         table.add_row(result["recipe"], f"{result['mse']:.5f}", str(result["samples"]), result["data"])
         console.print(table)
+        return
+    if "conditions" in result:  # a keyword spotter
+        for col in ("recipe", "SNR dB", "noise", "accuracy", "95% CI", "trials"):
+            table.add_column(col)
+        for r in result["conditions"]:
+            lo, hi = r["ci95"]
+            table.add_row(result["recipe"], str(r["snr_db"]), r["noise"] if r["snr_db"] != "clean" else "-",
+                          f"{100 * r['accuracy']:.1f}%", f"{100 * lo:.1f}-{100 * hi:.1f}%", str(r["trials"]))
+        console.print(table)
+        console.print(f"data: {result['data']}")
         return
     for col in ("recipe", "bits/byte", "perplexity", "token acc.", "tokens", "data"):
         table.add_column(col)
@@ -205,6 +216,7 @@ def build_engine_cmd(
     plugins: Annotated[str, typer.Option(help="TensorRT int8: auto | on | off. On: each layer's conv and scan run "
                                               "as csrc/ plugins (libquamba_edge_trt.so); auto: when it is "
                                               "built.")] = "auto",
+    max_clip_s: Annotated[float, typer.Option(help="Speech models: longest clip (seconds) the engine accepts.")] = 2.0,
 ):
     """Export the prefill and decode graphs, build the engine, and check it against PyTorch.
 
@@ -220,7 +232,7 @@ def build_engine_cmd(
         with err_console.status("building") as status:
             build = build_engine(model, out, backend=backend, target=target, precision=precision, threads=threads,
                                  max_batch=max_batch, max_prompt=max_prompt, plugins=plugins,
-                                 progress=status.update)
+                                 max_clip_s=max_clip_s, progress=status.update)
         seconds = time.perf_counter() - start
     if json_out:
         print(json.dumps(build, indent=2))
@@ -262,6 +274,8 @@ def bench(
                                                "--batch sets).")] = 128,
     power: Annotated[bool, typer.Option("--power", help="Sample the Jetson's board power (INA3221) during the run: "
                                                         "average W and J per token.")] = False,
+    clip_s: Annotated[float, typer.Option(help="Speech models: seconds of audio per clip (latency per clip and the "
+                                               "real-time factor).")] = 1.0,
 ):
     """Time to first token, time per output token and tokens/s, the same loop for every backend."""
     from quamba_edge.bench import report
@@ -293,7 +307,7 @@ def bench(
                 task = progress.add_task(f"bench {spec}", total=repeats)
                 results.append(report.measure_system(spec, device, threads, batch, prompt_len, gen_len, repeats,
                                                      on_repeat=lambda t=task: progress.advance(t), kernels=kernels,
-                                                     set_size=set_size, power=power))
+                                                     set_size=set_size, power=power, clip_s=clip_s))
     report.print_measurements(console, results)
     report.write_json(json_path, {"results": results, "machine": report.machine(device)})
     curves = [r for r in results if "tpot_curve_ms" in r]
@@ -302,6 +316,37 @@ def bench(
         console.print(f"wrote {plot}")
     elif plot:
         console.print("[yellow]no plot[/]: --plot draws per-token latency, which set models do not have")
+
+
+@app.command()
+def spot(
+    model: Annotated[str, typer.Argument(help="A keyword spotter: checkpoint, int8 artifact or engine directory.")],
+    files: Annotated[list[Path], typer.Argument(help="WAV files (any rate: resampled to the model's; mono).")],
+    mix_to_mono: Annotated[bool, typer.Option("--mix-to-mono", help="Average the channels of stereo files "
+                                                                     "instead of refusing them.")] = False,
+    threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+):
+    """Say which keyword each WAV file holds. A bad file (corrupt, silent, stereo, too long) gets an error
+    row and the rest still run; the exit status is 1 when any file failed."""
+    from quamba_edge.spot import open_spotter, spot_files
+
+    _threads(threads)
+    with user_errors():
+        runner = open_spotter(model, threads)
+        results = spot_files(runner, files, mix_to_mono)
+    if json_out:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        table = Table(title=f"keywords ({runner.label})")
+        for col in ("file", "keyword", "confidence", "seconds", "error"):
+            table.add_column(col, overflow="fold")
+        for r in results:
+            table.add_row(r.file, r.keyword or "-", f"{r.confidence:.2f}" if r.confidence is not None else "-",
+                          f"{r.seconds:.2f}" if r.seconds is not None else "-", escape(r.error or ""))
+        console.print(table)
+    if any(r.error for r in results):
+        raise typer.Exit(1)
 
 
 @app.command()

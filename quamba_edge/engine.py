@@ -76,7 +76,7 @@ def _sessions(paths: dict[str, Path], backend: str, target: str, int8: bool, thr
 
 def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", target: str = "cpu",
                  precision: str | None = None, threads: int = 1, max_batch: int = 8, max_prompt: int = 2048,
-                 opt_prompt: int = 512, plugins: str = "auto", progress=None) -> dict:
+                 opt_prompt: int = 512, plugins: str = "auto", max_clip_s: float = 2.0, progress=None) -> dict:
     """plugins (TensorRT int8 only): "on" replaces each layer's conv and scan with the csrc/ plugins
     (export/plugins.py), "off" keeps the portable graph, "auto" uses them when the library is built."""
     if backend not in BACKENDS:
@@ -95,6 +95,9 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
     if getattr(model, "family", "mamba") == "adapool":
         return _build_set_engine(loaded, out, backend=backend, target=target, precision=precision, threads=threads,
                                  max_batch=max_batch, progress=progress)
+    if getattr(model, "family", "mamba") == "wav2vec2":
+        return _build_speech_engine(loaded, out, backend=backend, target=target, precision=precision,
+                                    threads=threads, max_batch=max_batch, max_clip_s=max_clip_s, progress=progress)
     precision = precision_of(model, precision)
     plugin_lib = _plugin_library(plugins, backend, precision)
     dtype = torch.float16 if precision == "fp16" else torch.float32
@@ -186,19 +189,66 @@ def _build_set_engine(loaded, out: Path, *, backend: str, target: str, precision
         report = check_sets(model, runner, native)
         if not report.passed:
             raise ParityError(_parity_failure(report))
-        kernels = {"model": _ort_kernels(path, quantized, activations)} if target == "cpu" else None
-        build = {
-            "format_version": BUILD_FORMAT_VERSION, "toolkit_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "family": "adapool", "backend": backend, "target": target, "precision": native,
-            "int8_activations": activations if quantized else None, "recipe": loaded.label,
-            "model_config": model.cfg.to_dict(), "source": str(loaded.directory),
-            "source_manifest_sha256": sha256_file(loaded.directory / MANIFEST) if loaded.manifest else None,
-            "profile": {"max_batch": max_batch}, "versions": _versions(backend), "machine": platform.machine(),
-            "parity": report.to_dict(), "ort_kernels": kernels,
-            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
-        }
-        atomic_write_json(tmp / BUILD_JSON, build)
+        build = _single_graph_build(tmp, loaded, {"family": "adapool"}, backend, target, quantized, activations,
+                                    report, {"max_batch": max_batch})
+    return build
+
+
+def _build_speech_engine(loaded, out: Path, *, backend: str, target: str, precision: str | None, threads: int,
+                         max_batch: int, max_clip_s: float, progress=None) -> dict:
+    """A keyword spotter: one graph, `model.onnx` (audio -> logits), run by ONNX Runtime, parity-checked:
+    fp32 end to end, int8 layer by layer on a probe graph (export/parity.py)."""
+    from quamba_edge.export.parity import check_speech
+    from quamba_edge.export.speech_onnx import export_keyword_spotter
+    from quamba_edge.quant.qspeech import is_quantized
+
+    model = loaded.model
+    quantized = is_quantized(model)
+    native = "int8" if quantized else "fp32"
+    if precision not in (None, native):
+        raise QuambaEdgeError(f"this keyword spotter is {native}; --precision {precision} is not available for it "
+                              "(int8 comes from `quamba-edge calibrate`).")
+    if backend != "ort":
+        raise QuambaEdgeError("speech models build for ONNX Runtime only so far (--backend ort); their int8 graph "
+                              "is the Q/DQ form TensorRT reads, but no TensorRT build of it has been run.")
+    step = progress or (lambda message: None)
+    activations = activation_encoding(backend, target)
+    max_samples = int(round(max_clip_s * model.cfg.sample_rate))
+    out = Path(out).resolve()
+    with staged_dir(out, ours=lambda d: (d / BUILD_JSON).exists(), what="an engine directory") as tmp:
+        step(f"exporting the keyword spotter ({native})")
+        path = tmp / "model.onnx"
+        onnx.save(export_keyword_spotter(model, activations), str(path))
+        step("parity check against the PyTorch reference")
+        graph = path if not quantized else export_keyword_spotter(model, activations, probes=True).SerializeToString()
+        runner = ort_backend.graph_runner(graph, threads=threads, int8=quantized, target=target,
+                                          activations=activations)
+        report = check_speech(model, runner, native, samples=int(round(model.cfg.window_s * model.cfg.sample_rate)))
+        if not report.passed:
+            raise ParityError(_parity_failure(report))
+        build = _single_graph_build(tmp, loaded, {"family": "wav2vec2", "task": "kws"}, backend, target, quantized,
+                                    activations, report, {"max_batch": max_batch, "max_samples": max_samples,
+                                                          "sample_rate": model.cfg.sample_rate})
+    return build
+
+
+def _single_graph_build(tmp: Path, loaded, family: dict, backend: str, target: str, quantized: bool,
+                        activations: str, report, profile: dict) -> dict:
+    """build.json of an engine with one graph (model.onnx): set models and keyword spotters."""
+    path = tmp / "model.onnx"
+    build = {
+        "format_version": BUILD_FORMAT_VERSION, "toolkit_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **family, "backend": backend, "target": target, "precision": "int8" if quantized else "fp32",
+        "int8_activations": activations if quantized else None, "recipe": loaded.label,
+        "model_config": loaded.model.cfg.to_dict(), "source": str(loaded.directory),
+        "source_manifest_sha256": sha256_file(loaded.directory / MANIFEST) if loaded.manifest else None,
+        "profile": profile, "versions": _versions(backend), "machine": platform.machine(),
+        "parity": report.to_dict(),
+        "ort_kernels": {"model": _ort_kernels(path, quantized, activations)} if target == "cpu" else None,
+        "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+    }
+    atomic_write_json(tmp / BUILD_JSON, build)
     return build
 
 
@@ -251,6 +301,10 @@ class Engine:
             from quamba_edge.sets import config_from_dict
 
             return config_from_dict(self.build["model_config"])
+        if self.family == "wav2vec2":
+            from quamba_edge.models.kws import KwsConfig
+
+            return KwsConfig.from_dict(self.build["model_config"])
         return MambaConfig.from_dict(self.build["model_config"])
 
     def graph(self, name: str) -> Path:

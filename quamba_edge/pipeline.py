@@ -24,6 +24,8 @@ from quamba_edge.quant.recipes import Recipe
 from quamba_edge.sets import FAMILY as SET_FAMILY
 from quamba_edge.sets import checkpoint_family, load_set_checkpoint, load_sets
 
+SPEECH_FAMILY = "wav2vec2"
+
 Progress = Callable[[int], None]
 
 
@@ -47,9 +49,22 @@ def load_any(spec: str | Path) -> LoadedModel:
         model, manifest = load_artifact(Path(spec))
         return LoadedModel(model, manifest["recipe_label"], Path(spec), manifest)
     model_dir = resolve_model_dir(spec)
-    if checkpoint_family(model_dir) == SET_FAMILY:
+    family = checkpoint_family(model_dir)
+    if family == SET_FAMILY:
         return LoadedModel(load_set_checkpoint(model_dir), "fp", model_dir)
+    if family == SPEECH_FAMILY:
+        return LoadedModel(_load_kws(model_dir), "fp", model_dir)
     return LoadedModel(load_mamba(model_dir), "fp", model_dir)
+
+
+def _load_kws(model_dir: Path):
+    from quamba_edge.models.kws import is_kws_checkpoint, load_kws
+
+    if not is_kws_checkpoint(model_dir):
+        raise QuambaEdgeError(f"{model_dir} is a wav2vec2 encoder without a keyword-spotting head; calibrate, "
+                              "build-engine and bench take the deployed model. Fix: fine-tune it first "
+                              "(`python benchmarks/kws.py --encoder DIR`), and pass the KWS directory.")
+    return load_kws(model_dir)
 
 
 def batched(windows: torch.Tensor, batch_size: int):
@@ -65,6 +80,8 @@ def run_calibrate(
     model_dir = resolve_model_dir(model_spec)
     if checkpoint_family(model_dir) == SET_FAMILY:
         return _calibrate_sets(model_spec, model_dir, recipe, data, samples, out, batch_size, on_batch)
+    if checkpoint_family(model_dir) == SPEECH_FAMILY:
+        return _calibrate_speech(model_spec, model_dir, recipe, data, samples, out, batch_size, on_batch)
     model = load_mamba(model_dir)
     tok = tokenizer_for(model_dir, model.cfg.vocab_size)
     windows: Windows | None = None
@@ -141,6 +158,55 @@ def _calibrate_sets(model_spec: str, model_dir: Path, recipe: Recipe, data: str,
     return out, load_artifact(out)[1]
 
 
+def _calibrate_speech(model_spec: str, model_dir: Path, recipe: Recipe, data: str, samples: int, out: Path,
+                      batch_size: int, on_batch: Progress | None) -> tuple[Path, dict]:
+    """Static W8A8 of a keyword spotter's linear and conv layers, calibrated on synthetic speech only."""
+    import hashlib
+
+    from quamba_edge.data.speech_sets import calibration_windows
+    from quamba_edge.quant.qspeech import quantize_speech_model
+
+    model = _load_kws(model_dir)
+    recipe = set_recipe(recipe)
+    calibration, scales, qmodel = None, None, model
+    if recipe.quantize:
+        start = time.perf_counter()
+        windows = torch.from_numpy(calibration_windows(data, samples, model.cfg.window_s))
+
+        def counted():
+            for batch in batched(windows, batch_size):
+                yield batch
+                if on_batch:
+                    on_batch(len(batch))
+
+        qmodel, amax = quantize_speech_model(model, counted(), recipe.weight_granularity)
+        scales = [{"layer": name, "amax": a} for name, a in amax.items()]
+        calibration = {"data": str(data), "samples": len(windows), "window_s": model.cfg.window_s,
+                       "digest": hashlib.sha256(windows.numpy().tobytes()).hexdigest(),
+                       "seconds": round(time.perf_counter() - start, 2)}
+    out = save_artifact(qmodel, out, recipe=recipe, source={"model": str(model_spec), "directory": str(model_dir)},
+                        calibration=calibration, scales=scales)
+    return out, load_artifact(out)[1]
+
+
+@torch.no_grad()
+def _eval_speech(loaded: LoadedModel, data: str, max_samples: int | None, on_batch: Progress | None) -> dict:
+    """Accuracy on the real recordings (`default`: every SNR of the test grid, 500 trials each)."""
+    from quamba_edge.data.speech_sets import real_test_trials, snr_label
+    from quamba_edge.train.kws import score
+
+    if str(data) not in ("default", "default-heldout"):
+        raise QuambaEdgeError("speech models are evaluated on the real recordings: pass --data default.")
+    model = loaded.model
+    rows = []
+    for trials in real_test_trials(max_samples or 500, window_s=model.cfg.window_s, labels=model.cfg.labels):
+        rows.append({"snr_db": snr_label(trials.snr_db), "noise": trials.noise, **score(model, trials)})
+        if on_batch:
+            on_batch(len(trials.labels))
+    return {"recipe": loaded.label, "data": "asterisk-core-sounds-en-wav (real, one speaker)", "conditions": rows,
+            "accuracy": sum(r["accuracy"] for r in rows) / len(rows)}
+
+
 def run_eval(
     loaded: LoadedModel, data: str, seq_len: int, max_samples: int | None, batch_size: int = 8,
     on_batch: Progress | None = None,
@@ -151,6 +217,8 @@ def run_eval(
 
     if getattr(loaded.model, "family", "mamba") == SET_FAMILY:
         return _eval_sets(loaded, data, max_samples, batch_size, on_batch)
+    if getattr(loaded.model, "family", "mamba") == SPEECH_FAMILY:
+        return _eval_speech(loaded, data, max_samples, on_batch)
 
     ids = loaded.tokenizer.encode(read_text(data))
     available = len(ids) // seq_len

@@ -14,7 +14,7 @@ from quamba_edge import __version__
 from quamba_edge.bench.devices import DeviceProfile, jetson_model, this_jetson
 from quamba_edge.bench.power import PowerSampler
 from quamba_edge.bench.roofline import estimate
-from quamba_edge.bench.runner import SetRunner, measure, measure_sets
+from quamba_edge.bench.runner import SetRunner, SpeechRunner, measure, measure_sets, measure_speech
 from quamba_edge.bench.systems import open_system, precision_and_config
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.io import atomic_write_json
@@ -42,13 +42,16 @@ def machine(device: str) -> dict:
 
 def measure_system(spec: str, device: str, threads: int, batch: int, prompt_len: int, gen_len: int,
                    repeats: int, on_repeat=None, kernels: bool = False, set_size: int = 128,
-                   power: bool = False) -> dict:
+                   power: bool = False, clip_s: float = 1.0) -> dict:
     runner = open_system(spec, device=device, threads=threads, prompt_len=prompt_len, batch=batch, kernels=kernels)
     sampler = PowerSampler() if power else None
     with sampler or contextlib.nullcontext():
         if isinstance(runner, SetRunner):
             row = measure_sets(runner, batch=batch, set_size=set_size, repeats=repeats, threads=threads,
                                progress=on_repeat)
+        elif isinstance(runner, SpeechRunner):
+            row = measure_speech(runner, batch=batch, clip_s=clip_s, repeats=repeats, threads=threads,
+                                 progress=on_repeat)
         else:
             row = measure(runner, batch=batch, prompt_len=prompt_len, gen_len=gen_len, repeats=repeats,
                           threads=threads, progress=on_repeat).to_dict()
@@ -58,6 +61,8 @@ def measure_system(spec: str, device: str, threads: int, batch: int, prompt_len:
         row.update(avg_power_w=watts, energy_j=sampler.energy_j(), power_samples=len(sampler.samples))
         if "tpot_ms" in row:
             row["j_per_token"] = watts * row["tpot_ms"] / 1e3 / batch
+        elif "ms_per_clip" in row:
+            row["j_per_clip"] = watts * row["ms_per_clip"] / 1e3
         else:
             row["j_per_set"] = watts * row["ms_per_set"] / 1e3
     row["source"] = spec
@@ -97,11 +102,32 @@ def print_set_measurements(console, rows: list[dict]) -> None:
     console.print(table)
 
 
+def print_speech_measurements(console, rows: list[dict]) -> None:
+    first = rows[0]
+    table = Table(title=f"speech models: batch {first['batch']} clips of {first['clip_s']:g} s, {first['threads']} "
+                        f"thread(s), median of {first['repeats']}")
+    power = all("avg_power_w" in r for r in rows)
+    cols = ["system", "ms / clip (range)", "real-time factor", "RSS MiB", "vs first"]
+    for col in cols + (["board W", "J/clip"] if power else []):
+        table.add_column(col, justify="right" if col != "system" else "left", no_wrap=True)
+    for r in rows:
+        lo, hi = r["ms_range"]
+        cells = [r["system"], f"{r['ms_per_clip']:.2f} ({lo / r['batch']:.2f}-{hi / r['batch']:.2f})",
+                 f"{r['rtf']:.4f}", f"{r['rss_mb']:.0f}", f"{first['ms_per_clip'] / r['ms_per_clip']:.2f}x"]
+        if power:
+            cells += [f"{r['avg_power_w']:.2f}", f"{r['j_per_clip']:.4f}"]
+        table.add_row(*cells)
+    console.print(table)
+
+
 def print_measurements(console, rows: list[dict]) -> None:
     sets = [r for r in rows if r.get("family") == "adapool"]
     if sets:
         print_set_measurements(console, sets)
-    rows = [r for r in rows if r.get("family") != "adapool"]
+    speech = [r for r in rows if r.get("family") == "wav2vec2"]
+    if speech:
+        print_speech_measurements(console, speech)
+    rows = [r for r in rows if r.get("family") not in ("adapool", "wav2vec2")]
     if not rows:
         return
     first = rows[0]

@@ -176,3 +176,51 @@ def measure_sets(runner: SetRunner, *, batch: int, set_size: int, repeats: int, 
             "batch": batch, "set_size": set_size, "threads": threads, "repeats": repeats,
             "ms_per_batch": ms, "ms_range": [min(times), max(times)], "ms_per_set": ms / batch,
             "sets_per_s": batch * 1e3 / ms, "rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb()}
+
+
+class SpeechRunner:
+    """A keyword spotter behind one call, audio (b, samples) -> logits: PyTorch or a graph. `max_samples` is
+    the engine's profile (None: any length)."""
+
+    def __init__(self, run, cfg, label: str, precision: str, backend: str, max_samples: int | None = None):
+        self.run, self.cfg, self.label, self.precision, self.backend = run, cfg, label, precision, backend
+        self.max_samples = max_samples
+
+    @classmethod
+    def torch(cls, model, label: str, precision: str) -> SpeechRunner:
+        @torch.no_grad()
+        def run(audio: np.ndarray) -> np.ndarray:
+            return model(torch.from_numpy(audio)).numpy()
+
+        return cls(run, model.cfg, label, precision, "pytorch")
+
+    @classmethod
+    def graph(cls, graph, cfg, label: str, precision: str, backend: str, max_samples: int) -> SpeechRunner:
+        return cls(lambda audio: graph({"audio": audio})["logits"], cfg, label, precision, backend, max_samples)
+
+
+def measure_speech(runner: SpeechRunner, *, batch: int, clip_s: float, repeats: int, threads: int, seed: int = 0,
+                   progress=None) -> dict:
+    """Latency of one batch of `clip_s`-second clips (median of `repeats` timed calls after two warm-ups)
+    and the real-time factor: compute time / audio time (below 1 keeps up with a live stream)."""
+    samples = int(round(clip_s * runner.cfg.sample_rate))
+    if runner.max_samples is not None and samples > runner.max_samples:
+        limit = runner.max_samples / runner.cfg.sample_rate
+        raise QuambaEdgeError(f"{clip_s} s clips are longer than this engine's profile ({limit:g} s). Fix: rebuild "
+                              f"with `quamba-edge build-engine ... --max-clip-s {clip_s}`, or bench shorter clips.")
+    rng = np.random.default_rng(seed)
+    audio = (0.1 * rng.normal(size=(batch, samples))).astype(np.float32)
+    for _ in range(2):
+        runner.run(audio)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        runner.run(audio)
+        times.append((time.perf_counter() - t) * 1e3)
+        if progress:
+            progress()
+    ms = statistics.median(times)
+    return {"system": runner.label, "backend": runner.backend, "precision": runner.precision, "family": "wav2vec2",
+            "batch": batch, "clip_s": clip_s, "threads": threads, "repeats": repeats, "ms_per_batch": ms,
+            "ms_range": [min(times), max(times)], "ms_per_clip": ms / batch,
+            "rtf": ms / 1e3 / (clip_s * batch), "rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quamba_edge.bench.runner import GraphRunner, SetRunner, TorchRunner
+from quamba_edge.bench.runner import GraphRunner, SetRunner, SpeechRunner, TorchRunner
 from quamba_edge.engine import BUILD_JSON, load_engine
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.export import ort as ort_backend
@@ -27,6 +27,14 @@ def open_system(spec: str, *, device: str, threads: int, prompt_len: int, batch:
                               f"machine with a GPU). Fix: `quamba-edge build-engine {spec} --out DIR` and bench DIR.")
     torch.set_num_threads(threads)
     loaded = load_any(spec)
+    if getattr(loaded.model, "family", "mamba") == "wav2vec2":
+        if kernels or device != "cpu":
+            raise QuambaEdgeError("speech models are benchmarked on --device cpu, without --kernels (the kernels are "
+                                  "Mamba's).")
+        from quamba_edge.quant.qspeech import is_quantized as speech_quantized
+
+        precision = "int8" if speech_quantized(loaded.model) else "fp32"
+        return SpeechRunner.torch(loaded.model, f"pytorch-{precision} ({loaded.model.cfg.pool})", precision)
     if getattr(loaded.model, "family", "mamba") == "adapool":
         if kernels or device != "cpu":
             raise QuambaEdgeError("set models are benchmarked on --device cpu, without --kernels (the kernels are "
@@ -56,6 +64,13 @@ def open_system(spec: str, *, device: str, threads: int, prompt_len: int, batch:
 def _open_engine(directory: Path, device: str, threads: int, prompt_len: int, batch: int):
     engine = load_engine(directory)
     build = engine.build
+    if engine.family == "wav2vec2":
+        if device != "cpu" or build["target"] != "cpu":
+            raise QuambaEdgeError(f"{directory} is a speech engine for ONNX Runtime on the CPU: use --device cpu.")
+        graph = ort_backend.graph_runner(engine.graph("model"), threads=threads, int8=build["precision"] == "int8",
+                                         target="cpu", activations=build.get("int8_activations") or "int8")
+        label = f"ort-{build['precision']} ({engine.cfg.pool})"
+        return SpeechRunner.graph(graph, engine.cfg, label, build["precision"], "ort", build["profile"]["max_samples"])
     if engine.family == "adapool":
         if device != "cpu" or build["target"] != "cpu":
             raise QuambaEdgeError(f"{directory} is a set-model engine for ONNX Runtime on the CPU: use --device cpu.")

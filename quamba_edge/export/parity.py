@@ -156,3 +156,53 @@ def check_sets(model, run, precision: str, *, seed: int = 0,
         report.cases.append(_compare(f"sets b={batch} n={n}", "output", out["output"], model(x, mask),
                                      TOLERANCE[precision]))
     return report
+
+
+@torch.no_grad()
+def check_speech(model, run, precision: str, *, samples: int, seed: int = 0, batch: int = 2) -> ParityReport:
+    """A keyword-spotter graph against the PyTorch model on random speech-like audio (noise with a
+    syllable-rate envelope). fp32: the logits, judged at 1e-5. int8: judged layer by layer, as for
+    Mamba: `run` must be the probe graph; each probe (every conv layer, the embedding, every transformer
+    layer) is compared with the PyTorch layer fed the graph's previous probe, so a tie resolved the
+    other way is not amplified by the layers after it. The end-to-end logits and the top-1 agreement
+    are recorded, not judged."""
+    from quamba_edge.models.kws import normalize_window
+
+    report = ParityReport(precision, TOLERANCE[precision])
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.arange(samples) / 16000.0
+    envelope = 0.5 + 0.5 * torch.sin(2 * torch.pi * 4.0 * t)
+    audio = (torch.randn(batch, samples, generator=gen) * 0.1 * envelope).float()
+    out = run({"audio": audio.numpy()})
+    logits = model(audio)
+    if precision != "int8":
+        report.cases.append(_compare(f"audio b={batch}", "logits", out["logits"], logits, TOLERANCE[precision]))
+        return report
+    end = _compare(f"audio b={batch}", "logits (end to end)", out["logits"], logits, None)
+    end["top1_agreement"] = float((out["logits"].argmax(-1) == logits.argmax(-1).numpy()).mean())
+    report.cases.append(end)
+    enc = model.encoder
+    x = normalize_window(audio).unsqueeze(1)
+    for i, layer in enumerate(enc.feature_encoder.conv_layers):
+        report.cases.append(_compare("layer by layer", f"conv{i}", out[f"probe_conv{i}"], layer(x), LAYER_TOLERANCE))
+        x = torch.from_numpy(out[f"probe_conv{i}"])
+    h_ref = enc.feature_proj(enc.feature_norm(x.transpose(1, 2)))
+    h_ref = h_ref + enc.pos_conv(h_ref)
+    if not enc.cfg.layer_norm_first:
+        h_ref = enc.encoder_norm(h_ref)
+    report.cases.append(_compare("layer by layer", "embedding", out["probe_embed"], h_ref, LAYER_TOLERANCE))
+    h = torch.from_numpy(out["probe_embed"])
+    for i, layer in enumerate(enc.layers):
+        report.cases.append(_compare("layer by layer", f"layer{i}", out[f"probe_layer{i}"], layer(h),
+                                     LAYER_TOLERANCE))
+        h = torch.from_numpy(out[f"probe_layer{i}"])
+    if enc.cfg.layer_norm_first:
+        h = enc.encoder_norm(h)
+    head = model.head
+    if head.cls is not None:
+        h = torch.cat([head.cls.expand(h.shape[0], 1, -1), h], 1)
+    report.cases.append(_compare("layer by layer", "head layer", out["probe_head"], head.layer(h), LAYER_TOLERANCE))
+    h = torch.from_numpy(out["probe_head"])
+    logits = head.classifier(head.norm(head.pool(h)))
+    report.cases.append(_compare("layer by layer", "logits", out["logits"], logits, LAYER_TOLERANCE))
+    return report

@@ -15,10 +15,9 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.models.adapool import SetModel
 from quamba_edge.quant.int8 import quantize, quantize_weight, scale_from_amax
-from quamba_edge.quant.observers import AbsMaxObserver
+from quamba_edge.quant.observers import input_amax
 from quamba_edge.quant.qmodels import QLinear
 
 
@@ -42,27 +41,9 @@ def linear_layers(model: SetModel) -> dict[str, nn.Linear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
-@torch.no_grad()
 def observe_inputs(model: SetModel, batches: Iterable[tuple[Tensor, Tensor | None]]) -> dict[str, float]:
     """The largest |input| of every linear layer over the calibration sets."""
-    observers = {name: AbsMaxObserver() for name in linear_layers(model)}
-    hooks = [layer.register_forward_pre_hook(lambda _m, args, n=name: observers[n].observe(args[0]))
-             for name, layer in linear_layers(model).items()]
-    try:
-        seen = 0
-        for x, mask in batches:
-            model(x, mask)
-            seen += 1
-    finally:
-        for h in hooks:
-            h.remove()
-    if not seen:
-        raise QuambaEdgeError("calibration got no sets. Fix: pass at least one batch of calibration sets.")
-    amax = {name: float(obs.amax) for name, obs in observers.items()}
-    bad = [n for n, a in amax.items() if not torch.isfinite(torch.tensor(a))]
-    if bad:
-        raise QuambaEdgeError(f"calibration saw NaN/inf at {', '.join(bad)}. Fix: check the calibration sets.")
-    return amax
+    return input_amax(linear_layers(model), (model(x, mask) for x, mask in batches), "sets")
 
 
 def quantized_structure(model: SetModel, weight_granularity: str = "tensor") -> SetModel:

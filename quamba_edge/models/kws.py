@@ -1,0 +1,155 @@
+"""Keyword spotting on a wav2vec 2.0 encoder: frames -> one transformer layer -> pooling -> classifier.
+
+Every pooling method (AdaPool, and the Avg/Max/Cls baselines from models/adapool.py) sits behind the
+same extra transformer layer, so they differ only in how frames become one vector; Cls needs that layer
+anyway (its token must attend to the frames before it is read). The input window is normalised to zero
+mean and unit variance, as Hugging Face's wav2vec2 feature extractor does, so a recording's level (the
+real clips are quieter than the TTS ones) is not a feature.
+
+A KWS checkpoint is a wav2vec2 checkpoint directory (config.json family `wav2vec2` + model.safetensors
+with the encoder, loadable by `load_wav2vec2`) plus a `kws` block in config.json and kws_head.safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.models.adapool import AdaPool, AvgPool, ClsToken, EncoderLayer, MaxPool
+from quamba_edge.models.wav2vec2 import (
+    FAMILY,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    Wav2Vec2Config,
+    Wav2Vec2Encoder,
+    load_wav2vec2,
+)
+
+POOLS = ("adapool", "avg", "max", "cls")
+HEAD_FILE = "kws_head.safetensors"
+
+
+@dataclass
+class KwsConfig:
+    labels: tuple[str, ...]
+    pool: str = "adapool"
+    n_heads: int = 4
+    ffn_mult: int = 2
+    sample_rate: int = 16000
+    window_s: float = 1.5  # the clip length it was trained on; shorter clips are padded to it
+    encoder: dict | None = None  # the encoder's Wav2Vec2Config, filled in by KeywordSpotter
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "labels": list(self.labels)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> KwsConfig:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in values.items() if k in known} | {"labels": tuple(values["labels"])})
+
+
+def normalize_window(waveform: Tensor, eps: float = 1e-7) -> Tensor:
+    mean = waveform.mean(-1, keepdim=True)
+    var = waveform.var(-1, keepdim=True, unbiased=False)
+    return (waveform - mean) / torch.sqrt(var + eps)
+
+
+class KwsHead(nn.Module):
+    """Encoder frames (b, t, d) -> logits (b, classes)."""
+
+    def __init__(self, d: int, cfg: KwsConfig):
+        super().__init__()
+        if cfg.pool not in POOLS:
+            raise QuambaEdgeError(f"unknown pooling {cfg.pool!r}; known: {', '.join(POOLS)}.")
+        self.cfg = cfg
+        self.layer = EncoderLayer(d, cfg.n_heads, cfg.ffn_mult * d)
+        self.cls = nn.Parameter(torch.zeros(1, 1, d)) if cfg.pool == "cls" else None
+        self.pool = {"adapool": lambda: AdaPool(d, cfg.n_heads), "avg": AvgPool, "max": MaxPool,
+                     "cls": ClsToken}[cfg.pool]()
+        self.norm = nn.LayerNorm(d)
+        self.classifier = nn.Linear(d, len(cfg.labels))
+
+    def forward(self, frames: Tensor, frame_mask: Tensor | None = None) -> Tensor:
+        if self.cls is not None:
+            frames = torch.cat([self.cls.expand(frames.shape[0], 1, -1), frames], 1)
+            if frame_mask is not None:
+                frame_mask = torch.cat([frame_mask.new_ones(frame_mask.shape[0], 1), frame_mask], 1)
+        h = self.layer(frames, frame_mask)
+        return self.classifier(self.norm(self.pool(h, frame_mask)))
+
+
+class KeywordSpotter(nn.Module):
+    family = FAMILY
+
+    def __init__(self, encoder: Wav2Vec2Encoder, cfg: KwsConfig):
+        super().__init__()
+        cfg.encoder = encoder.cfg.to_dict()
+        self.encoder = encoder
+        self.head = KwsHead(encoder.cfg.hidden_size, cfg)
+        self.cfg = cfg
+
+    @classmethod
+    def from_config(cls, cfg: KwsConfig) -> KeywordSpotter:
+        """An unfilled model of this shape: what saved weights (fp or int8 artifacts) load into."""
+        if cfg.encoder is None:
+            raise QuambaEdgeError("this KWS config has no encoder config. Fix: save the model again.")
+        return cls(Wav2Vec2Encoder(Wav2Vec2Config.from_dict(cfg.encoder)), cfg)
+
+    def forward(self, waveform: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        out = self.encoder(normalize_window(waveform), attention_mask)
+        return self.head(out.hidden, out.frame_mask if attention_mask is not None else None)
+
+
+def save_kws(model: KeywordSpotter, out_dir: str | Path, extra: dict | None = None) -> Path:
+    from quamba_edge.io import staged_dir
+
+    out_dir = Path(out_dir)
+    payload = {"family": FAMILY, "format_version": FORMAT_VERSION, "config": model.encoder.cfg.to_dict(),
+               "kws": model.cfg.to_dict(), **(extra or {})}
+    encoder = {k: v.detach().float().contiguous() for k, v in model.encoder.state_dict().items()}
+    head = {k: v.detach().float().contiguous() for k, v in model.head.state_dict().items()}
+
+    def ours(path: Path) -> bool:
+        try:
+            return json.loads((path / "config.json").read_text()).get("family") == FAMILY
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    with staged_dir(out_dir, ours=ours, what="a quamba-edge wav2vec2 checkpoint") as tmp:
+        save_file(encoder, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_file(head, str(tmp / HEAD_FILE), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(payload, indent=2) + "\n")
+    return out_dir
+
+
+def is_kws_checkpoint(path: str | Path) -> bool:
+    try:
+        raw = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and raw.get("family") == FAMILY and "kws" in raw
+
+
+def load_kws(path: str | Path) -> KeywordSpotter:
+    path = Path(path)
+    if not is_kws_checkpoint(path):
+        raise QuambaEdgeError(f"{path} is not a keyword-spotting checkpoint (no `kws` block in config.json). "
+                              "Fix: fine-tune one with `python benchmarks/kws.py`, or pass a KWS directory.")
+    encoder, _ = load_wav2vec2(path)
+    cfg = KwsConfig.from_dict(json.loads((path / "config.json").read_text())["kws"])
+    model = KeywordSpotter(encoder, cfg)
+    try:
+        state = load_file(str(path / HEAD_FILE))
+    except Exception as exc:  # safetensors raises its own error type for truncated files
+        raise QuambaEdgeError(f"{path / HEAD_FILE} is missing or corrupt ({exc}). Fix: save the model again.") from exc
+    missing, unexpected = model.head.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise QuambaEdgeError(f"{path / HEAD_FILE} does not match its config (missing {missing[:3]}, unexpected "
+                              f"{unexpected[:3]}). Fix: save the model again.")
+    return model.eval()

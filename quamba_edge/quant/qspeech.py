@@ -1,0 +1,131 @@
+"""Static W8A8 for the speech models (wav2vec 2.0 encoder + KWS head): every linear layer and every conv
+layer (the feature encoder's convs and the positional conv) reads an int8 activation with a calibrated
+per-tensor scale and an int8 weight (per tensor or per output channel), accumulates exactly in int32 and
+returns float. GroupNorm/LayerNorm, GELU, softmax, the pooling's softmax and the residual stream stay
+float (DESIGN.md, "Model families"). Calibration: the fp model on calibration windows (synthetic speech
+only), abs-max of each layer's input.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from quamba_edge.models.wav2vec2 import PositionalConv
+from quamba_edge.quant.int8 import int8_matmul, quantize, quantize_weight, scale_from_amax
+from quamba_edge.quant.observers import input_amax
+from quamba_edge.quant.qmodels import QLinear
+from quamba_edge.quant.qset import QuantizedLinear
+
+
+class QuantizedConv1d(nn.Module):
+    """float x (b, c_in, t) -> int8 (static scale) -> int8 conv as an int32 GEMM over unfolded windows ->
+    float (b, c_out, t'). Zero padding is exact in int8 (0 is 0.0)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, *, stride: int = 1, padding: int = 0, groups: int = 1,
+                 bias: bool, granularity: str):
+        super().__init__()
+        self.c_in, self.c_out, self.kernel = c_in, c_out, kernel
+        self.stride, self.padding, self.groups = stride, padding, groups
+        self.register_buffer("weight", torch.zeros(c_out, c_in // groups, kernel, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.zeros(()) if granularity == "tensor" else torch.zeros(c_out, 1, 1))
+        self.register_buffer("in_scale", torch.zeros(()))
+        self.register_buffer("bias", torch.zeros(c_out) if bias else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q = quantize(x, self.in_scale)
+        if self.padding:
+            q = F.pad(q, (self.padding, self.padding))
+        b = q.shape[0]
+        windows = q.unfold(2, self.kernel, self.stride)  # (b, c_in, t', k)
+        t = windows.shape[2]
+        g, cg, og = self.groups, self.c_in // self.groups, self.c_out // self.groups
+        windows = windows.permute(0, 2, 1, 3).reshape(b * t, g, cg * self.kernel)
+        weight = self.weight.reshape(g, og, cg * self.kernel)
+        acc = torch.cat([int8_matmul(windows[:, i].contiguous(), weight[i]) for i in range(g)], dim=1)
+        y = acc.float() * (self.in_scale * self.weight_scale.reshape(-1))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(b, t, self.c_out).transpose(1, 2)
+
+
+class QuantizedPositionalConv(nn.Module):
+    """PositionalConv with its effective (weight-normalised) kernel in int8: (b, t, d) -> (b, t, d)."""
+
+    def __init__(self, pos: PositionalConv, granularity: str):
+        super().__init__()
+        d = pos.bias.shape[0]
+        self.kernel = pos.kernel
+        self.conv = QuantizedConv1d(d, d, pos.kernel, padding=pos.kernel // 2, groups=pos.groups, bias=True,
+                                    granularity=granularity)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x.transpose(1, 2))
+        if self.kernel % 2 == 0:
+            y = y[..., :-1]
+        return F.gelu(y).transpose(1, 2)
+
+
+def _targets(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers W8A8 covers, by module name."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv1d, PositionalConv))}
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, (QuantizedLinear, QuantizedConv1d)) for m in model.modules())
+
+
+def observe_inputs(model: nn.Module, windows: Iterable[Tensor]) -> dict[str, float]:
+    """The largest |input| of every covered layer over the calibration windows (b, samples)."""
+    return input_amax(_targets(model), (model(batch) for batch in windows), "audio")
+
+
+def quantized_structure(model: nn.Module, weight_granularity: str = "tensor") -> nn.Module:
+    """A copy of `model` with every covered layer replaced by its (unfilled) int8 twin: what
+    `quantize_speech_model` fills and what an artifact's weights load into."""
+    qmodel = copy.deepcopy(model)
+    for name, layer in _targets(qmodel).items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
+        if isinstance(layer, nn.Linear):
+            new = QuantizedLinear(QLinear(layer.in_features, layer.out_features, granularity=weight_granularity,
+                                          bias=layer.bias is not None, int8_output=False))
+        elif isinstance(layer, nn.Conv1d):
+            new = QuantizedConv1d(layer.in_channels, layer.out_channels, layer.kernel_size[0], stride=layer.stride[0],
+                                  padding=layer.padding[0], groups=layer.groups, bias=layer.bias is not None,
+                                  granularity=weight_granularity)
+        else:
+            new = QuantizedPositionalConv(layer, weight_granularity)
+        setattr(parent, attr, new)
+    return qmodel.eval()
+
+
+@torch.no_grad()
+def quantize_speech_model(model: nn.Module, windows: Iterable[Tensor], weight_granularity: str = "tensor"
+                          ) -> tuple[nn.Module, dict[str, float]]:
+    """A W8A8 copy of `model` (a KeywordSpotter or a bare encoder) calibrated on `windows`."""
+    model = model.eval()
+    amax = observe_inputs(model, windows)
+    layers = _targets(model)
+    qmodel = quantized_structure(model, weight_granularity)
+    for name, fp in layers.items():
+        wrapper = qmodel.get_submodule(name)
+        in_scale = scale_from_amax(amax[name])
+        if isinstance(fp, nn.Linear):
+            w_q, w_scale = quantize_weight(fp.weight, weight_granularity)
+            wrapper.q.load_float(w_q, w_scale, in_scale, None, fp.bias)
+            continue
+        conv = wrapper if isinstance(wrapper, QuantizedConv1d) else wrapper.conv
+        weight, bias = (fp.weight, fp.bias) if isinstance(fp, nn.Conv1d) else (fp.weight.detach(), fp.bias)
+        w_q, w_scale = quantize_weight(weight, weight_granularity)
+        conv.weight.copy_(w_q)
+        conv.weight_scale.copy_(w_scale.reshape(conv.weight_scale.shape))
+        conv.in_scale.copy_(in_scale)
+        if bias is not None:
+            conv.bias.copy_(bias.detach())
+    return qmodel, amax
