@@ -6,7 +6,7 @@ export QUAMBA_EDGE_CACHE ?= $(CURDIR)/.cache
 # Torch threads for the demo and the quality table (benchmarks that time things use one thread).
 THREADS ?= 2
 
-.PHONY: venv corpus demo test lint quality peers-wheel bench-cpu bench-peers bench-kernels bench-adapool trt-plugins jetson-image jetson-bench clean
+.PHONY: venv corpus demo test lint quality peers-wheel bench-cpu bench-peers bench-kernels bench-adapool speech pretrain kws bench-speech trt-plugins jetson-image jetson-bench clean
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -80,6 +80,26 @@ bench-kernels: venv
 bench-adapool: venv
 	$(BIN)/python benchmarks/adapool_snr.py --threads $(THREADS) --out benchmarks/results/adapool_snr.json \
 		--plot benchmarks/results/adapool_snr.png --save-dir out/adapool
+
+# Speech: the synthetic (espeak-ng, flite) and real (asterisk-core-sounds-en-wav) sets under $(QUAMBA_EDGE_CACHE)/speech.
+speech: venv
+	$(BIN)/python calib/build_speech.py --variants 120 --pretrain 2000 --jobs 2 $(if $(filter 0,$(shell id -u)),--install,)
+
+# Pre-train the tiny encoder both ways (same seed, same steps, one thread each, side by side; ~25 min).
+pretrain: speech
+	$(BIN)/python benchmarks/ccc_pretrain.py --objective wav2vec2 --steps 1000 --out out/pretrain & \
+	$(BIN)/python benchmarks/ccc_pretrain.py --objective ccc --steps 1000 --out out/pretrain; wait
+	$(BIN)/python benchmarks/ccc_pretrain.py --summarize out/pretrain --json benchmarks/results/ccc_pretrain.json
+
+# Fine-tune keyword spotters on both encoders (every pooling), score them on the real clips, fp32 and int8.
+kws: venv
+	$(BIN)/python benchmarks/kws.py --encoder ccc=out/pretrain/ccc --out out/kws/ccc.json & \
+	$(BIN)/python benchmarks/kws.py --encoder wav2vec2=out/pretrain/wav2vec2 --out out/kws/wav2vec2.json; wait
+	$(BIN)/python benchmarks/kws.py --merge out/kws/ccc.json out/kws/wav2vec2.json \
+		--json benchmarks/results/kws.json --plot benchmarks/results/kws.png
+
+bench-speech: venv
+	$(BIN)/python benchmarks/speech_latency.py --kws out/kws/ccc-adapool --out benchmarks/results/speech_latency.json
 
 # libquamba_edge_trt.so (TensorRT plugins + CUDA kernels) where CUDA and the TensorRT headers exist (the
 # Jetson image; CUDA_ARCH=90 for H100/H200). build-engine --backend tensorrt finds it in build/trt.
