@@ -6,11 +6,14 @@ data, same steps, and compare them on held-out speech.
     python benchmarks/ccc_pretrain.py --objective ccc      --steps 1000 --out out/pretrain &
     python benchmarks/ccc_pretrain.py --summarize out/pretrain --json benchmarks/results/ccc_pretrain.json
 
-One thread per run, so the two runs can share a 2-core machine. Each writes its checkpoint
-(out/pretrain/<objective>/), its loss history and its held-out figures: the plain contrastive loss and
-accuracy of predicting the masked frames' codes among distractors, measured on the original view only
-with a fixed mask and fixed negatives. That yardstick is each model's own task, so it compares how well
-each learned it; the downstream comparison (keyword spotting on real recordings) is benchmarks/kws.py.
+One thread per run, so the two runs can share a 2-core machine. The summary adds each encoder's frame
+similarity on held-out speech (mean cosine between its output frames): 1.0 means the encoder says the
+same vector whatever it hears, the collapse that pins the contrastive loss at ln(1 + negatives).
+Each run writes its checkpoint (out/pretrain/<objective>/), its loss history and its held-out figures:
+the plain contrastive loss and accuracy of predicting the masked frames' codes among distractors,
+measured on the original view only with a fixed mask and fixed negatives. That yardstick is each
+model's own task, so it compares how well each learned it; the downstream comparison (keyword
+spotting on real recordings) is benchmarks/kws.py.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from rich.table import Table
 
 from quamba_edge.data.speech import load_pretrain_clips
 from quamba_edge.io import atomic_write_json
-from quamba_edge.train.pretrain import PretrainConfig, Pretrainer
+from quamba_edge.models.wav2vec2 import load_wav2vec2
+from quamba_edge.train.pretrain import PretrainConfig, Pretrainer, frame_similarity
 
 
 def run(objective: str, steps: int, out: Path, seed: int, batch_size: int, max_minutes: float | None) -> dict:
@@ -55,13 +59,24 @@ def run(objective: str, steps: int, out: Path, seed: int, batch_size: int, max_m
 
 
 def summarize(out: Path, json_path: Path | None) -> list[dict]:
+    torch.set_num_threads(1)
     rows = [json.loads((out / f"{o}.json").read_text()) for o in ("wav2vec2", "ccc") if (out / f"{o}.json").exists()]
+    held_out = load_pretrain_clips()[:100]
+    for r in rows:  # how far the encoder's output frames are from one constant vector (1.0 = collapsed)
+        r["held_out_frame_similarity"] = frame_similarity(load_wav2vec2(out / r["objective"])[0], held_out)
+    torch.manual_seed(0)
+    rows.append({"objective": "untrained (same init)", "steps_done": 0, "train_seconds": 0.0,
+                 "held_out_frame_similarity": frame_similarity(Pretrainer(PretrainConfig()).encoder, held_out)})
     table = Table(title="pre-training on synthetic speech (tiny encoder, one thread each)")
-    for col in ("objective", "steps", "minutes", "train loss", "held-out contrastive", "held-out accuracy"):
+    for col in ("objective", "steps", "minutes", "train loss", "held-out contrastive", "held-out accuracy",
+                "frame similarity"):
         table.add_column(col, justify="left" if col == "objective" else "right")
     for r in rows:
+        trained = "final_train" in r
         table.add_row(r["objective"], str(r["steps_done"]), f"{r['train_seconds'] / 60:.1f}",
-                      f"{r['final_train']['total']:.3f}", f"{r['val_contrastive']:.3f}", f"{r['val_accuracy']:.3f}")
+                      f"{r['final_train']['total']:.3f}" if trained else "-",
+                      f"{r['val_contrastive']:.3f}" if trained else "-",
+                      f"{r['val_accuracy']:.3f}" if trained else "-", f"{r['held_out_frame_similarity']:.3f}")
     Console().print(table)
     if json_path:
         atomic_write_json(json_path, {"rows": rows, "date": time.strftime("%Y-%m-%d")})

@@ -175,3 +175,21 @@ class Pretrainer:
 
     def save(self, out_dir: Path) -> None:
         save_wav2vec2(self.encoder.eval(), self.model_cfg, out_dir, self.quantizer.eval(), self.heads.eval())
+
+
+@torch.no_grad()
+def frame_similarity(encoder: Wav2Vec2Encoder, clips: list[np.ndarray], n: int = 16, seconds: float = 1.0) -> float:
+    """Mean cosine similarity between the encoder's output frames (all pairs within each clip, unmasked
+    input): near 1 means the encoder collapsed to one vector whatever it hears, the failure mode that
+    leaves the contrastive loss at ln(1 + negatives)."""
+    import torch.nn.functional as F
+
+    encoder.eval()
+    size = int(seconds * 16000)
+    sims = []
+    for clip in clips[:n]:
+        hidden = encoder(torch.from_numpy(clip[:size][None, :].copy())).hidden[0]
+        unit = F.normalize(hidden, dim=-1)
+        t = unit.shape[0]
+        sims.append(float(((unit @ unit.T).sum() - t) / (t * (t - 1))))
+    return float(np.mean(sims))
