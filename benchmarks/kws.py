@@ -1,10 +1,14 @@
 """Keyword spotting on real recordings: each pre-trained encoder x each pooling (AdaPool, Avg, Max, Cls),
 fine-tuned on synthetic speech, scored on the real clips placed in noise, fp32 and int8.
 
-    python benchmarks/kws.py --encoder ccc=out/pretrain/ccc --out out/kws/ccc.json &
-    python benchmarks/kws.py --encoder wav2vec2=out/pretrain/wav2vec2 --out out/kws/wav2vec2.json &
-    python benchmarks/kws.py --merge out/kws/ccc.json out/kws/wav2vec2.json \\
-        --json benchmarks/results/kws.json --plot benchmarks/results/kws.png
+    make kws    # three runs side by side (ccc, wav2vec2, an untrained "scratch" encoder), then --merge
+
+    python benchmarks/kws.py --encoder ccc=out/pretrain/ccc --train 3000 --epochs 12 --lr 2e-3 --encoder-lr 0 \\
+        --out out/kws/ccc.json
+    python benchmarks/kws.py --merge out/kws/*.json --json benchmarks/results/kws.json --plot benchmarks/results/kws.png
+
+--encoder-lr 0 keeps the pre-trained encoder frozen and trains the KWS head on its output (the
+frozen-upstream protocol that compares pre-trainings); > 0 also trains the transformer.
 
 Training: synthetic keywords (espeak-ng and flite voices; half of them band-limited to 8 kHz and back,
 since the real clips are telephone-band) placed at random offsets in 1.5 s windows over the SNR x noise
@@ -32,7 +36,14 @@ from quamba_edge.io import atomic_write_json
 from quamba_edge.models.kws import POOLS, save_kws
 from quamba_edge.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder, load_wav2vec2
 from quamba_edge.quant.qspeech import quantize_speech_model
-from quamba_edge.train.kws import FinetuneConfig, conv_features, finetune, score, training_windows
+from quamba_edge.train.kws import (
+    FinetuneConfig,
+    conv_features,
+    encoder_states,
+    finetune,
+    score,
+    training_windows,
+)
 
 
 def telephone_band(clips: dict[str, list[np.ndarray]], rng: np.random.Generator) -> dict[str, list[np.ndarray]]:
@@ -49,7 +60,7 @@ def load_encoder(spec: str, seed: int) -> Wav2Vec2Encoder:
 
 
 def run(name: str, spec: str, pools: list[str], int8_pools: list[str], n_train: int, epochs: int, trials: int,
-        seed: int, save_dir: Path | None, log) -> list[dict]:
+        seed: int, save_dir: Path | None, log, lr: float = 5e-4, encoder_lr: float = 1e-4) -> list[dict]:
     torch.set_num_threads(1)
     rng = np.random.default_rng(seed)
     clips = telephone_band(load_keyword_clips("synth"), rng)
@@ -62,19 +73,23 @@ def run(name: str, spec: str, pools: list[str], int8_pools: list[str], n_train: 
     frozen = load_encoder(spec, seed)  # the conv stack stays frozen, so its output serves every pooling
     feats = conv_features(frozen, x_train)
     test_feats = [conv_features(frozen, t.audio) for t in tests]
-    log(f"[{name}] conv features of {len(x_train)} training and {sum(len(t.audio) for t in tests)} test windows "
-        f"in {time.perf_counter() - t0:.0f} s")
+    if encoder_lr == 0:  # frozen encoder: its output is computed once too
+        feats = encoder_states(frozen, feats)
+        test_feats = [encoder_states(frozen, f) for f in test_feats]
+    log(f"[{name}] {'encoder' if encoder_lr == 0 else 'conv'} features of {len(x_train)} training and "
+        f"{sum(len(t.audio) for t in tests)} test windows in {time.perf_counter() - t0:.0f} s")
     for pool in pools:
         encoder = load_encoder(spec, seed)
-        model = finetune(encoder, labels, feats, torch.from_numpy(y_train), FinetuneConfig(pool=pool, epochs=epochs,
-                                                                                          seed=seed),
+        model = finetune(encoder, labels, feats, torch.from_numpy(y_train),
+                         FinetuneConfig(pool=pool, epochs=epochs, seed=seed, lr=lr, encoder_lr=encoder_lr),
                          on_epoch=lambda e, r, pool=pool: log(f"[{name}/{pool}] epoch {e}: {json.dumps(r)}"))
         if save_dir is not None:
             save_kws(model, save_dir / f"{name}-{pool}", {"training": {"windows": n_train, "epochs": epochs,
                                                                          "seed": seed, "encoder": spec}})
         for t, f in zip(tests, test_feats):
             rows.append({"pretraining": name, "pooling": pool, "precision": "fp32", "snr_db": snr_label(t.snr_db),
-                         "noise": t.noise if t.snr_db is not None else "silence", **score(model, t, f)})
+                         "noise": t.noise if t.snr_db is not None else "silence",
+                         **(score(model, t, states=f) if encoder_lr == 0 else score(model, t, f))})
             log(f"[{name}/{pool}] fp32 {rows[-1]['snr_db']}: {rows[-1]['accuracy']:.3f}")
         if pool in int8_pools:
             qmodel, _ = quantize_speech_model(model, torch.split(calib, 32))
@@ -130,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train", type=int, default=4000, help="training windows")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--trials", type=int, default=500, help="real test trials per SNR")
+    ap.add_argument("--lr", type=float, default=5e-4, help="KWS head learning rate")
+    ap.add_argument("--encoder-lr", type=float, default=1e-4, help="0 keeps the whole encoder frozen")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", type=Path, default=Path("out/kws"), help="directory for the fine-tuned models")
     ap.add_argument("--out", type=Path, help="rows of this run (JSON)")
@@ -153,10 +170,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{time.perf_counter() - start:7.0f}s {message}", flush=True)
 
     rows = run(name, spec, args.pools, args.int8_pools, args.train, args.epochs, args.trials, args.seed, args.save,
-               log)
+               log, args.lr, args.encoder_lr)
     if args.out:
         atomic_write_json(args.out, {"encoder": spec, "pretraining": name, "train_windows": args.train,
-                                     "epochs": args.epochs, "seed": args.seed, "seconds": time.perf_counter() - start,
+                                     "epochs": args.epochs, "lr": args.lr, "encoder_lr": args.encoder_lr,
+                                     "seed": args.seed, "seconds": time.perf_counter() - start,
                                      "command": "python " + " ".join(sys.argv), "rows": rows})
 
 

@@ -67,3 +67,24 @@ def test_finetune_keeps_the_conv_stack_frozen_and_learns():
     assert not torch.equal(model.encoder.layers[0].fc1.weight, layer_before)
     assert (predict(model, audio) == labels.numpy()).mean() == 1.0
     assert (predict(model, audio, features=feats) == predict(model, audio)).all()
+
+
+def test_frozen_encoder_protocol_trains_only_the_head():
+    torch.manual_seed(1)
+    from quamba_edge.models.wav2vec2 import Wav2Vec2Encoder
+    from quamba_edge.train.kws import encoder_states
+
+    encoder = Wav2Vec2Encoder(Wav2Vec2Config.from_dict(SMALL))
+    before = copy.deepcopy(encoder.state_dict())
+    t = np.arange(8000) / 16000
+    rng = np.random.default_rng(1)
+    audio = np.stack([np.sin(2 * np.pi * (200 if i % 2 else 2000) * t) + 0.1 * rng.standard_normal(8000)
+                      for i in range(32)]).astype(np.float32)
+    labels = torch.tensor([i % 2 for i in range(32)])
+    states = encoder_states(encoder, conv_features(encoder, audio))
+    model = finetune(encoder, ("low", "high"), states, labels, FinetuneConfig(pool="avg", epochs=8, batch_size=8,
+                                                                             lr=3e-3, encoder_lr=0))
+    for k, v in model.encoder.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert (predict(model, audio, states=states) == predict(model, audio)).all()
+    assert (predict(model, audio) == labels.numpy()).mean() == 1.0

@@ -34,7 +34,7 @@ class FinetuneConfig:
     epochs: int = 12
     batch_size: int = 32
     lr: float = 5e-4
-    encoder_lr: float = 1e-4
+    encoder_lr: float = 1e-4  # 0: the whole encoder stays frozen and only the KWS head trains
     seed: int = 0
 
 
@@ -63,27 +63,41 @@ def conv_features(encoder: Wav2Vec2Encoder, audio: np.ndarray, batch_size: int =
     return torch.cat(out)
 
 
+@torch.no_grad()
+def encoder_states(encoder: Wav2Vec2Encoder, conv: Tensor, batch_size: int = 64) -> Tensor:
+    """The frozen encoder's output frames (n, t, d) from cached conv features: with encoder_lr 0 the head
+    trains on these alone (the SUPERB-style frozen-upstream protocol, which compares pre-trainings)."""
+    encoder.eval()
+    return torch.cat([encoder.contextualize(conv[i:i + batch_size]).hidden for i in range(0, len(conv), batch_size)])
+
+
 def finetune(encoder: Wav2Vec2Encoder, labels: tuple[str, ...], features: Tensor, targets: Tensor,
              cfg: FinetuneConfig, on_epoch: Callable[[int, dict], None] | None = None) -> KeywordSpotter:
+    """`features`: the conv stack's output (encoder_lr > 0) or the frozen encoder's output (encoder_lr 0)."""
     torch.manual_seed(cfg.seed)
     model = KeywordSpotter(encoder, KwsConfig(labels=labels, pool=cfg.pool))
-    for p in model.encoder.feature_encoder.parameters():
+    frozen = cfg.encoder_lr == 0
+    for p in (model.encoder.parameters() if frozen else model.encoder.feature_encoder.parameters()):
         p.requires_grad_(False)
-    encoder_params = [p for n, p in model.encoder.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": encoder_params, "lr": cfg.encoder_lr},
-                                   {"params": model.head.parameters(), "lr": cfg.lr}], weight_decay=0.01)
+    groups = [{"params": model.head.parameters(), "lr": cfg.lr}]
+    if not frozen:
+        groups.append({"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": cfg.encoder_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     steps = cfg.epochs * -(-len(features) // cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[cfg.encoder_lr, cfg.lr], total_steps=steps,
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], total_steps=steps,
                                                     pct_start=0.1)
     gen = torch.Generator().manual_seed(cfg.seed)
     model.train()
+    if frozen:
+        model.encoder.eval()  # no dropout in a frozen encoder
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         order = torch.randperm(len(features), generator=gen)
         total, correct = 0.0, 0
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
-            logits = model.head(model.encoder.contextualize(features[idx]).hidden)
+            hidden = features[idx] if frozen else model.encoder.contextualize(features[idx]).hidden
+            logits = model.head(hidden)
             loss = torch.nn.functional.cross_entropy(logits, targets[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -99,13 +113,15 @@ def finetune(encoder: Wav2Vec2Encoder, labels: tuple[str, ...], features: Tensor
 
 @torch.no_grad()
 def predict(model: KeywordSpotter, audio: np.ndarray, batch_size: int = 64,
-            features: Tensor | None = None) -> np.ndarray:
-    """Class indices for every window. `features` (the cached conv output) skips the conv stack: only for
-    the fp32 model, whose conv it is."""
+            features: Tensor | None = None, states: Tensor | None = None) -> np.ndarray:
+    """Class indices for every window. `features` (the cached conv output) skips the conv stack and `states`
+    (the cached encoder output) the whole encoder: only for the fp32 model they were computed with."""
     model.eval()
     preds = []
     for i in range(0, len(audio), batch_size):
-        if features is not None:
+        if states is not None:
+            logits = model.head(states[i:i + batch_size])
+        elif features is not None:
             logits = model.head(model.encoder.contextualize(features[i:i + batch_size]).hidden)
         else:
             logits = model(torch.from_numpy(audio[i:i + batch_size]))
@@ -122,7 +138,8 @@ def accuracy_with_ci(correct: np.ndarray) -> tuple[float, float, float]:
     return p, centre - half, centre + half
 
 
-def score(model: KeywordSpotter, trials: KwsTrials, features: Tensor | None = None) -> dict:
-    pred = predict(model, trials.audio, features=features)
+def score(model: KeywordSpotter, trials: KwsTrials, features: Tensor | None = None,
+          states: Tensor | None = None) -> dict:
+    pred = predict(model, trials.audio, features=features, states=states)
     acc, lo, hi = accuracy_with_ci(pred == trials.labels)
     return {"accuracy": acc, "ci95": [lo, hi], "trials": len(trials.labels)}
