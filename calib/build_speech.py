@@ -38,6 +38,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from quamba_edge.data.debs import apt_download
 from quamba_edge.data.speech import (
     REAL_CLIPS,
     SAMPLE_RATE,
@@ -175,27 +176,11 @@ def fetch_deb(deb_dir: Path) -> Path:
     if deb.exists() and sha256_file(deb) == DEB_SHA256:
         return deb
     with tempfile.TemporaryDirectory(dir=deb_dir) as tmp:
-        proc = None
-        for attempt in range(2):
-            proc = subprocess.run(["apt-get", "download", f"{DEB_NAME}={DEB_VERSION}"], cwd=tmp,
-                                  capture_output=True, text=True)
-            if proc.returncode == 0 and (Path(tmp) / DEB_FILE).exists():
-                break
-            if attempt == 0:
-                subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
-        else:
-            raise QuambaEdgeError(
-                f"could not download {DEB_FILE} with apt-get ({proc.stderr.strip()[-300:]}). Fix: run "
-                f"`apt-get update` as root (Debian bookworm's main archive has {DEB_NAME} {DEB_VERSION}), or put "
-                f"the .deb at {deb} yourself."
-            )
-        got = sha256_file(Path(tmp) / DEB_FILE)
-        if got != DEB_SHA256:
-            raise QuambaEdgeError(
-                f"{DEB_FILE} has sha256 {got}, but {DEB_SHA256} is pinned; refusing to use it (a different "
-                f"build would change the test set). Fix: check your apt sources, or get the original .deb "
-                f"from snapshot.debian.org and put it at {deb}."
-            )
+        apt_download(DEB_NAME, DEB_VERSION, DEB_SHA256, Path(tmp),
+                     download_fix=f"Fix: run `apt-get update` as root (Debian bookworm's main archive has {DEB_NAME} "
+                                  f"{DEB_VERSION}), or put the .deb at {deb} yourself.",
+                     mismatch_fix=f"A different build would change the test set. Fix: check your apt sources, or get "
+                                  f"the original .deb from snapshot.debian.org and put it at {deb}.")
         os.replace(Path(tmp) / DEB_FILE, deb)
     return deb
 

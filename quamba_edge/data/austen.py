@@ -14,6 +14,7 @@ import warnings
 import zlib
 from pathlib import Path
 
+from quamba_edge.data.debs import apt_download
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.io import sha256_file
 from quamba_edge.paths import cache_dir
@@ -38,25 +39,9 @@ TEXT_SHA256 = {
 
 
 def _fetch_deb(workdir: Path) -> Path:
-    """`apt-get download` into workdir; refresh the package lists once if the first try fails."""
-    deb = workdir / DEB_FILE
-    for attempt in range(2):
-        proc = subprocess.run(
-            ["apt-get", "download", f"{DEB_NAME}=1.0.0-1"], cwd=workdir, capture_output=True, text=True
-        )
-        if proc.returncode == 0 and deb.exists():
-            break
-        if attempt == 0:
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
-    else:
-        raise QuambaEdgeError(
-            f"could not download {DEB_FILE} with apt-get ({proc.stderr.strip()[-300:]}). "
-            "Fix: run `apt-get update` as root, or pass your own text with --data PATH."
-        )
-    got = sha256_file(deb)
-    if got != DEB_SHA256:
-        raise QuambaEdgeError(f"{DEB_FILE} has sha256 {got}, expected {DEB_SHA256}; refusing to use it.")
-    return deb
+    return apt_download(DEB_NAME, "1.0.0-1", DEB_SHA256, workdir,
+                        download_fix="Fix: run `apt-get update` as root, or pass your own text with --data PATH.",
+                        mismatch_fix="Fix: check your apt sources, or pass your own text with --data PATH.")
 
 
 def _decode_rdata(payload: bytes):
