@@ -12,6 +12,16 @@ from quamba_edge.models.mamba import PUBLIC_SHAPES, public_shape
 from quamba_edge.pipeline import load_any
 from quamba_edge.quant.qmodels import QuantizedMambaLM
 
+# Families whose model is one call (a set model, a keyword spotter): family -> (name in messages, runner).
+_ONE_CALL = {"adapool": ("set", SetRunner), "wav2vec2": ("speech", SpeechRunner)}
+
+
+def _one_call_quantized(model) -> bool:
+    from quamba_edge.quant.qset import is_quantized as set_quantized
+    from quamba_edge.quant.qspeech import is_quantized as speech_quantized
+
+    return speech_quantized(model) if model.family == "wav2vec2" else set_quantized(model)
+
 
 def open_system(spec: str, *, device: str, threads: int, prompt_len: int, batch: int, kernels: bool = False):
     """An engine directory (build.json) -> its backend; anything else -> PyTorch eager (CPU or CUDA).
@@ -27,22 +37,13 @@ def open_system(spec: str, *, device: str, threads: int, prompt_len: int, batch:
                               f"machine with a GPU). Fix: `quamba-edge build-engine {spec} --out DIR` and bench DIR.")
     torch.set_num_threads(threads)
     loaded = load_any(spec)
-    if getattr(loaded.model, "family", "mamba") == "wav2vec2":
+    family = getattr(loaded.model, "family", "mamba")
+    if family in _ONE_CALL:
         if kernels or device != "cpu":
-            raise QuambaEdgeError("speech models are benchmarked on --device cpu, without --kernels (the kernels are "
-                                  "Mamba's).")
-        from quamba_edge.quant.qspeech import is_quantized as speech_quantized
-
-        precision = "int8" if speech_quantized(loaded.model) else "fp32"
-        return SpeechRunner.torch(loaded.model, f"pytorch-{precision} ({loaded.model.cfg.pool})", precision)
-    if getattr(loaded.model, "family", "mamba") == "adapool":
-        if kernels or device != "cpu":
-            raise QuambaEdgeError("set models are benchmarked on --device cpu, without --kernels (the kernels are "
-                                  "Mamba's).")
-        from quamba_edge.quant.qset import is_quantized
-
-        precision = "int8" if is_quantized(loaded.model) else "fp32"
-        return SetRunner.torch(loaded.model, f"pytorch-{precision} ({loaded.model.cfg.pool})", precision)
+            raise QuambaEdgeError(f"{_ONE_CALL[family][0]} models are benchmarked on --device cpu, without --kernels "
+                                  "(the kernels are Mamba's).")
+        precision = "int8" if _one_call_quantized(loaded.model) else "fp32"
+        return _ONE_CALL[family][1].torch(loaded.model, f"pytorch-{precision} ({loaded.model.cfg.pool})", precision)
     model = loaded.model.to(device)
     precision = "int8" if isinstance(model, QuantizedMambaLM) else "fp32"
     backend = "pytorch"
@@ -64,20 +65,16 @@ def open_system(spec: str, *, device: str, threads: int, prompt_len: int, batch:
 def _open_engine(directory: Path, device: str, threads: int, prompt_len: int, batch: int):
     engine = load_engine(directory)
     build = engine.build
-    if engine.family == "wav2vec2":
+    if engine.family in _ONE_CALL:
+        what, runner = _ONE_CALL[engine.family]
         if device != "cpu" or build["target"] != "cpu":
-            raise QuambaEdgeError(f"{directory} is a speech engine for ONNX Runtime on the CPU: use --device cpu.")
+            raise QuambaEdgeError(f"{directory} is a {what}-model engine for ONNX Runtime on the CPU: use "
+                                  "--device cpu.")
         graph = ort_backend.graph_runner(engine.graph("model"), threads=threads, int8=build["precision"] == "int8",
                                          target="cpu", activations=build.get("int8_activations") or "int8")
         label = f"ort-{build['precision']} ({engine.cfg.pool})"
-        return SpeechRunner.graph(graph, engine.cfg, label, build["precision"], "ort", build["profile"]["max_samples"])
-    if engine.family == "adapool":
-        if device != "cpu" or build["target"] != "cpu":
-            raise QuambaEdgeError(f"{directory} is a set-model engine for ONNX Runtime on the CPU: use --device cpu.")
-        graph = ort_backend.graph_runner(engine.graph("model"), threads=threads, int8=build["precision"] == "int8",
-                                         target="cpu", activations=build.get("int8_activations") or "int8")
-        label = f"ort-{build['precision']} ({engine.cfg.pool})"
-        return SetRunner.graph(graph, engine.cfg, label, build["precision"], "ort")
+        extra = {"max_samples": build["profile"]["max_samples"]} if runner is SpeechRunner else {}
+        return runner.graph(graph, engine.cfg, label, build["precision"], "ort", **extra)
     profile = build["profile"]
     if prompt_len > profile["max_prompt"] or batch > profile["max_batch"]:
         raise QuambaEdgeError(
