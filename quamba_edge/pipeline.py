@@ -72,6 +72,14 @@ def batched(windows: torch.Tensor, batch_size: int):
         yield windows[start : start + batch_size]
 
 
+def _reporting(batches, on_batch: Progress | None, size: Callable):
+    """The batches unchanged, calling on_batch(size(batch)) after each is used (a progress bar's advance)."""
+    for batch in batches:
+        yield batch
+        if on_batch:
+            on_batch(size(batch))
+
+
 def run_calibrate(
     model_spec: str, recipe: Recipe, data: str, samples: int, seq_len: int, out: Path,
     batch_size: int = 8, on_batch: Progress | None = None,
@@ -142,14 +150,8 @@ def _calibrate_sets(model_spec: str, model_dir: Path, recipe: Recipe, data: str,
                                   "optionally mask (sets, n)).")
         sets = load_sets(data, model.cfg.d_in)
         start = time.perf_counter()
-
-        def counted():
-            for x, mask in sets.batches(batch_size, samples):
-                yield x, mask
-                if on_batch:
-                    on_batch(len(x))
-
-        qmodel, amax = quantize_set_model(model, counted(), recipe.weight_granularity)
+        batches = _reporting(sets.batches(batch_size, samples), on_batch, size=lambda b: len(b[0]))
+        qmodel, amax = quantize_set_model(model, batches, recipe.weight_granularity)
         scales = [{"layer": name, "amax": a} for name, a in amax.items()]
         calibration = {"data": str(data), "samples": min(samples, len(sets.x)), "digest": sha256_file(Path(data)),
                        "seconds": round(time.perf_counter() - start, 2)}
@@ -172,14 +174,8 @@ def _calibrate_speech(model_spec: str, model_dir: Path, recipe: Recipe, data: st
     if recipe.quantize:
         start = time.perf_counter()
         windows = torch.from_numpy(calibration_windows(data, samples, model.cfg.window_s))
-
-        def counted():
-            for batch in batched(windows, batch_size):
-                yield batch
-                if on_batch:
-                    on_batch(len(batch))
-
-        qmodel, amax = quantize_speech_model(model, counted(), recipe.weight_granularity)
+        batches = _reporting(batched(windows, batch_size), on_batch, size=len)
+        qmodel, amax = quantize_speech_model(model, batches, recipe.weight_granularity)
         scales = [{"layer": name, "amax": a} for name, a in amax.items()]
         calibration = {"data": str(data), "samples": len(windows), "window_s": model.cfg.window_s,
                        "digest": hashlib.sha256(windows.numpy().tobytes()).hexdigest(),
