@@ -170,13 +170,9 @@ def _build_set_engine(loaded, out: Path, *, backend: str, target: str, precision
 
     model = loaded.model
     quantized = is_quantized(model)
-    native = "int8" if quantized else "fp32"
-    if precision not in (None, native):
-        raise QuambaEdgeError(f"this set model is {native}; --precision {precision} is not available for it "
-                              "(int8 comes from `quamba-edge calibrate`).")
-    if backend != "ort":
-        raise QuambaEdgeError("set models build for ONNX Runtime only so far (--backend ort); the TensorRT path "
-                              "is written for Mamba.")
+    native = _single_graph_precision(quantized, precision, backend, "set model",
+                                     "set models build for ONNX Runtime only so far (--backend ort); the TensorRT "
+                                     "path is written for Mamba.")
     step = progress or (lambda message: None)
     activations = activation_encoding(backend, target)
     out = Path(out).resolve()
@@ -204,13 +200,9 @@ def _build_speech_engine(loaded, out: Path, *, backend: str, target: str, precis
 
     model = loaded.model
     quantized = is_quantized(model)
-    native = "int8" if quantized else "fp32"
-    if precision not in (None, native):
-        raise QuambaEdgeError(f"this keyword spotter is {native}; --precision {precision} is not available for it "
-                              "(int8 comes from `quamba-edge calibrate`).")
-    if backend != "ort":
-        raise QuambaEdgeError("speech models build for ONNX Runtime only so far (--backend ort); their int8 graph "
-                              "is the Q/DQ form TensorRT reads, but no TensorRT build of it has been run.")
+    native = _single_graph_precision(quantized, precision, backend, "keyword spotter",
+                                     "speech models build for ONNX Runtime only so far (--backend ort); their int8 "
+                                     "graph is the Q/DQ form TensorRT reads, but no TensorRT build of it has been run.")
     step = progress or (lambda message: None)
     activations = activation_encoding(backend, target)
     max_samples = int(round(max_clip_s * model.cfg.sample_rate))
@@ -230,6 +222,18 @@ def _build_speech_engine(loaded, out: Path, *, backend: str, target: str, precis
                                     activations, report, {"max_batch": max_batch, "max_samples": max_samples,
                                                           "sample_rate": model.cfg.sample_rate})
     return build
+
+
+def _single_graph_precision(quantized: bool, precision: str | None, backend: str, what: str,
+                            no_tensorrt: str) -> str:
+    """A one-graph model builds in its own precision (int8 comes from calibrate) and for ONNX Runtime only."""
+    native = "int8" if quantized else "fp32"
+    if precision not in (None, native):
+        raise QuambaEdgeError(f"this {what} is {native}; --precision {precision} is not available for it "
+                              "(int8 comes from `quamba-edge calibrate`).")
+    if backend != "ort":
+        raise QuambaEdgeError(no_tensorrt)
+    return native
 
 
 def _single_graph_build(tmp: Path, loaded, family: dict, backend: str, target: str, quantized: bool,
