@@ -83,7 +83,7 @@ bench-adapool: venv
 
 # Speech: the synthetic (espeak-ng, flite) and real (asterisk-core-sounds-en-wav) sets under $(QUAMBA_EDGE_CACHE)/speech.
 speech: venv
-	$(BIN)/python calib/build_speech.py --variants 120 --pretrain 2000 --jobs 2 $(if $(filter 0,$(shell id -u)),--install,)
+	$(BIN)/python calib/build_speech.py --variants 200 --pretrain 2000 --jobs 2 $(if $(filter 0,$(shell id -u)),--install,)
 
 # Pre-train the tiny encoder both ways (same seed, same steps, one thread each, side by side; ~25 min).
 pretrain: speech

@@ -9,7 +9,8 @@ Three sets, each a folder with a manifest.json that lists every clip with its sh
              Debian's `asterisk-core-sounds-en-wav` 1.6.1-1 (fetched with `apt-get download`, sha256-pinned),
              8 kHz 16-bit mono, at the same relative paths as in the package (digits/0.wav, hello.wav, ...).
 * synth/     training keywords: `<word>/<i>.wav`, 16 kHz mono int16, from espeak-ng (8 accents x 15 voice
-             variants x speed x pitch) and, when installed, flite (4 voices x duration x pitch).
+             variants x speed x pitch) and, when installed, flite (4 voices x duration x pitch) and festival
+             (two diphone voices cut from real recordings and one HTS voice x duration x a vocal-tract warp).
 * pretrain/  unlabeled 1-4 s sentences of random everyday words (never a keyword) for pre-training and
              as babble noise.
 
@@ -46,6 +47,7 @@ from quamba_edge.data.speech import (
     WINDOW_S,
     read_manifest,
     read_wav,
+    resample,
     trim_silence,
     write_wav,
 )
@@ -64,7 +66,8 @@ DEB_SHA256 = "2be3ea287d83299d143815fa804f11179a75b7affd4a758b98b55f5afc18a35d" 
 SOUNDS_DIR = "usr/share/asterisk/sounds/en_US_f_Allison"
 
 # ---- TTS
-INSTALL_CMD = ["apt-get", "install", "-y", "espeak-ng", "sox", "flite"]
+INSTALL_CMD = ["apt-get", "install", "-y", "espeak-ng", "sox", "flite", "festival", "festvox-kallpc16k",
+               "festvox-kdlpc16k", "festvox-us-slt-hts"]
 # espeak-ng's own English voices (the mbrola ones need extra packages), and its voice variants.
 ESPEAK_VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029",
                  "en-us-nyc")
@@ -75,6 +78,13 @@ FLITE_VOICES = ("slt", "rms", "awb", "kal16")  # the 16 kHz ones (kal is 8 kHz)
 FLITE_STRETCH = (0.8, 1.3)  # duration_stretch: > 1 is slower
 FLITE_F0 = (90, 190)  # int_f0_target_mean, Hz
 FLITE_SHARE = 0.25  # fraction of clips from flite when it is installed
+# festival's voices are the closest to a real speaker we can install: kal and ked are diphones cut from real
+# recordings, slt is an HTS voice trained on CMU ARCTIC. espeak-ng's formant voices transfer worst to real
+# speech, so with festival installed they are a minority of the keyword clips.
+FESTIVAL_VOICES = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
+FESTIVAL_SHARE = 0.45  # of keyword clips, when festival is installed
+FESTIVAL_STRETCH = (0.85, 1.25)  # Duration_Stretch
+FESTIVAL_WARP = (0.88, 1.14)  # every frequency (pitch and formants) times this: a shorter or longer vocal tract
 MANIFEST_VERSION = 1
 
 # Everyday words for the unlabeled sentences; none of them is (or sounds like a form of) a keyword.
@@ -106,15 +116,19 @@ PRETRAIN_SECONDS = (1.0, 4.0)
 class Voice:
     """One synthesis setting; with the text it fixes the audio (TTS engines are deterministic)."""
 
-    engine: str  # "espeak-ng" | "flite"
+    engine: str  # "espeak-ng" | "flite" | "festival"
     voice: str
-    rate: float  # espeak: words per minute; flite: duration_stretch
-    pitch: float  # espeak: 0-99; flite: mean F0 in Hz
+    rate: float  # espeak: words per minute; flite and festival: duration stretch
+    pitch: float  # espeak: 0-99; flite: mean F0 in Hz; festival: frequency warp (applied after synthesis)
 
     def command(self, text: str, out: Path) -> list[str]:
+        """festival reads its text from `out` with a .txt suffix, which synthesize() writes."""
         if self.engine == "espeak-ng":
             return ["espeak-ng", "-v", self.voice, "-s", str(int(self.rate)), "-p", str(int(self.pitch)),
                     "-w", str(out), "--", text]
+        if self.engine == "festival":
+            return ["text2wave", "-eval", f"(voice_{self.voice})", "-eval",
+                    f"(Parameter.set 'Duration_Stretch {self.rate:.3f})", "-o", str(out), str(out.with_suffix(".txt"))]
         return ["flite", "-voice", self.voice, "--setf", f"duration_stretch={self.rate:.3f}",
                 "--setf", f"int_f0_target_mean={self.pitch:.1f}", "-t", text, "-o", str(out)]
 
@@ -125,7 +139,8 @@ class Voice:
 def tool_versions() -> dict[str, str | None]:
     """The first version line of each TTS tool, or None where it is not installed; recorded in the
     manifests because a different espeak-ng release says the same word differently."""
-    probes = {"espeak-ng": ["espeak-ng", "--version"], "sox": ["sox", "--version"], "flite": ["flite", "--version"]}
+    probes = {"espeak-ng": ["espeak-ng", "--version"], "sox": ["sox", "--version"], "flite": ["flite", "--version"],
+              "festival": ["festival", "--version"]}
     out: dict[str, str | None] = {}
     for name, cmd in probes.items():
         if shutil.which(cmd[0]) is None:
@@ -139,13 +154,13 @@ def tool_versions() -> dict[str, str | None]:
 
 
 def ensure_tools(install: bool = False) -> dict[str, str | None]:
-    """Check for espeak-ng (required) and flite (optional); with `install` and root, apt-get them.
+    """Check for espeak-ng (required), flite and festival (optional); with `install` and root, apt-get them.
 
     sox is listed in the install command for hand work on the clips (`sox in.wav -n stat`), but nothing
     here needs it: resampling runs in-process with python-soxr, the library sox itself uses.
     """
     versions = tool_versions()
-    missing = [t for t in ("espeak-ng", "sox", "flite") if versions[t] is None]
+    missing = [t for t in ("espeak-ng", "sox", "flite", "festival") if versions[t] is None]
     if not missing:
         return versions
     cmd = " ".join(INSTALL_CMD)
@@ -162,6 +177,8 @@ def ensure_tools(install: bool = False) -> dict[str, str | None]:
         raise QuambaEdgeError(f"espeak-ng is not installed. Fix: `{cmd}` as root, or re-run with --install.")
     if versions["flite"] is None:
         console.print("[yellow]flite is not installed: synthetic speech will come from espeak-ng only.[/]")
+    if versions["festival"] is None:
+        console.print("[yellow]festival is not installed: keyword clips will lack its near-natural voices.[/]")
     return versions
 
 
@@ -243,9 +260,10 @@ def build_real(speech: Path, force: bool = False) -> dict:
 # ------------------------------------------------------------------------------------------ synthesis
 
 
-def available_voices(versions: dict[str, str | None], use_flite: bool = True) -> list[tuple[str, str]]:
+def available_voices(versions: dict[str, str | None], use_flite: bool = True,
+                     use_festival: bool = True) -> list[tuple[str, str]]:
     """(engine, voice) pairs this machine can synthesize: every ESPEAK_VOICES x ESPEAK_VARIANTS whose
-    accent espeak-ng lists, plus FLITE_VOICES when flite is installed and wanted."""
+    accent espeak-ng lists, plus FLITE_VOICES and FESTIVAL_VOICES when installed and wanted."""
     listed = subprocess.run(["espeak-ng", "--voices=en"], capture_output=True, text=True).stdout.split()
     pairs = [("espeak-ng", v + (f"+{var}" if var else "")) for v in ESPEAK_VOICES if v in listed
              for var in ESPEAK_VARIANTS]
@@ -254,14 +272,23 @@ def available_voices(versions: dict[str, str | None], use_flite: bool = True) ->
     if use_flite and versions.get("flite"):
         listed_flite = subprocess.run(["flite", "-lv"], capture_output=True, text=True).stdout.split()
         pairs += [("flite", v) for v in FLITE_VOICES if v in listed_flite]
+    if use_festival and versions.get("festival"):
+        listed_festival = subprocess.run(["festival", "-b", "(print (voice.list))"], capture_output=True,
+                                         text=True).stdout.replace("(", " ").replace(")", " ").split()
+        pairs += [("festival", v) for v in FESTIVAL_VOICES if v in listed_festival]
     return pairs
 
 
 def draw_voice(rng: np.random.Generator, voices: Sequence[tuple[str, str]]) -> Voice:
-    """A random setting: flite for FLITE_SHARE of clips when available, else an espeak-ng voice+variant,
-    with uniform speed and pitch."""
+    """A random setting: festival for FESTIVAL_SHARE of clips and flite for FLITE_SHARE when available,
+    else an espeak-ng voice+variant, with uniform speed and pitch. Without festival among `voices` the
+    draws are the ones this made before festival was added, so older sets keep their clips."""
     espeak = [v for e, v in voices if e == "espeak-ng"]
     flite = [v for e, v in voices if e == "flite"]
+    festival = [v for e, v in voices if e == "festival"]
+    if festival and rng.random() < FESTIVAL_SHARE:
+        return Voice("festival", festival[int(rng.integers(len(festival)))],
+                     round(float(rng.uniform(*FESTIVAL_STRETCH)), 3), round(float(rng.uniform(*FESTIVAL_WARP)), 3))
     use_flite = bool(flite) and rng.random() < FLITE_SHARE
     if use_flite:
         return Voice("flite", flite[int(rng.integers(len(flite)))], round(float(rng.uniform(*FLITE_STRETCH)), 3),
@@ -275,10 +302,13 @@ def synthesize(text: str, voice: Voice, trim: bool = True) -> np.ndarray:
     """Speak `text` with `voice`: 16 kHz float32 mono, leading/trailing silence trimmed."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "tts.wav"
+        out.with_suffix(".txt").write_text(text + "\n")
         proc = subprocess.run(voice.command(text, out), capture_output=True, text=True)
         if proc.returncode != 0 or not out.exists():
             raise QuambaEdgeError(f"{voice.engine} failed for {text!r} with {voice}: {proc.stderr.strip()[-300:]}")
         audio = read_wav(out, SAMPLE_RATE, reject_silent=True)
+    if voice.engine == "festival":  # read as if recorded at rate x warp: frequencies x warp, duration / warp
+        audio = resample(audio, int(round(SAMPLE_RATE * voice.pitch)), SAMPLE_RATE)
     return trim_silence(audio) if trim else audio
 
 
@@ -309,8 +339,8 @@ def build_synth(speech: Path, variants: int, seed: int, versions: dict, voices, 
     """Write `variants` TTS clips per VOCAB word to speech/synth/<word>/<i>.wav with a manifest."""
     out_dir = speech / "synth"
     config = {"version": MANIFEST_VERSION, "seed": seed, "variants": variants, "words": list(VOCAB),
-              "tools": {k: versions.get(k) for k in ("espeak-ng", "flite")}, "voices": [list(v) for v in voices],
-              "sample_rate": SAMPLE_RATE}
+              "tools": {k: versions.get(k) for k in ("espeak-ng", "flite", "festival")},
+              "voices": [list(v) for v in voices], "sample_rate": SAMPLE_RATE}
     if not force and _manifest_ok(out_dir, "synth", config):
         console.print(f"synth: up to date ({out_dir})")
         return read_manifest("synth", speech)
@@ -404,7 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel TTS processes")
     parser.add_argument("--install", action="store_true", help="apt-get install missing TTS tools (as root)")
-    parser.add_argument("--no-flite", action="store_true", help="espeak-ng only, even if flite is installed")
+    parser.add_argument("--no-flite", action="store_true", help="no flite voices, even if flite is installed")
+    parser.add_argument("--no-festival", action="store_true", help="no festival voices for the keyword clips")
     parser.add_argument("--force", action="store_true", help="rebuild even if the manifests match")
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--skip-synth", action="store_true")
@@ -421,13 +452,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{c['sha256']}  {c['seconds']:.3f} s  {c['word']:<10} real/{c['path']}")
         if not args.skip_synth:
             versions = ensure_tools(args.install)
-            voices = available_voices(versions, use_flite=not args.no_flite)
-            console.print(f"TTS: {versions['espeak-ng']}; flite: {versions['flite']}; {len(voices)} voices")
+            voices = available_voices(versions, use_flite=not args.no_flite, use_festival=not args.no_festival)
+            console.print(f"TTS: {versions['espeak-ng']}; flite: {versions['flite']}; festival: "
+                          f"{versions['festival']}; {len(voices)} voices")
             t = time.perf_counter()
             build_synth(speech, args.variants, args.seed, versions, voices, args.force, args.jobs)
             console.print(f"  ({time.perf_counter() - t:.1f} s)")
             t = time.perf_counter()
-            build_pretrain(speech, args.pretrain, args.seed, versions, voices, args.force, args.jobs)
+            # the sentences keep espeak-ng and flite only, so the pre-trained encoders stay valid
+            sentence_voices = [v for v in voices if v[0] != "festival"]
+            build_pretrain(speech, args.pretrain, args.seed, versions, sentence_voices, args.force, args.jobs)
             console.print(f"  ({time.perf_counter() - t:.1f} s)")
     except QuambaEdgeError as e:
         console.print(f"[red]error:[/] {e}")

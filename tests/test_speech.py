@@ -383,3 +383,39 @@ def test_espeak_ng_says_one_word() -> None:
     assert spec[(f > 100) & (f < 4000)].sum() > 0.8 * spec.sum()
     slower = bs.synthesize("seven", bs.Voice("espeak-ng", "en-us", 100, 50))
     assert len(slower) > 1.2 * len(audio)
+
+
+def test_festival_share_and_settings_without_changing_older_sets() -> None:
+    bs = load_build_script()
+    older = [("espeak-ng", "en-us"), ("espeak-ng", "en-gb+f3"), ("flite", "slt")]
+    with_festival = [*older, ("festival", "kal_diphone"), ("festival", "cmu_us_slt_arctic_hts")]
+    plan = bs.keyword_plan(VOCAB, 50, 0, with_festival)
+    festival = [v for _, _, v in plan if v.engine == "festival"]
+    assert abs(len(festival) / len(plan) - bs.FESTIVAL_SHARE) < 0.06
+    assert {v.voice for v in festival} == {"kal_diphone", "cmu_us_slt_arctic_hts"}
+    assert all(bs.FESTIVAL_STRETCH[0] <= v.rate <= bs.FESTIVAL_STRETCH[1] for v in festival)
+    assert all(bs.FESTIVAL_WARP[0] <= v.pitch <= bs.FESTIVAL_WARP[1] for v in festival)
+    # a machine without festival draws exactly what it drew before festival was added
+    assert bs.keyword_plan(VOCAB, 5, 0, older) == [(w, i, bs.draw_voice(bs._word_rng(0, w, i), older))
+                                                   for w in VOCAB for i in range(5)]
+    assert all(v.engine != "festival" for _, _, v in bs.keyword_plan(VOCAB, 5, 0, older))
+    cmd = bs.Voice("festival", "kal_diphone", 1.1, 1.0).command("seven", Path("/x/tts.wav"))
+    assert cmd[0] == "text2wave" and "(voice_kal_diphone)" in cmd and cmd[-1] == "/x/tts.txt"
+    assert "(Parameter.set 'Duration_Stretch 1.100)" in cmd
+
+
+@pytest.mark.skipif(shutil.which("text2wave") is None, reason="festival is not installed (apt-get install festival)")
+def test_festival_warp_moves_every_frequency() -> None:
+    bs = load_build_script()
+    plain = bs.synthesize("seven", bs.Voice("festival", "kal_diphone", 1.0, 1.0))
+    assert np.array_equal(plain, bs.synthesize("seven", bs.Voice("festival", "kal_diphone", 1.0, 1.0)))
+    higher = bs.synthesize("seven", bs.Voice("festival", "kal_diphone", 1.0, 1.12))
+    assert len(higher) == pytest.approx(len(plain) / 1.12, rel=0.05)  # shorter by the warp
+
+    def centroid(a: np.ndarray) -> float:
+        spec = np.abs(np.fft.rfft(a)) ** 2
+        return float((np.fft.rfftfreq(len(a), 1 / 16000) * spec).sum() / spec.sum())
+
+    assert centroid(higher) == pytest.approx(centroid(plain) * 1.12, rel=0.05)
+    slower = bs.synthesize("seven", bs.Voice("festival", "kal_diphone", 1.3, 1.0))
+    assert len(slower) > 1.15 * len(plain)
