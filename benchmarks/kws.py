@@ -65,7 +65,7 @@ def load_encoder(spec: str, seed: int) -> Wav2Vec2Encoder:
 
 def run(name: str, spec: str, pools: list[str], int8_pools: list[str], n_train: int, epochs: int, trials: int,
         seed: int, save_dir: Path | None, log, lr: float = 5e-4, encoder_lr: float = 1e-4,
-        telephone: float = 1.0) -> list[dict]:
+        telephone: float = 1.0, train_conv: bool = False) -> list[dict]:
     torch.set_num_threads(1)
     rng = np.random.default_rng(seed)
     clips = telephone_band(load_keyword_clips("synth"), rng, telephone)
@@ -76,8 +76,11 @@ def run(name: str, spec: str, pools: list[str], int8_pools: list[str], n_train: 
     rows = []
     t0 = time.perf_counter()
     frozen = load_encoder(spec, seed)  # the conv stack stays frozen, so its output serves every pooling
-    feats = conv_features(frozen, x_train)
-    test_feats = [conv_features(frozen, t.audio) for t in tests]
+    if train_conv:  # end to end: nothing can be cached
+        feats, test_feats = torch.from_numpy(x_train), [None] * len(tests)
+    else:
+        feats = conv_features(frozen, x_train)
+        test_feats = [conv_features(frozen, t.audio) for t in tests]
     if encoder_lr == 0:  # frozen encoder: its output is computed once too
         feats = encoder_states(frozen, feats)
         test_feats = [encoder_states(frozen, f) for f in test_feats]
@@ -86,7 +89,8 @@ def run(name: str, spec: str, pools: list[str], int8_pools: list[str], n_train: 
     for pool in pools:
         encoder = load_encoder(spec, seed)
         model = finetune(encoder, labels, feats, torch.from_numpy(y_train),
-                         FinetuneConfig(pool=pool, epochs=epochs, seed=seed, lr=lr, encoder_lr=encoder_lr),
+                         FinetuneConfig(pool=pool, epochs=epochs, seed=seed, lr=lr, encoder_lr=encoder_lr,
+                                        train_conv=train_conv),
                          on_epoch=lambda e, r, pool=pool: log(f"[{name}/{pool}] epoch {e}: {json.dumps(r)}"))
         if save_dir is not None:
             save_kws(model, save_dir / f"{name}-{pool}", {"training": {"windows": n_train, "epochs": epochs,
@@ -152,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trials", type=int, default=500, help="real test trials per SNR")
     ap.add_argument("--lr", type=float, default=5e-4, help="KWS head learning rate")
     ap.add_argument("--encoder-lr", type=float, default=1e-4, help="0 keeps the whole encoder frozen")
+    ap.add_argument("--train-conv", action="store_true", help="train end to end, the conv stack included")
     ap.add_argument("--telephone", type=float, default=1.0, help="share of training clips band-limited to 4 kHz")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", type=Path, default=Path("out/kws"), help="directory for the fine-tuned models")
@@ -176,11 +181,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{time.perf_counter() - start:7.0f}s {message}", flush=True)
 
     rows = run(name, spec, args.pools, args.int8_pools, args.train, args.epochs, args.trials, args.seed, args.save,
-               log, args.lr, args.encoder_lr, args.telephone)
+               log, args.lr, args.encoder_lr, args.telephone, args.train_conv)
     if args.out:
         atomic_write_json(args.out, {"encoder": spec, "pretraining": name, "train_windows": args.train,
                                      "epochs": args.epochs, "lr": args.lr, "encoder_lr": args.encoder_lr,
-                                     "telephone": args.telephone,
+                                     "telephone": args.telephone, "train_conv": args.train_conv,
                                      "seed": args.seed, "seconds": time.perf_counter() - start,
                                      "command": "python " + " ".join(sys.argv), "rows": rows})
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from quamba_edge.models.wav2vec2 import Wav2Vec2Config, load_pretrain_heads, load_wav2vec2
@@ -88,3 +89,24 @@ def test_frozen_encoder_protocol_trains_only_the_head():
         assert torch.equal(v, before[k]), k
     assert (predict(model, audio, states=states) == predict(model, audio)).all()
     assert (predict(model, audio) == labels.numpy()).mean() == 1.0
+
+
+def test_end_to_end_finetune_trains_the_conv_stack_too():
+    torch.manual_seed(2)
+    from quamba_edge.models.wav2vec2 import Wav2Vec2Encoder
+
+    encoder = Wav2Vec2Encoder(Wav2Vec2Config.from_dict(SMALL))
+    conv_before = copy.deepcopy(encoder.feature_encoder.state_dict())
+    t = np.arange(8000) / 16000
+    rng = np.random.default_rng(2)
+    audio = np.stack([np.sin(2 * np.pi * (200 if i % 2 else 2000) * t) + 0.1 * rng.standard_normal(8000)
+                      for i in range(32)]).astype(np.float32)
+    labels = torch.tensor([i % 2 for i in range(32)])
+    cfg = FinetuneConfig(pool="max", epochs=6, batch_size=8, lr=3e-3, encoder_lr=1e-3, train_conv=True)
+    model = finetune(encoder, ("low", "high"), torch.from_numpy(audio), labels, cfg)
+    changed = [k for k, v in model.encoder.feature_encoder.state_dict().items() if not torch.equal(v, conv_before[k])]
+    assert any("conv" in k and k.endswith("weight") for k in changed)
+    assert (predict(model, audio) == labels.numpy()).mean() == 1.0
+    with pytest.raises(ValueError, match="encoder_lr"):
+        finetune(encoder, ("low", "high"), torch.from_numpy(audio), labels,
+                 FinetuneConfig(encoder_lr=0, train_conv=True))

@@ -35,6 +35,7 @@ class FinetuneConfig:
     batch_size: int = 32
     lr: float = 5e-4
     encoder_lr: float = 1e-4  # 0: the whole encoder stays frozen and only the KWS head trains
+    train_conv: bool = False  # True: end to end, the conv stack too; `features` are then the raw windows
     seed: int = 0
 
 
@@ -73,11 +74,18 @@ def encoder_states(encoder: Wav2Vec2Encoder, conv: Tensor, batch_size: int = 64)
 
 def finetune(encoder: Wav2Vec2Encoder, labels: tuple[str, ...], features: Tensor, targets: Tensor,
              cfg: FinetuneConfig, on_epoch: Callable[[int, dict], None] | None = None) -> KeywordSpotter:
-    """`features`: the conv stack's output (encoder_lr > 0) or the frozen encoder's output (encoder_lr 0)."""
+    """`features`: the conv stack's output (encoder_lr > 0), the frozen encoder's output (encoder_lr 0), or
+    the audio windows themselves (train_conv: every step runs the whole model, ~5x the cost on a CPU)."""
     torch.manual_seed(cfg.seed)
     model = KeywordSpotter(encoder, KwsConfig(labels=labels, pool=cfg.pool))
     frozen = cfg.encoder_lr == 0
-    for p in (model.encoder.parameters() if frozen else model.encoder.feature_encoder.parameters()):
+    if frozen and cfg.train_conv:
+        raise ValueError("train_conv needs encoder_lr > 0")
+    if frozen:
+        fixed = list(model.encoder.parameters())
+    else:
+        fixed = [] if cfg.train_conv else list(model.encoder.feature_encoder.parameters())
+    for p in fixed:
         p.requires_grad_(False)
     groups = [{"params": model.head.parameters(), "lr": cfg.lr}]
     if not frozen:
@@ -96,8 +104,10 @@ def finetune(encoder: Wav2Vec2Encoder, labels: tuple[str, ...], features: Tensor
         total, correct = 0.0, 0
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
-            hidden = features[idx] if frozen else model.encoder.contextualize(features[idx]).hidden
-            logits = model.head(hidden)
+            if cfg.train_conv:
+                logits = model(features[idx])
+            else:
+                logits = model.head(features[idx] if frozen else model.encoder.contextualize(features[idx]).hidden)
             loss = torch.nn.functional.cross_entropy(logits, targets[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
