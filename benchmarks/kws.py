@@ -56,6 +56,12 @@ def telephone_band(clips: dict[str, list[np.ndarray]], rng: np.random.Generator,
             for w, cs in clips.items()}
 
 
+def protocol(encoder_lr: float, train_conv: bool) -> str:
+    """frozen: only the KWS head trains on the encoder's output; fine-tune: the transformer too (conv stack
+    frozen, as in wav2vec 2.0's recipe); end-to-end: everything, the conv stack included."""
+    return "frozen" if encoder_lr == 0 else "end-to-end" if train_conv else "fine-tune"
+
+
 def load_encoder(spec: str, seed: int) -> Wav2Vec2Encoder:
     if spec == "scratch":  # no pre-training: the control
         torch.manual_seed(seed)
@@ -96,14 +102,16 @@ def run(name: str, spec: str, pools: list[str], int8_pools: list[str], n_train: 
             save_kws(model, save_dir / f"{name}-{pool}", {"training": {"windows": n_train, "epochs": epochs,
                                                                          "seed": seed, "encoder": spec}})
         for t, f in zip(tests, test_feats):
-            rows.append({"pretraining": name, "pooling": pool, "precision": "fp32", "snr_db": snr_label(t.snr_db),
+            rows.append({"pretraining": name, "protocol": protocol(encoder_lr, train_conv), "pooling": pool,
+                         "precision": "fp32", "snr_db": snr_label(t.snr_db),
                          "noise": t.noise if t.snr_db is not None else "silence",
                          **(score(model, t, states=f) if encoder_lr == 0 else score(model, t, f))})
             log(f"[{name}/{pool}] fp32 {rows[-1]['snr_db']}: {rows[-1]['accuracy']:.3f}")
         if pool in int8_pools:
             qmodel, _ = quantize_speech_model(model, torch.split(calib, 32))
             for t in tests:
-                rows.append({"pretraining": name, "pooling": pool, "precision": "int8",
+                rows.append({"pretraining": name, "protocol": protocol(encoder_lr, train_conv), "pooling": pool,
+                             "precision": "int8",
                              "snr_db": snr_label(t.snr_db), "noise": t.noise if t.snr_db is not None else "silence",
                              **score(qmodel, t)})
                 log(f"[{name}/{pool}] int8 {rows[-1]['snr_db']}: {rows[-1]['accuracy']:.3f}")
@@ -116,14 +124,18 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = sorted({r["pretraining"] for r in rows})
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), sharey=True, squeeze=False)
+    names = sorted({(r["pretraining"], r["protocol"]) for r in rows})
+    cols = min(2, len(names))
+    grid_rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(6 * cols, 4 * grid_rows), sharey=True, squeeze=False)
     order = ["clean", 20.0, 10.0, 5.0, 0.0]
-    for ax, name in zip(axes[0], names):
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
         for pool in POOLS:
             for precision, style in (("fp32", "-"), ("int8", "--")):
-                sel = {r["snr_db"]: r for r in rows if r["pretraining"] == name and r["pooling"] == pool
-                       and r["precision"] == precision}
+                sel = {r["snr_db"]: r for r in rows if (r["pretraining"], r["protocol"]) == name
+                       and r["pooling"] == pool and r["precision"] == precision}
                 if not sel:
                     continue
                 xs = [i for i, s in enumerate(order) if s in sel]
@@ -133,11 +145,12 @@ def plot(rows: list[dict], path: Path) -> None:
                 ax.errorbar(xs, acc, yerr=[lo, hi], linestyle=style, marker="o", capsize=3,
                             label=f"{pool} ({precision})")
         ax.set_xticks(range(len(order)), [str(s) if s == "clean" else f"{s:g} dB" for s in order])
-        ax.set_title(f"encoder pre-trained with {name}")
+        ax.set_title(f"{name[0]} encoder, {name[1]}")
         ax.set_xlabel("SNR of the real clip in pink noise")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("keyword accuracy (16 words, 95% CI)")
-    axes[0][-1].legend(fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("keyword accuracy (16 words, 95% CI)")
+    axes.flat[len(names) - 1].legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
@@ -167,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.merge:
         runs = [json.loads(p.read_text()) for p in args.merge]
-        rows = [r for run_ in runs for r in run_["rows"]]
+        rows = [{"protocol": protocol(run_["encoder_lr"], run_.get("train_conv", False)), **r}
+                for run_ in runs for r in run_["rows"]]
         if args.json:
             atomic_write_json(args.json, {"rows": rows, "runs": [{k: v for k, v in r.items() if k != "rows"}
                                                                  for r in runs]})
