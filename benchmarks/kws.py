@@ -99,8 +99,10 @@ def run(name: str, spec: str, pools: list[str], int8_pools: list[str], n_train: 
                                         train_conv=train_conv),
                          on_epoch=lambda e, r, pool=pool: log(f"[{name}/{pool}] epoch {e}: {json.dumps(r)}"))
         if save_dir is not None:
-            save_kws(model, save_dir / f"{name}-{pool}", {"training": {"windows": n_train, "epochs": epochs,
-                                                                         "seed": seed, "encoder": spec}})
+            how = protocol(encoder_lr, train_conv)
+            save_kws(model, save_dir / f"{name}-{how}-{pool}", {"training": {
+                "windows": n_train, "epochs": epochs, "seed": seed, "encoder": spec, "protocol": how, "lr": lr,
+                "encoder_lr": encoder_lr, "telephone": telephone}})
         for t, f in zip(tests, test_feats):
             rows.append({"pretraining": name, "protocol": protocol(encoder_lr, train_conv), "pooling": pool,
                          "precision": "fp32", "snr_db": snr_label(t.snr_db),
