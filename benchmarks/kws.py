@@ -16,8 +16,12 @@ random offsets in 1.5 s windows over the SNR x noise grid. Test: the 16 real rec
 (asterisk-core-sounds-en-wav, one speaker), each trial a random clip at a random offset in 1.5 s of
 silence or pink noise at SNR clean/20/10/5/0 dB, 500 trials per condition with fixed seeds, the same
 trials for every model. The keyword covers 35-60% of the window. Accuracy with a 95% Wilson interval.
-int8: static W8A8 of every linear and conv layer (qspeech.py), calibrated on synthetic windows only, run
-in PyTorch (the int8 reference every engine is checked against).
+int8: the default speech recipe, static W8A8 of every linear layer and the positional conv, the conv feature
+encoder float (qspeech.py; --int8-conv adds rows with that encoder int8 too), calibrated on synthetic windows
+only, run in PyTorch (the int8 reference every engine is checked against).
+
+    python benchmarks/kws.py --encoder scratch=scratch --train-conv --encoder-lr 1e-3 --lr 1e-3 --epochs 6 \
+        --load out/kws --int8-conv --out out/kws/scratch-scored.json   # score saved models, no training
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import torch
 from quamba_edge.data.speech import load_keyword_clips, load_pretrain_clips, resample
 from quamba_edge.data.speech_sets import calibration_windows, real_test_trials, snr_label
 from quamba_edge.io import atomic_write_json
-from quamba_edge.models.kws import POOLS, save_kws
+from quamba_edge.models.kws import POOLS, load_kws, save_kws
 from quamba_edge.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder, load_wav2vec2
 from quamba_edge.quant.qspeech import quantize_speech_model
 from quamba_edge.train.kws import (
@@ -71,7 +75,11 @@ def load_encoder(spec: str, seed: int) -> Wav2Vec2Encoder:
 
 def run(name: str, spec: str, pools: list[str], int8_pools: list[str], n_train: int, epochs: int, trials: int,
         seed: int, save_dir: Path | None, log, lr: float = 5e-4, encoder_lr: float = 1e-4,
-        telephone: float = 1.0, train_conv: bool = False) -> list[dict]:
+        telephone: float = 1.0, train_conv: bool = False, on_pool=None, load_dir: Path | None = None,
+        int8_conv: bool = False) -> list[dict]:
+    """`on_pool(rows)` is called after each pooling method with the rows so far (a long run keeps its results
+    when stopped). `load_dir`: score the models an earlier run saved there instead of training. `int8_conv`:
+    also score the int8 model with the conv feature encoder in int8 (the ablation of the default recipe)."""
     torch.set_num_threads(1)
     rng = np.random.default_rng(seed)
     clips = telephone_band(load_keyword_clips("synth"), rng, telephone)
@@ -92,31 +100,35 @@ def run(name: str, spec: str, pools: list[str], int8_pools: list[str], n_train: 
         test_feats = [encoder_states(frozen, f) for f in test_feats]
     log(f"[{name}] {'encoder' if encoder_lr == 0 else 'conv'} features of {len(x_train)} training and "
         f"{sum(len(t.audio) for t in tests)} test windows in {time.perf_counter() - t0:.0f} s")
+    how = protocol(encoder_lr, train_conv)
     for pool in pools:
-        encoder = load_encoder(spec, seed)
-        model = finetune(encoder, labels, feats, torch.from_numpy(y_train),
-                         FinetuneConfig(pool=pool, epochs=epochs, seed=seed, lr=lr, encoder_lr=encoder_lr,
-                                        train_conv=train_conv),
-                         on_epoch=lambda e, r, pool=pool: log(f"[{name}/{pool}] epoch {e}: {json.dumps(r)}"))
-        if save_dir is not None:
-            how = protocol(encoder_lr, train_conv)
+        if load_dir is not None:
+            model = load_kws(load_dir / f"{name}-{how}-{pool}")
+        else:
+            model = finetune(load_encoder(spec, seed), labels, feats, torch.from_numpy(y_train),
+                             FinetuneConfig(pool=pool, epochs=epochs, seed=seed, lr=lr, encoder_lr=encoder_lr,
+                                            train_conv=train_conv),
+                             on_epoch=lambda e, r, pool=pool: log(f"[{name}/{pool}] epoch {e}: {json.dumps(r)}"))
+        if save_dir is not None and load_dir is None:
             save_kws(model, save_dir / f"{name}-{how}-{pool}", {"training": {
                 "windows": n_train, "epochs": epochs, "seed": seed, "encoder": spec, "protocol": how, "lr": lr,
                 "encoder_lr": encoder_lr, "telephone": telephone}})
+
+        def add(precision: str, result: dict, t, pool: str = pool) -> None:
+            rows.append({"pretraining": name, "protocol": how, "pooling": pool, "precision": precision,
+                         "snr_db": snr_label(t.snr_db), "noise": t.noise if t.snr_db is not None else "silence",
+                         **result})
+            log(f"[{name}/{pool}] {precision} {rows[-1]['snr_db']}: {rows[-1]['accuracy']:.3f}")
+
         for t, f in zip(tests, test_feats):
-            rows.append({"pretraining": name, "protocol": protocol(encoder_lr, train_conv), "pooling": pool,
-                         "precision": "fp32", "snr_db": snr_label(t.snr_db),
-                         "noise": t.noise if t.snr_db is not None else "silence",
-                         **(score(model, t, states=f) if encoder_lr == 0 else score(model, t, f))})
-            log(f"[{name}/{pool}] fp32 {rows[-1]['snr_db']}: {rows[-1]['accuracy']:.3f}")
-        if pool in int8_pools:
-            qmodel, _ = quantize_speech_model(model, torch.split(calib, 32))
-            for t in tests:
-                rows.append({"pretraining": name, "protocol": protocol(encoder_lr, train_conv), "pooling": pool,
-                             "precision": "int8",
-                             "snr_db": snr_label(t.snr_db), "noise": t.noise if t.snr_db is not None else "silence",
-                             **score(qmodel, t)})
-                log(f"[{name}/{pool}] int8 {rows[-1]['snr_db']}: {rows[-1]['accuracy']:.3f}")
+            add("fp32", score(model, t, states=f) if encoder_lr == 0 else score(model, t, f), t)
+        if pool in int8_pools:  # the default recipe (conv features float), then optionally all-int8
+            for precision, conv in (("int8", False), ("int8 (conv features int8)", True))[:2 if int8_conv else 1]:
+                qmodel, _ = quantize_speech_model(model, torch.split(calib, 32), conv_features=conv)
+                for t in tests:
+                    add(precision, score(qmodel, t), t)
+        if on_pool:
+            on_pool(rows)
     return rows
 
 
@@ -171,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trials", type=int, default=500, help="real test trials per SNR")
     ap.add_argument("--lr", type=float, default=5e-4, help="KWS head learning rate")
     ap.add_argument("--encoder-lr", type=float, default=1e-4, help="0 keeps the whole encoder frozen")
+    ap.add_argument("--load", type=Path, help="score the models a run saved in this directory; no training")
+    ap.add_argument("--int8-conv", action="store_true", help="also score int8 with the conv feature encoder int8")
     ap.add_argument("--train-conv", action="store_true", help="train end to end, the conv stack included")
     ap.add_argument("--telephone", type=float, default=1.0, help="share of training clips band-limited to 4 kHz")
     ap.add_argument("--seed", type=int, default=0)
@@ -196,14 +210,17 @@ def main(argv: list[str] | None = None) -> None:
     def log(message: str) -> None:
         print(f"{time.perf_counter() - start:7.0f}s {message}", flush=True)
 
-    rows = run(name, spec, args.pools, args.int8_pools, args.train, args.epochs, args.trials, args.seed, args.save,
-               log, args.lr, args.encoder_lr, args.telephone, args.train_conv)
-    if args.out:
-        atomic_write_json(args.out, {"encoder": spec, "pretraining": name, "train_windows": args.train,
-                                     "epochs": args.epochs, "lr": args.lr, "encoder_lr": args.encoder_lr,
-                                     "telephone": args.telephone, "train_conv": args.train_conv,
-                                     "seed": args.seed, "seconds": time.perf_counter() - start,
-                                     "command": "python " + " ".join(sys.argv), "rows": rows})
+    def save(rows: list[dict]) -> None:
+        if args.out:
+            atomic_write_json(args.out, {"encoder": spec, "pretraining": name, "train_windows": args.train,
+                                         "epochs": args.epochs, "lr": args.lr, "encoder_lr": args.encoder_lr,
+                                         "telephone": args.telephone, "train_conv": args.train_conv,
+                                         "seed": args.seed, "seconds": time.perf_counter() - start,
+                                         "command": "python " + " ".join(sys.argv), "rows": rows})
+
+    save(run(name, spec, args.pools, args.int8_pools, args.train, args.epochs, args.trials, args.seed, args.save,
+             log, args.lr, args.encoder_lr, args.telephone, args.train_conv, on_pool=save, load_dir=args.load,
+             int8_conv=args.int8_conv))
 
 
 if __name__ == "__main__":

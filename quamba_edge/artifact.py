@@ -149,6 +149,8 @@ def _load_speech_artifact(path: Path, manifest: dict, recipe: Recipe) -> torch.n
 
     model = KeywordSpotter.from_config(KwsConfig.from_dict(manifest["model_config"]))
     if recipe.quantize:
-        model = quantized_structure(model, recipe.weight_granularity)
+        # artifacts written before the switch existed quantized the conv feature encoder too
+        conv = manifest.get("recipe", {}).get("int8_conv_features", True)
+        model = quantized_structure(model, recipe.weight_granularity, conv_features=conv)
     model.load_state_dict(load_file(str(Path(path) / WEIGHTS)), strict=True)
     return model.eval()

@@ -136,7 +136,8 @@ def set_recipe(recipe: Recipe) -> Recipe:
     abs-max scales (Quamba's percentile clip and Hadamard rotation belong to Mamba's SSM; recorded as naive)."""
     if not recipe.quantize:
         return recipe
-    return Recipe("naive", percentile=None, hadamard=False, weight_granularity=recipe.weight_granularity)
+    return Recipe("naive", percentile=None, hadamard=False, weight_granularity=recipe.weight_granularity,
+                  int8_conv_features=recipe.int8_conv_features)
 
 
 def _calibrate_sets(model_spec: str, model_dir: Path, recipe: Recipe, data: str, samples: int, out: Path,
@@ -175,7 +176,8 @@ def _calibrate_speech(model_spec: str, model_dir: Path, recipe: Recipe, data: st
         start = time.perf_counter()
         windows = torch.from_numpy(calibration_windows(data, samples, model.cfg.window_s))
         batches = _reporting(batched(windows, batch_size), on_batch, size=len)
-        qmodel, amax = quantize_speech_model(model, batches, recipe.weight_granularity)
+        qmodel, amax = quantize_speech_model(model, batches, recipe.weight_granularity,
+                                             conv_features=recipe.int8_conv_features)
         scales = [{"layer": name, "amax": a} for name, a in amax.items()]
         calibration = {"data": str(data), "samples": len(windows), "window_s": model.cfg.window_s,
                        "digest": hashlib.sha256(windows.numpy().tobytes()).hexdigest(),

@@ -94,11 +94,17 @@ def test_int8_positional_conv_keeps_the_even_kernel_trim():
 
 def test_calibration_covers_every_linear_and_conv_and_refuses_nan():
     model = small_kws()
-    qmodel, amax = quantize_speech_model(model, [speechlike(2, 8000, 3)])
+    qmodel, amax = quantize_speech_model(model, [speechlike(2, 8000, 3)], conv_features=True)
     n_conv = len(SMALL["conv_dim"]) + 1  # the feature convs and the positional conv
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
     assert len(amax) == n_conv + n_linear and all(a > 0 for a in amax.values())
     assert not any(isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, PositionalConv)) for m in qmodel.modules())
+    # by default the conv feature encoder stays float, and only it
+    qmodel, amax = quantize_speech_model(model, [speechlike(2, 8000, 3)])
+    assert len(amax) == 1 + n_linear and not any("feature_encoder" in name for name in amax)
+    floats = [name for name, m in qmodel.named_modules()
+              if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, PositionalConv))]
+    assert floats == [f"encoder.feature_encoder.conv_layers.{i}.conv" for i in range(len(SMALL["conv_dim"]))]
     bad = speechlike(1, 8000, 4)
     bad[0, 100] = float("nan")
     with pytest.raises(Exception, match="NaN"):
@@ -120,9 +126,10 @@ def test_fp32_graph_matches_pytorch(pool):
 
 @pytest.mark.parametrize("pool", POOLS)
 @pytest.mark.parametrize("activations", ["int8", "uint8"])
-def test_int8_graph_matches_the_int8_model_layer_by_layer(pool, activations):
+@pytest.mark.parametrize("conv_features", [False, True])
+def test_int8_graph_matches_the_int8_model_layer_by_layer(pool, activations, conv_features):
     model = small_kws(pool)
-    qmodel, _ = quantize_speech_model(model, [speechlike(2, 12000, 5)])
+    qmodel, _ = quantize_speech_model(model, [speechlike(2, 12000, 5)], conv_features=conv_features)
     report = check_speech(qmodel, ort_run(export_keyword_spotter(qmodel, activations, probes=True), activations),
                           "int8", samples=12000)
     assert report.passed, [c for c in report.cases if c["excess"] > 1]
@@ -131,7 +138,7 @@ def test_int8_graph_matches_the_int8_model_layer_by_layer(pool, activations):
 
 def test_a_wrong_scale_in_the_graph_fails_the_parity_check():
     model = small_kws("avg")
-    qmodel, _ = quantize_speech_model(model, [speechlike(2, 12000, 5)])
+    qmodel, _ = quantize_speech_model(model, [speechlike(2, 12000, 5)], conv_features=True)
     broken = export_keyword_spotter(qmodel, "uint8", probes=True)
     # the second conv's input scale, as the exporter wrote it, doubled
     qnodes = [n for n in broken.graph.node if n.op_type == "QuantizeLinear"]
@@ -180,6 +187,29 @@ def _wavs(directory: Path, n: int, seconds: float = 1.0, rate: int = 16000, seed
         out.append(directory / f"{i}.wav")
     return out
 
+
+
+def test_calibrate_keeps_the_conv_features_float_unless_asked_and_old_artifacts_still_load(kws_dir, tmp_path):
+    from quamba_edge.artifact import load_artifact
+
+    calib = tmp_path / "calib"
+    _wavs(calib, 2, seconds=3.0)
+    feature_convs = [f"encoder.feature_encoder.conv_layers.{i}.conv" for i in range(len(SMALL["conv_dim"]))]
+    for flag, quantized in (([], False), (["--int8-conv-features"], True)):
+        art = tmp_path / f"art-{quantized}"
+        res = runner.invoke(app, ["calibrate", "--model", str(kws_dir / "ckpt"), "--data", str(calib),
+                                  "--samples", "4", "--out", str(art), *flag])
+        assert res.exit_code == 0, res.output
+        manifest = json.loads((art / "manifest.json").read_text())
+        assert manifest["recipe"]["int8_conv_features"] is quantized
+        model = load_artifact(art)[0]
+        assert all(isinstance(model.get_submodule(n), QuantizedConv1d) is quantized for n in feature_convs)
+        assert isinstance(model.encoder.pos_conv, QuantizedPositionalConv)
+    # an artifact written before the switch existed (no field in its recipe) had int8 conv features
+    del manifest["recipe"]["int8_conv_features"]
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    model = load_artifact(art)[0]
+    assert all(isinstance(model.get_submodule(n), QuantizedConv1d) for n in feature_convs)
 
 @pytest.mark.slow
 def test_calibrate_build_bench_spot(kws_dir, tmp_path):

@@ -70,26 +70,29 @@ class QuantizedPositionalConv(nn.Module):
         return F.gelu(y).transpose(1, 2)
 
 
-def _targets(model: nn.Module) -> dict[str, nn.Module]:
-    """The layers W8A8 covers, by module name."""
+def _targets(model: nn.Module, conv_features: bool = True) -> dict[str, nn.Module]:
+    """The layers W8A8 covers, by module name; `conv_features=False` leaves the conv feature encoder float
+    (recipes.Recipe.int8_conv_features says why)."""
     return {name: m for name, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.Conv1d, PositionalConv))}
+            if isinstance(m, (nn.Linear, nn.Conv1d, PositionalConv))
+            and (conv_features or "feature_encoder." not in f"{name}.")}
 
 
 def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, (QuantizedLinear, QuantizedConv1d)) for m in model.modules())
 
 
-def observe_inputs(model: nn.Module, windows: Iterable[Tensor]) -> dict[str, float]:
+def observe_inputs(model: nn.Module, windows: Iterable[Tensor], conv_features: bool = True) -> dict[str, float]:
     """The largest |input| of every covered layer over the calibration windows (b, samples)."""
-    return input_amax(_targets(model), (model(batch) for batch in windows), "audio")
+    return input_amax(_targets(model, conv_features), (model(batch) for batch in windows), "audio")
 
 
-def quantized_structure(model: nn.Module, weight_granularity: str = "tensor") -> nn.Module:
+def quantized_structure(model: nn.Module, weight_granularity: str = "tensor", conv_features: bool = False
+                        ) -> nn.Module:
     """A copy of `model` with every covered layer replaced by its (unfilled) int8 twin: what
     `quantize_speech_model` fills and what an artifact's weights load into."""
     qmodel = copy.deepcopy(model)
-    for name, layer in _targets(qmodel).items():
+    for name, layer in _targets(qmodel, conv_features).items():
         parent_name, _, attr = name.rpartition(".")
         parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
         if isinstance(layer, nn.Linear):
@@ -106,13 +109,14 @@ def quantized_structure(model: nn.Module, weight_granularity: str = "tensor") ->
 
 
 @torch.no_grad()
-def quantize_speech_model(model: nn.Module, windows: Iterable[Tensor], weight_granularity: str = "tensor"
-                          ) -> tuple[nn.Module, dict[str, float]]:
-    """A W8A8 copy of `model` (a KeywordSpotter or a bare encoder) calibrated on `windows`."""
+def quantize_speech_model(model: nn.Module, windows: Iterable[Tensor], weight_granularity: str = "tensor",
+                          conv_features: bool = False) -> tuple[nn.Module, dict[str, float]]:
+    """A W8A8 copy of `model` (a KeywordSpotter or a bare encoder) calibrated on `windows`; the conv feature
+    encoder stays float unless `conv_features`."""
     model = model.eval()
-    amax = observe_inputs(model, windows)
-    layers = _targets(model)
-    qmodel = quantized_structure(model, weight_granularity)
+    amax = observe_inputs(model, windows, conv_features)
+    layers = _targets(model, conv_features)
+    qmodel = quantized_structure(model, weight_granularity, conv_features)
     for name, fp in layers.items():
         wrapper = qmodel.get_submodule(name)
         in_scale = scale_from_amax(amax[name])
