@@ -145,9 +145,10 @@ def plot(rows: list[dict], path: Path) -> None:
     order = ["clean", 20.0, 10.0, 5.0, 0.0]
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)
+    styles = (("fp32", "-"), ("int8", "--"), ("int8 (conv features int8)", ":"))
     for ax, name in zip(axes.flat, names):
-        for pool in POOLS:
-            for precision, style in (("fp32", "-"), ("int8", "--")):
+        for colour, pool in enumerate(POOLS):  # one colour per pooling, one line style per precision
+            for precision, style in styles:
                 sel = {r["snr_db"]: r for r in rows if (r["pretraining"], r["protocol"]) == name
                        and r["pooling"] == pool and r["precision"] == precision}
                 if not sel:
@@ -156,15 +157,15 @@ def plot(rows: list[dict], path: Path) -> None:
                 acc = [sel[order[i]]["accuracy"] for i in xs]
                 lo = [sel[order[i]]["accuracy"] - sel[order[i]]["ci95"][0] for i in xs]
                 hi = [sel[order[i]]["ci95"][1] - sel[order[i]]["accuracy"] for i in xs]
-                ax.errorbar(xs, acc, yerr=[lo, hi], linestyle=style, marker="o", capsize=3,
+                ax.errorbar(xs, acc, yerr=[lo, hi], linestyle=style, marker="o", capsize=3, color=f"C{colour}",
                             label=f"{pool} ({precision})")
+        ax.legend(fontsize=7)
         ax.set_xticks(range(len(order)), [str(s) if s == "clean" else f"{s:g} dB" for s in order])
         ax.set_title(f"{name[0]} encoder, {name[1]}")
         ax.set_xlabel("SNR of the real clip in pink noise")
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel("keyword accuracy (16 words, 95% CI)")
-    axes.flat[len(names) - 1].legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
