@@ -1,14 +1,15 @@
-"""Keyword spotting on real recordings: each pre-trained encoder x each pooling (AdaPool, Avg, Max, Cls),
-fine-tuned on synthetic speech, scored on the real clips placed in noise, fp32 and int8.
+"""Keyword spotting on real recordings: an encoder (pre-trained, or untrained "scratch") x each pooling
+(AdaPool, Avg, Max, Cls), trained on synthetic speech, scored on the real clips placed in noise, fp32 and int8.
 
-    make kws    # three runs side by side (ccc, wav2vec2, an untrained "scratch" encoder), then --merge
+    make kws    # the end-to-end runs (two processes side by side), the frozen ccc run, then --merge
 
-    python benchmarks/kws.py --encoder ccc=out/pretrain/ccc --train 3000 --epochs 12 --lr 2e-3 --encoder-lr 0 \\
-        --out out/kws/ccc.json
+    python benchmarks/kws.py --encoder scratch=scratch --train-conv --train 3000 --epochs 6 --lr 1e-3 \
+        --encoder-lr 1e-3 --int8-conv --pools adapool --out out/kws/scratch-a.json
     python benchmarks/kws.py --merge out/kws/*.json --json benchmarks/results/kws.json --plot benchmarks/results/kws.png
 
---encoder-lr 0 keeps the pre-trained encoder frozen and trains the KWS head on its output (the
-frozen-upstream protocol that compares pre-trainings); > 0 also trains the transformer.
+Protocols: --encoder-lr 0 keeps the encoder frozen and trains the KWS head on its output (the
+frozen-upstream protocol that compares pre-trainings); > 0 also trains the transformer (fine-tune);
+--train-conv trains everything, the conv stack included (end-to-end, the one that works here).
 
 Training: synthetic keywords (espeak-ng, flite and festival voices, band-limited to 8 kHz and back with
 probability --telephone, 1 by default: the real clips are telephone-band, nothing above 4 kHz) placed at
