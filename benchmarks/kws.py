@@ -142,7 +142,7 @@ def plot(rows: list[dict], path: Path) -> None:
     names = sorted({(r["pretraining"], r["protocol"]) for r in rows})
     cols = min(2, len(names))
     grid_rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(grid_rows, cols, figsize=(6 * cols, 4 * grid_rows), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(grid_rows, cols, figsize=(6.5 * cols, 5.5 * grid_rows), sharey=True, squeeze=False)
     order = ["clean", 20.0, 10.0, 5.0, 0.0]
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)
@@ -160,7 +160,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 hi = [sel[order[i]]["ci95"][1] - sel[order[i]]["accuracy"] for i in xs]
                 ax.errorbar(xs, acc, yerr=[lo, hi], linestyle=style, marker="o", capsize=3, color=f"C{colour}",
                             label=f"{pool} ({precision})")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)  # below: no data hidden
         ax.set_xticks(range(len(order)), [str(s) if s == "clean" else f"{s:g} dB" for s in order])
         ax.set_title(f"{name[0]} encoder, {name[1]}")
         ax.set_xlabel("SNR of the real clip in pink noise")
