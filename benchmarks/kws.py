@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quamba_edge.data.speech import load_keyword_clips, load_pretrain_clips, resample
+from quamba_edge.data.speech import load_keyword_clips, load_pretrain_clips, telephone_band
 from quamba_edge.data.speech_sets import calibration_windows, real_test_trials, snr_label
 from quamba_edge.io import atomic_write_json
 from quamba_edge.models.kws import POOLS, load_kws, save_kws
@@ -50,15 +50,6 @@ from quamba_edge.train.kws import (
     score,
     training_windows,
 )
-
-
-def telephone_band(clips: dict[str, list[np.ndarray]], rng: np.random.Generator,
-                   share: float = 1.0) -> dict[str, list[np.ndarray]]:
-    """`share` of the clips through 8 kHz and back: the real recordings carry nothing above 4 kHz. A
-    log-mel probe (the same windows, a small CNN) scored 16% on the clean real clips with half of the
-    training clips band-limited and 31% with all of them."""
-    return {w: [resample(resample(c, 16000, 8000), 8000, 16000) if rng.random() < share else c for c in cs]
-            for w, cs in clips.items()}
 
 
 def protocol(encoder_lr: float, train_conv: bool) -> str:

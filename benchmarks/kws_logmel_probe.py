@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from quamba_edge.data.speech import VOCAB, read_manifest, read_wav, resample, speech_dir, trim_silence
+from quamba_edge.data.speech import load_keyword_clips, telephone_band
 from quamba_edge.data.speech_sets import real_test_trials
 from quamba_edge.io import atomic_write_json
 from quamba_edge.train.kws import accuracy_with_ci, training_windows
@@ -63,21 +63,6 @@ class ProbeCNN(nn.Module):
         return self.out(self.body(x.unsqueeze(1)).flatten(1))
 
 
-def synthetic_clips(engines: set[str] | None, telephone: float, seed: int) -> dict[str, list[np.ndarray]]:
-    manifest = read_manifest("synth")
-    root = speech_dir() / "synth"
-    rng = np.random.default_rng(seed)
-    clips: dict[str, list[np.ndarray]] = {w: [] for w in VOCAB}
-    for entry in manifest["clips"]:
-        if engines and entry["engine"] not in engines:
-            continue
-        audio = trim_silence(read_wav(root / entry["path"], reject_silent=True))  # as load_keyword_clips
-        if rng.random() < telephone:
-            audio = resample(resample(audio, 16000, 8000), 8000, 16000)
-        clips[entry["word"]].append(audio)
-    return clips
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engines", nargs="*", help="TTS engines to train on (default: all)")
@@ -92,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     bank = mel_filterbank()
-    clips = synthetic_clips(set(args.engines) if args.engines else None, args.telephone, args.seed)
+    clips = telephone_band(load_keyword_clips("synth", engines=args.engines or None),
+                           np.random.default_rng(args.seed), args.telephone)
     x, y, labels = training_windows(clips, args.train, args.seed)
     feats, targets = log_mel(x, bank), torch.from_numpy(y)
     net = ProbeCNN(len(labels))

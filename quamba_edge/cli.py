@@ -84,8 +84,8 @@ def calibrate(
                                                  "by `eval`.")] = False,
     int8_conv_features: Annotated[bool, typer.Option(
         "--int8-conv-features/--float-conv-features",
-        help="Speech models: also make the wav2vec 2.0 conv feature encoder int8. Off by default: it costs a "
-             "keyword spotter ~17 points on quiet input (see `eval`).")] = False,
+        help="Speech models: also make the wav2vec 2.0 conv feature encoder int8. Off by default: it cost our "
+             "keyword spotters 4-27 points on clean input (see `eval`).")] = False,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
     out: Annotated[Path, typer.Option(help="Artifact directory to write.")] = Path("out/quamba"),
     threads: Threads = 0,

@@ -28,6 +28,7 @@ from quamba_edge.data.speech import (
     power,
     read_wav,
     resample,
+    telephone_band,
     trim_silence,
     white_noise,
     write_wav,
@@ -349,6 +350,30 @@ def test_loaders_read_the_manifest_and_catch_edited_files(tmp_path: Path) -> Non
         load_keyword_clips("synth", root, verify=True)
     with pytest.raises(QuambaEdgeError, match="not built.*build_speech"):
         load_keyword_clips("real", root)
+
+
+def test_keyword_clips_of_chosen_engines_and_the_telephone_band(tmp_path: Path) -> None:
+    root = tmp_path / "speech"
+    clips = []
+    for i, word in enumerate(VOCAB):
+        for j, engine in enumerate(("espeak-ng", "festival")):
+            rel = f"{word}/{j}.wav"
+            write_wav(root / "synth" / rel, sine(300 + 40 * i + 7 * j, 16000, 0.3), 16000)
+            clips.append({"word": word, "path": rel, "sha256": sha256_file(root / "synth" / rel), "engine": engine})
+    (root / "synth" / "manifest.json").write_text(json.dumps({"kind": "synth", "clips": clips}))
+    everything = load_keyword_clips("synth", root)
+    festival = load_keyword_clips("synth", root, engines=["festival"])
+    assert all(len(v) == 2 for v in everything.values()) and all(len(v) == 1 for v in festival.values())
+    assert all(np.array_equal(festival[w][0], everything[w][1]) for w in VOCAB)
+    with pytest.raises(QuambaEdgeError, match="no clips"):
+        load_keyword_clips("synth", root, engines=["flite"])
+
+    # band-limiting: nothing left above 4 kHz where it is applied, the clip untouched where it is not
+    wide = {"zero": [(sine(1000, 16000, 0.5) + sine(6000, 16000, 0.5)).astype(np.float32)]}
+    spec = np.abs(np.fft.rfft(telephone_band(wide, np.random.default_rng(0), 1.0)["zero"][0])) ** 2
+    f = np.fft.rfftfreq(len(wide["zero"][0]), 1 / 16000)
+    assert spec[f > 4500].sum() < 1e-4 * spec.sum()
+    assert np.array_equal(telephone_band(wide, np.random.default_rng(0), 0.0)["zero"][0], wide["zero"][0])
 
 
 def test_real_clip_map_covers_the_vocabulary() -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import wave
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -179,6 +179,15 @@ def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     elif len(out) < want:
         out = np.pad(out, (0, want - len(out)))
     return out
+
+
+def telephone_band(clips: Mapping[str, Sequence[np.ndarray]], rng: np.random.Generator,
+                   share: float = 1.0) -> dict[str, list[np.ndarray]]:
+    """`share` of the clips (drawn with `rng`, word by word) through 8 kHz and back: training audio for a
+    telephone-band test set, which carries nothing above 4 kHz. A log-mel probe (benchmarks/kws_logmel_probe.py)
+    scored 16% on the clean real clips with half of the training clips band-limited and 31% with all of them."""
+    return {w: [resample(resample(c, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE) if rng.random() < share
+                else np.asarray(c, np.float32) for c in cs] for w, cs in clips.items()}
 
 
 def trim_silence(audio: np.ndarray, threshold_db: float = -40.0, pad_s: float = 0.03,
@@ -454,12 +463,16 @@ def load_keyword_clips(
     max_per_word: int | None = None,
     verify: bool = False,
     trim: bool = True,
+    engines: Collection[str] | None = None,
 ) -> dict[str, list[np.ndarray]]:
     """Keyword clips as {word: [16 kHz float32 clips]} in `words` order, silence-trimmed (see the SNR
-    convention above). `verify=True` re-hashes every file against its manifest first."""
+    convention above). `verify=True` re-hashes every file against its manifest first; `engines` keeps only
+    the synthetic clips of those TTS engines (the manifest's `engine` field)."""
     out: dict[str, list[np.ndarray]] = {w: [] for w in words}
     for entry, audio in _load_entries(kind, root, verify, trim):
         word = entry["word"]
+        if engines is not None and entry.get("engine") not in engines:
+            continue
         if word in out and (max_per_word is None or len(out[word]) < max_per_word):
             out[word].append(audio)
     missing = [w for w, v in out.items() if not v]

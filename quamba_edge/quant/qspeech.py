@@ -70,7 +70,7 @@ class QuantizedPositionalConv(nn.Module):
         return F.gelu(y).transpose(1, 2)
 
 
-def _targets(model: nn.Module, conv_features: bool = True) -> dict[str, nn.Module]:
+def _targets(model: nn.Module, conv_features: bool = False) -> dict[str, nn.Module]:
     """The layers W8A8 covers, by module name; `conv_features=False` leaves the conv feature encoder float
     (recipes.Recipe.int8_conv_features says why)."""
     return {name: m for name, m in model.named_modules()
@@ -82,7 +82,7 @@ def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, (QuantizedLinear, QuantizedConv1d)) for m in model.modules())
 
 
-def observe_inputs(model: nn.Module, windows: Iterable[Tensor], conv_features: bool = True) -> dict[str, float]:
+def observe_inputs(model: nn.Module, windows: Iterable[Tensor], conv_features: bool = False) -> dict[str, float]:
     """The largest |input| of every covered layer over the calibration windows (b, samples)."""
     return input_amax(_targets(model, conv_features), (model(batch) for batch in windows), "audio")
 

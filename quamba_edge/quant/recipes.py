@@ -23,8 +23,9 @@ class Recipe:
     int8_head: bool = False
     # Speech only: the wav2vec 2.0 conv feature encoder in int8 too. Off by default: its activations are
     # sparse in time (a channel fires on a few frames, at 13-36x its typical size after the first layer's
-    # per-channel norm), and one per-tensor int8 scale then cost a keyword spotter 17 points of accuracy on
-    # quiet input, with abs-max, percentile or MSE scales alike; every other layer is within a point.
+    # per-channel norm), and one per-tensor int8 scale per layer then cost a keyword spotter 15-23 points on
+    # quiet input for each of conv layers 1-3 alone, with abs-max, percentile or MSE scales alike. With the
+    # conv stack float, int8 is within 0.6 points of fp32 (benchmarks/results/kws.json).
     int8_conv_features: bool = False
 
     @property

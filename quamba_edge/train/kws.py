@@ -1,9 +1,9 @@
-"""Fine-tune a pre-trained wav2vec 2.0 encoder for keyword spotting, and score it on KWS trials.
+"""Fine-tune a wav2vec 2.0 encoder for keyword spotting, and score it on KWS trials.
 
-The conv feature encoder stays frozen during fine-tuning (as in wav2vec 2.0's own fine-tuning recipe),
-which also lets its output be computed once per training window and reused every epoch: the conv stack
-is most of the CPU cost of a step, so this is what makes eight fine-tunes fit in CPU minutes. The
-transformer, the KWS head and the pooling are trained.
+Three protocols (FinetuneConfig): frozen (encoder_lr 0: only the KWS head trains, on the encoder's cached
+output); fine-tune (the conv feature encoder frozen, as in wav2vec 2.0's own fine-tuning recipe, so its
+output is computed once per training window and reused every epoch: the conv stack is most of the CPU cost
+of a step); end-to-end (train_conv: everything trains, every step runs the whole model, ~5x the cost).
 
 Training windows are synthetic keywords (TTS voices) placed at random offsets in 1.5 s windows of
 silence, pink, white or babble noise at SNRs drawn from the test's grid; the real recordings are never
