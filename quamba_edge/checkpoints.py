@@ -91,29 +91,145 @@ def detect_layout(raw: dict) -> str:
     )
 
 
+# What each config field does here. "honoured": read into MambaConfig; "refused": any value other than the
+# one that matches our model is an error naming the field; "ignored": it changes no inference arithmetic
+# (initialisation, kernels, caching, token ids, or a precision we exceed by computing in fp32).
+# mamba-ssm: MambaConfig (mamba_ssm/models/config_mamba.py) and the Mamba-1 mixer's arguments (ssm_cfg).
+MAMBA_SSM_FIELDS: dict[str, str] = {
+    "d_model": "honoured", "n_layer": "honoured", "vocab_size": "honoured (padded up to pad_vocab_size_multiple)",
+    "pad_vocab_size_multiple": "honoured", "tie_embeddings": "honoured: false, or a head unequal to the "
+    "embedding, is refused", "norm_epsilon": "honoured (ours; mamba-ssm fixes 1e-5)",
+    "rms_norm": "refused unless true (false = LayerNorm with bias)",
+    "d_intermediate": "refused unless 0 (an MLP after every mixer)",
+    "attn_layer_idx": "refused unless empty (hybrid attention layers)", "attn_cfg": "ignored (attention layers only)",
+    "residual_in_fp32": "ignored (the residual stream is fp32 here anyway)",
+    "fused_add_norm": "ignored (a fused kernel of the same arithmetic)",
+    "ssm_cfg": "read field by field below; an unknown key is refused",
+}
+MAMBA_SSM_SSM_CFG_FIELDS: dict[str, str] = {
+    "layer": "refused unless Mamba1", "d_state": "honoured", "d_conv": "honoured",
+    "expand": "honoured: d_inner = int(expand * d_model), any positive number",
+    "dt_rank": "honoured ('auto' = ceil(d_model / 16))", "conv_bias": "honoured", "bias": "honoured",
+    "dt_min": "ignored (init)", "dt_max": "ignored (init)", "dt_init": "ignored (init)",
+    "dt_scale": "ignored (init)", "dt_init_floor": "ignored (init)", "use_fast_path": "ignored (kernel choice)",
+    "layer_idx": "ignored (cache bookkeeping)",
+}
+# Keys a converter may add to any config.json; they describe the file, not the model.
+_METADATA = {"architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "_name_or_path"}
+# transformers' MambaConfig (models/mamba/configuration_mamba.py). Unknown keys are not refused here: every
+# PretrainedConfig carries generic ones (output_hidden_states, id2label, ...).
+HF_MAMBA_FIELDS: dict[str, str] = {
+    "vocab_size": "honoured", "hidden_size": "honoured", "state_size": "honoured", "num_hidden_layers": "honoured",
+    "layer_norm_epsilon": "honoured", "expand": "honoured: intermediate_size = int(expand * hidden_size)",
+    "intermediate_size": "refused if it disagrees with int(expand * hidden_size) (transformers recomputes it)",
+    "conv_kernel": "honoured", "use_bias": "honoured", "use_conv_bias": "honoured",
+    "hidden_act": "refused unless silu", "time_step_rank": "honoured ('auto' = ceil(hidden_size / 16))",
+    "tie_word_embeddings": "honoured: false is refused",
+    "residual_in_fp32": "ignored (the residual stream is fp32 here anyway)",
+    "time_step_scale": "ignored (init)", "time_step_min": "ignored (init)", "time_step_max": "ignored (init)",
+    "time_step_init_scheme": "ignored (init)", "time_step_floor": "ignored (init)",
+    "rescale_prenorm_residual": "ignored (init)", "initializer_range": "ignored (init)",
+    "use_cache": "ignored (generation API)", "use_mambapy": "ignored (kernel choice)",
+    "use_associative_scan": "ignored (kernel choice)", "pad_token_id": "ignored (token ids)",
+    "bos_token_id": "ignored (token ids)", "eos_token_id": "ignored (token ids)",
+}
+
+
+def _refuse(field: str, value: object, why: str) -> QuambaEdgeError:
+    return QuambaEdgeError(f"config.json has `{field}: {json.dumps(value)}`: {why}, which quamba-edge does not "
+                           "implement. Fix: use a Mamba-1 checkpoint with the standard block (RMSNorm, SiLU, no MLP, "
+                           "no attention), as every state-spaces/mamba-* checkpoint is.")
+
+
+def _positive_int(raw: dict, field: str, default: int | None = None, label: str | None = None) -> int:
+    value = raw.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise QuambaEdgeError(f"config.json has `{label or field}: {json.dumps(value)}`; it must be a positive "
+                              "integer. Fix: correct config.json (the weights' shapes tell the value).")
+    return value
+
+
+def _flag(raw: dict, field: str, default: bool, label: str | None = None) -> bool:
+    value = raw.get(field, default)
+    if not isinstance(value, bool):
+        raise QuambaEdgeError(f"config.json has `{label or field}: {json.dumps(value)}`; it must be true or false.")
+    return value
+
+
+def _expand(raw: dict, field: str, d_model: int, label: str) -> float:
+    value = raw.get(field, 2)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not int(value * d_model) >= 1:
+        raise QuambaEdgeError(f"config.json has `{label}: {json.dumps(value)}`; it must be a positive number "
+                              "(d_inner = int(expand * d_model)).")
+    return value
+
+
+def _dt_rank(value: object, label: str) -> int:
+    if value == "auto" or value is None:
+        return 0
+    return _positive_int({label: value}, label)
+
+
 def config_from_raw(raw: dict) -> MambaConfig:
+    """config.json (mamba-ssm or Hugging Face layout) -> MambaConfig, honouring or refusing every field that
+    changes the arithmetic (the tables above). Raises QuambaEdgeError naming the field and its value."""
     layout = detect_layout(raw)
     if layout == "mamba-ssm":
+        unknown = sorted(set(raw) - set(MAMBA_SSM_FIELDS) - _METADATA)
+        if unknown:
+            raise QuambaEdgeError(f"config.json has fields mamba-ssm's MambaConfig does not have: {unknown}. "
+                                  "Fix: remove them if they are not part of the model, or use the layout that "
+                                  "defines them.")
+        if raw.get("rms_norm", True) is not True:
+            raise _refuse("rms_norm", raw["rms_norm"], "LayerNorm blocks (with bias) instead of RMSNorm")
+        if raw.get("d_intermediate", 0) not in (0, None):
+            raise _refuse("d_intermediate", raw["d_intermediate"], "an MLP after every mixer")
+        if raw.get("attn_layer_idx"):
+            raise _refuse("attn_layer_idx", raw["attn_layer_idx"], "attention layers among the Mamba layers")
         ssm = raw.get("ssm_cfg") or {}
-        if ssm.get("layer", "Mamba1") not in ("Mamba1",):
-            raise QuambaEdgeError(f"only Mamba-1 checkpoints are supported; this one is {ssm['layer']}.")
-        pad = raw.get("pad_vocab_size_multiple", 8)
-        vocab = raw["vocab_size"]
-        vocab = int(math.ceil(vocab / pad) * pad)
-        dt_rank = ssm.get("dt_rank", "auto")
+        if not isinstance(ssm, dict):
+            raise QuambaEdgeError(f"config.json has `ssm_cfg: {json.dumps(ssm)}`; it must be an object.")
+        if ssm.get("layer", "Mamba1") != "Mamba1":
+            raise QuambaEdgeError(f"config.json has `ssm_cfg.layer: {json.dumps(ssm['layer'])}`: only Mamba-1 "
+                                  "checkpoints are supported (Mamba-2 is not implemented yet).")
+        unknown = sorted(set(ssm) - set(MAMBA_SSM_SSM_CFG_FIELDS))
+        if unknown:
+            raise QuambaEdgeError(f"config.json's ssm_cfg has fields the Mamba-1 mixer does not take: {unknown}. "
+                                  "Fix: remove them, or use a Mamba-1 checkpoint.")
+        d_model = _positive_int(raw, "d_model")
+        pad = _positive_int(raw, "pad_vocab_size_multiple", 8)
+        vocab = int(math.ceil(_positive_int(raw, "vocab_size") / pad) * pad)
         return MambaConfig(
-            d_model=raw["d_model"], n_layer=raw["n_layer"], vocab_size=vocab,
-            d_state=ssm.get("d_state", 16), d_conv=ssm.get("d_conv", 4), expand=ssm.get("expand", 2),
-            dt_rank=0 if dt_rank == "auto" else int(dt_rank), norm_eps=raw.get("norm_epsilon", 1e-5),
-            conv_bias=ssm.get("conv_bias", True), proj_bias=ssm.get("bias", False),
+            d_model=d_model, n_layer=_positive_int(raw, "n_layer"), vocab_size=vocab,
+            d_state=_positive_int(ssm, "d_state", 16, "ssm_cfg.d_state"),
+            d_conv=_positive_int(ssm, "d_conv", 4, "ssm_cfg.d_conv"),
+            expand=_expand(ssm, "expand", d_model, "ssm_cfg.expand"),
+            dt_rank=_dt_rank(ssm.get("dt_rank", "auto"), "ssm_cfg.dt_rank"), norm_eps=_eps(raw, "norm_epsilon"),
+            conv_bias=_flag(ssm, "conv_bias", True, "ssm_cfg.conv_bias"),
+            proj_bias=_flag(ssm, "bias", False, "ssm_cfg.bias"),
         )
+    if raw.get("hidden_act", "silu") != "silu":
+        raise _refuse("hidden_act", raw["hidden_act"], "an activation other than SiLU in the mixer")
+    d_model = _positive_int(raw, "hidden_size")
+    expand = _expand(raw, "expand", d_model, "expand")
+    if "intermediate_size" in raw and raw["intermediate_size"] != int(expand * d_model):
+        raise QuambaEdgeError(f"config.json has `intermediate_size: {json.dumps(raw['intermediate_size'])}` but "
+                              f"`expand: {json.dumps(expand)}` x `hidden_size: {d_model}` gives "
+                              f"{int(expand * d_model)}; transformers uses the latter. Fix: make them agree.")
     return MambaConfig(
-        d_model=raw["hidden_size"], n_layer=raw["num_hidden_layers"], vocab_size=raw["vocab_size"],
-        d_state=raw.get("state_size", 16), d_conv=raw.get("conv_kernel", 4), expand=raw.get("expand", 2),
-        dt_rank=int(raw.get("time_step_rank", 0)) if raw.get("time_step_rank", "auto") != "auto" else 0,
-        norm_eps=raw.get("layer_norm_epsilon", 1e-5), conv_bias=raw.get("use_conv_bias", True),
-        proj_bias=raw.get("use_bias", False),
+        d_model=d_model, n_layer=_positive_int(raw, "num_hidden_layers"), vocab_size=_positive_int(raw, "vocab_size"),
+        d_state=_positive_int(raw, "state_size", 16), d_conv=_positive_int(raw, "conv_kernel", 4), expand=expand,
+        dt_rank=_dt_rank(raw.get("time_step_rank", "auto"), "time_step_rank"),
+        norm_eps=_eps(raw, "layer_norm_epsilon"), conv_bias=_flag(raw, "use_conv_bias", True),
+        proj_bias=_flag(raw, "use_bias", False),
     )
+
+
+def _eps(raw: dict, field: str) -> float:
+    value = raw.get(field, 1e-5)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise QuambaEdgeError(f"config.json has `{field}: {json.dumps(value)}`; it must be a small positive number.")
+    return float(value)
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:

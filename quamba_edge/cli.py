@@ -61,7 +61,7 @@ def _threads(threads: int | None) -> None:
 ModelArg = Annotated[
     str, typer.Option("--model", "-m", help="`default` (bundled), a checkpoint directory, or a hub id.")
 ]
-Threads = Annotated[int, typer.Option(help="CPU threads for torch (0: torch's default).")]
+Threads = Annotated[int, typer.Option(min=0, help="CPU threads for torch (0: torch's default).")]
 
 
 @app.command()
@@ -70,8 +70,8 @@ def calibrate(
     recipe: Annotated[str, typer.Option(help="fp | naive | quamba.")] = "quamba",
     data: Annotated[str, typer.Option(help="Calibration text: a file, a directory of *.txt, or `default` "
                                            "(the Austen training novels). Set models: an .npz of sets.")] = "default",
-    samples: Annotated[int, typer.Option(help="Calibration sequences (or sets), taken in file order.")] = 512,
-    seq_len: Annotated[int, typer.Option(help="Tokens per calibration sequence.")] = 512,
+    samples: Annotated[int, typer.Option(min=1, help="Calibration sequences (or sets), taken in file order.")] = 512,
+    seq_len: Annotated[int, typer.Option(min=2, help="Tokens per calibration sequence.")] = 512,
     percentile: Annotated[float, typer.Option(help="Quantile of |u| for the SSM input scale (quamba).")] = 0.99999,
     hadamard: Annotated[bool, typer.Option("--hadamard/--no-hadamard",
                                            help="Rotate the scan output before out_proj (quamba).")] = True,
@@ -86,7 +86,7 @@ def calibrate(
         "--int8-conv-features/--float-conv-features",
         help="Speech models: also make the wav2vec 2.0 conv feature encoder int8. Off by default: it cost our "
              "keyword spotters 4-27 points on clean input (see `eval`).")] = False,
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")] = 8,
     out: Annotated[Path, typer.Option(help="Artifact directory to write.")] = Path("out/quamba"),
     threads: Threads = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON instead of tables.")] = False,
@@ -135,9 +135,9 @@ def eval_cmd(
     model: Annotated[str, typer.Argument(help="An artifact directory, `default`, a checkpoint dir or a hub id.")],
     data: Annotated[str, typer.Option(help="Evaluation text; `default-heldout` is Persuasion, never used "
                                            "for training or calibration.")] = "default-heldout",
-    seq_len: Annotated[int, typer.Option(help="Tokens per evaluation window.")] = 512,
-    max_samples: Annotated[int, typer.Option(help="Evaluate at most this many windows (0: all).")] = 0,
-    batch_size: int = 8,
+    seq_len: Annotated[int, typer.Option(min=2, help="Tokens per evaluation window.")] = 512,
+    max_samples: Annotated[int, typer.Option(min=0, help="Evaluate at most this many windows (0: all).")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 8,
     threads: Threads = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ):
@@ -184,7 +184,7 @@ def eval_cmd(
 def generate(
     model: Annotated[str, typer.Argument(help="An artifact directory, `default`, a checkpoint dir or a hub id.")],
     prompt: Annotated[str, typer.Option(help="Text to continue.")] = "It is a truth universally acknowledged",
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 200,
+    max_new_tokens: Annotated[int, typer.Option(min=0, help="Tokens to generate.")] = 200,
     temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
     seed: int = 0,
     threads: Threads = 0,
@@ -214,14 +214,16 @@ def build_engine_cmd(
                                              "(orin-nano-8gb, ...).")] = "cpu",
     precision: Annotated[str | None, typer.Option(help="fp32 | fp16 for fp models; int8 artifacts stay int8.")] = None,
     out: Annotated[Path, typer.Option(help="Engine directory to write.")] = Path("out/engine"),
-    max_prompt: Annotated[int, typer.Option(help="Longest prompt the engine accepts (TensorRT profile).")] = 2048,
-    max_batch: Annotated[int, typer.Option(help="Largest batch the engine accepts (TensorRT profile).")] = 8,
-    threads: Annotated[int, typer.Option(help="CPU threads for the parity check.")] = 1,
+    max_prompt: Annotated[int, typer.Option(min=1, help="Longest prompt the engine accepts (TensorRT "
+                                                        "profile).")] = 2048,
+    max_batch: Annotated[int, typer.Option(min=1, help="Largest batch the engine accepts (TensorRT profile).")] = 8,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for the parity check.")] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="Print build.json instead of tables.")] = False,
     plugins: Annotated[str, typer.Option(help="TensorRT int8: auto | on | off. On: each layer's conv and scan run "
                                               "as csrc/ plugins (libquamba_edge_trt.so); auto: when it is "
                                               "built.")] = "auto",
-    max_clip_s: Annotated[float, typer.Option(help="Speech models: longest clip (seconds) the engine accepts.")] = 2.0,
+    max_clip_s: Annotated[float, typer.Option(min=0.01, help="Speech models: longest clip (seconds) the engine "
+                                                             "accepts.")] = 2.0,
 ):
     """Export the prefill and decode graphs, build the engine, and check it against PyTorch.
 
@@ -264,23 +266,23 @@ def bench(
                                                       "`default` (PyTorch eager).")],
     device: Annotated[str, typer.Option(help="cpu | cuda | orin (the Jetson this runs on) | a Jetson "
                                              "profile.")] = "cpu",
-    prompt_len: Annotated[int, typer.Option(help="Prompt tokens.")] = 1024,
-    gen_len: Annotated[int, typer.Option(help="Generated tokens (the first comes from the prompt).")] = 128,
-    batch: Annotated[int, typer.Option(help="Sequences decoded together.")] = 1,
-    threads: Annotated[int, typer.Option(help="CPU threads (one thread for fair CPU comparisons).")] = 1,
-    repeats: Annotated[int, typer.Option(help="Timed runs after one warm-up; medians are reported.")] = 3,
+    prompt_len: Annotated[int, typer.Option(min=1, help="Prompt tokens.")] = 1024,
+    gen_len: Annotated[int, typer.Option(min=2, help="Generated tokens (the first comes from the prompt).")] = 128,
+    batch: Annotated[int, typer.Option(min=1, help="Sequences decoded together.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads (one thread for fair CPU comparisons).")] = 1,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs after one warm-up; medians are reported.")] = 3,
     estimate_only: Annotated[bool, typer.Option("--estimate", help="Roofline estimate for a Jetson profile "
                                                                     "instead of a measurement.")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results (with the machine) here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of per-token latency over the generation.")] = None,
     kernels: Annotated[bool, typer.Option("--kernels", help="Run quantized PyTorch models through the csrc/ "
                                                             "kernel ops (CUDA, else the CPU twins).")] = False,
-    set_size: Annotated[int, typer.Option(help="Set models: elements per set (their latency is per batch of "
+    set_size: Annotated[int, typer.Option(min=1, help="Set models: elements per set (their latency is per batch of "
                                                "--batch sets).")] = 128,
     power: Annotated[bool, typer.Option("--power", help="Sample the Jetson's board power (INA3221) during the run: "
                                                         "average W and J per token.")] = False,
-    clip_s: Annotated[float, typer.Option(help="Speech models: seconds of audio per clip (latency per clip and the "
-                                               "real-time factor).")] = 1.0,
+    clip_s: Annotated[float, typer.Option(min=0.01, help="Speech models: seconds of audio per clip (latency per "
+                                                         "clip and the real-time factor).")] = 1.0,
 ):
     """Time to first token, time per output token and tokens/s, the same loop for every backend."""
     from quamba_edge.bench import report
@@ -326,10 +328,12 @@ def bench(
 @app.command()
 def spot(
     model: Annotated[str, typer.Argument(help="A keyword spotter: checkpoint, int8 artifact or engine directory.")],
-    files: Annotated[list[Path], typer.Argument(help="WAV files (any rate: resampled to the model's; mono).")],
+    files: Annotated[list[Path], typer.Argument(help="Audio files: WAV in any layout libsndfile reads (PCM, float, "
+                                                     "extensible), FLAC, OGG; any rate (resampled to the model's); "
+                                                     "mono.")],
     mix_to_mono: Annotated[bool, typer.Option("--mix-to-mono", help="Average the channels of stereo files "
                                                                      "instead of refusing them.")] = False,
-    threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads.")] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ):
     """Say which keyword each WAV file holds. A bad file (corrupt, silent, stereo, too long) gets an error

@@ -219,8 +219,9 @@ def run_eval(
         return _eval_speech(loaded, data, max_samples, on_batch)
 
     ids = loaded.tokenizer.encode(read_text(data))
-    available = len(ids) // seq_len
-    windows = take_windows(ids, min(max_samples or available, available), seq_len, what=f"data at {data}")
+    available = max(len(ids) // seq_len, 1)  # none: take_windows says the data is shorter than one window
+    windows = take_windows(ids, min(max_samples or available, available), seq_len, what=f"data at {data}",
+                           option="--max-samples")
     result = evaluate_lm(loaded.model, windows.tokens, loaded.tokenizer.byte_lengths(), batch_size, on_batch)
     result.update({"recipe": loaded.label, "data": str(data), "seq_len": seq_len,
                    "samples": len(windows.tokens), "data_digest": windows.digest})

@@ -129,3 +129,86 @@ def test_other_mamba_families_are_named_and_refused(tmp_path, model_type):
         {"model_type": model_type, "hidden_size": 64, "state_size": 16, "num_hidden_layers": 2, "vocab_size": 256}))
     with pytest.raises(QuambaEdgeError, match=f"model_type='{model_type}'.*Mamba-1"):
         load_mamba(tmp_path)
+
+
+@pytest.mark.parametrize("layout", ["hf", "mamba-ssm"])
+def test_a_fractional_expand_is_honoured_as_upstream_computes_it(tmp_path, layout):
+    """mamba-ssm (and transformers before its strict configs) take d_inner = int(expand * d_model): expand 1.5
+    at d_model 32 is 48. The reference is transformers' MambaForCausalLM built with intermediate_size 48."""
+    from quamba_edge.quant.calibrate import calibrate
+    from quamba_edge.quant.recipes import make_recipe
+
+    torch.manual_seed(0)
+    cfg = transformers.MambaConfig(vocab_size=256, hidden_size=32, num_hidden_layers=2, state_size=8, expand=2,
+                                   conv_kernel=4, tie_word_embeddings=True)
+    cfg.intermediate_size = int(1.5 * 32)
+    model = transformers.MambaForCausalLM(cfg).eval()
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    if layout == "hf":
+        config = {"model_type": "mamba", "hidden_size": 32, "num_hidden_layers": 2, "vocab_size": 256,
+                  "state_size": 8, "expand": 1.5, "intermediate_size": 48}
+    else:
+        state = {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in state.items()}
+        config = {"d_model": 32, "n_layer": 2, "vocab_size": 256, "ssm_cfg": {"d_state": 8, "expand": 1.5}}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    ours = load_mamba(tmp_path)
+    assert ours.cfg.d_inner == 48
+    ids = torch.randint(0, 256, (2, 17), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected, got = model(ids).logits, ours(ids)
+    assert (got - expected).abs().max() / expected.abs().max() < 1e-4
+    qmodel, _ = calibrate(ours, [ids], make_recipe("quamba"))  # 48 = 12 x 4: Hadamard H_12 (x) H_4
+    assert qmodel(ids).shape == expected.shape
+
+
+_SSM = {"d_model": 32, "n_layer": 2, "vocab_size": 256}
+
+
+@pytest.mark.parametrize(("raw", "named"), [
+    ({**_SSM, "rms_norm": False}, "`rms_norm: false`: LayerNorm"),
+    ({**_SSM, "d_intermediate": 64}, "`d_intermediate: 64`"),
+    ({**_SSM, "attn_layer_idx": [1]}, r"`attn_layer_idx: \[1\]`"),
+    ({**_SSM, "ssm_cfg": {"layer": "Mamba2"}}, '`ssm_cfg.layer: "Mamba2"`'),
+    ({**_SSM, "ssm_cfg": {"headdim": 64}}, "ssm_cfg has fields .*headdim"),
+    ({**_SSM, "ssm_cfg": {"d_state": "16"}}, '`ssm_cfg.d_state: "16"`.*positive integer'),
+    ({**_SSM, "ssm_cfg": {"expand": 0}}, "`ssm_cfg.expand: 0`"),
+    ({**_SSM, "ssm_cfg": {"dt_rank": 2.5}}, "`ssm_cfg.dt_rank: 2.5`"),
+    ({**_SSM, "ssm_cfg": {"conv_bias": "yes"}}, '`ssm_cfg.conv_bias: "yes"`'),
+    ({**_SSM, "norm_epsilon": 0}, "`norm_epsilon: 0`"),
+    ({**_SSM, "n_layer": 2.0}, "`n_layer: 2.0`"),
+    ({**_SSM, "layer_norm_type": "rms"}, "does not have: \\['layer_norm_type'\\]"),
+    ({"model_type": "mamba", "hidden_size": 32, "state_size": 8, "num_hidden_layers": 2, "vocab_size": 256,
+      "hidden_act": "gelu"}, '`hidden_act: "gelu"`'),
+    ({"model_type": "mamba", "hidden_size": 32, "state_size": 8, "num_hidden_layers": 2, "vocab_size": 256,
+      "expand": 2, "intermediate_size": 48}, "`intermediate_size: 48`.*gives 64"),
+])
+def test_config_fields_that_change_the_math_are_refused_by_name(tmp_path, tiny_model, raw, named):
+    save_checkpoint(tiny_model, tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(QuambaEdgeError, match=named):
+        load_mamba(tmp_path)
+
+
+def test_a_layernorm_checkpoint_is_blamed_on_rms_norm_not_on_its_weights(tmp_path, tiny_model):
+    """mamba-ssm with rms_norm=false has LayerNorm biases; the refusal names the field, not a key mismatch."""
+    state = {k: v for k, v in tiny_model.state_dict().items() if k != "lm_head.weight"}
+    for i in range(2):
+        state[f"backbone.layers.{i}.norm.bias"] = torch.zeros(48)
+    state["backbone.norm_f.bias"] = torch.zeros(48)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"d_model": 48, "n_layer": 2, "vocab_size": 256, "rms_norm": False, "ssm_cfg": {"d_state": 8}}))
+    with pytest.raises(QuambaEdgeError, match="rms_norm: false") as info:
+        load_mamba(tmp_path)
+    assert "do not match" not in str(info.value)
+
+
+def test_every_upstream_config_field_has_a_decision():
+    """The field tables cover transformers' MambaConfig (the installed version) field for field."""
+    from dataclasses import fields
+
+    from quamba_edge.checkpoints import HF_MAMBA_FIELDS
+
+    names = {f.name for f in fields(transformers.MambaConfig) if f.name in transformers.MambaConfig.__annotations__}
+    assert len(names) > 20 and names - set(HF_MAMBA_FIELDS) == set()

@@ -163,7 +163,7 @@ def test_missing_empty_corrupt_and_silent_files(tmp_path: Path) -> None:
     with pytest.raises(QuambaEdgeError, match="empty file"):
         read_wav(tmp_path / "empty.wav")
     (tmp_path / "text.wav").write_text("this is not audio at all, just text pretending to be a wav file\n")
-    with pytest.raises(QuambaEdgeError, match="not a readable PCM WAV"):
+    with pytest.raises(QuambaEdgeError, match="not a readable audio file"):
         read_wav(tmp_path / "text.wav")
     write_wav(tmp_path / "good.wav", sine(440, 16000, 0.1), 16000)
     (tmp_path / "cut.wav").write_bytes((tmp_path / "good.wav").read_bytes()[:30])  # header cut short
@@ -178,20 +178,89 @@ def test_missing_empty_corrupt_and_silent_files(tmp_path: Path) -> None:
     assert not read_wav(tmp_path / "silent.wav").any()  # allowed unless asked to reject
 
 
-def _wav_header(fmt_tag: int, bits: int, data: bytes, rate: int = 16000) -> bytes:
-    block = bits // 8
-    fmt = struct.pack("<HHIIHH", fmt_tag, 1, rate, rate * block, block, bits)
-    return (b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE" + b"fmt " +
-            struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data)
+def _fmt(tag: int = 1, channels: int = 1, bits: int = 16, rate: int = 16000, extensible: bool = False) -> bytes:
+    """A `fmt ` chunk; extensible: WAVE_FORMAT_EXTENSIBLE (tag 65534) with `tag` as the sub-format GUID."""
+    block = channels * bits // 8
+    body = struct.pack("<HHIIHH", 65534 if extensible else tag, channels, rate, rate * block, block, bits)
+    if extensible:  # cbSize, valid bits, channel mask, sub-format GUID (KSDATAFORMAT_SUBTYPE_*)
+        guid = struct.pack("<H", tag) + bytes.fromhex("000000001000800000aa00389b71")
+        body += struct.pack("<HHI", 22, bits, 0) + guid
+    return b"fmt " + struct.pack("<I", len(body)) + body
 
 
-def test_float_and_odd_width_files_are_refused_with_a_fix(tmp_path: Path) -> None:
-    (tmp_path / "float.wav").write_bytes(_wav_header(3, 32, np.zeros(16, "<f4").tobytes()))
-    with pytest.raises(QuambaEdgeError, match="floating-point.*sox"):
-        read_wav(tmp_path / "float.wav")
-    (tmp_path / "w40.wav").write_bytes(_wav_header(1, 40, bytes(50)))
-    with pytest.raises(QuambaEdgeError, match="40-bit"):
-        read_wav(tmp_path / "w40.wav")
+def _chunk(name: bytes, payload: bytes, size: int | None = None, pad: bool = True) -> bytes:
+    size = len(payload) if size is None else size
+    return name + struct.pack("<I", size) + payload + (b"\0" if pad and len(payload) % 2 else b"")
+
+
+def _riff(*chunks: bytes, size: int | None = None) -> bytes:
+    body = b"WAVE" + b"".join(chunks)
+    return b"RIFF" + struct.pack("<I", len(body) if size is None else size) + body
+
+
+_TONE = np.round(np.sin(np.arange(400) / 7.0) * 0.6 * 32768).astype("<i2")  # 400 frames of 16-bit PCM
+_VALUES = _TONE.astype(np.float32) / 32768
+_FLOATS = np.linspace(-1.0, 1.0, 64)
+_I32 = np.round(_FLOATS * 2**31).clip(-(2**31), 2**31 - 1).astype("<i4")
+_I24 = b"".join(int(v).to_bytes(3, "little", signed=True) for v in np.round(_FLOATS * 2**23).clip(-(2**23), 2**23 - 1))
+_U8 = (np.round(_FLOATS * 128) + 128).clip(0, 255).astype(np.uint8)
+_GOOD = _riff(_fmt(), _chunk(b"data", _TONE.tobytes()))
+_STEREO = np.stack([_TONE, -_TONE // 2], 1)
+
+# name -> (file bytes, expected mono samples, or the error a user must see)
+WAV_TABLE: dict[str, tuple[bytes, np.ndarray | str]] = {
+    "pcm8": (_riff(_fmt(bits=8), _chunk(b"data", _U8.tobytes())), (_U8.astype(np.float32) - 128) / 128),
+    "pcm16": (_GOOD, _VALUES),
+    "pcm24": (_riff(_fmt(bits=24), _chunk(b"data", _I24)), _FLOATS.clip(-1, 1 - 2**-23)),
+    "pcm32": (_riff(_fmt(bits=32), _chunk(b"data", _I32.tobytes())), _I32 / 2**31),
+    "float32": (_riff(_fmt(3, bits=32), _chunk(b"data", _FLOATS.astype("<f4").tobytes())), _FLOATS),
+    "float64": (_riff(_fmt(3, bits=64), _chunk(b"data", _FLOATS.astype("<f8").tobytes())), _FLOATS),
+    "extensible-pcm16": (_riff(_fmt(extensible=True), _chunk(b"data", _TONE.tobytes())), _VALUES),
+    "extensible-pcm24": (_riff(_fmt(bits=24, extensible=True), _chunk(b"data", _I24)),
+                         _FLOATS.clip(-1, 1 - 2**-23)),
+    "extensible-pcm32": (_riff(_fmt(bits=32, extensible=True), _chunk(b"data", _I32.tobytes())), _I32 / 2**31),
+    "extensible-float": (_riff(_fmt(3, bits=32, extensible=True), _chunk(b"data", _FLOATS.astype("<f4").tobytes())),
+                         _FLOATS),
+    "streamed-size-ffffffff": (_riff(_fmt(), _chunk(b"data", _TONE.tobytes(), size=0xFFFFFFFF), size=0xFFFFFFFF),
+                               _VALUES),
+    "streamed-size-0": (_riff(_fmt(), _chunk(b"data", _TONE.tobytes(), size=0), size=0), _VALUES),
+    "odd-chunk-with-pad": (_riff(_fmt(), _chunk(b"junk", b"abc"), _chunk(b"data", _TONE.tobytes())), _VALUES),
+    "stereo-mixed": (_riff(_fmt(channels=2), _chunk(b"data", _STEREO.tobytes())),
+                     _STEREO.astype(np.float64).mean(1) / 32768),
+    "cut-mid-data-keeps-whole-frames": (_GOOD[: 44 + 2 * 100 + 1], _VALUES[:100]),
+    "empty": (b"", "empty file"),
+    "header-only": (_riff(_fmt()), "not a readable audio file.*data"),
+    "no-samples": (_riff(_fmt(), _chunk(b"data", b"")), "no audio"),
+    "cut-in-riff-header": (_GOOD[:10], "not a readable audio file"),
+    "cut-in-fmt": (_GOOD[:30], "not a readable audio file"),
+    "cut-in-data-header": (_GOOD[:40], "not a readable audio file"),
+    "chunk-claims-more-than-the-file": (_riff(_fmt(), _chunk(b"LIST", b"INFOabcd", size=10**6),
+                                              _chunk(b"data", _TONE.tobytes())), "not a readable audio file"),
+    "odd-chunk-without-pad": (_riff(_fmt(), _chunk(b"junk", b"abc", pad=False), _chunk(b"data", _TONE.tobytes())),
+                              "not a readable audio file"),
+    "40-bit": (_riff(_fmt(bits=40), _chunk(b"data", bytes(50))), "not a readable audio file.*unimplemented"),
+    "zero-channels": (_riff(_fmt(channels=0), _chunk(b"data", _TONE.tobytes())), "not a readable audio file"),
+    "nan-samples": (_riff(_fmt(3, bits=32), _chunk(b"data", np.array([0.0, np.nan, 0.5], "<f4").tobytes())),
+                    "NaN or infinite"),
+    "not-audio": (b"this is not audio at all, just text pretending to be a wav file\n", "not a readable audio file"),
+}
+
+
+@pytest.mark.parametrize("name", list(WAV_TABLE))
+def test_wav_file_table(tmp_path: Path, name: str) -> None:
+    """Every header a recorder or editor writes decodes to the right samples; every broken file is our error,
+    naming the file (never the decoder's bare RuntimeError)."""
+    payload, expected = WAV_TABLE[name]
+    path = tmp_path / f"{name}.wav"
+    path.write_bytes(payload)
+    if isinstance(expected, str):
+        with pytest.raises(QuambaEdgeError, match=expected) as info:
+            read_wav(path, None, mix_to_mono=True)
+        assert str(path) in str(info.value)
+    else:
+        got = read_wav(path, None, mix_to_mono=True)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        assert np.allclose(got, expected, atol=1e-6), np.abs(got - expected).max()
 
 
 def test_trim_silence_cuts_the_padding_only() -> None:

@@ -211,6 +211,36 @@ def test_calibrate_keeps_the_conv_features_float_unless_asked_and_old_artifacts_
     model = load_artifact(art)[0]
     assert all(isinstance(model.get_submodule(n), QuantizedConv1d) for n in feature_convs)
 
+def test_a_projection_free_encoder_goes_through_checkpoint_calibrate_and_both_graphs(tmp_path):
+    """fairseq builds no feature projection when the last conv dim equals the hidden size (SMALL: 32 == 32):
+    such an encoder must survive the KWS checkpoint, calibration and the artifact, and its fp32 and int8
+    graphs must pass parity."""
+    from quamba_edge.artifact import load_artifact
+    from quamba_edge.export import ort as ort_backend
+    from quamba_edge.quant.qspeech import is_quantized
+
+    torch.manual_seed(8)
+    encoder = Wav2Vec2Encoder(Wav2Vec2Config.from_dict({**SMALL, "feature_proj": False}))
+    save_kws(KeywordSpotter(encoder, KwsConfig(labels=LABELS, pool="adapool", n_heads=2)), tmp_path / "ckpt")
+    model = load_kws(tmp_path / "ckpt")
+    assert isinstance(model.encoder.feature_proj, torch.nn.Identity)
+    fp_run = ort_backend.graph_runner(export_keyword_spotter(model).SerializeToString(), threads=1)
+    report = check_speech(model, fp_run, "fp32", samples=12000)
+    assert report.passed, report.cases
+
+    _wavs(tmp_path / "calib", 2, seconds=3.0)
+    res = runner.invoke(app, ["calibrate", "--model", str(tmp_path / "ckpt"), "--data", str(tmp_path / "calib"),
+                              "--samples", "4", "--out", str(tmp_path / "art"), "--int8-conv-features"])
+    assert res.exit_code == 0, res.output
+    qmodel = load_artifact(tmp_path / "art")[0]
+    assert is_quantized(qmodel) and isinstance(qmodel.encoder.feature_proj, torch.nn.Identity)
+    for activations in ("int8", "uint8"):
+        graph = export_keyword_spotter(qmodel, activations, probes=True)
+        report = check_speech(qmodel, ort_run(graph, activations), "int8", samples=12000)
+        assert report.passed, [c for c in report.cases if c["excess"] > 1]
+        assert report.cases[0]["top1_agreement"] == 1.0
+
+
 @pytest.mark.slow
 def test_calibrate_build_bench_spot(kws_dir, tmp_path):
     calib = tmp_path / "calib"

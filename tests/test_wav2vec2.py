@@ -4,11 +4,14 @@ and the Gumbel quantizer. The checkpoints are random models the tests write them
 from __future__ import annotations
 
 import argparse
+import ast
 import fractions
 import json
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.models.wav2vec2 import (
@@ -42,11 +45,11 @@ def perturb_vectors(model: torch.nn.Module, seed: int) -> None:
                 p.mul_(1.0 + 0.3 * torch.rand(p.shape, generator=gen))
 
 
-def small_hf_config(large_style: bool) -> transformers.Wav2Vec2Config:
+def small_hf_config(large_style: bool, last_conv_dim: int = 32) -> transformers.Wav2Vec2Config:
     """2 layers; large_style: LayerNorm in every conv (with bias) and a pre-LN transformer (LARGE-lv60)."""
     return transformers.Wav2Vec2Config(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        conv_dim=(32, 32, 32), conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2),
+        conv_dim=(32, 32, last_conv_dim), conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2),
         num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
         feat_extract_norm="layer" if large_style else "group", do_stable_layer_norm=large_style,
         conv_bias=large_style, num_codevector_groups=2, num_codevectors_per_group=20, codevector_dim=32,
@@ -97,6 +100,7 @@ def fairseq_model_cfg(hf: transformers.Wav2Vec2Config, conv_spec: str | None = N
         "conv_pos_groups": hf.num_conv_pos_embedding_groups, "latent_vars": hf.num_codevectors_per_group,
         "latent_groups": hf.num_codevector_groups, "latent_dim": hf.codevector_dim,
         "final_dim": hf.proj_codevector_dim, "dropout": 0.1, "encoder_layerdrop": 0.05, "feature_grad_mult": 0.1,
+        "quantize_targets": True,
     }
 
 
@@ -292,6 +296,134 @@ def test_fairseq_fine_tuned_checkpoint_loads_encoder(hf_small, tmp_path):
         load_pretrain_heads(path)
 
 
+def test_fairseq_target_glu_checkpoint_loads_encoder_and_refuses_heads(hf_small, tmp_path):
+    """target_glu only changes the contrastive targets: the encoder loads, the heads are refused by name."""
+    model, _ = hf_small
+    state = hf_to_fairseq(model.state_dict(), layer_norm_conv=model.config.feat_extract_norm == "layer")
+    state["target_glu.0.weight"], state["target_glu.0.bias"] = torch.zeros(48, 24), torch.zeros(48)
+    path = tmp_path / "glu.pt"
+    torch.save({"cfg": {"model": {**fairseq_model_cfg(model.config), "target_glu": True}}, "model": state}, path)
+    ours, _ = load_wav2vec2(path)
+    wave = torch.randn(1, 3000, generator=torch.Generator().manual_seed(27))
+    with torch.no_grad():
+        assert rel_err(ours(wave).hidden, model.wav2vec2(wave).last_hidden_state) < 1e-5
+    with pytest.raises(QuambaEdgeError, match="`target_glu: True`"):
+        load_pretrain_heads(path)
+
+
+# -------------------------------------------------------------------- fairseq without post_extract_proj
+
+
+def fairseq_forward_without_projection(state: dict[str, torch.Tensor], model_cfg: dict,
+                                       wave: torch.Tensor) -> torch.Tensor:
+    """fairseq's Wav2Vec2Model in eval with features_only and no masking, for a checkpoint whose last conv dim
+    equals encoder_embed_dim, written out here from the raw fairseq weights in float64: conv stack -> layer_norm
+    -> (no post_extract_proj) -> + positional conv (weight norm over dim 2, SamePad, GELU) -> transformer."""
+    s = {k: v.double() for k, v in state.items()}
+    d, heads = model_cfg["encoder_embed_dim"], model_cfg["encoder_attention_heads"]
+    x = wave.double().unsqueeze(1)
+    for i, (c, _, stride) in enumerate(ast.literal_eval(model_cfg["conv_feature_layers"])):
+        p = f"feature_extractor.conv_layers.{i}."
+        x = F.conv1d(x, s[p + "0.weight"], s.get(p + "0.bias"), stride=stride)
+        if model_cfg["extractor_mode"] == "layer_norm":
+            x = F.layer_norm(x.transpose(1, 2), (c,), s[p + "2.1.weight"], s[p + "2.1.bias"]).transpose(1, 2)
+        elif i == 0:
+            x = F.group_norm(x, c, s[p + "2.weight"], s[p + "2.bias"])
+        x = F.gelu(x)
+    assert x.shape[1] == d
+
+    def ln(y: torch.Tensor, name: str) -> torch.Tensor:
+        return F.layer_norm(y, (d,), s[name + ".weight"], s[name + ".bias"])
+
+    def lin(y: torch.Tensor, name: str) -> torch.Tensor:
+        return F.linear(y, s[name + ".weight"], s[name + ".bias"])
+
+    def attn(y: torch.Tensor, p: str) -> torch.Tensor:
+        b, t, _ = y.shape
+        q, k, v = (lin(y, f"{p}self_attn.{n}_proj").view(b, t, heads, -1).transpose(1, 2) for n in "qkv")
+        probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // heads), dim=-1)
+        return lin((probs @ v).transpose(1, 2).reshape(b, t, d), p + "self_attn.out_proj")
+
+    x = ln(x.transpose(1, 2), "layer_norm")  # the feature LayerNorm; fairseq has no projection after it here
+    g, v = s["encoder.pos_conv.0.weight_g"], s["encoder.pos_conv.0.weight_v"]
+    kernel = v.shape[-1]
+    pos = F.conv1d(x.transpose(1, 2), g * v / v.norm(dim=(0, 1), keepdim=True), s["encoder.pos_conv.0.bias"],
+                   padding=kernel // 2, groups=model_cfg["conv_pos_groups"])
+    if kernel % 2 == 0:
+        pos = pos[..., :-1]
+    x = x + F.gelu(pos).transpose(1, 2)
+    pre_ln = model_cfg["layer_norm_first"]
+    if not pre_ln:
+        x = ln(x, "encoder.layer_norm")
+    for i in range(model_cfg["encoder_layers"]):
+        p = f"encoder.layers.{i}."
+        if pre_ln:
+            x = x + attn(ln(x, p + "self_attn_layer_norm"), p)
+            x = x + lin(F.gelu(lin(ln(x, p + "final_layer_norm"), p + "fc1")), p + "fc2")
+        else:
+            x = ln(x + attn(x, p), p + "self_attn_layer_norm")
+            x = ln(x + lin(F.gelu(lin(x, p + "fc1")), p + "fc2"), p + "final_layer_norm")
+    return ln(x, "encoder.layer_norm") if pre_ln else x
+
+
+@pytest.mark.parametrize("large_style", [False, True], ids=["post-LN-group", "pre-LN-layer"])
+def test_fairseq_checkpoint_without_projection_computes_like_fairseq(tmp_path, large_style):
+    """Last conv dim == encoder_embed_dim: fairseq builds no post_extract_proj, so the checkpoint has none."""
+    torch.manual_seed(40)
+    hf_cfg = small_hf_config(large_style, last_conv_dim=64)
+    source = transformers.Wav2Vec2Model(hf_cfg).eval()  # only a source of random weights (and a control)
+    perturb_vectors(source, 41)
+    state = hf_to_fairseq(source.state_dict(), layer_norm_conv=large_style)
+    del state["post_extract_proj.weight"], state["post_extract_proj.bias"]
+    model_cfg = fairseq_model_cfg(hf_cfg)
+    path = tmp_path / "no_proj.pt"
+    torch.save({"cfg": {"model": model_cfg}, "model": state}, path)
+
+    ours, cfg = load_wav2vec2(path)
+    assert cfg.feature_proj is False and isinstance(ours.feature_proj, torch.nn.Identity)
+    wave = torch.randn(2, 3000, generator=torch.Generator().manual_seed(42))
+    ref = fairseq_forward_without_projection(state, model_cfg, wave)
+    with torch.no_grad():
+        out = ours(wave)
+        with_projection = source(wave).last_hidden_state
+    assert out.hidden.shape == ref.shape == (2, cfg.frames_for(3000), 64)
+    assert rel_err(out.hidden, ref) < 1e-5
+    assert rel_err(with_projection, ref) > 1e-2  # the reference is not blind to a projection
+
+    # our format keeps the flag; the KWS and quantization tests build on such an encoder
+    save_wav2vec2(ours, cfg, tmp_path / "ours")
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["config"]["feature_proj"] is False
+    again, again_cfg = load_wav2vec2(tmp_path / "ours")
+    assert again_cfg == cfg and isinstance(again.feature_proj, torch.nn.Identity)
+    with torch.no_grad():
+        assert torch.equal(again(wave).hidden, out.hidden)
+
+
+def test_fairseq_checkpoint_missing_projection_with_different_dims_is_refused(tmp_path):
+    """Dims differ, so fairseq has a post_extract_proj: a checkpoint without it is incomplete."""
+    hf_cfg = small_hf_config(large_style=False)
+    state = hf_to_fairseq(transformers.Wav2Vec2Model(hf_cfg).state_dict(), layer_norm_conv=False)
+    del state["post_extract_proj.weight"], state["post_extract_proj.bias"]
+    path = tmp_path / "incomplete.pt"
+    torch.save({"cfg": {"model": fairseq_model_cfg(hf_cfg)}, "model": state}, path)
+    with pytest.raises(QuambaEdgeError, match=r"missing: feature_proj\.bias, feature_proj\.weight") as err:
+        load_wav2vec2(path)
+    assert str(path) in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_files_saved_before_feature_proj_existed_load_with_a_projection(tmp_path):
+    torch.manual_seed(43)
+    cfg = Wav2Vec2Config.tiny()
+    model = Wav2Vec2Encoder(cfg).eval()
+    save_wav2vec2(model, cfg, tmp_path / "old")
+    raw = json.loads((tmp_path / "old" / "config.json").read_text())
+    del raw["config"]["feature_proj"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(raw))
+    loaded, loaded_cfg = load_wav2vec2(tmp_path / "old")
+    assert loaded_cfg == cfg and loaded_cfg.feature_proj and isinstance(loaded.feature_proj, torch.nn.Linear)
+    assert torch.equal(loaded.feature_proj.weight, model.feature_proj.weight)
+
+
 def test_fairseq_checkpoint_with_unsafe_globals_is_refused(tmp_path):
     path = tmp_path / "pickled.pt"
     torch.save({"cfg": {"model": {}}, "model": {}, "extra_state": {"ratio": fractions.Fraction(1, 3)}}, path)
@@ -410,7 +542,7 @@ def test_foreign_models_are_refused(tmp_path):
         load_wav2vec2(other)
     path = tmp_path / "conformer.pt"
     torch.save({"cfg": {"model": {"_name": "wav2vec2", "layer_type": "conformer"}}, "model": {}}, path)
-    with pytest.raises(QuambaEdgeError, match="layer_type 'conformer'"):
+    with pytest.raises(QuambaEdgeError, match="`layer_type: 'conformer'`"):
         load_wav2vec2(path)
     path = tmp_path / "extra.pt"
     state = {"encoder.layers.0.self_attn.q_proj.weight": torch.zeros(2, 2),
@@ -446,6 +578,10 @@ def test_config_dict_roundtrip_and_validation():
         Wav2Vec2Config(hidden_size=100, num_heads=12)
     with pytest.raises(QuambaEdgeError, match="unknown wav2vec2 config keys"):
         Wav2Vec2Config.from_dict({"hidden_sizes": 3})
+    no_proj = Wav2Vec2Config.from_dict({**Wav2Vec2Config.tiny().to_dict(), "feature_proj": False})
+    assert Wav2Vec2Config.from_dict(json.loads(json.dumps(no_proj.to_dict()))) == no_proj
+    with pytest.raises(QuambaEdgeError, match=r"feature_proj=False needs conv_dim\[-1\] == hidden_size, not 512"):
+        Wav2Vec2Config(feature_proj=False)
 
 
 def test_forward_is_conv_features_then_contextualize():

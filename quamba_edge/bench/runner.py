@@ -110,10 +110,19 @@ def _one_run(runner, prompt: np.ndarray, gen_len: int) -> tuple[float, list[floa
     return ttft, steps
 
 
+def _at_least_one(**sizes: int) -> None:
+    """A workload with nothing in it has no latency: say which size is zero instead of a median of nothing."""
+    for name, value in sizes.items():
+        if value < 1:
+            flag = "--" + name.replace("_", "-")
+            raise QuambaEdgeError(f"{flag} must be at least 1 (got {value}). Fix: pass {flag} 1 or more.")
+
+
 def measure(runner, *, batch: int, prompt_len: int, gen_len: int, repeats: int, threads: int,
             seed: int = 0, progress=None) -> Measurement:
     if gen_len < 2:
         raise QuambaEdgeError("--gen-len must be at least 2 (the first token comes from the prompt).")
+    _at_least_one(batch=batch, prompt_len=prompt_len, repeats=repeats)
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, runner.cfg.vocab_size, size=(batch, prompt_len), dtype=np.int64)
     _one_run(runner, prompt[:, : min(prompt_len, 64)], 4)  # warm-up: allocations, kernel selection
@@ -159,6 +168,7 @@ class SetRunner:
 def measure_sets(runner: SetRunner, *, batch: int, set_size: int, repeats: int, threads: int, seed: int = 0,
                  progress=None) -> dict:
     """Latency of one batch of sets (median of `repeats` timed calls after two warm-ups) and sets/s."""
+    _at_least_one(batch=batch, set_size=set_size, repeats=repeats)
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(batch, set_size, runner.cfg.d_in)).astype(np.float32)
     mask = np.ones((batch, set_size), dtype=bool)
@@ -203,6 +213,7 @@ def measure_speech(runner: SpeechRunner, *, batch: int, clip_s: float, repeats: 
                    progress=None) -> dict:
     """Latency of one batch of `clip_s`-second clips (median of `repeats` timed calls after two warm-ups)
     and the real-time factor: compute time / audio time (below 1 keeps up with a live stream)."""
+    _at_least_one(batch=batch, repeats=repeats)
     samples = int(round(clip_s * runner.cfg.sample_rate))
     if runner.max_samples is not None and samples > runner.max_samples:
         limit = runner.max_samples / runner.cfg.sample_rate

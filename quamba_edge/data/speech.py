@@ -19,9 +19,9 @@ over the whole window that receives it.
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import wave
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,13 +69,20 @@ def read_wav(
     mix_to_mono: bool = False,
     reject_silent: bool = False,
 ) -> np.ndarray:
-    """Read a PCM WAV file as float32 mono in [-1, 1], resampled to `sample_rate` (None: keep the file's).
+    """Read an audio file as float32 mono in [-1, 1], resampled to `sample_rate` (None: keep the file's).
 
-    Uses the stdlib `wave` module (8-bit unsigned, 16/24/32-bit signed PCM), so no audio library is
-    needed to read the data sets. Multi-channel audio is refused unless `mix_to_mono=True` (channel
-    mean): silently averaging a stereo file can cancel out-of-phase content, so it must be asked for.
-    `reject_silent=True` refuses a file whose peak is below one 16-bit step (a clip of digital silence
-    makes a KWS trial with no keyword in it, and an SNR relative to zero power is undefined).
+    Decoding is libsndfile's (through `soundfile`): WAV with any header it accepts (PCM 8/16/24/32-bit,
+    float, mu-law/A-law, WAVE_FORMAT_EXTENSIBLE, streamed sizes), and FLAC, OGG, AIFF. Integer samples
+    are scaled by 1/2^(bits-1) (8-bit is unsigned, centred on 128). A WAV whose `data` chunk declares
+    0 bytes (a recorder that never finalised its header) is read to the end of the file. Multi-channel
+    audio is refused unless `mix_to_mono=True` (channel mean): silently averaging a stereo file can
+    cancel out-of-phase content, so it must be asked for. `reject_silent=True` refuses a file whose
+    peak is below one 16-bit step (a clip of digital silence makes a KWS trial with no keyword in it,
+    and an SNR relative to zero power is undefined).
+
+    Raises QuambaEdgeError, naming the file, for every failure: missing, a directory, empty, any
+    decoder error (truncated or malformed chunks, unknown formats), no samples, NaN/inf samples,
+    unwanted channels, silence.
     """
     path = Path(path)
     if not path.exists():
@@ -84,32 +91,13 @@ def read_wav(
         raise QuambaEdgeError(f"{path} is a directory, not a WAV file. Fix: pass the path of a .wav file.")
     if path.stat().st_size == 0:
         raise QuambaEdgeError(f"{path} is an empty file (0 bytes). Fix: re-create or re-download it.")
-    try:
-        with wave.open(str(path), "rb") as w:
-            channels, width, rate, n_frames = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
-            raw = w.readframes(n_frames)
-    except wave.Error as e:
-        hint = ""
-        if "unknown format: 3" in str(e):
-            hint = " It holds floating-point samples; convert it with `sox IN -b 16 -e signed-integer OUT.wav`."
-        raise QuambaEdgeError(
-            f"{path} is not a readable PCM WAV file ({e}).{hint} Fix: convert it to 16-bit PCM WAV, e.g. "
-            f"`sox {path} -b 16 -e signed-integer fixed.wav`."
-        ) from e
-    except (EOFError, OSError, ValueError) as e:  # truncated header, bad chunk sizes
-        raise QuambaEdgeError(f"{path} is corrupt or truncated ({e}). Fix: re-create or re-download it.") from e
-    if width not in (1, 2, 3, 4):
-        raise QuambaEdgeError(
-            f"{path} has {8 * width}-bit samples, which are not supported (8/16/24/32-bit PCM are). "
-            f"Fix: `sox {path} -b 16 fixed.wav`."
-        )
-    if channels < 1 or rate <= 0:
-        raise QuambaEdgeError(f"{path} has a broken header ({channels} channels, {rate} Hz). Fix: re-create it.")
-    frame = channels * width
-    raw = raw[: len(raw) // frame * frame]  # a file cut mid-frame: keep the whole frames
-    if not raw:
+    audio, rate = _decode(path)
+    if audio.shape[0] == 0:
         raise QuambaEdgeError(f"{path} holds no audio (0 samples). Fix: re-record or re-generate it.")
-    audio = _pcm_to_float(raw, width).reshape(-1, channels)
+    if not np.all(np.isfinite(audio)):
+        raise QuambaEdgeError(f"{path} holds NaN or infinite samples (a float WAV written from broken audio). "
+                              "Fix: re-create it from the source audio.")
+    channels = audio.shape[1]
     if channels > 1:
         if not mix_to_mono:
             raise QuambaEdgeError(
@@ -128,16 +116,44 @@ def read_wav(
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
-def _pcm_to_float(raw: bytes, width: int) -> np.ndarray:
-    if width == 1:  # 8-bit WAV is unsigned, centred on 128
-        return (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
-    if width == 2:
-        return np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
-    if width == 3:  # little-endian 24-bit: widen to int32 with the sign in the top byte
-        b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
-        ints = (b[:, 0] << 8 | b[:, 1] << 16 | b[:, 2] << 24) >> 8
-        return ints.astype(np.float32) / 8388608.0
-    return (np.frombuffer(raw, "<i4").astype(np.float64) / 2147483648.0).astype(np.float32)
+def _decode(path: Path) -> tuple[np.ndarray, int]:
+    """libsndfile's samples (frames, channels) float32 and the rate; its every failure as our error."""
+    import soundfile
+
+    try:
+        with soundfile.SoundFile(str(path)) as f:
+            rate, channels, subtype, kind = f.samplerate, f.channels, f.subtype, f.format
+            audio = f.read(dtype="float32", always_2d=True)
+        if audio.shape[0] == 0 and kind in ("WAV", "WAVEX"):
+            audio = _unsized_data_chunk(path, subtype, channels, rate, soundfile)
+    except Exception as exc:  # LibsndfileError, RuntimeError, TypeError...: every one is about this file
+        reason = getattr(exc, "error_string", None) or str(exc)
+        raise QuambaEdgeError(
+            f"{path} is not a readable audio file (libsndfile: {reason}). It may be cut short, or have a "
+            "malformed header. Fix: re-create or re-download it; if another player reads it, convert it with "
+            f"`sox {path} -b 16 -e signed-integer fixed.wav`."
+        ) from exc
+    if rate <= 0:
+        raise QuambaEdgeError(f"{path} has a broken header ({rate} Hz). Fix: re-create it.")
+    return audio, rate
+
+
+def _unsized_data_chunk(path: Path, subtype: str, channels: int, rate: int, soundfile) -> np.ndarray:
+    """The samples after a `data` chunk header that declares 0 bytes (a WAV streamed to a pipe, or
+    a recording cut off before its header was finalised): libsndfile reads none, sox reads them with
+    --ignore-length; we decode the rest of the file as headerless audio of the header's format."""
+    raw = path.read_bytes()
+    pos = 12  # after "RIFF" <size> "WAVE"
+    while pos + 8 <= len(raw):
+        chunk, size = raw[pos : pos + 4], int.from_bytes(raw[pos + 4 : pos + 8], "little")
+        if chunk == b"data":
+            if size != 0 or pos + 8 >= len(raw):
+                break
+            payload = raw[pos + 8 :]
+            return soundfile.read(io.BytesIO(payload), format="RAW", subtype=subtype, channels=channels,
+                                  samplerate=rate, endian="LITTLE", dtype="float32", always_2d=True)[0]
+        pos += 8 + size + (size & 1)
+    return np.zeros((0, channels), np.float32)
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
@@ -151,11 +167,9 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RAT
     pcm = np.clip(np.round(audio.astype(np.float64) * 32768.0), -32768, 32767).astype("<i2")
 
     def write(tmp: Path) -> None:
-        with wave.open(str(tmp), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(int(sample_rate))
-            w.writeframes(pcm.tobytes())
+        import soundfile
+
+        soundfile.write(str(tmp), pcm, int(sample_rate), subtype="PCM_16", format="WAV")
 
     atomic_write(Path(path), write)
 

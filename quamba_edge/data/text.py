@@ -36,13 +36,23 @@ def text_files(path: str | Path) -> list[Path]:
 
 
 def read_text(path: str | Path) -> str:
+    """The UTF-8 text of `path` (files concatenated in sorted order), a leading byte-order mark dropped.
+
+    Raises QuambaEdgeError for a file that is not UTF-8, and when the data holds no text at all.
+    """
     parts = []
-    for f in text_files(path):
+    files = text_files(path)
+    for f in files:
         try:
-            parts.append(f.read_text(encoding="utf-8"))
+            parts.append(f.read_text(encoding="utf-8-sig"))  # a BOM is a marker, not text
         except UnicodeDecodeError as exc:
             raise QuambaEdgeError(f"{f} is not UTF-8 text ({exc}). Fix: convert it with `iconv -t utf-8`.") from exc
-    return "".join(parts)
+    text = "".join(parts)
+    if not text:
+        what = f"{files[0]} is empty" if len(files) == 1 else f"the {len(files)} *.txt files under {path} are empty"
+        raise QuambaEdgeError(f"{what} (no text, a byte-order mark at most). Fix: pass --data a file with text, "
+                              "or `default` (the Austen corpus).")
+    return text
 
 
 @dataclass(frozen=True)
@@ -52,15 +62,27 @@ class Windows:
     available: int  # how many full windows the data holds
 
 
-def take_windows(ids: Tensor, samples: int, seq_len: int, what: str = "data") -> Windows:
-    """The first `samples` non-overlapping windows of `seq_len` tokens."""
-    if samples < 1 or seq_len < 2:
-        raise QuambaEdgeError(f"need --samples >= 1 and --seq-len >= 2 (got {samples}, {seq_len}).")
+def take_windows(ids: Tensor, samples: int, seq_len: int, what: str = "data", option: str = "--samples") -> Windows:
+    """The first `samples` non-overlapping windows of `seq_len` tokens: tokens (samples, seq_len) int64.
+
+    `option` is the command's flag for the number of windows, named in the errors' fixes. Raises
+    QuambaEdgeError when the arguments are out of range or the data is too short for them.
+    """
+    if seq_len < 2:
+        raise QuambaEdgeError(f"--seq-len must be at least 2 (a window predicts its tokens 1..L-1 from the ones "
+                              f"before them); got {seq_len}. Fix: pass --seq-len 2 or more.")
+    if samples < 1:
+        raise QuambaEdgeError(f"{option} must be at least 1; got {samples}. Fix: pass {option} 1 or more.")
     available = len(ids) // seq_len
+    if available == 0:
+        one_window = f"pass --seq-len {len(ids)}" + (f" {option} 1" if samples > 1 else "") + " for one window"
+        fix = f"{one_window}, or more data" if len(ids) >= 2 else "pass more data"
+        raise QuambaEdgeError(f"the {what} has {len(ids):,} tokens, fewer than one window of --seq-len {seq_len}. "
+                              f"Fix: {fix}.")
     if samples > available:
         raise QuambaEdgeError(
-            f"--samples {samples} x --seq-len {seq_len} needs {samples * seq_len:,} tokens, but the {what} "
-            f"has {len(ids):,} tokens = {available} samples of {seq_len}. Fix: pass --samples {available} "
+            f"{option} {samples} x --seq-len {seq_len} needs {samples * seq_len:,} tokens, but the {what} "
+            f"has {len(ids):,} tokens = {available} samples of {seq_len}. Fix: pass {option} {available} "
             "(or fewer), a shorter --seq-len, or more data."
         )
     tokens = ids[: samples * seq_len].reshape(samples, seq_len).long()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -23,7 +26,11 @@ class ByteTokenizer:
     vocab_size = 256
 
     def encode(self, text: str) -> Tensor:
-        return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()
+        """(len(text.encode('utf-8')),) int64; empty text gives an empty tensor."""
+        data = text.encode("utf-8")
+        if not data:  # torch.frombuffer refuses an empty buffer
+            return torch.zeros(0, dtype=torch.long)
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
 
     def decode(self, ids: list[int]) -> str:
         return bytes(int(i) % 256 for i in ids).decode("utf-8", errors="replace")
@@ -40,7 +47,12 @@ class HFTokenizer:
             from tokenizers import Tokenizer as _Tok
         except ImportError as exc:
             raise QuambaEdgeError("this checkpoint needs the `tokenizers` package: pip install tokenizers") from exc
-        self._tok = _Tok.from_file(str(path))
+        try:
+            self._tok = _Tok.from_file(str(path))
+            self._spec = json.loads(Path(path).read_text(encoding="utf-8"))
+        except Exception as exc:  # the library's own parse errors are bare Exceptions
+            raise QuambaEdgeError(f"{path} is not a readable tokenizer.json ({str(exc)[:200]}). "
+                                  "Fix: copy the model's tokenizer.json again.") from exc
         self.vocab_size = vocab_size
         self._lengths: Tensor | None = None
 
@@ -51,11 +63,70 @@ class HFTokenizer:
         return self._tok.decode([int(i) for i in ids])
 
     def byte_lengths(self) -> Tensor:
+        """(vocab_size,) float32: the UTF-8 bytes of text each token id stands for, from its raw bytes.
+
+        Decoding a token alone is wrong for a token that holds part of a multi-byte character: it
+        decodes to U+FFFD, 3 bytes. So the count comes from the token's raw form, by the decoder the
+        tokenizer declares: byte-level BPE (GPT-2, GPT-NeoX: one alphabet character per byte),
+        sentencepiece byte fallback (`<0xNN>` is one byte; `▁` is a space), WordPiece (`##`
+        continuation prefix), BPE end-of-word suffixes. Special added tokens stand for no text (0);
+        ids past the tokenizer's vocabulary (the model's padded rows) are 0 as well. A sentencepiece
+        normaliser that prepends `▁` gives the text's first token one extra byte; bits/byte never
+        counts that token (it is never predicted).
+        """
         if self._lengths is None:
-            self._lengths = torch.tensor(
-                [len(self._tok.decode([i]).encode("utf-8")) for i in range(self.vocab_size)], dtype=torch.float32
-            )
+            lengths = torch.zeros(self.vocab_size, dtype=torch.float32)
+            special = {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+            raw_len = _raw_length_rule(self._spec.get("decoder"))
+            for token, i in self._tok.get_vocab(with_added_tokens=True).items():
+                if i < self.vocab_size and i not in special:
+                    lengths[i] = raw_len(token)
+            self._lengths = lengths
         return self._lengths
+
+
+def _decoder_steps(spec: dict | None) -> list[dict]:
+    if not spec:
+        return []
+    if spec.get("type") == "Sequence":
+        return [step for inner in spec.get("decoders", []) for step in _decoder_steps(inner)]
+    return [spec]
+
+
+_BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def _raw_length_rule(decoder: dict | None) -> Callable[[str], int]:
+    """token string (as in the vocabulary) -> UTF-8 bytes of text it stands for, by the decoder's kind."""
+    steps = _decoder_steps(decoder)
+    kinds = {s.get("type") for s in steps}
+    if "ByteLevel" in kinds:
+        from tokenizers.pre_tokenizers import ByteLevel
+
+        alphabet = set(ByteLevel.alphabet())  # the 256 characters GPT-2's byte-level BPE maps the bytes to
+        return lambda token: sum(1 if ch in alphabet else len(ch.encode("utf-8")) for ch in token)
+    replaces: list[tuple[str, str]] = []
+    for s in steps:
+        if s.get("type") == "Replace" and isinstance(s.get("pattern"), dict) and "String" in s["pattern"]:
+            replaces.append((s["pattern"]["String"], s.get("content", "")))
+        elif s.get("type") == "Metaspace":
+            replaces.append((s.get("replacement", "▁"), " "))
+    wordpiece_prefix = next((s.get("prefix", "##") for s in steps if s.get("type") == "WordPiece"), None)
+    bpe_suffix = next((s.get("suffix", "</w>") for s in steps if s.get("type") == "BPEDecoder"), None)
+    byte_fallback = "ByteFallback" in kinds
+
+    def raw_len(token: str) -> int:
+        if byte_fallback and _BYTE_FALLBACK.fullmatch(token):
+            return 1
+        if wordpiece_prefix and token.startswith(wordpiece_prefix):
+            token = token[len(wordpiece_prefix):]
+        if bpe_suffix and token.endswith(bpe_suffix):
+            token = token[: -len(bpe_suffix)] + " "
+        for pattern, content in replaces:
+            token = token.replace(pattern, content)
+        return len(token.encode("utf-8"))
+
+    return raw_len
 
 
 def tokenizer_for(model_dir: Path, vocab_size: int) -> Tokenizer:

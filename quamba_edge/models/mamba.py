@@ -28,7 +28,7 @@ class MambaConfig:
     vocab_size: int = 256
     d_state: int = 16
     d_conv: int = 4
-    expand: int = 2
+    expand: float = 2  # d_inner = int(expand * d_model), as mamba-ssm and transformers compute it
     dt_rank: int = 0  # 0 means ceil(d_model / 16), as in the paper
     norm_eps: float = 1e-5
     conv_bias: bool = True
@@ -36,7 +36,7 @@ class MambaConfig:
 
     @property
     def d_inner(self) -> int:
-        return self.expand * self.d_model
+        return int(self.expand * self.d_model)
 
     @property
     def rank(self) -> int:

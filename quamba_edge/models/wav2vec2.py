@@ -6,8 +6,9 @@ along, and we load fairseq checkpoints as well as Hugging Face ones.
 
 Data flow (b batch, s samples, t frames, c conv channels, d hidden):
 waveform (b, s) -> conv feature encoder (b, c, t) -> LayerNorm(c) = `features` (what the pre-training
-quantizer discretises) -> Linear(c -> d) -> optional time mask (masked frames become `mask_emb`)
--> + positional conv -> transformer layers -> `hidden` (b, t, d).
+quantizer discretises) -> Linear(c -> d) (none when `feature_proj=False`: fairseq builds no projection
+when c == d) -> optional time mask (masked frames become `mask_emb`) -> + positional conv -> transformer
+layers -> `hidden` (b, t, d).
 
 Two layer orders exist: BASE is post-LN (`layer_norm_first=False`: LayerNorm after every residual add,
 plus one after the positional conv); LARGE-lv60 style is pre-LN (LayerNorm before attention and FFN,
@@ -60,7 +61,8 @@ class Wav2Vec2Config:
     pos_conv_kernel: int = 128
     pos_conv_groups: int = 16
     layer_norm_first: bool = False  # False: post-LN (BASE); True: pre-LN (LARGE-lv60, XLS-R)
-    layer_norm_eps: float = 1e-5
+    layer_norm_eps: float = 1e-5  # feature LayerNorm and transformer LayerNorms; the conv norms use 1e-5
+    feature_proj: bool = True  # False: no Linear(c -> d) after the feature LayerNorm (needs c == d)
     num_codevector_groups: int = 2
     num_codevectors_per_group: int = 320
     codevector_dim: int = 256
@@ -87,6 +89,9 @@ class Wav2Vec2Config:
             problems.append(f"feat_extract_norm must be 'group' or 'layer', not {self.feat_extract_norm!r}")
         if self.num_heads <= 0 or self.hidden_size % self.num_heads:
             problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if not self.feature_proj and self.conv_dim and self.conv_dim[-1] != self.hidden_size:
+            problems.append(f"feature_proj=False needs conv_dim[-1] == hidden_size, not {self.conv_dim[-1]} "
+                            f"and {self.hidden_size}")
         if self.pos_conv_groups <= 0 or self.hidden_size % self.pos_conv_groups:
             problems.append(f"hidden_size {self.hidden_size} is not divisible by "
                             f"pos_conv_groups {self.pos_conv_groups}")
@@ -305,7 +310,7 @@ class Wav2Vec2Encoder(nn.Module):
         c, d = cfg.conv_dim[-1], cfg.hidden_size
         self.feature_encoder = FeatureEncoder(cfg)
         self.feature_norm = nn.LayerNorm(c, eps=cfg.layer_norm_eps)
-        self.feature_proj = nn.Linear(c, d)
+        self.feature_proj = nn.Linear(c, d) if cfg.feature_proj else nn.Identity()
         self.mask_emb = nn.Parameter(torch.empty(d))
         self.pos_conv = PositionalConv(d, cfg.pos_conv_kernel, cfg.pos_conv_groups)
         self.encoder_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
@@ -549,6 +554,7 @@ class _Checkpoint:
     encoder: dict[str, Tensor]  # our encoder names
     heads: dict[str, Tensor]  # "quantizer.*" and "heads.*" (pre-training checkpoints only)
     where: str  # for error messages
+    heads_refused: tuple[str, ...] = ()  # settings whose pre-training heads we do not implement
 
 
 def _rename(state: dict[str, Tensor], rules: list, ignored: tuple, where: str) -> tuple[dict, dict]:
@@ -591,22 +597,156 @@ def _few(keys: list[str]) -> str:
     return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
 
 
+# --- what each checkpoint setting does here
+#
+# Every setting of transformers' Wav2Vec2Config (configuration_wav2vec2.py) and of fairseq's wav2vec 2.0
+# model config (fairseq/models/wav2vec/wav2vec2.py: the Wav2Vec2Config dataclass, or the older `args`),
+# and what the loaders do with it, decided on how each library's encoder forward uses it. "honoured": the
+# value shapes our encoder (or the pre-training heads) the same way; "refused": a value other than the one
+# named makes the loader raise a QuambaEdgeError naming the setting and its value; "ignored": no effect on
+# the encoder's inference output (training-time dropout/masking/losses, task heads, metadata).
+# tests/test_wav2vec2_config.py checks this table against the installed transformers and each refusal.
+
+HF_CONFIG_FIELDS: dict[str, str] = {
+    "hidden_size": "honoured", "num_hidden_layers": "honoured", "num_attention_heads": "honoured",
+    "intermediate_size": "honoured",
+    "hidden_act": "honoured if 'gelu' or 'gelu_python' (both the exact erf GELU), else refused",
+    "feat_extract_activation": "honoured if 'gelu' or 'gelu_python' (every conv layer and the positional conv), "
+                               "else refused",
+    "layer_norm_eps": "honoured (feature LayerNorm and every transformer LayerNorm; the conv norms use a fixed "
+                      "1e-5 in transformers, as here)",
+    "feat_extract_norm": "honoured ('group' or 'layer'), else refused",
+    "conv_dim": "honoured", "conv_stride": "honoured", "conv_kernel": "honoured", "conv_bias": "honoured",
+    "num_conv_pos_embeddings": "honoured (an even kernel drops the last output frame, Wav2Vec2SamePadLayer)",
+    "num_conv_pos_embedding_groups": "honoured",
+    "do_stable_layer_norm": "honoured (pre-LN layers + final LayerNorm; independent of feat_extract_norm)",
+    "num_feat_extract_layers": "ignored: transformers derives it from len(conv_dim)",
+    "add_adapter": "refused if true (an adapter after the encoder changes the output)",
+    "adapter_attn_dim": "refused if set (attention adapters in every layer)",
+    "adapter_kernel_size": "ignored: only read by the add_adapter adapter (refused)",
+    "adapter_stride": "ignored: only read by the add_adapter adapter (refused)",
+    "num_adapter_layers": "ignored: only read by the add_adapter adapter (refused)",
+    "output_hidden_size": "ignored: only read by the add_adapter adapter (refused) and the CTC head",
+    "num_codevectors_per_group": "honoured (pre-training quantizer shape)",
+    "num_codevector_groups": "honoured (pre-training quantizer shape)",
+    "codevector_dim": "honoured (pre-training quantizer shape)",
+    "proj_codevector_dim": "honoured (pre-training heads' shape)",
+    "hidden_dropout": "ignored: training only (kept as dropout)",
+    "activation_dropout": "ignored: training only (kept)", "attention_dropout": "ignored: training only (kept)",
+    "feat_proj_dropout": "ignored: training only (kept)", "feat_quantizer_dropout": "ignored: training only (kept)",
+    "layerdrop": "ignored: training only (kept)", "final_dropout": "ignored: training only, CTC head",
+    "apply_spec_augment": "ignored: training-time masking", "mask_time_prob": "ignored: training-time masking",
+    "mask_time_length": "ignored: training-time masking", "mask_time_min_masks": "ignored: training-time masking",
+    "mask_feature_prob": "ignored: training-time masking", "mask_feature_length": "ignored: training-time masking",
+    "mask_feature_min_masks": "ignored: training-time masking",
+    "contrastive_logits_temperature": "ignored: pre-training loss", "num_negatives": "ignored: pre-training loss",
+    "diversity_loss_weight": "ignored: pre-training loss", "initializer_range": "ignored: initialisation only",
+    "vocab_size": "ignored: CTC head", "ctc_loss_reduction": "ignored: CTC loss",
+    "ctc_zero_infinity": "ignored: CTC loss", "pad_token_id": "ignored: tokenizer",
+    "bos_token_id": "ignored: tokenizer", "eos_token_id": "ignored: tokenizer",
+    "use_weighted_layer_sum": "ignored: classification heads only (their `layer_weights`)",
+    "classifier_proj_size": "ignored: classification head", "tdnn_dim": "ignored: x-vector head",
+    "tdnn_kernel": "ignored: x-vector head", "tdnn_dilation": "ignored: x-vector head",
+    "xvector_output_dim": "ignored: x-vector head",
+    "(PreTrainedConfig keys)": "ignored: metadata (architectures, dtype, ...); the attention implementation "
+                               "(eager/sdpa) does not change the math",
+}
+
+FAIRSEQ_CONFIG_FIELDS: dict[str, str] = {
+    "_name / arch": "refused unless 'wav2vec2' (fine-tuned wav2vec_ctc: the nested w2v_args model is read)",
+    "extractor_mode": "honoured ('default': GroupNorm on conv 0; 'layer_norm': LayerNorm on every conv), "
+                      "else refused",
+    "conv_feature_layers": "honoured", "conv_bias": "honoured",
+    "encoder_layers": "honoured", "encoder_embed_dim": "honoured (equal to the last conv dim: no "
+                                                       "post_extract_proj, feature_proj=False)",
+    "encoder_ffn_embed_dim": "honoured", "encoder_attention_heads": "honoured",
+    "activation_fn": "honoured if 'gelu' (fairseq's erf GELU), else refused; the conv and positional-conv "
+                     "activations are a fixed nn.GELU",
+    "layer_type": "honoured if 'transformer', else refused (conformer, trf_adp); a fine-tuning config's value "
+                  "overrides the pre-training one, as in fairseq",
+    "layer_norm_first": "honoured",
+    "(layer norm eps)": "honoured: not a setting; fairseq's LayerNorm, Fp32GroupNorm and Fp32LayerNorm use 1e-5",
+    "conv_pos": "honoured (SamePad: an even kernel drops the last output frame)", "conv_pos_groups": "honoured",
+    "pos_conv_depth": "refused unless 1 (a stack of plain convs with LayerNorms)",
+    "conv_pos_batch_norm": "refused if true (read with hasattr by TransformerEncoder; HuBERT configs carry it)",
+    "quantize_input": "refused if true (Gumbel-quantized encoder input + project_inp)",
+    "same_quantizer": "ignored: only with quantize_input (refused)",
+    "crop_seq_to_multiple": "refused unless 1 (drops trailing frames before the transformer)",
+    "required_seq_len_multiple": "ignored: pads with frames that attention masks out and crops them again, so "
+                                 "the real frames' output is unchanged",
+    "dropout": "ignored: training only (kept)", "attention_dropout": "ignored: training only (kept)",
+    "activation_dropout": "ignored: training only (kept)", "encoder_layerdrop": "ignored: training only (kept)",
+    "dropout_input": "ignored: training only (kept)", "dropout_features": "ignored: training only (kept)",
+    "feature_grad_mult": "ignored: training only (kept: scales the conv stack's gradient)",
+    "final_dim": "honoured (pre-training heads' shape)", "latent_vars": "honoured (quantizer shape)",
+    "latent_groups": "honoured (quantizer shape)", "latent_dim": "honoured (quantizer shape)",
+    "quantize_targets": "refused by load_pretrain_heads if false (no quantizer); the encoder loads",
+    "target_glu": "refused by load_pretrain_heads if true (a GLU on the targets); the encoder loads",
+    "quantizer_depth": "refused by load_pretrain_heads unless 1 (an MLP weight_proj); the encoder loads",
+    "quantizer_factor": "ignored: only with quantizer_depth > 1 (refused for the heads)",
+    "latent_temp": "ignored: training-time Gumbel temperature", "logit_temp": "ignored: pre-training loss",
+    "num_negatives": "ignored: pre-training loss", "negatives_from_everywhere": "ignored: pre-training loss",
+    "cross_sample_negatives": "ignored: pre-training loss", "codebook_negatives": "ignored: pre-training loss",
+    "mask_length": "ignored: training-time masking", "mask_prob": "ignored: training-time masking",
+    "mask_selection": "ignored: training-time masking", "mask_other": "ignored: training-time masking",
+    "no_mask_overlap": "ignored: training-time masking", "mask_min_space": "ignored: training-time masking",
+    "require_same_masks": "ignored: training-time masking", "mask_dropout": "ignored: training-time masking",
+    "mask_channel_length": "ignored: training-time masking", "mask_channel_prob": "ignored: training-time masking",
+    "mask_channel_before": "ignored: training-time masking",
+    "mask_channel_selection": "ignored: training-time masking",
+    "mask_channel_other": "ignored: training-time masking",
+    "no_mask_channel_overlap": "ignored: training-time masking",
+    "mask_channel_min_space": "ignored: training-time masking",
+    "max_positions": "ignored: reported by max_positions(), never used in forward",
+    "checkpoint_activations": "ignored: training memory", "fp16": "ignored: conformer only (refused)",
+    "depthwise_conv_kernel_size": "ignored: conformer only (refused)",
+    "attn_type": "ignored: conformer only (refused)", "pos_enc_type": "ignored: conformer only (refused)",
+    "adp_num": "ignored: trf_adp only (refused)", "adp_dim": "ignored: trf_adp only (refused)",
+    "adp_act_fn": "ignored: trf_adp only (refused)", "adp_trf_idx": "ignored: trf_adp only (refused)",
+    "normalize (task)": "ignored: input preprocessing (zero mean, unit variance per clip) is the caller's",
+    "(wav2vec_ctc settings)": "ignored: dropouts, masking, layerdrop, final_dropout, freeze_finetune_updates and "
+                              "the CTC `proj` are training or head only; layer_type and adp_* are applied (above)",
+}
+
+_EXACT_GELU = ("gelu", "gelu_python")  # transformers' names for F.gelu (erf); gelu_new, gelu_fast... are tanh
+
+
+def _setting(name: str, value: object) -> str:
+    return f"`{name}: {value!r}`"
+
+
+def _refuse(where: str, settings: list[str], fix: str, what: str = "the wav2vec2 encoder") -> None:
+    """Raise if any setting was refused: every one named with its value, so the user sees them all at once."""
+    if settings:
+        raise QuambaEdgeError(f"{where} sets {', '.join(settings)}: {what} it describes computes something "
+                              f"quamba-edge does not implement, so loading it would give wrong outputs. Fix: {fix}")
+
+
+def _build_config(where: str, **values: object) -> Wav2Vec2Config:
+    try:
+        return Wav2Vec2Config(**values)
+    except (TypeError, ValueError) as exc:
+        raise QuambaEdgeError(f"{where} has a malformed wav2vec2 config ({exc}). Fix: re-export it from the "
+                              "original model.") from exc
+    except QuambaEdgeError as exc:
+        raise QuambaEdgeError(f"{where}: {exc} Fix: re-export it from the original model.") from exc
+
+
 # --- Hugging Face
 
 
 def _hf_config(raw: dict, where: str) -> Wav2Vec2Config:
-    unsupported = []
-    if raw.get("hidden_act", "gelu") != "gelu" or raw.get("feat_extract_activation", "gelu") != "gelu":
-        unsupported.append("an activation other than gelu")
+    refused = [_setting(name, raw.get(name)) for name in ("hidden_act", "feat_extract_activation")
+               if raw.get(name, "gelu") not in _EXACT_GELU]
+    if raw.get("feat_extract_norm", "group") not in ("group", "layer"):
+        refused.append(_setting("feat_extract_norm", raw.get("feat_extract_norm")))
     if raw.get("add_adapter"):
-        unsupported.append("add_adapter=true (an output adapter after the encoder)")
+        refused.append(_setting("add_adapter", raw.get("add_adapter")))
     if raw.get("adapter_attn_dim") is not None:
-        unsupported.append("adapter_attn_dim (per-language attention adapters)")
-    if unsupported:
-        raise QuambaEdgeError(f"{where} uses {', '.join(unsupported)}, which quamba-edge does not implement. "
-                              "Fix: use a plain wav2vec2 checkpoint.")
+        refused.append(_setting("adapter_attn_dim", raw.get("adapter_attn_dim")))
+    _refuse(where, refused, "use a plain wav2vec2 checkpoint (exact GELU activations, no adapters).")
     try:
-        return Wav2Vec2Config(
+        values = dict(
             conv_dim=tuple(raw.get("conv_dim", (512,) * 7)),
             conv_kernel=tuple(raw.get("conv_kernel", (10, 3, 3, 3, 3, 2, 2))),
             conv_stride=tuple(raw.get("conv_stride", (5, 2, 2, 2, 2, 2, 2))),
@@ -620,6 +760,7 @@ def _hf_config(raw: dict, where: str) -> Wav2Vec2Config:
             pos_conv_groups=int(raw.get("num_conv_pos_embedding_groups", 16)),
             layer_norm_first=bool(raw.get("do_stable_layer_norm", False)),
             layer_norm_eps=float(raw.get("layer_norm_eps", 1e-5)),
+            feature_proj=True,  # transformers always builds feature_projection.projection
             num_codevector_groups=int(raw.get("num_codevector_groups", 2)),
             num_codevectors_per_group=int(raw.get("num_codevectors_per_group", 320)),
             codevector_dim=int(raw.get("codevector_dim", 256)),
@@ -634,6 +775,7 @@ def _hf_config(raw: dict, where: str) -> Wav2Vec2Config:
         )
     except (TypeError, ValueError) as exc:
         raise QuambaEdgeError(f"{where} has a malformed wav2vec2 config ({exc}). Fix: re-export it.") from exc
+    return _build_config(where, **values)
 
 
 def _read_hf(model_dir: Path, raw: dict) -> _Checkpoint:
@@ -684,6 +826,11 @@ def _as_dict(obj: object) -> dict:
     raise TypeError(f"expected a dict or argparse.Namespace, got {type(obj).__name__}")
 
 
+# fairseq's wav2vec_ctc copies these from the fine-tuning config into the pre-training one it builds
+# (Wav2VecEncoder in wav2vec2_asr.py), so they decide the encoder's layers when set there.
+_FAIRSEQ_FINETUNE_OVERRIDES = ("layer_type", "adp_num", "adp_dim", "adp_act_fn", "adp_trf_idx")
+
+
 def _fairseq_model_cfg(ckpt: dict, where: str) -> tuple[dict, str]:
     """-> (the wav2vec2 model's settings, the state-dict prefix of its weights). Fine-tuned (CTC)
     checkpoints nest the pre-training settings in `w2v_args` and the weights under `w2v_encoder.w2v_model.`."""
@@ -696,56 +843,74 @@ def _fairseq_model_cfg(ckpt: dict, where: str) -> tuple[dict, str]:
                               "Fix: pass the original fairseq checkpoint or a Hugging Face directory.")
     if model.get("w2v_args") is not None:
         inner = _as_dict(model["w2v_args"])
-        return _as_dict(inner.get("model", inner)), "w2v_encoder.w2v_model."
+        inner = dict(_as_dict(inner.get("model", inner)))
+        inner.update({k: model[k] for k in _FAIRSEQ_FINETUNE_OVERRIDES if model.get(k) is not None})
+        return inner, "w2v_encoder.w2v_model."
     return model, ""
 
 
+def _opt(m: dict, key: str, default: object) -> object:
+    """m[key], or `default` when absent or null (fairseq's dataclass default)."""
+    value = m.get(key)
+    return default if value is None else value
+
+
 def _fairseq_config(m: dict, where: str) -> Wav2Vec2Config:
-    unsupported = []
-    name = m.get("_name") or m.get("arch") or "wav2vec2"
-    if not str(name).startswith("wav2vec2"):
-        unsupported.append(f"model {name!r}")
-    if m.get("activation_fn", "gelu") != "gelu":
-        unsupported.append(f"activation_fn {m.get('activation_fn')!r}")
-    if m.get("layer_type", "transformer") != "transformer":
-        unsupported.append(f"layer_type {m.get('layer_type')!r}")
-    if int(m.get("pos_conv_depth", 1) or 1) != 1:
-        unsupported.append("pos_conv_depth > 1")
-    if m.get("conv_pos_batch_norm"):
-        unsupported.append("conv_pos_batch_norm")
-    if m.get("quantize_input"):
-        unsupported.append("quantize_input")
-    mode = m.get("extractor_mode", "default")
-    if mode not in ("default", "layer_norm"):
-        unsupported.append(f"extractor_mode {mode!r}")
-    if unsupported:
-        raise QuambaEdgeError(f"{where} uses {', '.join(unsupported)}, which quamba-edge does not implement. "
-                              "Fix: use a wav2vec 2.0 (transformer) checkpoint.")
+    """The encoder's config from fairseq's model settings; FAIRSEQ_CONFIG_FIELDS says what each one does."""
+    refused = []
+    name_key = "_name" if m.get("_name") is not None else "arch"
+    if _opt(m, name_key, "wav2vec2") != "wav2vec2":
+        refused.append(_setting(name_key, m[name_key]))
+    for key, allowed in (("activation_fn", ("gelu",)), ("layer_type", ("transformer",)),
+                         ("extractor_mode", ("default", "layer_norm")), ("pos_conv_depth", (1,)),
+                         ("crop_seq_to_multiple", (1,)), ("conv_pos_batch_norm", (False,)),
+                         ("quantize_input", (False,))):
+        value = _opt(m, key, allowed[0])
+        if value not in allowed:
+            refused.append(_setting(key, value))
+    _refuse(where, refused, "use a wav2vec 2.0 checkpoint with the standard transformer encoder "
+                            "(gelu, layer_type 'transformer', one positional conv, no input quantizer).")
     try:
-        conv = _eval_conv_spec(m.get("conv_feature_layers") or _FAIRSEQ_CONV)
-        hidden = int(m.get("encoder_embed_dim", 768))
-        final_dim = int(m.get("final_dim", 0) or 0) or hidden
-        return Wav2Vec2Config(
+        conv = _eval_conv_spec(_opt(m, "conv_feature_layers", _FAIRSEQ_CONV))
+        hidden = int(_opt(m, "encoder_embed_dim", 768))
+        final_dim = int(_opt(m, "final_dim", 0)) or hidden
+        values = dict(
             conv_dim=tuple(c[0] for c in conv), conv_kernel=tuple(c[1] for c in conv),
-            conv_stride=tuple(c[2] for c in conv), conv_bias=bool(m.get("conv_bias", False)),
-            feat_extract_norm="group" if mode == "default" else "layer",
-            hidden_size=hidden, num_layers=int(m.get("encoder_layers", 12)),
-            num_heads=int(m.get("encoder_attention_heads", 12)), ffn_dim=int(m.get("encoder_ffn_embed_dim", 3072)),
-            pos_conv_kernel=int(m.get("conv_pos", 128)), pos_conv_groups=int(m.get("conv_pos_groups", 16)),
-            layer_norm_first=bool(m.get("layer_norm_first", False)),
-            num_codevector_groups=int(m.get("latent_groups", 2)),
-            num_codevectors_per_group=int(m.get("latent_vars", 320)),
-            codevector_dim=int(m.get("latent_dim", 0) or 0) or final_dim, final_dim=final_dim,
-            dropout=float(m.get("dropout", 0.1)), attention_dropout=float(m.get("attention_dropout", 0.1)),
-            activation_dropout=float(m.get("activation_dropout", 0.0)),
-            feat_proj_dropout=float(m.get("dropout_input", 0.0)),
-            feat_quantizer_dropout=float(m.get("dropout_features", 0.0)),
-            layerdrop=float(m.get("encoder_layerdrop", 0.0)),
-            feature_grad_mult=float(m.get("feature_grad_mult", 1.0)),
+            conv_stride=tuple(c[2] for c in conv), conv_bias=bool(_opt(m, "conv_bias", False)),
+            feat_extract_norm="group" if _opt(m, "extractor_mode", "default") == "default" else "layer",
+            hidden_size=hidden, num_layers=int(_opt(m, "encoder_layers", 12)),
+            num_heads=int(_opt(m, "encoder_attention_heads", 12)),
+            ffn_dim=int(_opt(m, "encoder_ffn_embed_dim", 3072)),
+            pos_conv_kernel=int(_opt(m, "conv_pos", 128)), pos_conv_groups=int(_opt(m, "conv_pos_groups", 16)),
+            layer_norm_first=bool(_opt(m, "layer_norm_first", False)),
+            layer_norm_eps=1e-5,  # fairseq's LayerNorm default; no setting changes it
+            feature_proj=int(conv[-1][0]) != hidden,  # fairseq: post_extract_proj only when the dims differ
+            num_codevector_groups=int(_opt(m, "latent_groups", 2)),
+            num_codevectors_per_group=int(_opt(m, "latent_vars", 320)),
+            codevector_dim=int(_opt(m, "latent_dim", 0)) or final_dim, final_dim=final_dim,
+            dropout=float(_opt(m, "dropout", 0.1)), attention_dropout=float(_opt(m, "attention_dropout", 0.1)),
+            activation_dropout=float(_opt(m, "activation_dropout", 0.0)),
+            feat_proj_dropout=float(_opt(m, "dropout_input", 0.0)),
+            feat_quantizer_dropout=float(_opt(m, "dropout_features", 0.0)),
+            layerdrop=float(_opt(m, "encoder_layerdrop", 0.0)),
+            feature_grad_mult=float(_opt(m, "feature_grad_mult", 1.0)),
         )
-    except (TypeError, ValueError, SyntaxError) as exc:
+    except (TypeError, ValueError, SyntaxError, IndexError) as exc:
         raise QuambaEdgeError(f"{where} has a malformed wav2vec2 config ({exc}). "
                               "Fix: pass the original fairseq checkpoint or a Hugging Face directory.") from exc
+    return _build_config(where, **values)
+
+
+def _fairseq_heads_refused(m: dict) -> tuple[str, ...]:
+    """Settings under which fairseq's pre-training heads differ from GumbelQuantizer + PretrainHeads."""
+    refused = []
+    if not _opt(m, "quantize_targets", False):
+        refused.append(_setting("quantize_targets", _opt(m, "quantize_targets", False)))
+    if _opt(m, "target_glu", False):
+        refused.append(_setting("target_glu", m["target_glu"]))
+    if int(_opt(m, "quantizer_depth", 1)) != 1:
+        refused.append(_setting("quantizer_depth", m["quantizer_depth"]))
+    return tuple(refused)
 
 
 _RESAVE_HINT = (
@@ -794,7 +959,7 @@ def _read_fairseq(path: Path) -> _Checkpoint:
     if prefix:
         state = {k.removeprefix(prefix): v for k, v in state.items()}
     encoder, heads = _rename(state, _FAIRSEQ_RULES, _FAIRSEQ_IGNORED, where)
-    return _Checkpoint(cfg, encoder, heads, where)
+    return _Checkpoint(cfg, encoder, heads, where, _fairseq_heads_refused(model_cfg))
 
 
 # --- ours
@@ -818,6 +983,8 @@ def _read_ours(model_dir: Path, raw: dict) -> _Checkpoint:
         cfg = Wav2Vec2Config.from_dict(raw["config"])
     except (TypeError, ValueError) as exc:
         raise QuambaEdgeError(f"{where}/config.json is malformed ({exc}). Fix: write it again.") from exc
+    except QuambaEdgeError as exc:  # an invalid combination of values, or keys from a newer tool
+        raise QuambaEdgeError(f"{where}/config.json: {exc}") from exc
     if not (model_dir / WEIGHTS_FILE).exists():
         raise QuambaEdgeError(f"{where} has config.json but no {WEIGHTS_FILE}. Fix: write it again with "
                               "save_wav2vec2.")
@@ -899,6 +1066,8 @@ def load_pretrain_heads(path: str | Path, dtype: torch.dtype = torch.float32) ->
         raise QuambaEdgeError(f"{ckpt.where} has no quantizer (it is an encoder-only or fine-tuned checkpoint). "
                               "Fix: start fresh heads with GumbelQuantizer.from_config(cfg) and "
                               "PretrainHeads.from_config(cfg), or pass a pre-training checkpoint.")
+    _refuse(ckpt.where, list(ckpt.heads_refused), "start fresh heads with GumbelQuantizer.from_config(cfg) and "
+            "PretrainHeads.from_config(cfg); the encoder itself loads with load_wav2vec2.", "the pre-training head")
     quantizer, heads = GumbelQuantizer.from_config(ckpt.cfg), PretrainHeads.from_config(ckpt.cfg)
     _check_and_load(quantizer, {k.removeprefix("quantizer."): v for k, v in ckpt.heads.items()
                                 if k.startswith("quantizer.")}, ckpt.where, "quantizer")
