@@ -30,10 +30,11 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from quamba_edge.checkpoints.adapool import save_set_checkpoint
+from quamba_edge.data.sets import save_sets
 from quamba_edge.io import atomic_write, atomic_write_json
 from quamba_edge.models.adapool import POOLS, SetModel, SetModelConfig, init_set_model
 from quamba_edge.quant.qset import quantize_set_model
-from quamba_edge.sets import save_set_checkpoint, save_sets
 
 KS = (1, 2, 4, 8, 16, 32, 64, 128)
 N_VECTORS, DIM = 128, 16

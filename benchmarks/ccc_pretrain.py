@@ -28,9 +28,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from quamba_edge.checkpoints.wav2vec2 import load_wav2vec2
 from quamba_edge.data.speech import load_pretrain_clips
 from quamba_edge.io import atomic_write_json
-from quamba_edge.models.wav2vec2 import load_wav2vec2
 from quamba_edge.train.pretrain import PretrainConfig, Pretrainer, frame_similarity
 
 

@@ -28,16 +28,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from quamba_edge.bench.report import machine
-from quamba_edge.bench.runner import TorchRunner, measure
-from quamba_edge.bench.systems import open_system
+from quamba_edge.backends import ort as ort_backend
+from quamba_edge.bench.report import machine, measure_system
 from quamba_edge.data.text import load_windows
 from quamba_edge.data.tokenizers import ByteTokenizer
 from quamba_edge.engine import build_engine
-from quamba_edge.export import ort as ort_backend
+from quamba_edge.families.registry import load
 from quamba_edge.io import atomic_write_json
 from quamba_edge.models.mamba import MambaConfig, MambaLM, init_weights
-from quamba_edge.pipeline import load_any
 from quamba_edge.quant.calibrate import calibrate
 from quamba_edge.quant.recipes import make_recipe
 
@@ -60,7 +58,7 @@ def save_model_artifacts(model, name: str, root: Path, samples: int, seq_len: in
     """fp checkpoint + Quamba artifacts (fp32 head as in the paper, and --int8-head) on disk, so every
     system is opened the way a user opens it."""
     from quamba_edge.artifact import save_artifact
-    from quamba_edge.checkpoints import save_checkpoint
+    from quamba_edge.checkpoints.mamba import save_checkpoint
 
     fp_dir = root / f"{name}-fp"
     save_checkpoint(model, fp_dir)
@@ -68,8 +66,8 @@ def save_model_artifacts(model, name: str, root: Path, samples: int, seq_len: in
     for int8_head in (False, True):
         qmodel, calib = quantize(model, samples, seq_len, int8_head)
         artifacts[qmodel.recipe.label] = save_artifact(
-            qmodel, root / f"{name}-{qmodel.recipe.label}", recipe=qmodel.recipe, source={"model": name},
-            calibration=None, scales=calib.scales)
+            qmodel, root / f"{name}-{qmodel.recipe.label}", family="mamba", recipe=qmodel.recipe,
+            source={"model": name}, calibration=None, scales=calib.scales)
     return fp_dir, artifacts
 
 
@@ -120,7 +118,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for name in args.models:
-            model = load_any("default").model if name == "bundled" else mamba_130m_shape()
+            model = load("default").model if name == "bundled" else mamba_130m_shape()
             console.print(f"[bold]{name}[/]: calibrating and building engines")
             fp_dir, artifacts = save_model_artifacts(model, name, root, args.calib_samples, args.calib_seq_len)
             systems = [str(fp_dir)] + ([] if args.skip_pytorch_int8 else [str(artifacts["quamba"])])
@@ -132,11 +130,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for label in artifacts:
                 profiles[f"{name} {label}"] = profile_decode(root / f"{name}-engine-{label}", args.threads)
             for spec in systems:
-                system = open_system(spec, device="cpu", threads=args.threads, prompt_len=args.prompt_len, batch=1)
-                console.print(f"  timing {system.label}")
-                m = measure(system, batch=1, prompt_len=args.prompt_len, gen_len=args.gen_len,
-                            repeats=args.repeats, threads=args.threads)
-                row = {**m.to_dict(), "system": _system_name(system), "label": system.label, "model": name}
+                console.print(f"  timing {spec}")
+                m, _ = measure_system(spec, "cpu", args.threads, args.repeats, batch=1, prompt_len=args.prompt_len,
+                                      gen_len=args.gen_len)
+                row = {**m, "system": _system_name(m), "label": m["system"], "model": name}
                 row.pop("tpot_curve_ms")
                 rows.append(row)
     for name in args.models:
@@ -157,11 +154,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
-def _system_name(runner) -> str:
+def _system_name(row: dict) -> str:
     """quamba-edge-<backend>-<fp32 | int8 | int8-head>, the names benchmarks/results use."""
-    backend = "pytorch" if isinstance(runner, TorchRunner) else runner.backend
-    precision = "int8-head" if "int8-head" in runner.label else runner.precision
-    return f"quamba-edge-{backend}-{precision}"
+    precision = "int8-head" if "int8-head" in row["system"] else row["precision"]
+    return f"quamba-edge-{row['backend']}-{precision}"
 
 
 def print_table(console, rows: list[dict]) -> None:

@@ -28,9 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 import quamba_edge.kernels as kernels
-from quamba_edge.bench.report import machine
-from quamba_edge.bench.runner import measure
-from quamba_edge.bench.systems import open_system
+from quamba_edge.bench.report import machine, measure_system
 from quamba_edge.io import atomic_write_json
 from quamba_edge.kernels import ops, reference
 from quamba_edge.models.scan import selective_scan
@@ -188,15 +186,13 @@ def decode_rows(repeats: int) -> list[dict]:
 
 def model_rows(artifact: str, device: str, repeats: int, prompt_len: int = 512, gen_len: int = 128) -> list[dict]:
     """A calibrated artifact end to end (bench's loop): the quantized model on the ops vs the reference."""
-    runners = {kernels_on: open_system(artifact, device=device, threads=1, prompt_len=prompt_len, batch=1,
-                                       kernels=kernels_on) for kernels_on in (False, True)}
-    m = {k: measure(r, batch=1, prompt_len=prompt_len, gen_len=gen_len, repeats=repeats, threads=1)
-         for k, r in runners.items()}
+    m = {k: measure_system(artifact, device, 1, repeats, kernels=k, batch=1, prompt_len=prompt_len,
+                           gen_len=gen_len)[0] for k in (False, True)}
     shape = f"{artifact} prompt {prompt_len}"
-    return [{"op": "model_decode_step", "shape": shape, "device": device, "int8_ms": m[True].tpot_ms,
-             "reference_ms": m[False].tpot_ms},
-            {"op": "model_prefill", "shape": shape, "device": device, "int8_ms": m[True].ttft_ms,
-             "reference_ms": m[False].ttft_ms}]
+    return [{"op": "model_decode_step", "shape": shape, "device": device, "int8_ms": m[True]["tpot_ms"],
+             "reference_ms": m[False]["tpot_ms"]},
+            {"op": "model_prefill", "shape": shape, "device": device, "int8_ms": m[True]["ttft_ms"],
+             "reference_ms": m[False]["ttft_ms"]}]
 
 
 def main(argv: list[str] | None = None) -> int:

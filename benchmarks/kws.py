@@ -36,11 +36,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quamba_edge.checkpoints.wav2vec2 import load_kws, load_wav2vec2, save_kws
 from quamba_edge.data.speech import load_keyword_clips, load_pretrain_clips, telephone_band
 from quamba_edge.data.speech_sets import calibration_windows, real_test_trials, snr_label
 from quamba_edge.io import atomic_write_json
-from quamba_edge.models.kws import POOLS, load_kws, save_kws
-from quamba_edge.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder, load_wav2vec2
+from quamba_edge.models.kws import POOLS
+from quamba_edge.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
 from quamba_edge.quant.qspeech import quantize_speech_model
 from quamba_edge.train.kws import (
     FinetuneConfig,

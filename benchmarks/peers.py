@@ -31,37 +31,40 @@ from cpu_decode import _system_name, mamba_130m_shape, save_model_artifacts
 from rich.console import Console
 from rich.table import Table
 
+from quamba_edge.backends.base import FunctionRunner, System
+from quamba_edge.bench.measure import measure
 from quamba_edge.bench.report import machine
-from quamba_edge.bench.runner import measure
 from quamba_edge.bench.systems import open_system
 from quamba_edge.engine import build_engine
+from quamba_edge.families import mamba
 from quamba_edge.io import atomic_write_json
 
 
-class LlamaCppRunner:
-    """llama.cpp behind the bench loop's prefill/decode interface (batch 1, greedy)."""
+def llama_cpp_system(gguf: Path, quant: str, cfg, max_tokens: int) -> System:
+    """llama.cpp as a System with Mamba's two graphs (batch 1, greedy): its state lives inside the context,
+    so the state outputs are None and the bench loop passes them back unused."""
+    from llama_cpp import Llama
 
-    backend = "llama.cpp"
+    llm = Llama(model_path=str(gguf), n_threads=1, n_threads_batch=1, n_ctx=max_tokens + 16,
+                n_batch=max_tokens + 16, logits_all=False, verbose=False)
+    n_vocab = llm.n_vocab()
 
-    def __init__(self, gguf: Path, quant: str, cfg, max_tokens: int):
-        from llama_cpp import Llama
+    def outputs() -> dict:
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))[None, :].copy()
+        return {"logits": logits, "conv_state": None, "ssm_state": None}
 
-        self.llm = Llama(model_path=str(gguf), n_threads=1, n_threads_batch=1, n_ctx=max_tokens + 16,
-                         n_batch=max_tokens + 16, logits_all=False, verbose=False)
-        self.cfg, self.precision, self.label = cfg, quant, f"llama.cpp-{quant}"
-        self.n_vocab = self.llm.n_vocab()
+    def prefill(feeds):
+        llm.reset()
+        llm.eval([int(t) for t in feeds["input_ids"][0]])
+        return outputs()
 
-    def _last_logits(self) -> np.ndarray:
-        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,))[None, :].copy()
+    def decode(feeds):
+        llm.eval([int(feeds["input_ids"][0, 0])])
+        return outputs()
 
-    def prefill(self, ids: np.ndarray):
-        self.llm.reset()
-        self.llm.eval([int(t) for t in ids[0]])
-        return self._last_logits(), None
-
-    def decode(self, token: np.ndarray, state):
-        self.llm.eval([int(token[0, 0])])
-        return self._last_logits(), None
+    runners = {"prefill": FunctionRunner("prefill", prefill, "llama.cpp"),
+               "decode": FunctionRunner("decode", decode, "llama.cpp")}
+    return System(runners, f"llama.cpp-{quant}", "llama.cpp", quant, cfg, mamba)
 
 
 def convert(llama_src: Path, checkpoint: Path, outtype: str, out: Path) -> Path:
@@ -100,18 +103,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for label, src in (*artifacts.items(), ("fp32", fp_dir)):
             eng = root / f"engine-{label}"
             build_engine(src, eng, precision="fp32" if label == "fp32" else None, max_prompt=args.prompt_len)
-            systems.append(open_system(str(eng), device="cpu", threads=1, prompt_len=args.prompt_len, batch=1))
-        systems.append(open_system(str(fp_dir), device="cpu", threads=1, prompt_len=args.prompt_len, batch=1))
+            systems.append(open_system(str(eng), device="cpu", threads=1))
+        systems.append(open_system(str(fp_dir), device="cpu", threads=1))
         for quant in ("q8_0", "f32"):
             console.print(f"converting to gguf {quant} with llama.cpp's converter")
             gguf = convert(args.llama_src, fp_dir, quant, root / f"model-{quant}.gguf")
-            systems.append(LlamaCppRunner(gguf, quant, cfg, args.prompt_len + args.gen_len))
+            systems.append(llama_cpp_system(gguf, quant, cfg, args.prompt_len + args.gen_len))
         for system in systems:
             console.print(f"timing {system.label}")
-            m = measure(system, batch=1, prompt_len=args.prompt_len, gen_len=args.gen_len, repeats=args.repeats,
-                        threads=1)
-            name = system.label if system.backend == "llama.cpp" else _system_name(system)
-            row = {**m.to_dict(), "system": name, "model": "mamba-130m-shape"}
+            work = mamba.workload(cfg, batch=1, prompt_len=args.prompt_len, gen_len=args.gen_len)
+            m = measure(system, work, repeats=args.repeats, threads=1)
+            name = system.label if system.backend == "llama.cpp" else _system_name(m)
+            row = {**m, "system": name, "model": "mamba-130m-shape"}
             row.pop("tpot_curve_ms")
             rows.append(row)
     q8 = next(r for r in rows if r["system"] == "llama.cpp-q8_0")

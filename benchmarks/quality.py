@@ -21,8 +21,9 @@ from rich.console import Console
 from rich.table import Table
 
 from quamba_edge import __version__
+from quamba_edge.families.registry import load
 from quamba_edge.io import atomic_write_json
-from quamba_edge.pipeline import load_any, run_calibrate, run_eval
+from quamba_edge.pipeline import run_calibrate, run_eval
 from quamba_edge.quant.recipes import make_recipe
 
 ALL_RECIPES = [
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     rows = []
     for spec in specs:
-        loaded = load_any(spec)
+        loaded = load(spec)
         start = time.perf_counter()
         result = run_eval(loaded, args.data, args.seq_len, args.max_samples or None)
         result["eval_seconds"] = round(time.perf_counter() - start, 1)

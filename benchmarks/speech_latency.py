@@ -23,10 +23,11 @@ from rich.console import Console
 from rich.table import Table
 
 from quamba_edge.bench.report import machine, measure_system
+from quamba_edge.checkpoints.wav2vec2 import save_kws
 from quamba_edge.data.speech import SAMPLE_RATE, write_wav
 from quamba_edge.engine import build_engine
 from quamba_edge.io import atomic_write_json
-from quamba_edge.models.kws import KeywordSpotter, KwsConfig, save_kws
+from quamba_edge.models.kws import KeywordSpotter, KwsConfig
 from quamba_edge.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
 from quamba_edge.pipeline import run_calibrate
 from quamba_edge.quant.recipes import Recipe
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 cfg = Wav2Vec2Config.tiny() if shape == "tiny" else Wav2Vec2Config.base()
                 save_kws(random_kws(cfg), ckpt)
             for spec in systems_for(shape, ckpt, work, calib):
-                row = measure_system(spec, "cpu", 1, 1, 0, 0, args.repeats, clip_s=args.clip_s)
+                row, _ = measure_system(spec, "cpu", 1, args.repeats, batch=1, clip_s=args.clip_s)
                 row["shape"] = shape
                 rows.append(row)
                 print(f"{shape:5s} {row['system']:28s} {row['ms_per_clip']:9.2f} ms  RTF {row['rtf']:.4f}", flush=True)

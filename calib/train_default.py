@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from quamba_edge.checkpoints import save_checkpoint
+from quamba_edge.checkpoints.mamba import save_checkpoint
 from quamba_edge.data.austen import heldout_text_file, train_text_files
 from quamba_edge.models.mamba import MambaConfig, MambaLM, init_weights
 

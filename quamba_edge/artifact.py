@@ -20,8 +20,6 @@ from safetensors.torch import load_file, save_file
 from quamba_edge import __version__
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.io import atomic_write_json, sha256_file, staged_dir
-from quamba_edge.models.mamba import MambaConfig, MambaLM
-from quamba_edge.quant.qmodels import QuantizedMambaLM
 from quamba_edge.quant.recipes import Recipe
 
 FORMAT_VERSION = 1
@@ -38,17 +36,35 @@ def is_artifact(path: Path) -> bool:
     return isinstance(manifest, dict) and {"format_version", "family"} <= manifest.keys()
 
 
+def tied_names(model: torch.nn.Module) -> set[str]:
+    """Names of parameters that are another parameter (the lm_head tied to the embedding): stored once."""
+    every = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    return every - {n for n, _ in model.named_parameters()}
+
+
 def _weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    # The lm_head is tied to the embedding: store it once.
-    return {k: v.detach().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    tied = tied_names(model)
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Fill `model` (the family's empty structure) from the artifact's weights; a tied parameter comes along
+    with the one it is. Any other missing or unexpected name is an error."""
+    state = load_file(str(Path(path) / WEIGHTS))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = sorted(set(missing) - tied_names(model))
+    if missing or unexpected:
+        raise QuambaEdgeError(f"{path / WEIGHTS} does not match its manifest's model (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}). Fix: re-run `quamba-edge calibrate`.")
 
 
 def save_artifact(
-    model: MambaLM | QuantizedMambaLM, out_dir: Path, *, recipe: Recipe, source: dict,
+    model: torch.nn.Module, out_dir: Path, *, family: str, recipe: Recipe, source: dict,
     calibration: dict | None = None, scales: list[dict[str, float]] | None = None,
     extra_files: list[Path] = (),
 ) -> Path:
-    """Write the artifact to `out_dir` atomically; an existing artifact there is replaced."""
+    """Write the artifact to `out_dir` atomically; an existing artifact there is replaced. `model.cfg` must
+    have `to_dict()`; `family` is the registry's name for it."""
     out_dir = Path(out_dir).resolve()
     with staged_dir(out_dir, ours=is_artifact, what="a quamba-edge artifact") as tmp:
         save_file(_weights_of(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
@@ -61,7 +77,7 @@ def save_artifact(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "torch_version": torch.__version__,
             "python": platform.python_version(),
-            "family": getattr(model, "family", "mamba"),
+            "family": family,
             "model_config": model.cfg.to_dict(),
             "source": source,
             "recipe": recipe.to_dict(),
@@ -109,48 +125,3 @@ def read_manifest(path: Path) -> dict:
                 "corrupted after it was written. Fix: re-run `quamba-edge calibrate` (or copy the artifact again)."
             )
     return manifest
-
-
-def load_artifact(path: Path) -> tuple[torch.nn.Module, dict]:
-    manifest = read_manifest(path)
-    family = manifest.get("family")
-    recipe = Recipe.from_dict(manifest["recipe"])
-    if family == "adapool":
-        return _load_set_artifact(path, manifest, recipe), manifest
-    if family == "wav2vec2":
-        return _load_speech_artifact(path, manifest, recipe), manifest
-    if family != "mamba":
-        raise QuambaEdgeError(f"{path} holds a {family!r} model; this quamba-edge reads mamba, adapool and "
-                              "wav2vec2.")
-    cfg = MambaConfig.from_dict(manifest["model_config"])
-    model = QuantizedMambaLM(cfg, recipe) if recipe.quantize else MambaLM(cfg)
-    state = load_file(str(Path(path) / WEIGHTS))
-    if not recipe.quantize:
-        state["lm_head.weight"] = state["backbone.embedding.weight"]
-    model.load_state_dict(state, strict=True)
-    return model.eval(), manifest
-
-
-def _load_set_artifact(path: Path, manifest: dict, recipe: Recipe) -> torch.nn.Module:
-    from quamba_edge.models.adapool import SetModel
-    from quamba_edge.quant.qset import quantized_structure
-    from quamba_edge.sets import config_from_dict
-
-    model = SetModel(config_from_dict(manifest["model_config"]))
-    if recipe.quantize:
-        model = quantized_structure(model, recipe.weight_granularity)
-    model.load_state_dict(load_file(str(Path(path) / WEIGHTS)), strict=True)
-    return model.eval()
-
-
-def _load_speech_artifact(path: Path, manifest: dict, recipe: Recipe) -> torch.nn.Module:
-    from quamba_edge.models.kws import KeywordSpotter, KwsConfig
-    from quamba_edge.quant.qspeech import quantized_structure
-
-    model = KeywordSpotter.from_config(KwsConfig.from_dict(manifest["model_config"]))
-    if recipe.quantize:
-        # artifacts written before the switch existed quantized the conv feature encoder too
-        conv = manifest.get("recipe", {}).get("int8_conv_features", True)
-        model = quantized_structure(model, recipe.weight_granularity, conv_features=conv)
-    model.load_state_dict(load_file(str(Path(path) / WEIGHTS)), strict=True)
-    return model.eval()

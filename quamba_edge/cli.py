@@ -117,9 +117,9 @@ def calibrate(
         print(json.dumps(manifest, indent=2))
         return
     if manifest["scales"]:
-        label = manifest["recipe_label"]
-        table = Table(title=f"activation scales ({label}); int8 step = scale" if manifest["family"] == "mamba"
-                      else f"largest |input| of each linear layer ({label}); int8 step = amax / 127")
+        from quamba_edge.families.registry import by_name
+
+        table = Table(title=f"{by_name(manifest['family']).scales_title} ({manifest['recipe_label']})")
         table.add_column("#", justify="right")
         for point in manifest["scales"][0]:
             table.add_column(point, justify="right")
@@ -143,11 +143,12 @@ def eval_cmd(
 ):
     """Measure bits per byte and next-token accuracy on held-out text (set models: MSE on an .npz of sets;
     keyword spotters: accuracy on the real recordings at every SNR, --max-samples trials each)."""
-    from quamba_edge.pipeline import load_any, run_eval
+    from quamba_edge.families.registry import load
+    from quamba_edge.pipeline import run_eval
 
     _threads(threads)
     with user_errors():
-        loaded = load_any(model)
+        loaded = load(model)
         with _progress() as progress:
             task = progress.add_task(f"evaluating ({loaded.label})", total=None)
             result = run_eval(loaded, data, seq_len, max_samples or None, batch_size,
@@ -157,27 +158,14 @@ def eval_cmd(
         print(json.dumps(result, indent=2))
         return
     table = Table(title=f"quality of {model}")
-    if "mse" in result:  # a set model
-        for col in ("recipe", "MSE", "sets", "data"):
-            table.add_column(col)
-        table.add_row(result["recipe"], f"{result['mse']:.5f}", str(result["samples"]), result["data"])
-        console.print(table)
-        return
-    if "conditions" in result:  # a keyword spotter
-        for col in ("recipe", "SNR dB", "noise", "accuracy", "95% CI", "trials"):
-            table.add_column(col)
-        for r in result["conditions"]:
-            lo, hi = r["ci95"]
-            table.add_row(result["recipe"], str(r["snr_db"]), r["noise"] if r["snr_db"] != "clean" else "-",
-                          f"{100 * r['accuracy']:.1f}%", f"{100 * lo:.1f}-{100 * hi:.1f}%", str(r["trials"]))
-        console.print(table)
-        console.print(f"data: {result['data']}")
-        return
-    for col in ("recipe", "bits/byte", "perplexity", "token acc.", "tokens", "data"):
-        table.add_column(col)
-    table.add_row(result["recipe"], f"{result['bits_per_byte']:.4f}", f"{result['perplexity']:.3f}",
-                  f"{100 * result['token_accuracy']:.2f}%", f"{result['tokens']:,}", result["data"])
+    family = loaded.family
+    for col in family.eval_columns:
+        table.add_column(col.header)
+    for row in family.eval_rows(result):
+        table.add_row(*(col.cell(row) for col in family.eval_columns))
     console.print(table)
+    if "data" in result and all(col.key != "data" for col in family.eval_columns):
+        console.print(f"data: {result['data']}")
 
 
 @app.command()
@@ -191,18 +179,22 @@ def generate(
 ):
     """Continue a prompt (prefill once, then decode from the explicit state), for a person to read."""
     from quamba_edge.evaluate import generate as generate_tokens
-    from quamba_edge.pipeline import load_any
+    from quamba_edge.families.registry import load
 
     _threads(threads)
     with user_errors():
-        loaded = load_any(model)
-        ids = loaded.tokenizer.encode(prompt)
+        loaded = load(model)
+        if not loaded.family.generates:
+            raise QuambaEdgeError(f"{model} is a {loaded.family.name} model; `generate` continues text with a "
+                                  "language model. Fix: pass a Mamba checkpoint or artifact.")
+        tokenizer = loaded.family.tokenizer(loaded)
+        ids = tokenizer.encode(prompt)
         if len(ids) == 0:
             raise QuambaEdgeError("the prompt is empty; pass some text with --prompt.")
         start = time.perf_counter()
         out = generate_tokens(loaded.model, ids, max_new_tokens, temperature, seed)
         seconds = time.perf_counter() - start
-    console.print(f"[bold]{prompt}[/]{loaded.tokenizer.decode(out)}", highlight=False)
+    console.print(f"[bold]{prompt}[/]{tokenizer.decode(out)}", highlight=False)
     err_console.print(f"[dim]{len(out)} tokens in {seconds:.2f} s ({loaded.label})[/]")
 
 
@@ -238,8 +230,8 @@ def build_engine_cmd(
         start = time.perf_counter()
         with err_console.status("building") as status:
             build = build_engine(model, out, backend=backend, target=target, precision=precision, threads=threads,
-                                 max_batch=max_batch, max_prompt=max_prompt, plugins=plugins,
-                                 max_clip_s=max_clip_s, progress=status.update)
+                                 plugins=plugins, progress=status.update, max_batch=max_batch, max_prompt=max_prompt,
+                                 max_clip_s=max_clip_s)
         seconds = time.perf_counter() - start
     if json_out:
         print(json.dumps(build, indent=2))
@@ -308,14 +300,16 @@ def bench(
             raise QuambaEdgeError(f"unknown device {device!r}; known: cpu, cuda, orin, {', '.join(PROFILES)}.")
         elif estimate_only:
             raise QuambaEdgeError("--estimate needs a Jetson profile, e.g. --device orin-nano-8gb.")
-        results = []
+        measured = []
         with _progress() as progress:
             for spec in systems:
                 task = progress.add_task(f"bench {spec}", total=repeats)
-                results.append(report.measure_system(spec, device, threads, batch, prompt_len, gen_len, repeats,
-                                                     on_repeat=lambda t=task: progress.advance(t), kernels=kernels,
-                                                     set_size=set_size, power=power, clip_s=clip_s))
-    report.print_measurements(console, results)
+                measured.append(report.measure_system(
+                    spec, device, threads, repeats, on_repeat=lambda t=task: progress.advance(t), kernels=kernels,
+                    power=power, batch=batch, prompt_len=prompt_len, gen_len=gen_len, set_size=set_size,
+                    clip_s=clip_s))
+    report.print_measurements(console, measured)
+    results = [row for row, _ in measured]
     report.write_json(json_path, {"results": results, "machine": report.machine(device)})
     curves = [r for r in results if "tpot_curve_ms" in r]
     if plot and curves:
@@ -388,9 +382,9 @@ def _jetson_status(table: Table, root: Path | None) -> None:
     """Jetson rows (model, L4T/JetPack, power mode and monitor), TensorRT's plugin library, the GPU."""
     import torch
 
+    from quamba_edge.backends.tensorrt import plugin_library
     from quamba_edge.bench.jetson import jetson_info, jetson_rows
     from quamba_edge.bench.power import system_root
-    from quamba_edge.export.tensorrt import plugin_library
 
     for component, status in jetson_rows(jetson_info(root or system_root())):
         table.add_row(component, status)

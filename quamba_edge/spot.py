@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quamba_edge.bench.runner import SpeechRunner
+from quamba_edge.backends.base import System
+from quamba_edge.bench.systems import open_system
 from quamba_edge.data.speech import read_wav
 from quamba_edge.errors import QuambaEdgeError
 
@@ -28,33 +29,34 @@ class SpotResult:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def open_spotter(spec: str, threads: int = 1) -> SpeechRunner:
-    from quamba_edge.bench.systems import open_system
-
-    runner = open_system(spec, device="cpu", threads=threads, prompt_len=1, batch=1)
-    if not isinstance(runner, SpeechRunner):
+def open_spotter(spec: str, threads: int = 1) -> System:
+    """A keyword spotter (checkpoint, artifact or engine) as a System whose one graph maps audio to logits."""
+    system = open_system(spec, device="cpu", threads=threads)
+    if not hasattr(system.cfg, "labels"):
         raise QuambaEdgeError(f"{spec} is not a keyword spotter. Fix: pass a KWS checkpoint, its int8 artifact "
                               "(quamba-edge calibrate) or its engine (quamba-edge build-engine).")
-    return runner
+    return system
 
 
-def spot_files(runner: SpeechRunner, files: list[Path], mix_to_mono: bool = False) -> list[SpotResult]:
-    rate = runner.cfg.sample_rate
-    window = int(round(runner.cfg.window_s * rate))
+def spot_files(system: System, files: list[Path], mix_to_mono: bool = False) -> list[SpotResult]:
+    cfg = system.cfg
+    rate = cfg.sample_rate
+    window = int(round(cfg.window_s * rate))
+    max_samples = system.limits.get("max_samples")
     results = []
     for f in files:
         try:
             audio = read_wav(f, rate, mix_to_mono=mix_to_mono, reject_silent=True)
-            if runner.max_samples is not None and len(audio) > runner.max_samples:
+            if max_samples is not None and len(audio) > max_samples:
                 raise QuambaEdgeError(f"{len(audio) / rate:.2f} s is longer than the engine's profile "
-                                      f"({runner.max_samples / rate:g} s). Fix: trim the clip, or rebuild with "
+                                      f"({max_samples / rate:g} s). Fix: trim the clip, or rebuild with "
                                       f"--max-clip-s {len(audio) / rate:.1f}.")
             clip = np.pad(audio, (0, max(window - len(audio), 0)))[None, :].astype(np.float32)
-            logits = runner.run(clip)[0].astype(np.float64)
+            logits = system["model"]({"audio": clip})["logits"][0].astype(np.float64)
             probs = np.exp(logits - logits.max())
             probs /= probs.sum()
             k = int(probs.argmax())
-            results.append(SpotResult(str(f), runner.cfg.labels[k], float(probs[k]), len(audio) / rate))
+            results.append(SpotResult(str(f), cfg.labels[k], float(probs[k]), len(audio) / rate))
         except QuambaEdgeError as exc:
             results.append(SpotResult(str(f), error=str(exc)))
     return results

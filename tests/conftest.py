@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from quamba_edge.checkpoints import save_checkpoint
+from quamba_edge.checkpoints.mamba import save_checkpoint
 from quamba_edge.models.mamba import MambaConfig, MambaLM, init_weights
 
 # The corpus cache is shared across runs (Makefile points it at ./.cache); tests never download models.

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from quamba_edge import artifact
-from quamba_edge.artifact import load_artifact, read_manifest, save_artifact
+from quamba_edge.artifact import read_manifest, save_artifact
 from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.families.registry import load
 from quamba_edge.quant.calibrate import calibrate
 from quamba_edge.quant.recipes import make_recipe
 
@@ -17,8 +18,13 @@ def quantized(tiny_model):
     return qmodel, calib
 
 
+def load_artifact(path):
+    loaded = load(path)
+    return loaded.model, loaded.manifest
+
+
 def _save(qmodel, calib, path):
-    return save_artifact(qmodel, path, recipe=qmodel.recipe, source={"model": "tiny"},
+    return save_artifact(qmodel, path, family="mamba", recipe=qmodel.recipe, source={"model": "tiny"},
                          calibration={"digest": "abc"}, scales=calib.scales)
 
 
@@ -35,7 +41,7 @@ def test_round_trip_gives_identical_logits(tmp_path, quantized):
 
 
 def test_fp_artifact_round_trip(tmp_path, tiny_model):
-    path = save_artifact(tiny_model, tmp_path / "fp", recipe=make_recipe("fp"), source={})
+    path = save_artifact(tiny_model, tmp_path / "fp", family="mamba", recipe=make_recipe("fp"), source={})
     loaded, _ = load_artifact(path)
     ids = torch.randint(0, 256, (1, 9))
     assert torch.equal(loaded(ids), tiny_model(ids))

@@ -28,7 +28,7 @@ MAMBA_2_8B = MambaConfig(d_model=2560, n_layer=64, vocab_size=50280)
 
 @pytest.fixture(scope="module")
 def fp_engine(tmp_path_factory):
-    from quamba_edge.checkpoints import save_checkpoint
+    from quamba_edge.checkpoints.mamba import save_checkpoint
 
     from .conftest import make_model
 

@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from quamba_edge.checkpoints import load_mamba
+from quamba_edge.checkpoints.mamba import load_mamba
 from quamba_edge.data import austen
 from quamba_edge.data.text import read_text, take_windows
 from quamba_edge.data.tokenizers import ByteTokenizer

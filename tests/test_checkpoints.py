@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from quamba_edge.checkpoints import load_mamba, resolve_model_dir, save_checkpoint
+from quamba_edge.checkpoints.common import resolve_model_dir
+from quamba_edge.checkpoints.mamba import load_mamba, save_checkpoint
 from quamba_edge.errors import QuambaEdgeError
 
 transformers = pytest.importorskip("transformers")
@@ -208,7 +209,7 @@ def test_every_upstream_config_field_has_a_decision():
     """The field tables cover transformers' MambaConfig (the installed version) field for field."""
     from dataclasses import fields
 
-    from quamba_edge.checkpoints import HF_MAMBA_FIELDS
+    from quamba_edge.checkpoints.mamba import HF_MAMBA_FIELDS
 
     names = {f.name for f in fields(transformers.MambaConfig) if f.name in transformers.MambaConfig.__annotations__}
     assert len(names) > 20 and names - set(HF_MAMBA_FIELDS) == set()

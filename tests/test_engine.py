@@ -21,7 +21,7 @@ def int8_artifact(tmp_path_factory):
     batches = [torch.randint(0, 256, (4, 64), generator=torch.Generator().manual_seed(3))]
     qmodel, calib = calibrate(model, batches, make_recipe("quamba"))
     path = tmp_path_factory.mktemp("art") / "quamba"
-    return save_artifact(qmodel, path, recipe=qmodel.recipe, source={"model": "tiny"}, calibration={},
+    return save_artifact(qmodel, path, family="mamba", recipe=qmodel.recipe, source={"model": "tiny"}, calibration={},
                          scales=calib.scales)
 
 
@@ -54,9 +54,9 @@ def test_fp_builds_from_a_checkpoint(tiny_checkpoint, tmp_path):
 
 
 def test_a_failed_parity_check_writes_nothing(int8_artifact, tmp_path, monkeypatch):
-    from quamba_edge.export import parity
+    from quamba_edge.families import mamba
 
-    monkeypatch.setattr(parity, "LAYER_TOLERANCE", 1e-15)
+    monkeypatch.setattr(mamba, "LAYER_TOLERANCE", 1e-15)
     out = tmp_path / "never"
     with pytest.raises(engine_mod.ParityError, match="worst tensor .* not written"):
         build_engine(int8_artifact, out)
@@ -112,9 +112,10 @@ def test_tensorrt_backend_without_tensorrt_says_what_to_install(int8_artifact, t
 def test_tensorrt_parses_and_builds_our_graphs(int8_artifact, tiny_checkpoint):
     """Our portable graphs through TensorRT's own ONNX parser and builder (TensorRT, or tensorrt-rtx in CI,
     whose builder runs without a GPU): Q/DQ placement, the Scan over a dynamic prompt length, profiles."""
+    from quamba_edge.backends.tensorrt import import_tensorrt, parse_onnx
     from quamba_edge.export.mamba_onnx import export_mamba
-    from quamba_edge.export.tensorrt import import_tensorrt, parse_onnx, profile_shapes
-    from quamba_edge.pipeline import load_any
+    from quamba_edge.families import mamba
+    from quamba_edge.families.registry import load as load_any
 
     try:
         trt = import_tensorrt(allow_rtx=True)
@@ -127,7 +128,8 @@ def test_tensorrt_parses_and_builds_our_graphs(int8_artifact, tiny_checkpoint):
             assert network.num_outputs == 3
             config = builder.create_builder_config()
             profile = builder.create_optimization_profile()
-            for name, (lo, opt, hi) in profile_shapes(graph, model.cfg, 2, 128, 32).items():
+            limits = mamba.limits(model.cfg, max_batch=2, max_prompt=128, opt_prompt=32)
+            for name, (lo, opt, hi) in mamba.profile(graph, model.cfg, limits).items():
                 profile.set_shape(name, lo, opt, hi)
             config.add_optimization_profile(profile)
             plan = builder.build_serialized_network(network, config)
@@ -135,7 +137,7 @@ def test_tensorrt_parses_and_builds_our_graphs(int8_artifact, tiny_checkpoint):
 
 
 def test_a_tensorrt_plan_refuses_another_gpu_or_version(tmp_path):
-    from quamba_edge.export.tensorrt import check_plan_compatible
+    from quamba_edge.backends.tensorrt import check_plan_compatible
 
     meta = {"tensorrt_version": "10.3.0", "compute_capability": "8.7"}
     check_plan_compatible(meta, "10.3.0", "8.7", tmp_path / "decode.plan")

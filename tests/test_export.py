@@ -7,9 +7,10 @@ import onnx
 import pytest
 import torch
 
-from quamba_edge.export import ort as ort_backend
+from quamba_edge.backends import ort as ort_backend
+from quamba_edge.backends.compare import check, rel_error
 from quamba_edge.export.mamba_onnx import export_mamba
-from quamba_edge.export.parity import check_layers, check_mamba, rel_error
+from quamba_edge.families import mamba as mamba_family
 from quamba_edge.quant.calibrate import calibrate
 from quamba_edge.quant.hadamard import rotate
 from quamba_edge.quant.recipes import make_recipe
@@ -19,9 +20,19 @@ from .conftest import TINY, make_model
 
 def _runners(model, dtype=torch.float32, activations="int8", probes=False):
     int8 = hasattr(model, "recipe")
-    return {g: ort_backend.graph_runner(export_mamba(model, g, dtype, probes=probes, activations=activations)
-                                        .SerializeToString(), int8=int8, activations=activations)
+    return {g: ort_backend.OrtRunner(export_mamba(model, g, dtype, probes=probes, activations=activations)
+                                     .SerializeToString(), int8=int8, activations=activations)
             for g in ("prefill", "decode")}
+
+
+def check_mamba(model, prefill, decode, precision, **options):
+    """End-to-end parity of the two graphs: Mamba's parity cases through the one comparator."""
+    return check({"prefill": prefill, "decode": decode}, mamba_family.parity(model, precision, **options), precision)
+
+
+def check_layers(model, prefill, decode, report):
+    """Layer-by-layer parity on the probe graphs, added to `report`."""
+    return check({"prefill": prefill, "decode": decode}, mamba_family.layer_parity(model), report.precision, report)
 
 
 @pytest.fixture(scope="module")

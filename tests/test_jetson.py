@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from quamba_edge.bench.jetson import jetson_info, l4t_release, power_mode
+from quamba_edge.bench.devices import power_mode
+from quamba_edge.bench.jetson import jetson_info, l4t_release
 from quamba_edge.cli import app
 
 from .test_power import write_ina3221

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def test_the_on_device_steps_write_one_result_file(tmp_path, monkeypatch):
     import jetson_run
 
-    from quamba_edge.checkpoints import save_checkpoint
+    from quamba_edge.checkpoints.mamba import save_checkpoint
 
     from .conftest import make_model
 

@@ -122,7 +122,7 @@ def test_rewrite_refuses_graphs_without_regions(qmodel):
 
 
 def test_plugin_library_lookup_names_the_fix(tmp_path, monkeypatch):
-    from quamba_edge.export.tensorrt import plugin_library
+    from quamba_edge.backends.tensorrt import plugin_library
 
     monkeypatch.setenv("QUAMBA_EDGE_TRT_PLUGINS", str(tmp_path / "missing.so"))
     assert plugin_library() is None

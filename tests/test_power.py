@@ -119,9 +119,9 @@ def test_set_bench_power_reports_joules_per_set(tmp_path, monkeypatch):
 
     from typer.testing import CliRunner
 
+    from quamba_edge.checkpoints.adapool import save_set_checkpoint
     from quamba_edge.cli import app
     from quamba_edge.models.adapool import SetModel, SetModelConfig, init_set_model
-    from quamba_edge.sets import save_set_checkpoint
 
     cfg = SetModelConfig(d_in=6, d_model=16, n_heads=2, n_layers=1, d_ff=32, d_out=3, pool="adapool")
     ckpt = save_set_checkpoint(init_set_model(SetModel(cfg), seed=0), tmp_path / "ckpt")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from quamba_edge.models.wav2vec2 import Wav2Vec2Config, load_pretrain_heads, load_wav2vec2
+from quamba_edge.checkpoints.wav2vec2 import load_pretrain_heads, load_wav2vec2
+from quamba_edge.models.wav2vec2 import Wav2Vec2Config
 from quamba_edge.train.kws import FinetuneConfig, conv_features, finetune, predict
 from quamba_edge.train.pretrain import PretrainConfig, Pretrainer, crops, span_mask
 

@@ -12,12 +12,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from quamba_edge.checkpoints.adapool import save_set_checkpoint
 from quamba_edge.cli import app
+from quamba_edge.data.sets import load_sets, save_sets
 from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.families.registry import load
 from quamba_edge.models.adapool import SetModel, SetModelConfig, init_set_model
-from quamba_edge.pipeline import load_any
 from quamba_edge.quant.qset import QuantizedLinear
-from quamba_edge.sets import load_sets, save_set_checkpoint, save_sets
 
 runner = CliRunner()
 CFG = SetModelConfig(d_in=6, d_model=32, n_heads=4, n_layers=2, d_ff=48, d_out=3, pool="adapool")
@@ -55,13 +56,13 @@ def test_calibrate_a_set_model_from_the_cli(tmp_path, set_checkpoint, set_file):
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
     assert manifest["family"] == "adapool" and manifest["recipe_label"] == "naive"
     assert manifest["calibration"]["samples"] == 64 and len(manifest["scales"]) == 18  # 2 x 6 + embed, head, pool 4
-    loaded = load_any(tmp_path / "art")
+    loaded = load(tmp_path / "art")
     assert sum(isinstance(m, QuantizedLinear) for m in loaded.model.modules()) == 18
     sets = load_sets(set_file, 6)
     with torch.no_grad():
         ref, out = fp_model(sets.x, sets.mask), loaded.model(sets.x, sets.mask)
     assert ((out - ref).norm() / ref.norm()).item() < 0.05
-    assert load_any(ckpt).model.cfg == CFG  # the checkpoint itself loads as the fp model
+    assert load(ckpt).model.cfg == CFG  # the checkpoint itself loads as the fp model
 
 
 def test_set_calibration_bad_input(tmp_path, set_checkpoint):
@@ -82,7 +83,7 @@ def test_set_calibration_bad_input(tmp_path, set_checkpoint):
         load_sets(tmp_path / "other.npz", 6)
     (ckpt / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(QuambaEdgeError, match="safetensors"):
-        load_any(ckpt)
+        load(ckpt)
 
 
 def test_build_engine_and_bench_for_set_models(tmp_path, set_checkpoint, set_file):

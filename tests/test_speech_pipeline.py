@@ -14,12 +14,16 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from quamba_edge.backends import ort as ort_backend
+from quamba_edge.backends.compare import check
+from quamba_edge.checkpoints.wav2vec2 import load_kws, save_kws
 from quamba_edge.cli import app
 from quamba_edge.data.speech import VOCAB, write_wav
-from quamba_edge.export.parity import check_speech
 from quamba_edge.export.speech_onnx import export_keyword_spotter
+from quamba_edge.families import wav2vec2 as kws_family
+from quamba_edge.families.registry import load
 from quamba_edge.io import sha256_file
-from quamba_edge.models.kws import POOLS, KeywordSpotter, KwsConfig, load_kws, save_kws
+from quamba_edge.models.kws import POOLS, KeywordSpotter, KwsConfig
 from quamba_edge.models.wav2vec2 import PositionalConv, Wav2Vec2Config, Wav2Vec2Encoder
 from quamba_edge.quant.int8 import dequantize, quantize, quantize_weight, scale_from_amax
 from quamba_edge.quant.qspeech import QuantizedConv1d, QuantizedPositionalConv, quantize_speech_model
@@ -30,6 +34,13 @@ LABELS = ("zero", "one", "two", "hello")
 SMALL = {**Wav2Vec2Config.tiny().to_dict(), "conv_dim": (32, 32, 32, 32), "hidden_size": 32, "num_layers": 2,
          "num_heads": 2, "ffn_dim": 64, "pos_conv_kernel": 8, "pos_conv_groups": 4}
 
+
+
+def check_speech(model, run, precision: str, samples: int):
+    """The keyword spotter's parity cases (int8: layer by layer on the probe graph) through the comparator."""
+    cases = (kws_family.layer_parity(model, samples=samples) if precision == "int8"
+             else kws_family.parity(model, precision, samples=samples))
+    return check({"model": run}, cases, precision)
 
 def small_kws(pool: str = "adapool", seed: int = 0) -> KeywordSpotter:
     torch.manual_seed(seed)
@@ -44,9 +55,8 @@ def speechlike(batch: int, samples: int, seed: int) -> torch.Tensor:
 
 
 def ort_run(proto, activations: str = "int8"):
-    from quamba_edge.export import ort as ort_backend
 
-    return ort_backend.graph_runner(proto.SerializeToString(), threads=1, int8=True, target="cpu",
+    return ort_backend.OrtRunner(proto.SerializeToString(), threads=1, int8=True, target="cpu",
                                     activations=activations)
 
 
@@ -117,9 +127,8 @@ def test_calibration_covers_every_linear_and_conv_and_refuses_nan():
 @pytest.mark.parametrize("pool", POOLS)
 def test_fp32_graph_matches_pytorch(pool):
     model = small_kws(pool)
-    from quamba_edge.export import ort as ort_backend
 
-    run = ort_backend.graph_runner(export_keyword_spotter(model).SerializeToString(), threads=1)
+    run = ort_backend.OrtRunner(export_keyword_spotter(model).SerializeToString(), threads=1)
     report = check_speech(model, run, "fp32", samples=12000)
     assert report.passed, report.cases
 
@@ -170,7 +179,7 @@ def test_kws_checkpoint_round_trip(kws_dir):
 
 
 def test_an_encoder_without_a_head_is_refused_with_the_fix(tmp_path):
-    from quamba_edge.models.wav2vec2 import save_wav2vec2
+    from quamba_edge.checkpoints.wav2vec2 import save_wav2vec2
 
     enc = Wav2Vec2Encoder(Wav2Vec2Config.from_dict(SMALL))
     save_wav2vec2(enc, enc.cfg, tmp_path / "enc")
@@ -190,7 +199,6 @@ def _wavs(directory: Path, n: int, seconds: float = 1.0, rate: int = 16000, seed
 
 
 def test_calibrate_keeps_the_conv_features_float_unless_asked_and_old_artifacts_still_load(kws_dir, tmp_path):
-    from quamba_edge.artifact import load_artifact
 
     calib = tmp_path / "calib"
     _wavs(calib, 2, seconds=3.0)
@@ -202,21 +210,19 @@ def test_calibrate_keeps_the_conv_features_float_unless_asked_and_old_artifacts_
         assert res.exit_code == 0, res.output
         manifest = json.loads((art / "manifest.json").read_text())
         assert manifest["recipe"]["int8_conv_features"] is quantized
-        model = load_artifact(art)[0]
+        model = load(art).model
         assert all(isinstance(model.get_submodule(n), QuantizedConv1d) is quantized for n in feature_convs)
         assert isinstance(model.encoder.pos_conv, QuantizedPositionalConv)
     # an artifact written before the switch existed (no field in its recipe) had int8 conv features
     del manifest["recipe"]["int8_conv_features"]
     (art / "manifest.json").write_text(json.dumps(manifest))
-    model = load_artifact(art)[0]
+    model = load(art).model
     assert all(isinstance(model.get_submodule(n), QuantizedConv1d) for n in feature_convs)
 
 def test_a_projection_free_encoder_goes_through_checkpoint_calibrate_and_both_graphs(tmp_path):
     """fairseq builds no feature projection when the last conv dim equals the hidden size (SMALL: 32 == 32):
     such an encoder must survive the KWS checkpoint, calibration and the artifact, and its fp32 and int8
     graphs must pass parity."""
-    from quamba_edge.artifact import load_artifact
-    from quamba_edge.export import ort as ort_backend
     from quamba_edge.quant.qspeech import is_quantized
 
     torch.manual_seed(8)
@@ -224,7 +230,7 @@ def test_a_projection_free_encoder_goes_through_checkpoint_calibrate_and_both_gr
     save_kws(KeywordSpotter(encoder, KwsConfig(labels=LABELS, pool="adapool", n_heads=2)), tmp_path / "ckpt")
     model = load_kws(tmp_path / "ckpt")
     assert isinstance(model.encoder.feature_proj, torch.nn.Identity)
-    fp_run = ort_backend.graph_runner(export_keyword_spotter(model).SerializeToString(), threads=1)
+    fp_run = ort_backend.OrtRunner(export_keyword_spotter(model).SerializeToString(), threads=1)
     report = check_speech(model, fp_run, "fp32", samples=12000)
     assert report.passed, report.cases
 
@@ -232,7 +238,7 @@ def test_a_projection_free_encoder_goes_through_checkpoint_calibrate_and_both_gr
     res = runner.invoke(app, ["calibrate", "--model", str(tmp_path / "ckpt"), "--data", str(tmp_path / "calib"),
                               "--samples", "4", "--out", str(tmp_path / "art"), "--int8-conv-features"])
     assert res.exit_code == 0, res.output
-    qmodel = load_artifact(tmp_path / "art")[0]
+    qmodel = load(tmp_path / "art").model
     assert is_quantized(qmodel) and isinstance(qmodel.encoder.feature_proj, torch.nn.Identity)
     for activations in ("int8", "uint8"):
         graph = export_keyword_spotter(qmodel, activations, probes=True)

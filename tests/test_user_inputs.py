@@ -13,9 +13,9 @@ import pytest
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from quamba_edge.checkpoints.wav2vec2 import save_kws
 from quamba_edge.cli import app
 from quamba_edge.data.speech import write_wav
-from quamba_edge.models.kws import save_kws
 from quamba_edge.models.mamba import MambaConfig
 
 from .conftest import make_model
@@ -146,8 +146,8 @@ def test_bench_with_an_empty_workload_is_a_usage_error(flag):
 
 
 def test_measure_refuses_zero_repeats():
-    from quamba_edge.bench.runner import measure
+    from quamba_edge.bench.measure import measure
     from quamba_edge.errors import QuambaEdgeError
 
     with pytest.raises(QuambaEdgeError, match="--repeats must be at least 1"):
-        measure(None, batch=1, prompt_len=4, gen_len=2, repeats=0, threads=1)
+        measure(None, None, repeats=0, threads=1)

@@ -13,16 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from quamba_edge.checkpoints.wav2vec2 import load_pretrain_heads, load_wav2vec2, save_wav2vec2
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.models.wav2vec2 import (
-    GumbelQuantizer,
-    PretrainHeads,
-    Wav2Vec2Config,
-    Wav2Vec2Encoder,
-    load_pretrain_heads,
-    load_wav2vec2,
-    save_wav2vec2,
-)
+from quamba_edge.models.wav2vec2 import GumbelQuantizer, PretrainHeads, Wav2Vec2Config, Wav2Vec2Encoder
 
 transformers = pytest.importorskip("transformers")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from quamba_edge.checkpoints.wav2vec2 import FAIRSEQ_CONFIG_FIELDS, HF_CONFIG_FIELDS, load_pretrain_heads, load_wav2vec2
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.models.wav2vec2 import FAIRSEQ_CONFIG_FIELDS, HF_CONFIG_FIELDS, load_pretrain_heads, load_wav2vec2
 
 VERDICTS = ("honoured", "refused", "ignored")
 

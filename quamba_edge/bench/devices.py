@@ -11,9 +11,12 @@ the honest peak. These are peaks for an estimate, not expected throughput.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from quamba_edge.bench.power import system_root
 from quamba_edge.errors import QuambaEdgeError
 
 _MODULES = "developer.nvidia.com/embedded/jetson-modules (Jetson module comparison, technical specifications)"
@@ -75,8 +78,6 @@ _SUPER_MODES = ("MAXN_SUPER", "25W")
 def jetson_model(path: Path | None = None) -> str | None:
     """The board name from the device tree; off a Jetson (or in a container without it), None."""
     if path is None:
-        from quamba_edge.bench.power import system_root
-
         path = system_root() / "proc/device-tree/model"
     try:
         return path.read_text().strip("\x00 \n") or None
@@ -116,11 +117,28 @@ def detect_profile(model: str | None, mem_gb: float | None = None, power_mode: s
     return None
 
 
+def power_mode(root: Path, use_nvpmodel: bool = True) -> str | None:
+    """The active nvpmodel mode's name (e.g. `15W`, `MAXN_SUPER`), from nvpmodel -q or its status file."""
+    if use_nvpmodel and root == Path("/") and shutil.which("nvpmodel"):
+        try:
+            out = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=5).stdout
+            match = re.search(r"NV Power Mode:\s*(\S+)", out)
+            if match:
+                return match.group(1)
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:
+        status = (root / "var/lib/nvpmodel/status").read_text()
+        mode_id = int(re.search(r"pmode:(\d+)", status).group(1))
+        conf = (root / "etc/nvpmodel.conf").read_text()
+    except (OSError, AttributeError, ValueError):
+        return None
+    names = {int(i): n for i, n in re.findall(r"<\s*POWER_MODEL\s+ID=(\d+)\s+NAME=(\S+?)\s*>", conf)}
+    return names.get(mode_id, f"mode {mode_id}")
+
+
 def this_jetson(root: Path | None = None) -> DeviceProfile | None:
     """The profile of the Jetson this runs on (under `root`, default $QUAMBA_EDGE_SYSROOT or /), else None."""
-    from quamba_edge.bench.jetson import power_mode
-    from quamba_edge.bench.power import system_root
-
     root = system_root() if root is None else root
     model = jetson_model(root / "proc/device-tree/model")
     if model is None:

@@ -9,12 +9,10 @@ mode, which `nvpmodel -q` prints and /var/lib/nvpmodel/status records (`pmode:00
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from quamba_edge.bench.devices import detect_profile, jetson_model, memory_gb
+from quamba_edge.bench.devices import detect_profile, jetson_model, memory_gb, power_mode
 from quamba_edge.bench.power import find_ina3221
 
 # L4T release -> JetPack (NVIDIA's release notes); the image and the TensorRT in it follow JetPack.
@@ -37,26 +35,6 @@ def jetpack_for(release: str | None) -> str | None:
         return None
     major_minor = ".".join(release.split(".")[:2])
     return JETPACK.get(major_minor)
-
-
-def power_mode(root: Path, use_nvpmodel: bool = True) -> str | None:
-    """The active nvpmodel mode's name (e.g. `15W`, `MAXN_SUPER`), from nvpmodel -q or its status file."""
-    if use_nvpmodel and root == Path("/") and shutil.which("nvpmodel"):
-        try:
-            out = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=5).stdout
-            match = re.search(r"NV Power Mode:\s*(\S+)", out)
-            if match:
-                return match.group(1)
-        except (OSError, subprocess.SubprocessError):
-            pass
-    try:
-        status = (root / "var/lib/nvpmodel/status").read_text()
-        mode_id = int(re.search(r"pmode:(\d+)", status).group(1))
-        conf = (root / "etc/nvpmodel.conf").read_text()
-    except (OSError, AttributeError, ValueError):
-        return None
-    names = {int(i): n for i, n in re.findall(r"<\s*POWER_MODEL\s+ID=(\d+)\s+NAME=(\S+?)\s*>", conf)}
-    return names.get(mode_id, f"mode {mode_id}")
 
 
 @dataclass

@@ -12,11 +12,12 @@ from rich.table import Table
 
 from quamba_edge import __version__
 from quamba_edge.bench.devices import DeviceProfile, jetson_model, this_jetson
+from quamba_edge.bench.measure import measure
 from quamba_edge.bench.power import PowerSampler
 from quamba_edge.bench.roofline import estimate
-from quamba_edge.bench.runner import SetRunner, SpeechRunner, measure, measure_sets, measure_speech
 from quamba_edge.bench.systems import open_system, precision_and_config
 from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.families.base import Column
 from quamba_edge.io import atomic_write_json
 
 
@@ -40,33 +41,22 @@ def machine(device: str) -> dict:
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def measure_system(spec: str, device: str, threads: int, batch: int, prompt_len: int, gen_len: int,
-                   repeats: int, on_repeat=None, kernels: bool = False, set_size: int = 128,
-                   power: bool = False, clip_s: float = 1.0) -> dict:
-    runner = open_system(spec, device=device, threads=threads, prompt_len=prompt_len, batch=batch, kernels=kernels)
+def measure_system(spec: str, device: str, threads: int, repeats: int, *, on_repeat=None, kernels: bool = False,
+                   power: bool = False, **workload) -> tuple[dict, object]:
+    """Open `spec` as a System, time its family's workload (options: batch, prompt_len, gen_len, set_size,
+    clip_s: each family takes the ones it knows) and, with `power`, the board's average power and energy per
+    unit of work. Returns the row and the workload (whose columns print it)."""
+    system = open_system(spec, device=device, threads=threads, kernels=kernels)
+    work = system.family.workload(system.cfg, **workload)
     sampler = PowerSampler() if power else None
     with sampler or contextlib.nullcontext():
-        if isinstance(runner, SetRunner):
-            row = measure_sets(runner, batch=batch, set_size=set_size, repeats=repeats, threads=threads,
-                               progress=on_repeat)
-        elif isinstance(runner, SpeechRunner):
-            row = measure_speech(runner, batch=batch, clip_s=clip_s, repeats=repeats, threads=threads,
-                                 progress=on_repeat)
-        else:
-            row = measure(runner, batch=batch, prompt_len=prompt_len, gen_len=gen_len, repeats=repeats,
-                          threads=threads, progress=on_repeat).to_dict()
-    if sampler is not None:
-        # Energy per unit of work at steady state: average board power x time per generated token (per set).
+        row = measure(system, work, repeats=repeats, threads=threads, progress=on_repeat)
+    if sampler is not None:  # energy per unit of work at steady state: average board power x time per unit
         watts = sampler.average_w()
-        row.update(avg_power_w=watts, energy_j=sampler.energy_j(), power_samples=len(sampler.samples))
-        if "tpot_ms" in row:
-            row["j_per_token"] = watts * row["tpot_ms"] / 1e3 / batch
-        elif "ms_per_clip" in row:
-            row["j_per_clip"] = watts * row["ms_per_clip"] / 1e3
-        else:
-            row["j_per_set"] = watts * row["ms_per_set"] / 1e3
+        row.update(avg_power_w=watts, energy_j=sampler.energy_j(), power_samples=len(sampler.samples),
+                   **work.energy(row, watts))
     row["source"] = spec
-    return row
+    return row, work
 
 
 def estimates(systems: list[str], profile: DeviceProfile, batch: int, prompt_len: int, gen_len: int) -> list[dict]:
@@ -84,72 +74,27 @@ def estimates(systems: list[str], profile: DeviceProfile, batch: int, prompt_len
     return rows
 
 
-def print_set_measurements(console, rows: list[dict]) -> None:
-    first = rows[0]
-    table = Table(title=f"set models: batch {first['batch']} sets of {first['set_size']}, {first['threads']} "
-                        f"thread(s), median of {first['repeats']}")
-    power = all("avg_power_w" in r for r in rows)
-    cols = ["system", "ms / batch (range)", "ms / set", "sets/s", "RSS MiB", "vs first"]
-    for col in cols + (["board W", "J/set"] if power else []):
-        table.add_column(col, justify="right" if col != "system" else "left", no_wrap=True)
-    for r in rows:
-        lo, hi = r["ms_range"]
-        cells = [r["system"], f"{r['ms_per_batch']:.2f} ({lo:.2f}-{hi:.2f})", f"{r['ms_per_set']:.3f}",
-                 f"{r['sets_per_s']:.0f}", f"{r['rss_mb']:.0f}", f"{r['sets_per_s'] / first['sets_per_s']:.2f}x"]
+def print_measurements(console, measured: list[tuple[dict, object]]) -> None:
+    """One table per workload kind, with the columns the workload declares, then memory, "vs first" (the
+    workload's speed figure against the first system's) and, when every row has them, board power and energy."""
+    groups: dict[str, list] = {}
+    for row, work in measured:
+        groups.setdefault(work.title, []).append((row, work))
+    for title, items in groups.items():
+        rows, work = [r for r, _ in items], items[0][1]
+        first = rows[0]
+        power = all("avg_power_w" in r for r in rows)
+        columns = [Column("system", "system"), *work.columns, Column("RSS MiB", "rss_mb", "{:.0f}"),
+                   Column("vs first", work.speed_key, lambda r, f=first, k=work.speed_key: f"{r[k] / f[k]:.2f}x")]
         if power:
-            cells += [f"{r['avg_power_w']:.2f}", f"{r['j_per_set']:.5f}"]
-        table.add_row(*cells)
-    console.print(table)
-
-
-def print_speech_measurements(console, rows: list[dict]) -> None:
-    first = rows[0]
-    table = Table(title=f"speech models: batch {first['batch']} clips of {first['clip_s']:g} s, {first['threads']} "
-                        f"thread(s), median of {first['repeats']}")
-    power = all("avg_power_w" in r for r in rows)
-    cols = ["system", "ms / clip (range)", "real-time factor", "RSS MiB", "vs first"]
-    for col in cols + (["board W", "J/clip"] if power else []):
-        table.add_column(col, justify="right" if col != "system" else "left", no_wrap=True)
-    for r in rows:
-        lo, hi = r["ms_range"]
-        cells = [r["system"], f"{r['ms_per_clip']:.2f} ({lo / r['batch']:.2f}-{hi / r['batch']:.2f})",
-                 f"{r['rtf']:.4f}", f"{r['rss_mb']:.0f}", f"{first['ms_per_clip'] / r['ms_per_clip']:.2f}x"]
-        if power:
-            cells += [f"{r['avg_power_w']:.2f}", f"{r['j_per_clip']:.4f}"]
-        table.add_row(*cells)
-    console.print(table)
-
-
-def print_measurements(console, rows: list[dict]) -> None:
-    sets = [r for r in rows if r.get("family") == "adapool"]
-    if sets:
-        print_set_measurements(console, sets)
-    speech = [r for r in rows if r.get("family") == "wav2vec2"]
-    if speech:
-        print_speech_measurements(console, speech)
-    rows = [r for r in rows if r.get("family") not in ("adapool", "wav2vec2")]
-    if not rows:
-        return
-    first = rows[0]
-    table = Table(title=f"measured: batch {first['batch']}, prompt {first['prompt_len']}, generate "
-                        f"{first['gen_len']}, {first['threads']} thread(s), median of {first['repeats']}")
-    for col in ("system", "TTFT ms", "TPOT ms (range)", "prompt tok/s", "decode tok/s", "RSS MiB", "vs first"):
-        table.add_column(col, justify="right" if col != "system" else "left",
-                         no_wrap=col in ("system", "TPOT ms (range)"))
-    power = all("avg_power_w" in r for r in rows)
-    if power:
-        table.add_column("board W", justify="right")
-        table.add_column("J/token", justify="right")
-    base = first["decode_tok_s"]
-    for r in rows:
-        lo, hi = r["tpot_ms_range"]
-        cells = [r["system"], f"{r['ttft_ms']:.1f}", f"{r['tpot_ms']:.2f} ({lo:.2f}-{hi:.2f})",
-                 f"{r['prompt_tok_s']:.0f}", f"{r['decode_tok_s']:.1f}", f"{r['rss_mb']:.0f}",
-                 f"{r['decode_tok_s'] / base:.2f}x"]
-        if power:
-            cells += [f"{r['avg_power_w']:.2f}", f"{r['j_per_token']:.4f}"]
-        table.add_row(*cells)
-    console.print(table)
+            columns += [Column("board W", "avg_power_w", "{:.2f}"), *work.energy_columns]
+        table = Table(title=f"{title}, {first['threads']} thread(s), median of {first['repeats']}")
+        for col in columns:
+            table.add_column(col.header, justify="left" if col.key == "system" else "right",
+                             no_wrap=col.key in ("system", "tpot_ms"))
+        for r in rows:
+            table.add_row(*(col.cell(r) for col in columns))
+        console.print(table)
 
 
 def print_estimates(console, rows: list[dict], profile: DeviceProfile, paper: dict | None = None) -> None:

@@ -38,7 +38,7 @@ class _SpeechGraph(LayerGraph):
 
     def probe(self, value: str, name: str, rank: int) -> None:
         """With probes on, expose an intermediate as an output: the layer-by-layer parity check feeds it to
-        the next PyTorch layer (export/parity.py, check_speech_layers)."""
+        the next PyTorch layer (families/wav2vec2.py, layer_parity)."""
         if self.probes:
             self.g.output(value, name, TensorProto.FLOAT, [None] * rank)
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from quamba_edge.kernels import ops, scan_scales
+from quamba_edge.models.mamba import StepLoop
 from quamba_edge.quant.hadamard import factor, small_hadamard
 from quamba_edge.quant.int8 import quantize
 from quamba_edge.quant.qmodels import QMambaMixer, QResidualBlock, QuantizedMambaLM
@@ -38,10 +39,11 @@ class _LayerArgs:
         self.hadamard_K = small_hadamard(factor(d)[0]).to(torch.int8) if self.rotate else None
 
 
-class KernelMambaLM(nn.Module):
-    """Wraps a `QuantizedMambaLM` (shares its modules and buffers); the interface is the same."""
+class KernelMambaLM(StepLoop, nn.Module):
+    """Wraps a `QuantizedMambaLM` (shares its modules and buffers); the interface is the same. A step of one
+    token runs the decode kernels and updates the states passed in, in place."""
 
-    family = "mamba"
+    in_place_decode = True
 
     def __init__(self, quantized: QuantizedMambaLM):
         super().__init__()
@@ -59,26 +61,18 @@ class KernelMambaLM(nn.Module):
     def logits(self, h: Tensor) -> Tensor:
         return self.q.logits(h)
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        return self.step(input_ids)[0]
+    def embed(self, input_ids: Tensor) -> Tensor:
+        return self.q.embedding(input_ids).float()
 
-    def step(self, input_ids: Tensor, conv_state: Tensor | None = None,
-             ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        if (conv_state is None) != (ssm_state is None):
-            raise ValueError("pass both conv_state and ssm_state (a decode step), or neither (a prefill)")
-        decode = conv_state is not None and input_ids.shape[1] == 1
-        if conv_state is None:
-            conv_state, ssm_state = self.empty_state(input_ids.shape[0])
-        h = self.q.embedding(input_ids).float()
-        convs, ssms = [], []
-        for i, (layer, args) in enumerate(zip(self.q.layers, self._args)):
-            mixer_out, c, s = self._mixer(layer.mixer, args, h, conv_state[i], ssm_state[i], decode)
-            h = h + mixer_out
-            convs.append(c)
-            ssms.append(s)
-        if decode:  # updated in place, layer by layer
-            return self.logits(h), conv_state, ssm_state
-        return self.logits(h), torch.stack(convs), torch.stack(ssms)
+    def blocks(self):
+        return [self._block(layer.mixer, args) for layer, args in zip(self.q.layers, self._args)]
+
+    def _block(self, mixer: QMambaMixer, args: _LayerArgs):
+        def block(h: Tensor, conv_state: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            out, conv, ssm = self._mixer(mixer, args, h, conv_state, ssm_state, decode=h.shape[1] == 1)
+            return h + out, conv, ssm
+
+        return block
 
     def _mixer(self, m: QMambaMixer, a: _LayerArgs, h: Tensor, conv_state: Tensor, ssm_state: Tensor,
                decode: bool) -> tuple[Tensor, Tensor, Tensor]:

@@ -155,7 +155,6 @@ def make_pool(cfg: SetModelConfig) -> nn.Module:
 class SetModel(nn.Module):
     """Input projection -> transformer encoder over the set -> pool -> linear head (classifier/regressor)."""
 
-    family = "adapool"
 
     def __init__(self, cfg: SetModelConfig):
         super().__init__()

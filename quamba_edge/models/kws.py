@@ -7,32 +7,22 @@ mean and unit variance, as Hugging Face's wav2vec2 feature extractor does, so a 
 real clips are quieter than the TTS ones) is not a feature.
 
 A KWS checkpoint is a wav2vec2 checkpoint directory (config.json family `wav2vec2` + model.safetensors
-with the encoder, loadable by `load_wav2vec2`) plus a `kws` block in config.json and kws_head.safetensors.
+with the encoder, loadable by `load_wav2vec2`) plus a `kws` block in config.json and kws_head.safetensors;
+quamba_edge/checkpoints/wav2vec2.py reads and writes it.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.models.adapool import AdaPool, AvgPool, ClsToken, EncoderLayer, MaxPool
-from quamba_edge.models.wav2vec2 import (
-    FAMILY,
-    FORMAT_VERSION,
-    WEIGHTS_FILE,
-    Wav2Vec2Config,
-    Wav2Vec2Encoder,
-    load_wav2vec2,
-)
+from quamba_edge.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
 
 POOLS = ("adapool", "avg", "max", "cls")
-HEAD_FILE = "kws_head.safetensors"
 
 
 @dataclass
@@ -85,7 +75,6 @@ class KwsHead(nn.Module):
 
 
 class KeywordSpotter(nn.Module):
-    family = FAMILY
 
     def __init__(self, encoder: Wav2Vec2Encoder, cfg: KwsConfig):
         super().__init__()
@@ -104,52 +93,3 @@ class KeywordSpotter(nn.Module):
     def forward(self, waveform: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         out = self.encoder(normalize_window(waveform), attention_mask)
         return self.head(out.hidden, out.frame_mask if attention_mask is not None else None)
-
-
-def save_kws(model: KeywordSpotter, out_dir: str | Path, extra: dict | None = None) -> Path:
-    from quamba_edge.io import staged_dir
-
-    out_dir = Path(out_dir)
-    payload = {"family": FAMILY, "format_version": FORMAT_VERSION, "config": model.encoder.cfg.to_dict(),
-               "kws": model.cfg.to_dict(), **(extra or {})}
-    encoder = {k: v.detach().float().contiguous() for k, v in model.encoder.state_dict().items()}
-    head = {k: v.detach().float().contiguous() for k, v in model.head.state_dict().items()}
-
-    def ours(path: Path) -> bool:
-        try:
-            return json.loads((path / "config.json").read_text()).get("family") == FAMILY
-        except (OSError, ValueError, AttributeError):
-            return False
-
-    with staged_dir(out_dir, ours=ours, what="a quamba-edge wav2vec2 checkpoint") as tmp:
-        save_file(encoder, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        save_file(head, str(tmp / HEAD_FILE), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(payload, indent=2) + "\n")
-    return out_dir
-
-
-def is_kws_checkpoint(path: str | Path) -> bool:
-    try:
-        raw = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(raw, dict) and raw.get("family") == FAMILY and "kws" in raw
-
-
-def load_kws(path: str | Path) -> KeywordSpotter:
-    path = Path(path)
-    if not is_kws_checkpoint(path):
-        raise QuambaEdgeError(f"{path} is not a keyword-spotting checkpoint (no `kws` block in config.json). "
-                              "Fix: fine-tune one with `python benchmarks/kws.py`, or pass a KWS directory.")
-    encoder, _ = load_wav2vec2(path)
-    cfg = KwsConfig.from_dict(json.loads((path / "config.json").read_text())["kws"])
-    model = KeywordSpotter(encoder, cfg)
-    try:
-        state = load_file(str(path / HEAD_FILE))
-    except Exception as exc:  # safetensors raises its own error type for truncated files
-        raise QuambaEdgeError(f"{path / HEAD_FILE} is missing or corrupt ({exc}). Fix: save the model again.") from exc
-    missing, unexpected = model.head.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise QuambaEdgeError(f"{path / HEAD_FILE} does not match its config (missing {missing[:3]}, unexpected "
-                              f"{unexpected[:3]}). Fix: save the model again.")
-    return model.eval()

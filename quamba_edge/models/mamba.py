@@ -130,10 +130,41 @@ class Backbone(nn.Module):
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
 
 
-class MambaLM(nn.Module):
-    """Embedding, residual Mamba blocks, final RMSNorm, lm_head tied to the embedding."""
+class StepLoop:
+    """Prefill and decode as one loop over the layers, shared by the fp model, the quantized model and the
+    quantized model on the kernel ops. A subclass supplies `embed(ids)`, `blocks()` (each block maps
+    (h, conv_state_i, ssm_state_i) -> (h, conv_i, ssm_i)), `logits(h)` and `empty_state(batch)`.
+    `in_place_decode`: the blocks update the states passed to a decode step in place (no copy per token)."""
 
-    family = "mamba"
+    in_place_decode = False
+
+    def step(self, input_ids: Tensor, conv_state: Tensor | None = None,
+             ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Run tokens (b, l) on top of a state; returns logits (b, l, vocab) and the new state.
+
+        With no state this is prefill; with l = 1 and the previous state it is one decode step.
+        """
+        if (conv_state is None) != (ssm_state is None):
+            raise ValueError("pass both conv_state and ssm_state (a decode step), or neither (a prefill)")
+        decode = conv_state is not None and input_ids.shape[1] == 1
+        if conv_state is None:
+            conv_state, ssm_state = self.empty_state(input_ids.shape[0])
+        h = self.embed(input_ids)
+        new_conv, new_ssm = [], []
+        for i, block in enumerate(self.blocks()):
+            h, c, s = block(h, conv_state[i], ssm_state[i])
+            new_conv.append(c)
+            new_ssm.append(s)
+        if decode and self.in_place_decode:
+            return self.logits(h), conv_state, ssm_state
+        return self.logits(h), torch.stack(new_conv), torch.stack(new_ssm)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self.step(input_ids)[0]
+
+
+class MambaLM(StepLoop, nn.Module):
+    """Embedding, residual Mamba blocks, final RMSNorm, lm_head tied to the embedding."""
 
     def __init__(self, cfg: MambaConfig):
         super().__init__()
@@ -150,28 +181,15 @@ class MambaLM(nn.Module):
         ssm = torch.zeros(cfg.n_layer, batch, cfg.d_inner, cfg.d_state, dtype=torch.float32, device=device)
         return conv, ssm
 
-    def step(
-        self, input_ids: Tensor, conv_state: Tensor | None = None, ssm_state: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Run tokens (b, l) on top of a state; returns logits (b, l, vocab) and the new state.
+    def embed(self, input_ids: Tensor) -> Tensor:
+        return self.backbone.embedding(input_ids)
 
-        With no state this is prefill; with l = 1 and the previous state it is one decode step.
-        """
-        if (conv_state is None) != (ssm_state is None):
-            raise ValueError("pass both conv_state and ssm_state (a decode step), or neither (a prefill)")
-        if conv_state is None:
-            conv_state, ssm_state = self.empty_state(input_ids.shape[0])
-        h = self.backbone.embedding(input_ids)
-        new_conv, new_ssm = [], []
-        for i, layer in enumerate(self.backbone.layers):
-            h, c, s = layer(h, conv_state[i], ssm_state[i])
-            new_conv.append(c)
-            new_ssm.append(s)
-        logits = self.lm_head(self.backbone.norm_f(h))
-        return logits, torch.stack(new_conv), torch.stack(new_ssm)
+    def blocks(self):
+        return self.backbone.layers
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        return self.step(input_ids)[0]
+    def logits(self, h: Tensor) -> Tensor:
+        """Final norm and the tied head on the residual stream (b, l, d_model)."""
+        return self.lm_head(self.backbone.norm_f(h))
 
     def set_train_scan(self, enabled: bool) -> None:
         """Switch every mixer to the hand-differentiated scan (training from a zero state only)."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from quamba_edge.models.mamba import MambaConfig, RMSNorm
+from quamba_edge.models.mamba import MambaConfig, RMSNorm, StepLoop
 from quamba_edge.models.scan import selective_scan
 from quamba_edge.quant.hadamard import rotate
 from quamba_edge.quant.int8 import dequantize, int8_matmul, quantize
@@ -179,10 +179,8 @@ class QResidualBlock(nn.Module):
         return h + out, conv_state, ssm_state
 
 
-class QuantizedMambaLM(nn.Module):
+class QuantizedMambaLM(StepLoop, nn.Module):
     """Same interface as `MambaLM` (`step`, `forward`, `empty_state`); the conv state is int8 here."""
-
-    family = "mamba"
 
     def __init__(self, cfg: MambaConfig, recipe: Recipe):
         super().__init__()
@@ -200,19 +198,11 @@ class QuantizedMambaLM(nn.Module):
         ssm = torch.zeros(cfg.n_layer, batch, cfg.d_inner, cfg.d_state, dtype=torch.float32, device=device)
         return conv, ssm
 
-    def step(self, input_ids: Tensor, conv_state: Tensor | None = None,
-             ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        if (conv_state is None) != (ssm_state is None):
-            raise ValueError("pass both conv_state and ssm_state (a decode step), or neither (a prefill)")
-        if conv_state is None:
-            conv_state, ssm_state = self.empty_state(input_ids.shape[0])
-        h = self.embedding(input_ids).float()
-        new_conv, new_ssm = [], []
-        for i, layer in enumerate(self.layers):
-            h, c, s = layer(h, conv_state[i], ssm_state[i])
-            new_conv.append(c)
-            new_ssm.append(s)
-        return self.logits(h), torch.stack(new_conv), torch.stack(new_ssm)
+    def embed(self, input_ids: Tensor) -> Tensor:
+        return self.embedding(input_ids).float()
+
+    def blocks(self):
+        return self.layers
 
     def logits(self, h: Tensor) -> Tensor:
         """Final norm and head on the residual stream (b, l, d_model)."""
@@ -220,9 +210,6 @@ class QuantizedMambaLM(nn.Module):
         if self.head is not None:  # --int8-head: per-channel int8 copy of the tied matrix
             return self.head(quantize(normed, self.head.in_scale))
         return F.linear(normed, self.embedding.weight)  # lm_head tied, fp32
-
-    def forward(self, input_ids: Tensor) -> Tensor:
-        return self.step(input_ids)[0]
 
     def state_dict_for_save(self) -> dict[str, Tensor]:
         return {k: v.contiguous() for k, v in self.state_dict().items()}

@@ -17,14 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quamba_edge.checkpoints.wav2vec2 import save_wav2vec2
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.models.wav2vec2 import (
-    GumbelQuantizer,
-    PretrainHeads,
-    Wav2Vec2Config,
-    Wav2Vec2Encoder,
-    save_wav2vec2,
-)
+from quamba_edge.models.wav2vec2 import GumbelQuantizer, PretrainHeads, Wav2Vec2Config, Wav2Vec2Encoder
 from quamba_edge.train.ccc import AugmentConfig, CCCConfig, augment, ccc_loss, wav2vec2_loss
 
 

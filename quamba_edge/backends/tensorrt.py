@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from quamba_edge.backends.base import Runner
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.io import atomic_write, atomic_write_json, sha256_file
 from quamba_edge.paths import PACKAGE_DIR
@@ -92,17 +93,6 @@ def parse_onnx(trt, onnx_bytes: bytes, strongly_typed: bool = True, plugins: Pat
     return builder, network, parser, logger
 
 
-def profile_shapes(graph: str, cfg, max_batch: int, max_prompt: int, opt_prompt: int) -> dict[str, tuple]:
-    """min / opt / max shapes of every dynamic input of `prefill` or `decode`."""
-    if graph == "prefill":
-        return {"input_ids": ((1, 1), (1, opt_prompt), (max_batch, max_prompt))}
-    conv = lambda b: (cfg.n_layer, b, cfg.d_inner, cfg.d_conv - 1)  # noqa: E731
-    ssm = lambda b: (cfg.n_layer, b, cfg.d_inner, cfg.d_state)  # noqa: E731
-    return {"input_ids": ((1, 1), (1, 1), (max_batch, 1)),
-            "conv_state_in": (conv(1), conv(1), conv(max_batch)),
-            "ssm_state_in": (ssm(1), ssm(1), ssm(max_batch))}
-
-
 def gpu_compute_capability() -> str:
     try:
         import torch
@@ -115,15 +105,18 @@ def gpu_compute_capability() -> str:
     raise QuambaEdgeError("no CUDA GPU is visible, so no TensorRT engine can be built or loaded here.")
 
 
-def build_plan(onnx_path: Path, graph: str, cfg, out_dir: Path, *, max_batch: int, max_prompt: int,
-               opt_prompt: int, plugins: Path | None = None) -> dict:
-    """Build and write `<graph>.plan` + `<graph>.engine.json`; return the metadata."""
+def build_plan(onnx_path: Path, graph: str, shapes: dict[str, tuple], out_dir: Path, *,
+               plugins: Path | None = None) -> dict:
+    """Build and write `<graph>.plan` + `<graph>.engine.json`; return the metadata.
+
+    shapes: input name -> (min, opt, max) shape of every dynamic input (the family's TensorRT profile).
+    """
     trt = import_tensorrt()
     builder, network, _parser, _logger = parse_onnx(trt, onnx_path.read_bytes(), plugins=plugins)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     profile = builder.create_optimization_profile()
-    for name, (lo, opt, hi) in profile_shapes(graph, cfg, max_batch, max_prompt, opt_prompt).items():
+    for name, (lo, opt, hi) in shapes.items():
         profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
     cache_path = out_dir / "timing.cache"
@@ -135,7 +128,7 @@ def build_plan(onnx_path: Path, graph: str, cfg, out_dir: Path, *, max_batch: in
     atomic_write(out_dir / f"{graph}.plan", lambda tmp: tmp.write_bytes(bytes(plan)))
     atomic_write(cache_path, lambda tmp: tmp.write_bytes(bytes(config.get_timing_cache().serialize())))
     meta = {"tensorrt_version": trt.__version__, "compute_capability": gpu_compute_capability(),
-            "max_batch": max_batch, "max_prompt": max_prompt, "opt_prompt": opt_prompt,
+            "shapes": {name: [list(s) for s in triple] for name, triple in shapes.items()},
             "plugins": {"library": plugins.name, "sha256": sha256_file(plugins)} if plugins else None}
     atomic_write_json(out_dir / f"{graph}.engine.json", meta)
     return meta
@@ -155,12 +148,15 @@ def check_plan_compatible(meta: dict, trt_version: str, compute_capability: str,
         )
 
 
-class TensorRTGraph:
+class TensorRTRunner(Runner):
     """Runs one plan: numpy feeds in, numpy outputs out (torch CUDA tensors hold the buffers)."""
 
-    def __init__(self, plan_path: Path):
+    backend = "tensorrt"
+
+    def __init__(self, plan_path: Path, name: str = "graph"):
         import torch
 
+        super().__init__(name)
         trt = import_tensorrt()
         meta = json.loads(plan_path.with_suffix(".engine.json").read_text())
         check_plan_compatible(meta, trt.__version__, gpu_compute_capability(), plan_path)
@@ -179,11 +175,11 @@ class TensorRTGraph:
         self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.stream = torch.cuda.Stream()
 
-    def __call__(self, feeds: dict) -> dict:
+    def _infer(self, feeds) -> dict:
         torch, trt = self.torch, self.trt
         keep = {}
         for name, array in feeds.items():
-            tensor = torch.from_numpy(array).cuda()
+            tensor = torch.as_tensor(array).cuda()
             keep[name] = tensor
             self.context.set_input_shape(name, tuple(tensor.shape))
             self.context.set_tensor_address(name, tensor.data_ptr())

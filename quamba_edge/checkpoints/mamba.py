@@ -1,11 +1,11 @@
-"""Load Mamba checkpoints from the layouts people actually have; write safetensors.
+"""Mamba-1 checkpoints in the layouts people actually have; written back as safetensors.
 
 Layouts understood (a directory with `config.json` and weights):
 - mamba-ssm (`state-spaces/mamba-*`): config with `d_model`, `n_layer`, `ssm_cfg`; `pytorch_model.bin`
   (loaded with `weights_only=True`) or `model.safetensors`.
 - Hugging Face transformers (`MambaForCausalLM`): config with `hidden_size`, `state_size`, ...;
   `model.safetensors` (or sharded with an index); parameter `backbone.embeddings.weight`.
-A hub id (`org/name`) is fetched with huggingface_hub first; `default` is the bundled model.
+Where the directory comes from (`default`, a path, a hub id) and how weights are read: common.py.
 """
 
 from __future__ import annotations
@@ -15,59 +15,14 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from quamba_edge.checkpoints.common import load_state_dict, read_config, resolve_model_dir
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.io import atomic_write, atomic_write_json
 from quamba_edge.models.mamba import MambaConfig, MambaLM
-from quamba_edge.paths import DEFAULT_MODEL_DIR
 
-WEIGHT_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin",
-                   "tokenizer.json", "tokenizer_config.json"]
-
-
-def resolve_model_dir(spec: str | Path) -> Path:
-    """`default`, a local directory, or a hub id -> a local directory holding the checkpoint."""
-    spec_str = str(spec)
-    if spec_str == "default":
-        if not (DEFAULT_MODEL_DIR / "config.json").exists():
-            raise QuambaEdgeError(
-                f"the bundled default model is missing from {DEFAULT_MODEL_DIR}. "
-                "Fix: reinstall quamba-edge, or train it with `python calib/train_default.py`."
-            )
-        return DEFAULT_MODEL_DIR
-    path = Path(spec_str).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise QuambaEdgeError(f"{path} is a file; pass the checkpoint directory that contains config.json.")
-        return path
-    looks_like_hub_id = spec_str.count("/") == 1 and not spec_str.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
-        raise QuambaEdgeError(f"no such checkpoint directory: {path}. Fix: check the path, or pass `default`.")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(spec_str, allow_patterns=WEIGHT_PATTERNS))
-    except Exception as exc:  # network, auth, missing repo: all end the same way for the user
-        raise QuambaEdgeError(
-            f"{spec_str!r} is not a local directory and could not be fetched from the Hugging Face hub "
-            f"({type(exc).__name__}: {str(exc)[:200]}). Fix: download it on a connected machine "
-            "(`huggingface-cli download ORG/NAME --local-dir DIR`) and pass DIR."
-        ) from exc
-
-
-def _read_config(model_dir: Path) -> dict:
-    cfg_path = model_dir / "config.json"
-    if not cfg_path.exists():
-        raise QuambaEdgeError(
-            f"{model_dir} has no config.json, so it is not a checkpoint layout quamba-edge knows. "
-            "Expected a mamba-ssm or Hugging Face Mamba directory (config.json + weights)."
-        )
-    try:
-        return json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise QuambaEdgeError(f"{cfg_path} is not valid JSON ({exc}).") from exc
+LAYOUTS = "a mamba-ssm or Hugging Face Mamba directory (config.json + weights)"
 
 
 UNSUPPORTED_HF_TYPES = {"mamba2": "Mamba-2", "falcon_mamba": "Falcon-Mamba (extra RMSNorms on B, C and dt)",
@@ -232,38 +187,6 @@ def _eps(raw: dict, field: str) -> float:
     return float(value)
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise QuambaEdgeError(
-            f"{path} is corrupt or truncated ({exc}). Fix: download or copy the checkpoint again."
-        ) from exc
-
-
-def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
-    index = model_dir / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state: dict[str, torch.Tensor] = {}
-        for name in files:
-            state.update(_load_safetensors(model_dir / name))
-        return state
-    if (model_dir / "model.safetensors").exists():
-        return _load_safetensors(model_dir / "model.safetensors")
-    if (model_dir / "pytorch_model.bin").exists():
-        try:
-            return torch.load(model_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise QuambaEdgeError(
-                f"{model_dir / 'pytorch_model.bin'} could not be loaded safely ({type(exc).__name__}: "
-                f"{str(exc)[:200]}). It may be corrupt, or pickle more than tensors; re-save it as safetensors."
-            ) from exc
-    raise QuambaEdgeError(
-        f"{model_dir} has config.json but no weights (model.safetensors or pytorch_model.bin)."
-    )
-
-
 def _canonical_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Hugging Face names the embedding `embeddings`; everything else matches mamba-ssm."""
     out = {}
@@ -288,7 +211,7 @@ def _require_tied_head(raw: dict, state: dict[str, torch.Tensor], model_dir: Pat
 def load_mamba(spec: str | Path, dtype: torch.dtype = torch.float32) -> MambaLM:
     """Load a Mamba-1 LM from `default`, a local directory or a hub id, checking every tensor's shape."""
     model_dir = resolve_model_dir(spec)
-    raw = _read_config(model_dir)
+    raw = read_config(model_dir, LAYOUTS)
     cfg = config_from_raw(raw)
     state = _canonical_keys(load_state_dict(model_dir))
     _require_tied_head(raw, state, model_dir)

@@ -1,0 +1,79 @@
+"""The one interface every backend implements (after Polygraphy's runners): a Runner runs one graph.
+
+`infer(feeds)` takes name -> array (numpy, or for the PyTorch reference also torch tensors it produced
+itself, such as recurrent states) and returns name -> array, and records its own wall time in
+`inference_time` (seconds). A System is the runners of one model, keyed by graph name (`prefill` and
+`decode` for Mamba, `model` for the one-graph families). Runners are context managers: `activate()`
+and `deactivate()` bracket their use; most need neither.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Feeds = Mapping[str, Any]
+
+
+class Runner:
+    """One graph on one backend. Subclasses implement `_infer`."""
+
+    backend = "none"
+
+    def __init__(self, name: str):
+        self.name = name
+        self.inference_time: float | None = None
+
+    def activate(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def deactivate(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def __enter__(self) -> Runner:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    def _infer(self, feeds: Feeds) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def infer(self, feeds: Feeds) -> dict[str, Any]:
+        start = time.perf_counter()
+        out = self._infer(feeds)
+        self.inference_time = time.perf_counter() - start
+        return out
+
+    __call__ = infer
+
+
+class FunctionRunner(Runner):
+    """A Python callable feeds -> outputs as a Runner (the PyTorch reference, the kernel ops)."""
+
+    def __init__(self, name: str, fn: Callable[[Feeds], dict[str, Any]], backend: str = "pytorch"):
+        super().__init__(name)
+        self.fn, self.backend = fn, backend
+
+    def _infer(self, feeds: Feeds) -> dict[str, Any]:
+        return self.fn(feeds)
+
+
+@dataclass
+class System:
+    """The runners of one model and how to name it in a report."""
+
+    runners: dict[str, Runner]
+    label: str  # e.g. "ort-int8 (quamba)"
+    backend: str  # pytorch | kernels-cpu | ort | tensorrt
+    precision: str  # fp32 | fp16 | int8
+    cfg: Any  # the family's model config
+    family: Any  # the Family (families/base.py)
+    limits: dict = field(default_factory=dict)  # the engine's profile (max prompt, batch, samples), if any
+    weight_bytes: int = 0  # bytes of weights one full forward reads (for achieved GB/s); 0: unknown
+
+    def __getitem__(self, graph: str) -> Runner:
+        return self.runners[graph]

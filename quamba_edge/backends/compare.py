@@ -1,0 +1,111 @@
+"""One comparator for every backend: a system's outputs against the PyTorch reference (DESIGN.md).
+
+A family says what to compare as `Case`s: a graph, its feeds, and a `judge` that turns the graph's
+outputs into compared rows (`compare(...)` against reference tensors the family computed). build-engine's
+parity check and `bench --check` both run `check(system, cases)`.
+
+Tolerances are relative errors ‖got − ref‖₂ / ‖ref‖₂ per tensor: fp32 1e-5 (float reassociation only);
+fp16 1e-3; int8 tensors exact except near rounding ties (one step in at most 0.5% of places), and int8
+graphs judged layer by layer at 1e-2 on each layer's own input, because a tie resolved differently in
+one layer changes every later one (the families' parity cases say how; end-to-end int8 figures are
+recorded, not judged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from quamba_edge.backends.base import System
+from quamba_edge.errors import QuambaEdgeError
+
+TOLERANCE = {"fp32": 1e-5, "fp16": 1e-3, "int8": 5e-2}
+LAYER_TOLERANCE = 1e-2
+INT8_MAX_STEP = 1
+INT8_MAX_MISMATCH = 0.005
+
+
+class ParityError(QuambaEdgeError):
+    pass
+
+
+@dataclass
+class Case:
+    """feeds for `graph`; judge(outputs) -> rows made with `compare`."""
+
+    name: str
+    graph: str
+    feeds: dict
+    judge: Callable[[dict], list[dict]]
+
+
+@dataclass
+class ParityReport:
+    precision: str
+    tolerance: float
+    cases: list[dict] = field(default_factory=list)
+
+    @property
+    def worst(self) -> dict:
+        return max(self.cases, key=lambda c: c["excess"])
+
+    @property
+    def passed(self) -> bool:
+        return all(c["excess"] <= 1.0 for c in self.cases)
+
+    def to_dict(self) -> dict:
+        return {"precision": self.precision, "tolerance": self.tolerance, "layer_tolerance": LAYER_TOLERANCE,
+                "passed": self.passed,
+                "int8_max_step": INT8_MAX_STEP, "int8_max_mismatch": INT8_MAX_MISMATCH, "cases": self.cases}
+
+    def failure(self, what: str = "engine") -> str:
+        """The message of a failed check: the worst tensor and by how much."""
+        worst = self.worst
+        detail = (f"rel. error {worst['rel_error']:.3g} (tolerance {worst['tolerance']:g})" if "rel_error" in worst
+                  else f"int8 entries off by up to {worst['max_step']} steps in {worst['mismatch']:.1%} of places")
+        return (f"the {self.precision} {what} disagrees with the reference: worst tensor `{worst['tensor']}` in "
+                f"{worst['case']}: {detail}.")
+
+
+def rel_error(got: np.ndarray, ref: np.ndarray) -> float:
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def _numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        return x.numpy() if x.dtype == torch.int8 else x.float().numpy()
+    return np.asarray(x)
+
+
+def compare(case: str, name: str, got, ref, tolerance: float | None) -> dict:
+    """One tensor against its reference; tolerance None records the figures without judging them.
+    An int8 reference is judged by steps (DESIGN.md's rounding-tie rule), anything else by rel. error."""
+    got, ref_np = _numpy(got), _numpy(ref)
+    row = {"case": case, "tensor": name}
+    if ref_np.dtype == np.int8:
+        step = np.abs(got.astype(np.int32) - ref_np.astype(np.int32))
+        mismatch = float((step != 0).mean())
+        excess = max(step.max() / INT8_MAX_STEP, mismatch / INT8_MAX_MISMATCH)
+        row.update(max_step=int(step.max()), mismatch=mismatch)
+    else:
+        err = rel_error(got, ref_np)
+        excess = err / tolerance if tolerance else 0.0
+        row.update(rel_error=err, tolerance=tolerance)
+    row["excess"] = float(excess) if tolerance else 0.0
+    row["judged"] = tolerance is not None
+    return row
+
+
+def check(system: System | dict, cases: Iterable[Case], precision: str,
+          report: ParityReport | None = None) -> ParityReport:
+    """Run every case on its graph's runner and judge the outputs; returns the report (passed or not)."""
+    report = report or ParityReport(precision, TOLERANCE[precision])
+    for case in cases:
+        outputs = system[case.graph](case.feeds)
+        report.cases.extend(case.judge(outputs))
+    return report

@@ -1,0 +1,110 @@
+"""Checkpoint plumbing every family shares: where a checkpoint is, what its config.json says, its weights.
+
+A checkpoint spec is `default` (the bundled model), a local directory, or a hub id (`org/name`, fetched
+with huggingface_hub). Weights are read from `model.safetensors`, a sharded safetensors index, or
+`pytorch_model.bin` (loaded with `weights_only=True`, so a pickle cannot run code). Which layouts each
+family understands lives in its own module: mamba.py, wav2vec2.py, adapool.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.paths import DEFAULT_MODEL_DIR
+
+WEIGHT_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin",
+                   "tokenizer.json", "tokenizer_config.json"]
+CONFIG_FILE = "config.json"
+
+
+def resolve_model_dir(spec: str | Path) -> Path:
+    """`default`, a local directory, or a hub id -> a local directory holding the checkpoint."""
+    spec_str = str(spec)
+    if spec_str == "default":
+        if not (DEFAULT_MODEL_DIR / "config.json").exists():
+            raise QuambaEdgeError(
+                f"the bundled default model is missing from {DEFAULT_MODEL_DIR}. "
+                "Fix: reinstall quamba-edge, or train it with `python calib/train_default.py`."
+            )
+        return DEFAULT_MODEL_DIR
+    path = Path(spec_str).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise QuambaEdgeError(f"{path} is a file; pass the checkpoint directory that contains config.json.")
+        return path
+    looks_like_hub_id = spec_str.count("/") == 1 and not spec_str.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise QuambaEdgeError(f"no such checkpoint directory: {path}. Fix: check the path, or pass `default`.")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(spec_str, allow_patterns=WEIGHT_PATTERNS))
+    except Exception as exc:  # network, auth, missing repo: all end the same way for the user
+        raise QuambaEdgeError(
+            f"{spec_str!r} is not a local directory and could not be fetched from the Hugging Face hub "
+            f"({type(exc).__name__}: {str(exc)[:200]}). Fix: download it on a connected machine "
+            "(`huggingface-cli download ORG/NAME --local-dir DIR`) and pass DIR."
+        ) from exc
+
+
+def read_config(model_dir: Path, expected: str) -> dict:
+    """model_dir/config.json as parsed JSON; `expected` names the layouts the caller knows (for the error)."""
+    cfg_path = model_dir / CONFIG_FILE
+    if not cfg_path.exists():
+        raise QuambaEdgeError(
+            f"{model_dir} has no config.json, so it is not a checkpoint layout quamba-edge knows. "
+            f"Expected {expected}."
+        )
+    try:
+        return json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise QuambaEdgeError(f"{cfg_path} is not valid JSON ({exc}).") from exc
+
+
+def checkpoint_family(path: Path) -> str | None:
+    """The `family` key of a checkpoint directory's config.json ("adapool", "wav2vec2"), else None
+    (Mamba checkpoints, in the mamba-ssm or Hugging Face layout, have no family key)."""
+    try:
+        config = json.loads((Path(path) / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return config.get("family") if isinstance(config, dict) else None
+
+
+def read_safetensors(path: Path, fix: str = "Fix: download or copy the checkpoint again.") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a corrupt or truncated file is a QuambaEdgeError ending in `fix`."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise QuambaEdgeError(f"{path} is corrupt or truncated ({exc}). {fix}") from exc
+
+
+def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    """The weights of a Hugging Face style directory: sharded safetensors, model.safetensors, or
+    pytorch_model.bin (tensors only)."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for name in files:
+            state.update(read_safetensors(model_dir / name))
+        return state
+    if (model_dir / "model.safetensors").exists():
+        return read_safetensors(model_dir / "model.safetensors")
+    if (model_dir / "pytorch_model.bin").exists():
+        try:
+            return torch.load(model_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise QuambaEdgeError(
+                f"{model_dir / 'pytorch_model.bin'} could not be loaded safely ({type(exc).__name__}: "
+                f"{str(exc)[:200]}). It may be corrupt, or pickle more than tensors; re-save it as safetensors."
+            ) from exc
+    raise QuambaEdgeError(
+        f"{model_dir} has config.json but no weights (model.safetensors or pytorch_model.bin)."
+    )

@@ -1,0 +1,688 @@
+"""wav2vec 2.0 and keyword-spotter checkpoints: read from the layouts people have, written in ours.
+
+Layouts read (`load_wav2vec2`, `load_pretrain_heads`):
+- Hugging Face transformers (`Wav2Vec2Model`, `ForPreTraining`, `ForCTC`, ...): a directory with
+  config.json (`model_type: wav2vec2`) and weights (read by common.load_state_dict).
+- fairseq: a `.pt` file (pre-training or fine-tuned wav2vec_ctc), unpickled with `weights_only=True`.
+- ours (`save_wav2vec2`): config.json `{"family": "wav2vec2", "format_version", "config"}` +
+  model.safetensors (+ pretrain_heads.safetensors for a pre-training checkpoint).
+A keyword spotter (`save_kws`, `load_kws`) is our wav2vec2 directory plus a `kws` block in config.json and
+kws_head.safetensors, so its encoder alone loads with `load_wav2vec2`.
+
+Every weight is renamed to ours and checked against the config (names and shapes); every config setting is
+honoured, refused by name, or ignored as not changing the output (HF_CONFIG_FIELDS, FAIRSEQ_CONFIG_FIELDS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from quamba_edge.checkpoints.common import checkpoint_family, load_state_dict, read_safetensors
+from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.io import staged_dir
+from quamba_edge.models.kws import KeywordSpotter, KwsConfig
+from quamba_edge.models.wav2vec2 import GumbelQuantizer, PretrainHeads, Wav2Vec2Config, Wav2Vec2Encoder
+
+FAMILY = "wav2vec2"  # config.json `family` of our wav2vec2 and keyword-spotter checkpoints
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+HEADS_FILE = "pretrain_heads.safetensors"
+HEAD_FILE = "kws_head.safetensors"  # a keyword spotter's pooling layer and classifier
+
+
+_LAYER = r"encoder\.layers\.(\d+)\."
+_POS_G = "pos_conv.weight_g"
+_POS_V = "pos_conv.weight_v"
+_POS_W = "pos_conv.weight"  # an effective (already normalised) kernel; converted to g, v on load
+
+# (pattern, replacement) in our names; `heads.` / `quantizer.` targets belong to the pre-training heads.
+_HF_RULES = [
+    (r"feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_encoder.conv_layers.\1.conv."),
+    (r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.", r"feature_encoder.conv_layers.\1.norm."),
+    (r"feature_projection\.layer_norm\.", "feature_norm."),
+    (r"feature_projection\.projection\.", "feature_proj."),
+    (r"masked_spec_embed$", "mask_emb"),
+    (r"encoder\.pos_conv_embed\.conv\.(weight_g|parametrizations\.weight\.original0)$", _POS_G),
+    (r"encoder\.pos_conv_embed\.conv\.(weight_v|parametrizations\.weight\.original1)$", _POS_V),
+    (r"encoder\.pos_conv_embed\.conv\.weight$", _POS_W),
+    (r"encoder\.pos_conv_embed\.conv\.bias$", "pos_conv.bias"),
+    (r"encoder\.layer_norm\.", "encoder_norm."),
+    (_LAYER + r"attention\.(q|k|v|out)_proj\.", r"layers.\1.attn.\2_proj."),
+    (_LAYER + r"layer_norm\.", r"layers.\1.attn_norm."),
+    (_LAYER + r"feed_forward\.intermediate_dense\.", r"layers.\1.fc1."),
+    (_LAYER + r"feed_forward\.output_dense\.", r"layers.\1.fc2."),
+    (_LAYER + r"final_layer_norm\.", r"layers.\1.final_norm."),
+    (r"quantizer\.codevectors$", "quantizer.codevectors"),
+    (r"quantizer\.weight_proj\.", "quantizer.weight_proj."),
+    (r"project_q\.", "heads.project_q."),
+    (r"project_hid\.", "heads.final_proj."),
+]
+# Task heads of Wav2Vec2ForCTC / ForSequenceClassification etc.: not part of the encoder.
+_HF_IGNORED = (r"lm_head\.", r"classifier\.", r"projector\.", r"layer_weights$")
+
+_FAIRSEQ_RULES = [
+    (r"feature_extractor\.conv_layers\.(\d+)\.0\.", r"feature_encoder.conv_layers.\1.conv."),
+    (r"feature_extractor\.conv_layers\.(\d+)\.2\.(1\.)?", r"feature_encoder.conv_layers.\1.norm."),
+    (r"layer_norm\.", "feature_norm."),
+    (r"post_extract_proj\.", "feature_proj."),
+    (r"mask_emb$", "mask_emb"),
+    (r"encoder\.pos_conv\.0\.(weight_g|parametrizations\.weight\.original0)$", _POS_G),
+    (r"encoder\.pos_conv\.0\.(weight_v|parametrizations\.weight\.original1)$", _POS_V),
+    (r"encoder\.pos_conv\.0\.weight$", _POS_W),
+    (r"encoder\.pos_conv\.0\.bias$", "pos_conv.bias"),
+    (r"encoder\.layer_norm\.", "encoder_norm."),
+    (_LAYER + r"self_attn\.(q|k|v|out)_proj\.", r"layers.\1.attn.\2_proj."),
+    (_LAYER + r"self_attn_layer_norm\.", r"layers.\1.attn_norm."),
+    (_LAYER + r"fc1\.", r"layers.\1.fc1."),
+    (_LAYER + r"fc2\.", r"layers.\1.fc2."),
+    (_LAYER + r"final_layer_norm\.", r"layers.\1.final_norm."),
+    (r"quantizer\.vars$", "quantizer.codevectors"),
+    (r"quantizer\.weight_proj\.", "quantizer.weight_proj."),
+    (r"project_q\.", "heads.project_q."),
+    (r"final_proj\.", "heads.final_proj."),
+]
+# Fine-tuning output layers and the fairseq version marker; the encoder does not use them.
+_FAIRSEQ_IGNORED = (r"w2v_encoder\.proj\.", r"encoder\.version$", r"target_glu\.")
+
+
+@dataclass
+class _Checkpoint:
+    cfg: Wav2Vec2Config
+    encoder: dict[str, Tensor]  # our encoder names
+    heads: dict[str, Tensor]  # "quantizer.*" and "heads.*" (pre-training checkpoints only)
+    where: str  # for error messages
+    heads_refused: tuple[str, ...] = ()  # settings whose pre-training heads we do not implement
+
+
+def _rename(state: dict[str, Tensor], rules: list, ignored: tuple, where: str) -> tuple[dict, dict]:
+    compiled = [(re.compile(p), r) for p, r in rules]
+    skip = [re.compile(p) for p in ignored]
+    encoder: dict[str, Tensor] = {}
+    heads: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in state.items():
+        for pattern, repl in compiled:
+            if pattern.match(key):
+                new = pattern.sub(repl, key, count=1)
+                (heads if new.startswith(("quantizer.", "heads.")) else encoder)[new] = value
+                break
+        else:
+            if not any(p.match(key) for p in skip):
+                unknown.append(key)
+    if unknown:
+        raise QuambaEdgeError(
+            f"{where} holds weights that are not part of a wav2vec2 model ({_few(unknown)}); it may be a "
+            "different architecture (HuBERT, WavLM, data2vec, conformer) or a newer layout. "
+            "Fix: pass a plain wav2vec2 checkpoint."
+        )
+    _effective_to_g_v(encoder)
+    return encoder, heads
+
+
+def _effective_to_g_v(state: dict[str, Tensor]) -> None:
+    """A plain positional-conv kernel w is the weight-normalised kernel with v = w, g = ||w||."""
+    if _POS_W in state and _POS_G not in state and _POS_V not in state:
+        w = state.pop(_POS_W)
+        state[_POS_V] = w
+        state[_POS_G] = torch.linalg.vector_norm(w.float(), dim=(0, 1), keepdim=True).to(w.dtype)
+    else:
+        state.pop(_POS_W, None)
+
+
+def _few(keys: list[str]) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+
+# --- what each checkpoint setting does here
+#
+# Every setting of transformers' Wav2Vec2Config (configuration_wav2vec2.py) and of fairseq's wav2vec 2.0
+# model config (fairseq/models/wav2vec/wav2vec2.py: the Wav2Vec2Config dataclass, or the older `args`),
+# and what the loaders do with it, decided on how each library's encoder forward uses it. "honoured": the
+# value shapes our encoder (or the pre-training heads) the same way; "refused": a value other than the one
+# named makes the loader raise a QuambaEdgeError naming the setting and its value; "ignored": no effect on
+# the encoder's inference output (training-time dropout/masking/losses, task heads, metadata).
+# tests/test_wav2vec2_config.py checks this table against the installed transformers and each refusal.
+
+HF_CONFIG_FIELDS: dict[str, str] = {
+    "hidden_size": "honoured", "num_hidden_layers": "honoured", "num_attention_heads": "honoured",
+    "intermediate_size": "honoured",
+    "hidden_act": "honoured if 'gelu' or 'gelu_python' (both the exact erf GELU), else refused",
+    "feat_extract_activation": "honoured if 'gelu' or 'gelu_python' (every conv layer and the positional conv), "
+                               "else refused",
+    "layer_norm_eps": "honoured (feature LayerNorm and every transformer LayerNorm; the conv norms use a fixed "
+                      "1e-5 in transformers, as here)",
+    "feat_extract_norm": "honoured ('group' or 'layer'), else refused",
+    "conv_dim": "honoured", "conv_stride": "honoured", "conv_kernel": "honoured", "conv_bias": "honoured",
+    "num_conv_pos_embeddings": "honoured (an even kernel drops the last output frame, Wav2Vec2SamePadLayer)",
+    "num_conv_pos_embedding_groups": "honoured",
+    "do_stable_layer_norm": "honoured (pre-LN layers + final LayerNorm; independent of feat_extract_norm)",
+    "num_feat_extract_layers": "ignored: transformers derives it from len(conv_dim)",
+    "add_adapter": "refused if true (an adapter after the encoder changes the output)",
+    "adapter_attn_dim": "refused if set (attention adapters in every layer)",
+    "adapter_kernel_size": "ignored: only read by the add_adapter adapter (refused)",
+    "adapter_stride": "ignored: only read by the add_adapter adapter (refused)",
+    "num_adapter_layers": "ignored: only read by the add_adapter adapter (refused)",
+    "output_hidden_size": "ignored: only read by the add_adapter adapter (refused) and the CTC head",
+    "num_codevectors_per_group": "honoured (pre-training quantizer shape)",
+    "num_codevector_groups": "honoured (pre-training quantizer shape)",
+    "codevector_dim": "honoured (pre-training quantizer shape)",
+    "proj_codevector_dim": "honoured (pre-training heads' shape)",
+    "hidden_dropout": "ignored: training only (kept as dropout)",
+    "activation_dropout": "ignored: training only (kept)", "attention_dropout": "ignored: training only (kept)",
+    "feat_proj_dropout": "ignored: training only (kept)", "feat_quantizer_dropout": "ignored: training only (kept)",
+    "layerdrop": "ignored: training only (kept)", "final_dropout": "ignored: training only, CTC head",
+    "apply_spec_augment": "ignored: training-time masking", "mask_time_prob": "ignored: training-time masking",
+    "mask_time_length": "ignored: training-time masking", "mask_time_min_masks": "ignored: training-time masking",
+    "mask_feature_prob": "ignored: training-time masking", "mask_feature_length": "ignored: training-time masking",
+    "mask_feature_min_masks": "ignored: training-time masking",
+    "contrastive_logits_temperature": "ignored: pre-training loss", "num_negatives": "ignored: pre-training loss",
+    "diversity_loss_weight": "ignored: pre-training loss", "initializer_range": "ignored: initialisation only",
+    "vocab_size": "ignored: CTC head", "ctc_loss_reduction": "ignored: CTC loss",
+    "ctc_zero_infinity": "ignored: CTC loss", "pad_token_id": "ignored: tokenizer",
+    "bos_token_id": "ignored: tokenizer", "eos_token_id": "ignored: tokenizer",
+    "use_weighted_layer_sum": "ignored: classification heads only (their `layer_weights`)",
+    "classifier_proj_size": "ignored: classification head", "tdnn_dim": "ignored: x-vector head",
+    "tdnn_kernel": "ignored: x-vector head", "tdnn_dilation": "ignored: x-vector head",
+    "xvector_output_dim": "ignored: x-vector head",
+    "(PreTrainedConfig keys)": "ignored: metadata (architectures, dtype, ...); the attention implementation "
+                               "(eager/sdpa) does not change the math",
+}
+
+FAIRSEQ_CONFIG_FIELDS: dict[str, str] = {
+    "_name / arch": "refused unless 'wav2vec2' (fine-tuned wav2vec_ctc: the nested w2v_args model is read)",
+    "extractor_mode": "honoured ('default': GroupNorm on conv 0; 'layer_norm': LayerNorm on every conv), "
+                      "else refused",
+    "conv_feature_layers": "honoured", "conv_bias": "honoured",
+    "encoder_layers": "honoured", "encoder_embed_dim": "honoured (equal to the last conv dim: no "
+                                                       "post_extract_proj, feature_proj=False)",
+    "encoder_ffn_embed_dim": "honoured", "encoder_attention_heads": "honoured",
+    "activation_fn": "honoured if 'gelu' (fairseq's erf GELU), else refused; the conv and positional-conv "
+                     "activations are a fixed nn.GELU",
+    "layer_type": "honoured if 'transformer', else refused (conformer, trf_adp); a fine-tuning config's value "
+                  "overrides the pre-training one, as in fairseq",
+    "layer_norm_first": "honoured",
+    "(layer norm eps)": "honoured: not a setting; fairseq's LayerNorm, Fp32GroupNorm and Fp32LayerNorm use 1e-5",
+    "conv_pos": "honoured (SamePad: an even kernel drops the last output frame)", "conv_pos_groups": "honoured",
+    "pos_conv_depth": "refused unless 1 (a stack of plain convs with LayerNorms)",
+    "conv_pos_batch_norm": "refused if true (read with hasattr by TransformerEncoder; HuBERT configs carry it)",
+    "quantize_input": "refused if true (Gumbel-quantized encoder input + project_inp)",
+    "same_quantizer": "ignored: only with quantize_input (refused)",
+    "crop_seq_to_multiple": "refused unless 1 (drops trailing frames before the transformer)",
+    "required_seq_len_multiple": "ignored: pads with frames that attention masks out and crops them again, so "
+                                 "the real frames' output is unchanged",
+    "dropout": "ignored: training only (kept)", "attention_dropout": "ignored: training only (kept)",
+    "activation_dropout": "ignored: training only (kept)", "encoder_layerdrop": "ignored: training only (kept)",
+    "dropout_input": "ignored: training only (kept)", "dropout_features": "ignored: training only (kept)",
+    "feature_grad_mult": "ignored: training only (kept: scales the conv stack's gradient)",
+    "final_dim": "honoured (pre-training heads' shape)", "latent_vars": "honoured (quantizer shape)",
+    "latent_groups": "honoured (quantizer shape)", "latent_dim": "honoured (quantizer shape)",
+    "quantize_targets": "refused by load_pretrain_heads if false (no quantizer); the encoder loads",
+    "target_glu": "refused by load_pretrain_heads if true (a GLU on the targets); the encoder loads",
+    "quantizer_depth": "refused by load_pretrain_heads unless 1 (an MLP weight_proj); the encoder loads",
+    "quantizer_factor": "ignored: only with quantizer_depth > 1 (refused for the heads)",
+    "latent_temp": "ignored: training-time Gumbel temperature", "logit_temp": "ignored: pre-training loss",
+    "num_negatives": "ignored: pre-training loss", "negatives_from_everywhere": "ignored: pre-training loss",
+    "cross_sample_negatives": "ignored: pre-training loss", "codebook_negatives": "ignored: pre-training loss",
+    "mask_length": "ignored: training-time masking", "mask_prob": "ignored: training-time masking",
+    "mask_selection": "ignored: training-time masking", "mask_other": "ignored: training-time masking",
+    "no_mask_overlap": "ignored: training-time masking", "mask_min_space": "ignored: training-time masking",
+    "require_same_masks": "ignored: training-time masking", "mask_dropout": "ignored: training-time masking",
+    "mask_channel_length": "ignored: training-time masking", "mask_channel_prob": "ignored: training-time masking",
+    "mask_channel_before": "ignored: training-time masking",
+    "mask_channel_selection": "ignored: training-time masking",
+    "mask_channel_other": "ignored: training-time masking",
+    "no_mask_channel_overlap": "ignored: training-time masking",
+    "mask_channel_min_space": "ignored: training-time masking",
+    "max_positions": "ignored: reported by max_positions(), never used in forward",
+    "checkpoint_activations": "ignored: training memory", "fp16": "ignored: conformer only (refused)",
+    "depthwise_conv_kernel_size": "ignored: conformer only (refused)",
+    "attn_type": "ignored: conformer only (refused)", "pos_enc_type": "ignored: conformer only (refused)",
+    "adp_num": "ignored: trf_adp only (refused)", "adp_dim": "ignored: trf_adp only (refused)",
+    "adp_act_fn": "ignored: trf_adp only (refused)", "adp_trf_idx": "ignored: trf_adp only (refused)",
+    "normalize (task)": "ignored: input preprocessing (zero mean, unit variance per clip) is the caller's",
+    "(wav2vec_ctc settings)": "ignored: dropouts, masking, layerdrop, final_dropout, freeze_finetune_updates and "
+                              "the CTC `proj` are training or head only; layer_type and adp_* are applied (above)",
+}
+
+_EXACT_GELU = ("gelu", "gelu_python")  # transformers' names for F.gelu (erf); gelu_new, gelu_fast... are tanh
+
+
+def _setting(name: str, value: object) -> str:
+    return f"`{name}: {value!r}`"
+
+
+def _refuse(where: str, settings: list[str], fix: str, what: str = "the wav2vec2 encoder") -> None:
+    """Raise if any setting was refused: every one named with its value, so the user sees them all at once."""
+    if settings:
+        raise QuambaEdgeError(f"{where} sets {', '.join(settings)}: {what} it describes computes something "
+                              f"quamba-edge does not implement, so loading it would give wrong outputs. Fix: {fix}")
+
+
+def _build_config(where: str, **values: object) -> Wav2Vec2Config:
+    try:
+        return Wav2Vec2Config(**values)
+    except (TypeError, ValueError) as exc:
+        raise QuambaEdgeError(f"{where} has a malformed wav2vec2 config ({exc}). Fix: re-export it from the "
+                              "original model.") from exc
+    except QuambaEdgeError as exc:
+        raise QuambaEdgeError(f"{where}: {exc} Fix: re-export it from the original model.") from exc
+
+
+# --- Hugging Face
+
+
+def _hf_config(raw: dict, where: str) -> Wav2Vec2Config:
+    refused = [_setting(name, raw.get(name)) for name in ("hidden_act", "feat_extract_activation")
+               if raw.get(name, "gelu") not in _EXACT_GELU]
+    if raw.get("feat_extract_norm", "group") not in ("group", "layer"):
+        refused.append(_setting("feat_extract_norm", raw.get("feat_extract_norm")))
+    if raw.get("add_adapter"):
+        refused.append(_setting("add_adapter", raw.get("add_adapter")))
+    if raw.get("adapter_attn_dim") is not None:
+        refused.append(_setting("adapter_attn_dim", raw.get("adapter_attn_dim")))
+    _refuse(where, refused, "use a plain wav2vec2 checkpoint (exact GELU activations, no adapters).")
+    try:
+        values = dict(
+            conv_dim=tuple(raw.get("conv_dim", (512,) * 7)),
+            conv_kernel=tuple(raw.get("conv_kernel", (10, 3, 3, 3, 3, 2, 2))),
+            conv_stride=tuple(raw.get("conv_stride", (5, 2, 2, 2, 2, 2, 2))),
+            conv_bias=bool(raw.get("conv_bias", False)),
+            feat_extract_norm=raw.get("feat_extract_norm", "group"),
+            hidden_size=int(raw.get("hidden_size", 768)),
+            num_layers=int(raw.get("num_hidden_layers", 12)),
+            num_heads=int(raw.get("num_attention_heads", 12)),
+            ffn_dim=int(raw.get("intermediate_size", 3072)),
+            pos_conv_kernel=int(raw.get("num_conv_pos_embeddings", 128)),
+            pos_conv_groups=int(raw.get("num_conv_pos_embedding_groups", 16)),
+            layer_norm_first=bool(raw.get("do_stable_layer_norm", False)),
+            layer_norm_eps=float(raw.get("layer_norm_eps", 1e-5)),
+            feature_proj=True,  # transformers always builds feature_projection.projection
+            num_codevector_groups=int(raw.get("num_codevector_groups", 2)),
+            num_codevectors_per_group=int(raw.get("num_codevectors_per_group", 320)),
+            codevector_dim=int(raw.get("codevector_dim", 256)),
+            final_dim=int(raw.get("proj_codevector_dim", 256)),
+            dropout=float(raw.get("hidden_dropout", 0.1)),
+            attention_dropout=float(raw.get("attention_dropout", 0.1)),
+            activation_dropout=float(raw.get("activation_dropout", 0.1)),
+            feat_proj_dropout=float(raw.get("feat_proj_dropout", 0.0)),
+            feat_quantizer_dropout=float(raw.get("feat_quantizer_dropout", 0.0)),
+            layerdrop=float(raw.get("layerdrop", 0.1)),
+            feature_grad_mult=1.0,  # HF trains the conv encoder at full gradient (or freezes it outright)
+        )
+    except (TypeError, ValueError) as exc:
+        raise QuambaEdgeError(f"{where} has a malformed wav2vec2 config ({exc}). Fix: re-export it.") from exc
+    return _build_config(where, **values)
+
+
+def _read_hf(model_dir: Path, raw: dict) -> _Checkpoint:
+    where = str(model_dir)
+    cfg = _hf_config(raw, where)
+    state = load_state_dict(model_dir)
+    if any(k.startswith("wav2vec2.") for k in state):  # Wav2Vec2ForPreTraining / ForCTC / ...
+        state = {k.removeprefix("wav2vec2."): v for k, v in state.items()}
+    encoder, heads = _rename(state, _HF_RULES, _HF_IGNORED, where)
+    return _Checkpoint(cfg, encoder, heads, where)
+
+
+# --- fairseq
+
+_FAIRSEQ_CONV = "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2"
+
+
+def _eval_conv_spec(spec: str) -> list[tuple[int, int, int]]:
+    """Evaluate fairseq's `conv_feature_layers` string (list/tuple literals joined by + and *)
+    without eval(): only integer literals, lists, tuples, + and * are accepted."""
+
+    def value(node: ast.AST):
+        if isinstance(node, ast.Expression):
+            return value(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [value(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            left, right = value(node.left), value(node.right)
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        raise ValueError(f"unsupported syntax {ast.dump(node)[:60]}")
+
+    layers = value(ast.parse(spec, mode="eval"))
+    if not isinstance(layers, list) or not all(isinstance(t, tuple) and len(t) == 3 for t in layers):
+        raise ValueError("expected a list of (dim, kernel, stride) tuples")
+    return layers
+
+
+def _as_dict(obj: object) -> dict:
+    if isinstance(obj, argparse.Namespace):
+        return vars(obj)
+    if isinstance(obj, dict):
+        return obj
+    raise TypeError(f"expected a dict or argparse.Namespace, got {type(obj).__name__}")
+
+
+# fairseq's wav2vec_ctc copies these from the fine-tuning config into the pre-training one it builds
+# (Wav2VecEncoder in wav2vec2_asr.py), so they decide the encoder's layers when set there.
+_FAIRSEQ_FINETUNE_OVERRIDES = ("layer_type", "adp_num", "adp_dim", "adp_act_fn", "adp_trf_idx")
+
+
+def _fairseq_model_cfg(ckpt: dict, where: str) -> tuple[dict, str]:
+    """-> (the wav2vec2 model's settings, the state-dict prefix of its weights). Fine-tuned (CTC)
+    checkpoints nest the pre-training settings in `w2v_args` and the weights under `w2v_encoder.w2v_model.`."""
+    if ckpt.get("cfg") is not None:
+        model = _as_dict(_as_dict(ckpt["cfg"]).get("model") or {})
+    elif ckpt.get("args") is not None:
+        model = _as_dict(ckpt["args"])
+    else:
+        raise QuambaEdgeError(f"{where} has neither `cfg` nor `args`, so the model's shape is unknown. "
+                              "Fix: pass the original fairseq checkpoint or a Hugging Face directory.")
+    if model.get("w2v_args") is not None:
+        inner = _as_dict(model["w2v_args"])
+        inner = dict(_as_dict(inner.get("model", inner)))
+        inner.update({k: model[k] for k in _FAIRSEQ_FINETUNE_OVERRIDES if model.get(k) is not None})
+        return inner, "w2v_encoder.w2v_model."
+    return model, ""
+
+
+def _opt(m: dict, key: str, default: object) -> object:
+    """m[key], or `default` when absent or null (fairseq's dataclass default)."""
+    value = m.get(key)
+    return default if value is None else value
+
+
+def _fairseq_config(m: dict, where: str) -> Wav2Vec2Config:
+    """The encoder's config from fairseq's model settings; FAIRSEQ_CONFIG_FIELDS says what each one does."""
+    refused = []
+    name_key = "_name" if m.get("_name") is not None else "arch"
+    if _opt(m, name_key, "wav2vec2") != "wav2vec2":
+        refused.append(_setting(name_key, m[name_key]))
+    for key, allowed in (("activation_fn", ("gelu",)), ("layer_type", ("transformer",)),
+                         ("extractor_mode", ("default", "layer_norm")), ("pos_conv_depth", (1,)),
+                         ("crop_seq_to_multiple", (1,)), ("conv_pos_batch_norm", (False,)),
+                         ("quantize_input", (False,))):
+        value = _opt(m, key, allowed[0])
+        if value not in allowed:
+            refused.append(_setting(key, value))
+    _refuse(where, refused, "use a wav2vec 2.0 checkpoint with the standard transformer encoder "
+                            "(gelu, layer_type 'transformer', one positional conv, no input quantizer).")
+    try:
+        conv = _eval_conv_spec(_opt(m, "conv_feature_layers", _FAIRSEQ_CONV))
+        hidden = int(_opt(m, "encoder_embed_dim", 768))
+        final_dim = int(_opt(m, "final_dim", 0)) or hidden
+        values = dict(
+            conv_dim=tuple(c[0] for c in conv), conv_kernel=tuple(c[1] for c in conv),
+            conv_stride=tuple(c[2] for c in conv), conv_bias=bool(_opt(m, "conv_bias", False)),
+            feat_extract_norm="group" if _opt(m, "extractor_mode", "default") == "default" else "layer",
+            hidden_size=hidden, num_layers=int(_opt(m, "encoder_layers", 12)),
+            num_heads=int(_opt(m, "encoder_attention_heads", 12)),
+            ffn_dim=int(_opt(m, "encoder_ffn_embed_dim", 3072)),
+            pos_conv_kernel=int(_opt(m, "conv_pos", 128)), pos_conv_groups=int(_opt(m, "conv_pos_groups", 16)),
+            layer_norm_first=bool(_opt(m, "layer_norm_first", False)),
+            layer_norm_eps=1e-5,  # fairseq's LayerNorm default; no setting changes it
+            feature_proj=int(conv[-1][0]) != hidden,  # fairseq: post_extract_proj only when the dims differ
+            num_codevector_groups=int(_opt(m, "latent_groups", 2)),
+            num_codevectors_per_group=int(_opt(m, "latent_vars", 320)),
+            codevector_dim=int(_opt(m, "latent_dim", 0)) or final_dim, final_dim=final_dim,
+            dropout=float(_opt(m, "dropout", 0.1)), attention_dropout=float(_opt(m, "attention_dropout", 0.1)),
+            activation_dropout=float(_opt(m, "activation_dropout", 0.0)),
+            feat_proj_dropout=float(_opt(m, "dropout_input", 0.0)),
+            feat_quantizer_dropout=float(_opt(m, "dropout_features", 0.0)),
+            layerdrop=float(_opt(m, "encoder_layerdrop", 0.0)),
+            feature_grad_mult=float(_opt(m, "feature_grad_mult", 1.0)),
+        )
+    except (TypeError, ValueError, SyntaxError, IndexError) as exc:
+        raise QuambaEdgeError(f"{where} has a malformed wav2vec2 config ({exc}). "
+                              "Fix: pass the original fairseq checkpoint or a Hugging Face directory.") from exc
+    return _build_config(where, **values)
+
+
+def _fairseq_heads_refused(m: dict) -> tuple[str, ...]:
+    """Settings under which fairseq's pre-training heads differ from GumbelQuantizer + PretrainHeads."""
+    refused = []
+    if not _opt(m, "quantize_targets", False):
+        refused.append(_setting("quantize_targets", _opt(m, "quantize_targets", False)))
+    if _opt(m, "target_glu", False):
+        refused.append(_setting("target_glu", m["target_glu"]))
+    if int(_opt(m, "quantizer_depth", 1)) != 1:
+        refused.append(_setting("quantizer_depth", m["quantizer_depth"]))
+    return tuple(refused)
+
+
+_RESAVE_HINT = (
+    "Fix: convert it to a Hugging Face directory (transformers' wav2vec2 conversion script), or, on a machine "
+    "where you trust the file, keep only plain data: python -c \"import torch; from omegaconf import OmegaConf; "
+    "c = torch.load('IN.pt', weights_only=False); cfg = c.get('cfg'); "
+    "cfg = OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {'model': vars(c['args'])}; "
+    "torch.save({'cfg': cfg, 'model': c['model']}, 'OUT.pt')\" and pass OUT.pt."
+)
+
+
+def _torch_load_plain(path: Path) -> dict:
+    """torch.load with weights_only=True, allowing only argparse.Namespace (fairseq's old `args`),
+    a plain attribute bag; anything else that the file pickles is refused with the way out."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # refused globals, truncated zip, not a zip, permissions
+        try:
+            blocked = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                       if g != "argparse.Namespace"]
+        except Exception:  # not a readable zip: then the file itself is the problem
+            blocked = []
+        if blocked:
+            raise QuambaEdgeError(
+                f"{path} pickles Python objects beyond tensors and plain data ({', '.join(blocked[:6])}), which "
+                f"quamba-edge will not unpickle (loading them could run code from the file). {_RESAVE_HINT}"
+            ) from exc
+        raise QuambaEdgeError(f"{path} could not be read as a torch checkpoint ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}). Fix: copy or download it again.") from exc
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise QuambaEdgeError(f"{path} is not a fairseq checkpoint (no `model` state dict). "
+                              "Fix: pass a fairseq wav2vec2 .pt, a Hugging Face directory, or our own directory.")
+    return ckpt
+
+
+def _read_fairseq(path: Path) -> _Checkpoint:
+    where = str(path)
+    ckpt = _torch_load_plain(path)
+    try:
+        model_cfg, prefix = _fairseq_model_cfg(ckpt, where)
+    except TypeError as exc:
+        raise QuambaEdgeError(f"{where} has an unreadable cfg ({exc}). {_RESAVE_HINT}") from exc
+    cfg = _fairseq_config(model_cfg, where)
+    state = ckpt["model"]
+    if prefix:
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
+    encoder, heads = _rename(state, _FAIRSEQ_RULES, _FAIRSEQ_IGNORED, where)
+    return _Checkpoint(cfg, encoder, heads, where, _fairseq_heads_refused(model_cfg))
+
+
+# --- ours
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    return read_safetensors(path, "Fix: copy or write it again.")
+
+
+def _read_ours(model_dir: Path, raw: dict) -> _Checkpoint:
+    where = str(model_dir)
+    if raw.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise QuambaEdgeError(f"{where} was written by a newer quamba-edge (format {raw['format_version']}). "
+                              "Fix: upgrade quamba-edge.")
+    if not isinstance(raw.get("config"), dict):
+        raise QuambaEdgeError(f"{where}/config.json has no `config` object. Fix: write it again with save_wav2vec2.")
+    try:
+        cfg = Wav2Vec2Config.from_dict(raw["config"])
+    except (TypeError, ValueError) as exc:
+        raise QuambaEdgeError(f"{where}/config.json is malformed ({exc}). Fix: write it again.") from exc
+    except QuambaEdgeError as exc:  # an invalid combination of values, or keys from a newer tool
+        raise QuambaEdgeError(f"{where}/config.json: {exc}") from exc
+    if not (model_dir / WEIGHTS_FILE).exists():
+        raise QuambaEdgeError(f"{where} has config.json but no {WEIGHTS_FILE}. Fix: write it again with "
+                              "save_wav2vec2.")
+    encoder = _read_safetensors(model_dir / WEIGHTS_FILE)
+    heads = _read_safetensors(model_dir / HEADS_FILE) if (model_dir / HEADS_FILE).exists() else {}
+    return _Checkpoint(cfg, encoder, heads, where)
+
+
+def _read_any(path: str | Path) -> _Checkpoint:
+    path = Path(path).expanduser()
+    fix = ("Fix: pass a Hugging Face wav2vec2 directory, a fairseq wav2vec2 .pt file, or a directory "
+           "written by save_wav2vec2.")
+    if not path.exists():
+        raise QuambaEdgeError(f"no such wav2vec2 checkpoint: {path}. {fix}")
+    if path.is_file():
+        if path.suffix in (".safetensors", ".json", ".bin"):
+            raise QuambaEdgeError(f"{path} is one file of a checkpoint directory. Fix: pass {path.parent}.")
+        return _read_fairseq(path)
+    config = path / "config.json"
+    if not config.exists():
+        raise QuambaEdgeError(f"{path} has no config.json. {fix}")
+    try:
+        raw = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QuambaEdgeError(f"{config} is not valid JSON ({exc}). Fix: restore the file.") from exc
+    if not isinstance(raw, dict):
+        raise QuambaEdgeError(f"{config} is not a JSON object. Fix: restore the file.")
+    if raw.get("family") == FAMILY:
+        return _read_ours(path, raw)
+    if raw.get("model_type") == "wav2vec2":
+        return _read_hf(path, raw)
+    kind = raw.get("family") or raw.get("model_type") or "unknown"
+    raise QuambaEdgeError(f"{path} holds a {kind!r} model, not wav2vec2. {fix}")
+
+
+def _check_and_load(module: nn.Module, state: dict[str, Tensor], where: str, what: str,
+                    optional: tuple[str, ...] = ()) -> None:
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state) - set(optional))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+             for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{label}: {_few(keys) if label != 'wrong shape' else ', '.join(keys[:3])}"
+                           for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                               ("wrong shape", wrong)) if keys)
+        raise QuambaEdgeError(f"the {what} weights in {where} do not match its config ({detail}). "
+                              "Fix: the checkpoint is incomplete or its config belongs to another model; "
+                              "re-export both together.")
+    with torch.no_grad():
+        for key, value in state.items():
+            target = expected[key]
+            if not torch.is_floating_point(value):
+                raise QuambaEdgeError(f"{where}: {key} is {value.dtype}, expected floating point weights.")
+            target.copy_(value.to(target.dtype))
+
+
+def load_wav2vec2(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Wav2Vec2Encoder, Wav2Vec2Config]:
+    """Load the encoder from whichever layout the user has (HF directory, fairseq .pt, our directory),
+    checking every tensor so a mismatched config fails here instead of producing silent garbage.
+
+    A checkpoint without a mask embedding (HF models saved with masking disabled) keeps a fresh random
+    one: it only matters when the caller masks frames."""
+    ckpt = _read_any(path)
+    with torch.device("meta"):  # skip the random init that the checkpoint overwrites (~1 s for BASE)
+        model = Wav2Vec2Encoder(ckpt.cfg)
+    model = model.to_empty(device="cpu")
+    if "mask_emb" not in ckpt.encoder:
+        nn.init.uniform_(model.mask_emb)
+    _check_and_load(model, ckpt.encoder, ckpt.where, "encoder", optional=("mask_emb",))
+    return model.to(dtype).eval(), ckpt.cfg
+
+
+def load_pretrain_heads(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[GumbelQuantizer, PretrainHeads]:
+    """The quantizer and contrastive projections of a pre-training checkpoint, to continue
+    pre-training from them rather than from random heads."""
+    ckpt = _read_any(path)
+    if not ckpt.heads:
+        raise QuambaEdgeError(f"{ckpt.where} has no quantizer (it is an encoder-only or fine-tuned checkpoint). "
+                              "Fix: start fresh heads with GumbelQuantizer.from_config(cfg) and "
+                              "PretrainHeads.from_config(cfg), or pass a pre-training checkpoint.")
+    _refuse(ckpt.where, list(ckpt.heads_refused), "start fresh heads with GumbelQuantizer.from_config(cfg) and "
+            "PretrainHeads.from_config(cfg); the encoder itself loads with load_wav2vec2.", "the pre-training head")
+    quantizer, heads = GumbelQuantizer.from_config(ckpt.cfg), PretrainHeads.from_config(ckpt.cfg)
+    _check_and_load(quantizer, {k.removeprefix("quantizer."): v for k, v in ckpt.heads.items()
+                                if k.startswith("quantizer.")}, ckpt.where, "quantizer")
+    _check_and_load(heads, {k.removeprefix("heads."): v for k, v in ckpt.heads.items()
+                            if k.startswith("heads.")}, ckpt.where, "pre-training head")
+    return quantizer.to(dtype).eval(), heads.to(dtype).eval()
+
+
+def _is_ours(out_dir: Path) -> bool:
+    return checkpoint_family(out_dir) == FAMILY
+
+
+def save_wav2vec2(model: Wav2Vec2Encoder, cfg: Wav2Vec2Config, out_dir: str | Path,
+                  quantizer: GumbelQuantizer | None = None, heads: PretrainHeads | None = None) -> None:
+    """Write config.json + model.safetensors (+ pretrain_heads.safetensors when heads are given).
+
+    The directory is built under a temporary name and swapped in whole, so a crash leaves either the
+    old checkpoint or the new one, never a config that disagrees with its weights."""
+    if model.cfg != cfg:
+        raise QuambaEdgeError("save_wav2vec2: cfg differs from the model's own config; pass model.cfg.")
+    if (quantizer is None) != (heads is None):
+        raise QuambaEdgeError("save_wav2vec2: pass both quantizer and heads, or neither.")
+    encoder_state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    head_state = {}
+    if quantizer is not None and heads is not None:
+        head_state.update({f"quantizer.{k}": v for k, v in quantizer.state_dict().items()})
+        head_state.update({f"heads.{k}": v for k, v in heads.state_dict().items()})
+        head_state = {k: v.detach().float().contiguous().cpu() for k, v in head_state.items()}
+    payload = {"family": FAMILY, "format_version": FORMAT_VERSION, "config": cfg.to_dict()}
+    with staged_dir(Path(out_dir), ours=_is_ours, what="a quamba-edge wav2vec2 checkpoint") as tmp:
+        save_file(encoder_state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        if head_state:
+            save_file(head_state, str(tmp / HEADS_FILE), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(payload, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------- keyword spotter
+
+
+def save_kws(model: KeywordSpotter, out_dir: str | Path, extra: dict | None = None) -> Path:
+    out_dir = Path(out_dir)
+    payload = {"family": FAMILY, "format_version": FORMAT_VERSION, "config": model.encoder.cfg.to_dict(),
+               "kws": model.cfg.to_dict(), **(extra or {})}
+    encoder = {k: v.detach().float().contiguous() for k, v in model.encoder.state_dict().items()}
+    head = {k: v.detach().float().contiguous() for k, v in model.head.state_dict().items()}
+    with staged_dir(out_dir, ours=_is_ours, what="a quamba-edge wav2vec2 checkpoint") as tmp:
+        save_file(encoder, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_file(head, str(tmp / HEAD_FILE), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(payload, indent=2) + "\n")
+    return out_dir
+
+
+def is_kws_checkpoint(path: str | Path) -> bool:
+    try:
+        raw = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and raw.get("family") == FAMILY and "kws" in raw
+
+
+def load_kws(path: str | Path) -> KeywordSpotter:
+    path = Path(path)
+    if not is_kws_checkpoint(path):
+        raise QuambaEdgeError(f"{path} is not a keyword-spotting checkpoint (no `kws` block in config.json). "
+                              "Fix: fine-tune one with `python benchmarks/kws.py`, or pass a KWS directory.")
+    encoder, _ = load_wav2vec2(path)
+    cfg = KwsConfig.from_dict(json.loads((path / "config.json").read_text())["kws"])
+    model = KeywordSpotter(encoder, cfg)
+    try:
+        state = load_file(str(path / HEAD_FILE))
+    except Exception as exc:  # safetensors raises its own error type for truncated files
+        raise QuambaEdgeError(f"{path / HEAD_FILE} is missing or corrupt ({exc}). Fix: save the model again.") from exc
+    missing, unexpected = model.head.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise QuambaEdgeError(f"{path / HEAD_FILE} does not match its config (missing {missing[:3]}, unexpected "
+                              f"{unexpected[:3]}). Fix: save the model again.")
+    return model.eval()

@@ -1,0 +1,158 @@
+"""AdaPool set models (an encoder, a pooling over the set, a head): .npz calibration, static W8A8, the
+one-graph export and its parity cases, the set workload, mean squared error."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from quamba_edge.backends.compare import TOLERANCE, Case, compare
+from quamba_edge.checkpoints.adapool import FAMILY, config_from_dict, load_set_checkpoint
+from quamba_edge.checkpoints.common import checkpoint_family
+from quamba_edge.data.sets import load_sets
+from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.export.set_onnx import export_set_model
+from quamba_edge.families.base import Calibration, Column, Loaded, Progress
+from quamba_edge.families.onegraph import SCALES_TITLE, OneCall, pool_tag, reporting, static_recipe
+from quamba_edge.io import sha256_file
+from quamba_edge.models.adapool import SetModel, SetModelConfig
+from quamba_edge.quant.qset import quantize_set_model, quantized_structure
+from quamba_edge.quant.recipes import Recipe
+
+name = FAMILY
+graphs = ("model",)
+precisions = ("fp32",)
+backends = ("ort",)
+no_tensorrt = "set models build for ONNX Runtime only so far (--backend ort); the TensorRT path is written for Mamba."
+generates = False
+scales_title = SCALES_TITLE
+plugin_pass = None
+
+
+def detect(directory: Path) -> bool:
+    return checkpoint_family(directory) == name
+
+
+def load_checkpoint(directory: Path) -> nn.Module:
+    return load_set_checkpoint(directory)
+
+
+def config(values: dict) -> SetModelConfig:
+    return config_from_dict(values)
+
+
+def structure(cfg: SetModelConfig, recipe: Recipe, manifest: dict) -> nn.Module:
+    model = SetModel(cfg)
+    return quantized_structure(model, recipe.weight_granularity) if recipe.quantize else model
+
+
+recipe = static_recipe
+
+tag = pool_tag
+
+
+def extra_files(directory: Path) -> list[Path]:
+    return []
+
+
+def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: int, batch_size: int,
+              on_batch: Progress | None) -> Calibration:
+    if str(data) == "default":
+        raise QuambaEdgeError("set models calibrate on sets: pass --data SETS.npz (arrays x (sets, n, d) and "
+                              "optionally mask (sets, n)).")
+    sets = load_sets(data, loaded.cfg.d_in)
+    start = time.perf_counter()
+    batches = reporting(sets.batches(batch_size, samples), on_batch, size=lambda b: len(b[0]))
+    qmodel, amax = quantize_set_model(loaded.model, batches, recipe.weight_granularity)
+    record = {"data": str(data), "samples": min(samples, len(sets.x)), "digest": sha256_file(Path(data)),
+              "seconds": round(time.perf_counter() - start, 2)}
+    return Calibration(qmodel, record, [{"layer": n, "amax": a} for n, a in amax.items()])
+
+
+def export(model: nn.Module, graph: str, precision: str, activations: str, probes: bool = False) -> onnx.ModelProto:
+    return export_set_model(model, activations)
+
+
+def limits(cfg: SetModelConfig, *, max_batch: int = 8, **_) -> dict:
+    return {"max_batch": max_batch}
+
+
+def profile(graph: str, cfg: SetModelConfig, limits: dict) -> None:
+    return None
+
+
+def reference(model: nn.Module, device: str = "cpu") -> dict:
+    @torch.no_grad()
+    def run(feeds):
+        return {"output": model(torch.as_tensor(feeds["sets"]), torch.as_tensor(feeds["mask"])).numpy()}
+
+    return {"model": run}
+
+
+def parity(model: nn.Module, precision: str, limits: dict | None = None, *, seed: int = 0,
+           shapes: tuple[tuple[int, int], ...] = ((1, 9), (3, 17))) -> Iterator[Case]:
+    """Random sets, the first one padded (masked elements must change nothing). int8 is judged too, at the
+    int8 tolerance: a set model has no recurrence to accumulate rounding."""
+    gen = torch.Generator().manual_seed(seed)
+    for batch, n in shapes:
+        x = torch.randn(batch, n, model.cfg.d_in, generator=gen)
+        mask = torch.ones(batch, n, dtype=torch.bool)
+        mask[0, n // 2 + 1 :] = False
+        with torch.no_grad():
+            ref = model(x, mask)
+        case = f"sets b={batch} n={n}"
+        yield Case(case, "model", {"sets": x.numpy(), "mask": mask.numpy()},
+                   lambda out, case=case, ref=ref: [compare(case, "output", out["output"], ref, TOLERANCE[precision])])
+
+
+def layer_parity(model: nn.Module) -> None:
+    return None  # judged end to end (above)
+
+
+def workload(cfg: SetModelConfig, *, batch: int, set_size: int = 128, seed: int = 0, **_) -> OneCall:
+    rng = np.random.default_rng(seed)
+    feeds = {"sets": rng.normal(size=(batch, set_size, cfg.d_in)).astype(np.float32),
+             "mask": np.ones((batch, set_size), dtype=bool)}
+    columns = (
+        Column("ms / batch (range)", "ms_per_batch",
+               lambda r: "{:.2f} ({:.2f}-{:.2f})".format(r["ms_per_batch"], *r["ms_range"])),
+        Column("ms / set", "ms_per_set", "{:.3f}"), Column("sets/s", "sets_per_s", "{:.0f}"),
+    )
+    work = OneCall(feeds, batch, f"set models: batch {batch} sets of {set_size}", {"batch": batch,
+                   "set_size": set_size}, "set", columns,
+                   lambda ms: {"ms_per_set": ms / batch, "sets_per_s": batch * 1e3 / ms}, "sets_per_s")
+    return work
+
+
+eval_columns = (Column("recipe", "recipe"), Column("MSE", "mse", "{:.5f}"), Column("sets", "samples"),
+                Column("data", "data"))
+
+
+def eval_rows(result: dict) -> list[dict]:
+    return [result]
+
+
+@torch.no_grad()
+def evaluate(loaded: Loaded, data: str, seq_len: int, max_samples: int | None, batch_size: int,
+             on_batch: Progress | None) -> dict:
+    """Mean squared error against the set file's targets `y`."""
+    if str(data).startswith("default"):
+        raise QuambaEdgeError("set models are evaluated on sets: pass --data SETS.npz with arrays x and y.")
+    sets = load_sets(data, loaded.cfg.d_in)
+    if sets.y is None:
+        raise QuambaEdgeError(f"{data} has no targets y, so there is nothing to score. Fix: add y (sets, d_out).")
+    preds = []
+    for x, mask in sets.batches(max(batch_size, 64), max_samples):
+        preds.append(loaded.model(x, mask))
+        if on_batch:
+            on_batch(len(x))
+    pred = torch.cat(preds)
+    mse = torch.nn.functional.mse_loss(pred, sets.y[: len(pred)]).item()
+    return {"recipe": loaded.label, "data": str(data), "samples": len(pred), "mse": mse,
+            "data_digest": sha256_file(Path(data))}

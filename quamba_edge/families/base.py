@@ -1,0 +1,111 @@
+"""What every model family supplies, so that calibrate, build-engine, bench, eval and the CLI never ask
+which family they hold (DESIGN.md, "Model families").
+
+A family is a module-level object with the attributes and methods of `Family`. The shared stages take a
+`Loaded` (from `registry.load(spec)`), call its family, and print the `Column`s a result declares.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from torch import nn
+
+from quamba_edge.backends.base import System
+from quamba_edge.backends.compare import Case
+from quamba_edge.quant.recipes import Recipe
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a printed table: header, the row key it shows, and a format (`{:.2f}`, or a callable)."""
+
+    header: str
+    key: str
+    fmt: str | Callable[[dict], str] = "{}"
+
+    def cell(self, row: dict) -> str:
+        if callable(self.fmt):
+            return self.fmt(row)
+        value = row.get(self.key)
+        return "-" if value is None else self.fmt.format(value)
+
+
+@dataclass
+class Calibration:
+    """What calibrate produced: the quantized model, the manifest's calibration record and scales."""
+
+    model: nn.Module
+    record: dict
+    scales: list[dict] | None
+
+
+@dataclass
+class Loaded:
+    """A model as loaded once by the registry and passed down: every stage reads it, none re-derives it."""
+
+    family: Family
+    model: nn.Module
+    recipe: Recipe
+    directory: Path
+    manifest: dict | None = None
+
+    @property
+    def cfg(self) -> Any:
+        return self.model.cfg
+
+    @property
+    def label(self) -> str:
+        return self.recipe.label
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.recipe.quantize else "fp32"
+
+
+class Workload(Protocol):
+    """One request of a family (a prompt and its generated tokens, a clip, a batch of sets)."""
+
+    title: str  # the table's title: the workload's sizes
+    columns: tuple[Column, ...]  # what the table prints per system
+
+    def check(self, system: System) -> None: ...  # refuse a workload the system's profile cannot take
+    def once(self, system: System) -> dict: ...  # run it once, return its timings (seconds)
+    def summarize(self, runs: list[dict]) -> dict: ...  # medians and rates over the timed runs
+    def energy(self, row: dict, watts: float) -> dict: ...  # J per unit of work from the average power
+
+
+def median_range(values: list[float], scale: float = 1.0) -> tuple[float, tuple[float, float]]:
+    """(median, (min, max)) of `values` times `scale`."""
+    return statistics.median(values) * scale, (min(values) * scale, max(values) * scale)
+
+
+class Family(Protocol):
+    name: str  # key in config.json / manifest.json / build.json
+    graphs: tuple[str, ...]  # ("prefill", "decode") or ("model",)
+    eval_columns: tuple[Column, ...]  # what `eval` prints per row of `evaluate(...)["rows"]`
+
+    def detect(self, directory: Path) -> bool: ...
+    def load_checkpoint(self, directory: Path) -> nn.Module: ...
+    def config(self, values: dict) -> Any: ...
+    def structure(self, cfg: Any, recipe: Recipe, manifest: dict) -> nn.Module: ...  # empty model for weights
+    def recipe(self, recipe: Recipe) -> Recipe: ...  # what a recipe means here
+    def calibrate(self, loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: int, batch_size: int,
+                  on_batch: Progress | None) -> Calibration: ...
+    def extra_files(self, directory: Path) -> list[Path]: ...  # files an artifact carries along
+    def export(self, model: nn.Module, graph: str, precision: str, activations: str,
+               probes: bool = False) -> Any: ...  # onnx.ModelProto
+    def parity(self, model: nn.Module, precision: str, limits: dict) -> Iterator[Case]: ...
+    def layer_parity(self, model: nn.Module) -> Iterator[Case] | None: ...  # int8, on the probe graphs
+    def limits(self, cfg: Any, **options: Any) -> dict: ...  # the engine's profile (build.json)
+    def profile(self, graph: str, cfg: Any, limits: dict) -> dict | None: ...  # TensorRT shapes; None: no TRT
+    def reference(self, model: nn.Module, device: str = "cpu") -> dict[str, Callable]: ...
+    def workload(self, cfg: Any, **options: Any) -> Workload: ...
+    def evaluate(self, loaded: Loaded, data: str, seq_len: int, max_samples: int | None, batch_size: int,
+                 on_batch: Progress | None) -> dict: ...

@@ -1,0 +1,47 @@
+"""The families, and the one place that decides which one a checkpoint, artifact or engine holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quamba_edge.artifact import MANIFEST, is_artifact, load_weights, read_manifest
+from quamba_edge.checkpoints.common import resolve_model_dir
+from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.families import adapool, mamba, wav2vec2
+from quamba_edge.families.base import Family, Loaded
+from quamba_edge.quant.recipes import RECIPES, Recipe
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (mamba, wav2vec2, adapool)}
+
+
+def by_name(name: str | None, where: str = "") -> Family:
+    """The family a manifest or build.json names (files older than the family key hold Mamba)."""
+    family = FAMILIES.get(name or "mamba")
+    if family is None:
+        raise QuambaEdgeError(f"{where} holds a {name!r} model; this quamba-edge reads {', '.join(FAMILIES)}. "
+                              "Fix: use the quamba-edge version that wrote it.")
+    return family
+
+
+def detect(directory: Path) -> Family:
+    """The family of a checkpoint directory (every family checks its own layout; Mamba's has no family key)."""
+    for family in FAMILIES.values():
+        if family.detect(directory):
+            return family
+    raise QuambaEdgeError(f"{directory} holds no checkpoint quamba-edge knows (no config.json of Mamba, a keyword "
+                          "spotter or a set model). Fix: pass a checkpoint directory, an artifact or `default`.")
+
+
+def load(spec: str | Path) -> Loaded:
+    """An artifact directory (manifest.json) or a checkpoint (`default`, a directory, a hub id), loaded once."""
+    path = Path(spec)
+    if str(spec) != "default" and path.is_dir() and (is_artifact(path) or (path / MANIFEST).exists()):
+        manifest = read_manifest(path)  # a broken manifest gets its own error
+        family = by_name(manifest.get("family"), str(path))
+        recipe = Recipe.from_dict(manifest["recipe"])
+        model = family.structure(family.config(manifest["model_config"]), recipe, manifest)
+        load_weights(model, path)
+        return Loaded(family, model.eval(), recipe, path, manifest)
+    directory = resolve_model_dir(spec)
+    family = detect(directory)
+    return Loaded(family, family.load_checkpoint(directory).eval(), RECIPES["fp"], directory)

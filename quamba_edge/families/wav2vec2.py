@@ -1,0 +1,226 @@
+"""wav2vec 2.0 keyword spotters (encoder + one transformer layer + pooling + classifier): speech calibration,
+static W8A8 of the linear and conv layers, the one-graph export with layer-by-layer int8 parity, the clip
+workload (latency per clip, real-time factor) and accuracy on the real recordings."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from quamba_edge.backends.base import System
+from quamba_edge.backends.compare import LAYER_TOLERANCE, TOLERANCE, Case, compare
+from quamba_edge.checkpoints.common import checkpoint_family
+from quamba_edge.checkpoints.wav2vec2 import FAMILY, is_kws_checkpoint, load_kws
+from quamba_edge.data.speech_sets import calibration_windows, real_test_trials, snr_label
+from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.export.speech_onnx import export_keyword_spotter
+from quamba_edge.families.base import Calibration, Column, Loaded, Progress
+from quamba_edge.families.onegraph import SCALES_TITLE, OneCall, pool_tag, reporting, static_recipe
+from quamba_edge.models.kws import KeywordSpotter, KwsConfig, normalize_window
+from quamba_edge.quant.qspeech import quantize_speech_model, quantized_structure
+from quamba_edge.quant.recipes import Recipe
+from quamba_edge.train.kws import score
+
+name = FAMILY
+graphs = ("model",)
+precisions = ("fp32",)
+backends = ("ort",)
+no_tensorrt = ("speech models build for ONNX Runtime only so far (--backend ort); their int8 graph is the Q/DQ "
+               "form TensorRT reads, but no TensorRT build of it has been run.")
+generates = False
+scales_title = SCALES_TITLE
+plugin_pass = None
+
+
+def detect(directory: Path) -> bool:
+    return checkpoint_family(directory) == name
+
+
+def load_checkpoint(directory: Path) -> nn.Module:
+    if not is_kws_checkpoint(directory):
+        raise QuambaEdgeError(f"{directory} is a wav2vec2 encoder without a keyword-spotting head; calibrate, "
+                              "build-engine and bench take the deployed model. Fix: fine-tune it first "
+                              "(`python benchmarks/kws.py --encoder DIR`), and pass the KWS directory.")
+    return load_kws(directory)
+
+
+def config(values: dict) -> KwsConfig:
+    return KwsConfig.from_dict(values)
+
+
+def structure(cfg: KwsConfig, recipe: Recipe, manifest: dict) -> nn.Module:
+    model = KeywordSpotter.from_config(cfg)
+    if not recipe.quantize:
+        return model
+    # artifacts written before the switch existed quantized the conv feature encoder too
+    conv = manifest.get("recipe", {}).get("int8_conv_features", True)
+    return quantized_structure(model, recipe.weight_granularity, conv_features=conv)
+
+
+recipe = static_recipe
+
+tag = pool_tag
+
+
+def extra_files(directory: Path) -> list[Path]:
+    return []
+
+
+def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: int, batch_size: int,
+              on_batch: Progress | None) -> Calibration:
+    """Static W8A8 of a keyword spotter's linear and conv layers, calibrated on synthetic speech only."""
+    start = time.perf_counter()
+    windows = torch.from_numpy(calibration_windows(data, samples, loaded.cfg.window_s))
+    batches = reporting((windows[i : i + batch_size] for i in range(0, len(windows), batch_size)), on_batch,
+                        size=len)
+    qmodel, amax = quantize_speech_model(loaded.model, batches, recipe.weight_granularity,
+                                         conv_features=recipe.int8_conv_features)
+    record = {"data": str(data), "samples": len(windows), "window_s": loaded.cfg.window_s,
+              "digest": hashlib.sha256(windows.numpy().tobytes()).hexdigest(),
+              "seconds": round(time.perf_counter() - start, 2)}
+    return Calibration(qmodel, record, [{"layer": n, "amax": a} for n, a in amax.items()])
+
+
+def export(model: nn.Module, graph: str, precision: str, activations: str, probes: bool = False) -> onnx.ModelProto:
+    return export_keyword_spotter(model, activations, probes=probes)
+
+
+def limits(cfg: KwsConfig, *, max_batch: int = 8, max_clip_s: float = 2.0, **_) -> dict:
+    return {"max_batch": max_batch, "max_samples": int(round(max_clip_s * cfg.sample_rate)),
+            "sample_rate": cfg.sample_rate}
+
+
+def profile(graph: str, cfg: KwsConfig, limits: dict) -> None:
+    return None
+
+
+def reference(model: nn.Module, device: str = "cpu") -> dict:
+    @torch.no_grad()
+    def run(feeds):
+        return {"logits": model(torch.as_tensor(feeds["audio"])).numpy()}
+
+    return {"model": run}
+
+
+def _audio(samples: int, seed: int, batch: int) -> torch.Tensor:
+    """Speech-like audio: noise with a syllable-rate (4 Hz) envelope."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.arange(samples) / 16000.0
+    envelope = 0.5 + 0.5 * torch.sin(2 * torch.pi * 4.0 * t)
+    return (torch.randn(batch, samples, generator=gen) * 0.1 * envelope).float()
+
+
+def _window(model: nn.Module, samples: int | None) -> int:
+    return samples or int(round(model.cfg.window_s * model.cfg.sample_rate))
+
+
+def parity(model: nn.Module, precision: str, limits: dict | None = None, *, seed: int = 0, batch: int = 2,
+           samples: int | None = None) -> Iterator[Case]:
+    """fp32: the logits on random speech-like audio (`samples` long, default one window), judged at 1e-5.
+    int8: nothing end to end; see `layer_parity`."""
+    if precision == "int8":
+        return
+    audio = _audio(_window(model, samples), seed, batch)
+    with torch.no_grad():
+        ref = model(audio)
+    yield Case(f"audio b={batch}", "model", {"audio": audio.numpy()},
+               lambda out: [compare(f"audio b={batch}", "logits", out["logits"], ref, TOLERANCE[precision])])
+
+
+def layer_parity(model: nn.Module, *, seed: int = 0, batch: int = 2, samples: int | None = None) -> Iterator[Case]:
+    """int8, on the probe graph: each probe (every conv layer, the embedding, every transformer layer, the
+    head layer) is compared with the PyTorch layer fed the graph's previous probe, so a tie resolved the
+    other way is not amplified by the layers after it. End-to-end logits and top-1 agreement are recorded."""
+    audio = _audio(_window(model, samples), seed, batch)
+
+    @torch.no_grad()
+    def judge(out: dict) -> list[dict]:
+        logits = model(audio)
+        end = compare(f"audio b={batch}", "logits (end to end)", out["logits"], logits, None)
+        end["top1_agreement"] = float((out["logits"].argmax(-1) == logits.argmax(-1).numpy()).mean())
+        rows = [end]
+        enc = model.encoder
+        x = normalize_window(audio).unsqueeze(1)
+        for i, layer in enumerate(enc.feature_encoder.conv_layers):
+            rows.append(compare("layer by layer", f"conv{i}", out[f"probe_conv{i}"], layer(x), LAYER_TOLERANCE))
+            x = torch.from_numpy(out[f"probe_conv{i}"])
+        h_ref = enc.feature_proj(enc.feature_norm(x.transpose(1, 2)))
+        h_ref = h_ref + enc.pos_conv(h_ref)
+        if not enc.cfg.layer_norm_first:
+            h_ref = enc.encoder_norm(h_ref)
+        rows.append(compare("layer by layer", "embedding", out["probe_embed"], h_ref, LAYER_TOLERANCE))
+        h = torch.from_numpy(out["probe_embed"])
+        for i, layer in enumerate(enc.layers):
+            rows.append(compare("layer by layer", f"layer{i}", out[f"probe_layer{i}"], layer(h), LAYER_TOLERANCE))
+            h = torch.from_numpy(out[f"probe_layer{i}"])
+        if enc.cfg.layer_norm_first:
+            h = enc.encoder_norm(h)
+        head = model.head
+        if head.cls is not None:
+            h = torch.cat([head.cls.expand(h.shape[0], 1, -1), h], 1)
+        rows.append(compare("layer by layer", "head layer", out["probe_head"], head.layer(h), LAYER_TOLERANCE))
+        h = torch.from_numpy(out["probe_head"])
+        logits = head.classifier(head.norm(head.pool(h)))
+        rows.append(compare("layer by layer", "logits", out["logits"], logits, LAYER_TOLERANCE))
+        return rows
+
+    yield Case(f"audio b={batch}", "model", {"audio": audio.numpy()}, judge)
+
+
+def workload(cfg: KwsConfig, *, batch: int, clip_s: float = 1.0, seed: int = 0, **_) -> OneCall:
+    samples = int(round(clip_s * cfg.sample_rate))
+    feeds = {"audio": (0.1 * np.random.default_rng(seed).normal(size=(batch, samples))).astype(np.float32)}
+
+    def check(system: System) -> None:
+        limit = system.limits.get("max_samples")
+        if limit is not None and samples > limit:
+            raise QuambaEdgeError(f"{clip_s} s clips are longer than this engine's profile ({limit / cfg.sample_rate:g}"
+                                  f" s). Fix: rebuild with `quamba-edge build-engine ... --max-clip-s {clip_s}`, or "
+                                  "bench shorter clips.")
+
+    columns = (
+        Column("ms / clip (range)", "ms_per_clip",
+               lambda r: "{:.2f} ({:.2f}-{:.2f})".format(r["ms_per_clip"], *(v / r["batch"] for v in r["ms_range"]))),
+        Column("real-time factor", "rtf", "{:.4f}"),
+    )
+    work = OneCall(feeds, batch, f"speech models: batch {batch} clips of {clip_s:g} s",
+                   {"batch": batch, "clip_s": clip_s}, "clip", columns,
+                   lambda ms: {"ms_per_clip": ms / batch, "rtf": ms / 1e3 / (clip_s * batch),
+                               "clips_per_s": batch * 1e3 / ms}, "clips_per_s", check)
+    return work
+
+
+eval_columns = (
+    Column("recipe", "recipe"), Column("SNR dB", "snr_db"),
+    Column("noise", "noise", lambda r: r["noise"] if r["snr_db"] != "clean" else "-"),
+    Column("accuracy", "accuracy", lambda r: f"{100 * r['accuracy']:.1f}%"),
+    Column("95% CI", "ci95", lambda r: "{:.1f}-{:.1f}%".format(*(100 * v for v in r["ci95"]))),
+    Column("trials", "trials"),
+)
+
+
+def eval_rows(result: dict) -> list[dict]:
+    return [{"recipe": result["recipe"], **c} for c in result["conditions"]]
+
+
+@torch.no_grad()
+def evaluate(loaded: Loaded, data: str, seq_len: int, max_samples: int | None, batch_size: int,
+             on_batch: Progress | None) -> dict:
+    """Accuracy on the real recordings (`default`: every SNR of the test grid, 500 trials each)."""
+    if str(data) not in ("default", "default-heldout"):
+        raise QuambaEdgeError("speech models are evaluated on the real recordings: pass --data default.")
+    model = loaded.model
+    rows = []
+    for trials in real_test_trials(max_samples or 500, window_s=model.cfg.window_s, labels=model.cfg.labels):
+        rows.append({"snr_db": snr_label(trials.snr_db), "noise": trials.noise, **score(model, trials)})
+        if on_batch:
+            on_batch(len(trials.labels))
+    return {"recipe": loaded.label, "data": "asterisk-core-sounds-en-wav (real, one speaker)", "conditions": rows,
+            "accuracy": sum(r["accuracy"] for r in rows) / len(rows)}
