@@ -34,7 +34,8 @@ from quamba_edge.checkpoints.adapool import save_set_checkpoint
 from quamba_edge.data.sets import save_sets
 from quamba_edge.io import atomic_write, atomic_write_json
 from quamba_edge.models.adapool import POOLS, SetModel, SetModelConfig, init_set_model
-from quamba_edge.quant.qset import quantize_set_model
+from quamba_edge.quant.recipes import StaticW8A8
+from quamba_edge.quant.static import quantize_static
 
 KS = (1, 2, 4, 8, 16, 32, 64, 128)
 N_VECTORS, DIM = 128, 16
@@ -85,7 +86,8 @@ def train_one(pool: str, x_train, y_train, x_test, y_test, args) -> dict:
     seconds = time.perf_counter() - start
     model.eval()
     # int8: static per-tensor W8A8 of every linear layer, calibrated on 512 training sets
-    qmodel, _ = quantize_set_model(model, [(x_train[i : i + 64], None) for i in range(0, min(512, len(x_train)), 64)])
+    batches = [(x_train[i : i + 64], None) for i in range(0, min(512, len(x_train)), 64)]
+    qmodel, _ = quantize_static(model, batches, StaticW8A8(), data="sets")
     return {"test_mse": test_mse(model, x_test, y_test), "int8_test_mse": test_mse(qmodel, x_test, y_test),
             "final_train_mse": float(np.mean(losses[-20:])), "train_seconds": seconds, "model": model}
 

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 profiles[f"{name} {label}"] = profile_decode(root / f"{name}-engine-{label}", args.threads)
             for spec in systems:
                 console.print(f"  timing {spec}")
-                m, _ = measure_system(spec, "cpu", args.threads, args.repeats, batch=1, prompt_len=args.prompt_len,
+                m, _, _ = measure_system(spec, "cpu", args.threads, args.repeats, batch=1, prompt_len=args.prompt_len,
                                       gen_len=args.gen_len)
                 row = {**m, "system": _system_name(m), "label": m["system"], "model": name}
                 row.pop("tpot_curve_ms")

@@ -18,7 +18,7 @@ random offsets in 1.5 s windows over the SNR x noise grid. Test: the 16 real rec
 silence or pink noise at SNR clean/20/10/5/0 dB, 500 trials per condition with fixed seeds, the same
 trials for every model. The keyword covers 35-60% of the window. Accuracy with a 95% Wilson interval.
 int8: the default speech recipe, static W8A8 of every linear layer and the positional conv, the conv feature
-encoder float (qspeech.py; --int8-conv adds rows with that encoder int8 too), calibrated on synthetic windows
+encoder float (quant/static.py; --int8-conv adds rows with that encoder int8 too), calibrated on synthetic windows
 only, run in PyTorch (the int8 reference every engine is checked against).
 
     python benchmarks/kws.py --encoder scratch=scratch --train-conv --encoder-lr 1e-3 --lr 1e-3 --epochs 6 \
@@ -40,9 +40,10 @@ from quamba_edge.checkpoints.wav2vec2 import load_kws, load_wav2vec2, save_kws
 from quamba_edge.data.speech import load_keyword_clips, load_pretrain_clips, telephone_band
 from quamba_edge.data.speech_sets import calibration_windows, real_test_trials, snr_label
 from quamba_edge.io import atomic_write_json
-from quamba_edge.models.kws import POOLS
+from quamba_edge.models.adapool import POOLS
 from quamba_edge.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
-from quamba_edge.quant.qspeech import quantize_speech_model
+from quamba_edge.quant.recipes import StaticW8A8
+from quamba_edge.quant.static import quantize_static
 from quamba_edge.train.kws import (
     FinetuneConfig,
     conv_features,
@@ -117,7 +118,8 @@ def run(name: str, spec: str, pools: list[str], int8_pools: list[str], n_train: 
             add("fp32", score(model, t, states=f) if encoder_lr == 0 else score(model, t, f), t)
         if pool in int8_pools:  # the default recipe (conv features float), then optionally all-int8
             for precision, conv in (("int8", False), ("int8 (conv features int8)", True))[:2 if int8_conv else 1]:
-                qmodel, _ = quantize_speech_model(model, torch.split(calib, 32), conv_features=conv)
+                qmodel, _ = quantize_static(model, [(w,) for w in torch.split(calib, 32)],
+                                            StaticW8A8(int8_conv_features=conv), data="audio")
                 for t in tests:
                     add(precision, score(qmodel, t), t)
         if on_pool:

@@ -30,7 +30,6 @@ from quamba_edge.io import atomic_write_json
 from quamba_edge.models.kws import KeywordSpotter, KwsConfig
 from quamba_edge.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
 from quamba_edge.pipeline import run_calibrate
-from quamba_edge.quant.recipes import Recipe
 
 LABELS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "hello", "goodbye",
           "record", "pause", "cancelled", "star")
@@ -44,7 +43,7 @@ def random_kws(cfg: Wav2Vec2Config, seed: int = 0) -> KeywordSpotter:
 def systems_for(name: str, checkpoint: Path, work: Path, calib_dir: Path) -> list[str]:
     """PyTorch fp32 and int8, ONNX Runtime fp32 and int8 for one checkpoint."""
     artifact = work / f"{name}-int8"
-    run_calibrate(str(checkpoint), Recipe("naive", percentile=None, hadamard=False), str(calib_dir), 16, 0,
+    run_calibrate(str(checkpoint), "naive", str(calib_dir), 16, 0,
                   artifact, batch_size=4)
     engines = []
     for src, tag in ((checkpoint, "fp32"), (artifact, "int8")):
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 cfg = Wav2Vec2Config.tiny() if shape == "tiny" else Wav2Vec2Config.base()
                 save_kws(random_kws(cfg), ckpt)
             for spec in systems_for(shape, ckpt, work, calib):
-                row, _ = measure_system(spec, "cpu", 1, args.repeats, batch=1, clip_s=args.clip_s)
+                row, _, _ = measure_system(spec, "cpu", 1, args.repeats, batch=1, clip_s=args.clip_s)
                 row["shape"] = shape
                 rows.append(row)
                 print(f"{shape:5s} {row['system']:28s} {row['ms_per_clip']:9.2f} ms  RTF {row['rtf']:.4f}", flush=True)

@@ -20,9 +20,10 @@ from safetensors.torch import load_file, save_file
 from quamba_edge import __version__
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.io import atomic_write_json, sha256_file, staged_dir
+from quamba_edge.quant import recipes
 from quamba_edge.quant.recipes import Recipe
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # v2: the recipe is a typed config ({"kind": ..., fields})
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 
@@ -80,7 +81,7 @@ def save_artifact(
             "family": family,
             "model_config": model.cfg.to_dict(),
             "source": source,
-            "recipe": recipe.to_dict(),
+            "recipe": recipes.to_dict(recipe),
             "recipe_label": recipe.label,
             "calibration": calibration,
             "scales": scales,
@@ -88,6 +89,20 @@ def save_artifact(
         }
         atomic_write_json(tmp / MANIFEST, manifest)
     return out_dir
+
+
+def rebuild_command(manifest: dict, path: Path) -> str:
+    """The `quamba-edge calibrate` command that writes this artifact again, from what its manifest recorded."""
+    source = (manifest.get("source") or {}).get("model", "MODEL")
+    label = str(manifest.get("recipe_label") or "quamba")
+    recipe = next((name for name in recipes.NAMES if label.startswith(name)), "quamba")
+    calibration = manifest.get("calibration") or {}
+    args = [f"--model {source}", f"--recipe {recipe}"]
+    args += [f"--{k.replace('_', '-')} {calibration[k]}" for k in ("data", "samples", "seq_len") if k in calibration]
+    args += [flag for flag, part in (("--weight-granularity channel", "channel"), ("--no-hadamard", "no-hadamard"),
+                                     ("--no-percentile", "no-percentile"), ("--int8-head", "int8-head"),
+                                     ("--int8-conv-features", "int8-conv")) if part in label.split("-", 1)[-1]]
+    return f"quamba-edge calibrate {' '.join(args)} --out {path}"
 
 
 def read_manifest(path: Path) -> dict:
@@ -105,8 +120,8 @@ def read_manifest(path: Path) -> dict:
     if version != FORMAT_VERSION:
         raise QuambaEdgeError(
             f"{path} is artifact format v{version} (written by quamba-edge {manifest.get('toolkit_version')}); "
-            f"this quamba-edge {__version__} reads v{FORMAT_VERSION}. Fix: re-run `quamba-edge calibrate` "
-            "with this version, or install the version that wrote it."
+            f"this quamba-edge {__version__} reads v{FORMAT_VERSION}. Fix: rebuild it with this version: "
+            f"`{rebuild_command(manifest, path)}` (or install the version that wrote it)."
         )
     files = manifest.get("files") or {}
     if WEIGHTS not in files or MANIFEST in files:

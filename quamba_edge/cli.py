@@ -97,21 +97,18 @@ def calibrate(
     model with AdaPool or another pooling (--data SETS.npz; static per-tensor W8A8 of every linear layer).
     """
     from quamba_edge.pipeline import run_calibrate
-    from quamba_edge.quant.recipes import make_recipe
+    from quamba_edge.quant.recipes import check_name
 
     _threads(threads)
     with user_errors():
-        try:
-            rec = make_recipe(recipe, hadamard=hadamard, percentile_clip=percentile_clip, percentile=percentile,
-                              weight_granularity=weight_granularity, int8_head=int8_head,
-                              int8_conv_features=int8_conv_features)
-        except ValueError as exc:
-            raise QuambaEdgeError(str(exc)) from exc
+        check_name(recipe)
         start = time.perf_counter()
         with _progress() as progress:
-            task = progress.add_task(f"calibrating ({rec.label})", total=samples if rec.quantize else 0)
-            path, manifest = run_calibrate(model, rec, data, samples, seq_len, out, batch_size,
-                                           on_batch=lambda n: progress.advance(task, n))
+            task = progress.add_task(f"calibrating ({recipe})", total=samples if recipe != "fp" else 0)
+            path, manifest = run_calibrate(
+                model, recipe, data, samples, seq_len, out, batch_size, on_batch=lambda n: progress.advance(task, n),
+                hadamard=hadamard, percentile_clip=percentile_clip, percentile=percentile,
+                weight_granularity=weight_granularity, int8_head=int8_head, int8_conv_features=int8_conv_features)
         seconds = time.perf_counter() - start
     if json_out:
         print(json.dumps(manifest, indent=2))
@@ -275,6 +272,9 @@ def bench(
                                                         "average W and J per token.")] = False,
     clip_s: Annotated[float, typer.Option(min=0.01, help="Speech models: seconds of audio per clip (latency per "
                                                          "clip and the real-time factor).")] = 1.0,
+    check: Annotated[bool, typer.Option("--check", help="Also compare every system's outputs with the first "
+                                                        "system's on the same inputs (judged when both compute in "
+                                                        "the same float precision); exit 1 on a failure.")] = False,
 ):
     """Time to first token, time per output token and tokens/s, the same loop for every backend."""
     from quamba_edge.bench import report
@@ -300,16 +300,19 @@ def bench(
             raise QuambaEdgeError(f"unknown device {device!r}; known: cpu, cuda, orin, {', '.join(PROFILES)}.")
         elif estimate_only:
             raise QuambaEdgeError("--estimate needs a Jetson profile, e.g. --device orin-nano-8gb.")
-        measured = []
+        measured, first = [], None
         with _progress() as progress:
             for spec in systems:
                 task = progress.add_task(f"bench {spec}", total=repeats)
-                measured.append(report.measure_system(
+                row, work, system = report.measure_system(
                     spec, device, threads, repeats, on_repeat=lambda t=task: progress.advance(t), kernels=kernels,
-                    power=power, batch=batch, prompt_len=prompt_len, gen_len=gen_len, set_size=set_size,
-                    clip_s=clip_s))
+                    power=power, against=first if check else None, batch=batch, prompt_len=prompt_len,
+                    gen_len=gen_len, set_size=set_size, clip_s=clip_s)
+                measured.append((row, work))
+                first = first or (system, work)
     report.print_measurements(console, measured)
     results = [row for row, _ in measured]
+    checks_passed = report.print_checks(console, results)
     report.write_json(json_path, {"results": results, "machine": report.machine(device)})
     curves = [r for r in results if "tpot_curve_ms" in r]
     if plot and curves:
@@ -317,6 +320,8 @@ def bench(
         console.print(f"wrote {plot}")
     elif plot:
         console.print("[yellow]no plot[/]: --plot draws per-token latency, which set models do not have")
+    if not checks_passed:
+        raise typer.Exit(1)
 
 
 @app.command()

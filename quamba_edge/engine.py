@@ -28,6 +28,7 @@ from quamba_edge.artifact import MANIFEST
 from quamba_edge.backends import ort as ort_backend
 from quamba_edge.backends.base import System
 from quamba_edge.backends.compare import ParityError, check
+from quamba_edge.backends.tensorrt import TensorRTRunner, build_plan, import_tensorrt, plugin_library
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.families.base import Family, Loaded
 from quamba_edge.families.registry import by_name, load
@@ -78,8 +79,6 @@ def _plugin_library(mode: str, backend: str, precision: str, family: Family) -> 
             raise QuambaEdgeError("--plugins on needs --backend tensorrt and an int8 Mamba artifact: the plugins run "
                                   "Mamba's int8 conv and scan kernels.")
         return None
-    from quamba_edge.backends.tensorrt import plugin_library
-
     return plugin_library(required=mode == "on")
 
 
@@ -88,8 +87,6 @@ def _runners(paths: dict[str, Path | bytes], backend: str, target: str, int8: bo
     if backend == "ort":
         return {g: ort_backend.OrtRunner(p, name=g, threads=threads, int8=int8, target=target,
                                          activations=activations) for g, p in paths.items()}
-    from quamba_edge.backends.tensorrt import TensorRTRunner
-
     return {g: TensorRTRunner(Path(p).with_suffix(".plan"), name=g) for g, p in paths.items()}
 
 
@@ -107,8 +104,6 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
     family = loaded.family
     _check_request(family, backend, target, plugins)
     if backend == "tensorrt":
-        from quamba_edge.backends.tensorrt import import_tensorrt
-
         import_tensorrt()  # fail before any work when TensorRT is missing
     precision = precision_of(loaded, precision)
     int8 = precision == "int8"
@@ -123,14 +118,14 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
         for graph in family.graphs:
             step(f"exporting {graph} graph ({precision})")
             proto = family.export(model, graph, precision, activations)
+            onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                                "family": family.name})
             if plugin_lib is not None:
                 proto = family.plugin_pass(proto, model)
             paths[graph] = tmp / f"{graph}.onnx"
             onnx.save(proto, str(paths[graph]))
         plans = {}
         if backend == "tensorrt":
-            from quamba_edge.backends.tensorrt import build_plan
-
             for graph in family.graphs:
                 step(f"building TensorRT {graph} engine")
                 plans[graph] = build_plan(paths[graph], graph, family.profile(graph, cfg, limits), tmp,
@@ -171,8 +166,6 @@ def _versions(backend: str) -> dict:
     versions = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                 "python": platform.python_version()}
     if backend == "tensorrt":
-        from quamba_edge.backends.tensorrt import import_tensorrt
-
         versions["tensorrt"] = import_tensorrt().__version__
     return versions
 

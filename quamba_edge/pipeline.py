@@ -11,17 +11,19 @@ from quamba_edge.quant.recipes import Recipe
 
 
 def run_calibrate(
-    model_spec: str, recipe: Recipe, data: str, samples: int, seq_len: int, out: Path,
-    batch_size: int = 8, on_batch: Progress | None = None,
+    model_spec: str, recipe: str | Recipe, data: str, samples: int, seq_len: int, out: Path,
+    batch_size: int = 8, on_batch: Progress | None = None, **switches,
 ) -> tuple[Path, dict]:
     """Load, calibrate on the first `samples` windows (sequences, sets, clips) of `data`, write the artifact.
 
-    The family decides what the recipe means for it (set models and keyword spotters: static W8A8) and
-    what `data` is. Returns the artifact directory and its manifest.
+    `recipe` is a name (fp | naive | quamba) with the CLI's `switches` (hadamard, percentile_clip, percentile,
+    weight_granularity, int8_head, int8_conv_features), or a config from quant.recipes; the family decides
+    what it means for it (set models and keyword spotters: static W8A8) and what `data` is. Returns the
+    artifact directory and its manifest.
     """
     loaded = load(model_spec)
     family = loaded.family
-    recipe = family.recipe(recipe)
+    recipe = family.quant_config(recipe, **switches)
     model, calibration, scales = loaded.model, None, None
     if recipe.quantize:
         result = family.calibrate(loaded, recipe, data, samples, seq_len, batch_size, on_batch)

@@ -81,7 +81,11 @@ def test_int8_set_model_tracks_fp32(pool):
     """W8A8 (static per-tensor scales) of every linear layer: within a few percent of fp32 on fresh sets,
     and each quantized layer is exactly dequantize -> float linear -> (no requantize) of its int8 inputs."""
     from quamba_edge.quant.int8 import dequantize, quantize
-    from quamba_edge.quant.qset import QuantizedLinear, quantize_set_model
+    from quamba_edge.quant.recipes import StaticW8A8
+    from quamba_edge.quant.static import QuantizedLinear, quantize_static
+
+    def quantize_set_model(m, batches):
+        return quantize_static(m, batches, StaticW8A8(), data="sets")
 
     m = model(pool, 0 if pool == "adapool" else "mean", seed=2)
     gen = torch.Generator().manual_seed(3)

@@ -62,7 +62,8 @@ def test_other_format_version_is_refused(tmp_path, quantized):
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["format_version"] = 99
     (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(QuambaEdgeError, match="format v99.*reads v1"):
+    rebuild = "`quamba-edge calibrate --model tiny --recipe quamba"
+    with pytest.raises(QuambaEdgeError, match=f"format v99.*reads v2.*{rebuild}"):
         read_manifest(path)
 
 

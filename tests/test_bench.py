@@ -56,6 +56,30 @@ def test_bench_measures_pytorch_and_ort_with_one_loop(fp_engine, tmp_path):
     assert "measured" in result.output and "median of 2" in flat(result.output)
 
 
+def test_bench_check_compares_every_system_with_the_first_on_the_same_inputs(fp_engine, tmp_path):
+    """--check: the fp32 engine against the PyTorch model it was built from is judged at 1e-5 and passes; an
+    engine of another model (same shape, other weights) fails the check and the command exits 1."""
+    from quamba_edge.checkpoints.mamba import save_checkpoint
+
+    from .conftest import make_model
+
+    out = tmp_path / "bench.json"
+    args = ["--prompt-len", "16", "--gen-len", "3", "--repeats", "1", "--check", "--json", str(out)]
+    result = runner.invoke(app, ["bench", str(fp_engine / "ckpt"), str(fp_engine / "engine"), *args])
+    assert result.exit_code == 0, result.output
+    first, engine = json.loads(out.read_text())["results"]
+    assert "check" not in first
+    check = engine["check"]
+    assert check["against"] == "pytorch-fp32" and check["judged"] and check["passed"] and check["tolerance"] == 1e-5
+    assert {t["tensor"] for t in check["tensors"]} == {"prefill logits", "decode 1 logits", "decode 2 logits",
+                                                       "ssm_state"}
+    assert all(t["rel_error"] < 1e-5 for t in check["tensors"])
+    save_checkpoint(make_model(seed=7), tmp_path / "other")
+    result = runner.invoke(app, ["bench", str(tmp_path / "other"), str(fp_engine / "engine"), *args])
+    assert result.exit_code == 1 and "FAIL" in result.output
+    assert json.loads(out.read_text())["results"][1]["check"]["worst_rel_error"] > 1e-2
+
+
 def test_prompt_longer_than_the_engine_profile(fp_engine):
     result = runner.invoke(app, ["bench", str(fp_engine / "engine"), "--prompt-len", "4096", "--gen-len", "2"])
     assert result.exit_code == 2

@@ -18,7 +18,7 @@ from quamba_edge.data.sets import load_sets, save_sets
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.families.registry import load
 from quamba_edge.models.adapool import SetModel, SetModelConfig, init_set_model
-from quamba_edge.quant.qset import QuantizedLinear
+from quamba_edge.quant.static import QuantizedLinear
 
 runner = CliRunner()
 CFG = SetModelConfig(d_in=6, d_model=32, n_heads=4, n_layers=2, d_ff=48, d_out=3, pool="adapool")

@@ -23,10 +23,12 @@ from quamba_edge.export.speech_onnx import export_keyword_spotter
 from quamba_edge.families import wav2vec2 as kws_family
 from quamba_edge.families.registry import load
 from quamba_edge.io import sha256_file
-from quamba_edge.models.kws import POOLS, KeywordSpotter, KwsConfig
+from quamba_edge.models.adapool import POOLS
+from quamba_edge.models.kws import KeywordSpotter, KwsConfig
 from quamba_edge.models.wav2vec2 import PositionalConv, Wav2Vec2Config, Wav2Vec2Encoder
 from quamba_edge.quant.int8 import dequantize, quantize, quantize_weight, scale_from_amax
-from quamba_edge.quant.qspeech import QuantizedConv1d, QuantizedPositionalConv, quantize_speech_model
+from quamba_edge.quant.recipes import StaticW8A8
+from quamba_edge.quant.static import QuantizedConv1d, QuantizedPositionalConv, quantize_static
 from quamba_edge.train.kws import accuracy_with_ci
 
 runner = CliRunner()
@@ -34,6 +36,11 @@ LABELS = ("zero", "one", "two", "hello")
 SMALL = {**Wav2Vec2Config.tiny().to_dict(), "conv_dim": (32, 32, 32, 32), "hidden_size": 32, "num_layers": 2,
          "num_heads": 2, "ffn_dim": 64, "pos_conv_kernel": 8, "pos_conv_groups": 4}
 
+
+
+def quantize_speech_model(model, windows, conv_features: bool = False):
+    """Static W8A8 of a keyword spotter (the conv feature encoder float unless `conv_features`)."""
+    return quantize_static(model, [(w,) for w in windows], StaticW8A8(int8_conv_features=conv_features), data="audio")
 
 
 def check_speech(model, run, precision: str, samples: int):
@@ -198,7 +205,7 @@ def _wavs(directory: Path, n: int, seconds: float = 1.0, rate: int = 16000, seed
 
 
 
-def test_calibrate_keeps_the_conv_features_float_unless_asked_and_old_artifacts_still_load(kws_dir, tmp_path):
+def test_calibrate_keeps_the_conv_features_float_unless_asked_and_old_artifacts_name_the_rebuild(kws_dir, tmp_path):
 
     calib = tmp_path / "calib"
     _wavs(calib, 2, seconds=3.0)
@@ -213,9 +220,16 @@ def test_calibrate_keeps_the_conv_features_float_unless_asked_and_old_artifacts_
         model = load(art).model
         assert all(isinstance(model.get_submodule(n), QuantizedConv1d) is quantized for n in feature_convs)
         assert isinstance(model.encoder.pos_conv, QuantizedPositionalConv)
-    # an artifact written before the switch existed (no field in its recipe) had int8 conv features
-    del manifest["recipe"]["int8_conv_features"]
+    # an artifact of the previous format (v1: an untyped recipe) is refused with the command that rebuilds it,
+    # and that command works
+    manifest["format_version"] = 1
     (art / "manifest.json").write_text(json.dumps(manifest))
+    res = runner.invoke(app, ["eval", str(art)], env={"COLUMNS": "400"})
+    assert res.exit_code == 2 and "format v1" in res.output
+    command = " ".join(res.output.split()).split("`")[1].split()
+    assert command[:2] == ["quamba-edge", "calibrate"] and "--int8-conv-features" in command
+    res = runner.invoke(app, command[1:])
+    assert res.exit_code == 0, res.output
     model = load(art).model
     assert all(isinstance(model.get_submodule(n), QuantizedConv1d) for n in feature_convs)
 
@@ -223,7 +237,7 @@ def test_a_projection_free_encoder_goes_through_checkpoint_calibrate_and_both_gr
     """fairseq builds no feature projection when the last conv dim equals the hidden size (SMALL: 32 == 32):
     such an encoder must survive the KWS checkpoint, calibration and the artifact, and its fp32 and int8
     graphs must pass parity."""
-    from quamba_edge.quant.qspeech import is_quantized
+    from quamba_edge.quant.static import is_quantized
 
     torch.manual_seed(8)
     encoder = Wav2Vec2Encoder(Wav2Vec2Config.from_dict({**SMALL, "feature_proj": False}))

@@ -34,12 +34,14 @@ class ParityError(QuambaEdgeError):
 
 @dataclass
 class Case:
-    """feeds for `graph`; judge(outputs) -> rows made with `compare`."""
+    """feeds for `graph` (or `run(system)` for a case that calls several graphs); judge(outputs) -> rows made
+    with `compare`."""
 
     name: str
-    graph: str
-    feeds: dict
+    graph: str | None
+    feeds: dict | None
     judge: Callable[[dict], list[dict]]
+    run: Callable[[System], dict] | None = None
 
 
 @dataclass
@@ -106,6 +108,19 @@ def check(system: System | dict, cases: Iterable[Case], precision: str,
     """Run every case on its graph's runner and judge the outputs; returns the report (passed or not)."""
     report = report or ParityReport(precision, TOLERANCE[precision])
     for case in cases:
-        outputs = system[case.graph](case.feeds)
+        outputs = case.run(system) if case.run else system[case.graph](case.feeds)
         report.cases.extend(case.judge(outputs))
     return report
+
+
+def check_against(first: System, other: System, outputs: Callable[[System], dict]) -> ParityReport:
+    """`bench --check`: `other`'s outputs against `first`'s on the same inputs (`outputs(system)` runs them).
+    Judged at the fp tolerance when both compute in the same float precision; int8 or mixed precisions are
+    recorded, not judged (int8 rounding ties cascade end to end, and fp32 vs int8 differ by design)."""
+    same = first.precision == other.precision and other.precision in ("fp32", "fp16")
+    tolerance = TOLERANCE[other.precision] if same else None
+    reference = outputs(first)
+    name = f"{other.label} vs {first.label}"
+    case = Case(name, None, None, lambda out: [compare(name, k, out[k], ref, tolerance)
+                                               for k, ref in reference.items()], run=outputs)
+    return check(other, [case], other.precision, ParityReport(other.precision, tolerance or 0.0))

@@ -11,6 +11,8 @@ from pathlib import Path
 from rich.table import Table
 
 from quamba_edge import __version__
+from quamba_edge.backends.base import System
+from quamba_edge.backends.compare import check_against
 from quamba_edge.bench.devices import DeviceProfile, jetson_model, this_jetson
 from quamba_edge.bench.measure import measure
 from quamba_edge.bench.power import PowerSampler
@@ -42,12 +44,24 @@ def machine(device: str) -> dict:
 
 
 def measure_system(spec: str, device: str, threads: int, repeats: int, *, on_repeat=None, kernels: bool = False,
-                   power: bool = False, **workload) -> tuple[dict, object]:
+                   power: bool = False, against: tuple | None = None, **workload) -> tuple[dict, object, System]:
     """Open `spec` as a System, time its family's workload (options: batch, prompt_len, gen_len, set_size,
     clip_s: each family takes the ones it knows) and, with `power`, the board's average power and energy per
-    unit of work. Returns the row and the workload (whose columns print it)."""
+    unit of work. `against` = (first system, its workload): also check this system's outputs against the first
+    one's on the same inputs (`bench --check`; row["check"]). Returns the row, the workload (whose columns
+    print it) and the system."""
     system = open_system(spec, device=device, threads=threads, kernels=kernels)
     work = system.family.workload(system.cfg, **workload)
+    if against is not None:
+        first, first_work = against
+        if first.family is not system.family:
+            raise QuambaEdgeError(f"--check compares systems of one model family; {spec} is {system.family.name}, "
+                                  f"the first system {first.family.name}.")
+        report = check_against(first, system, first_work.outputs)
+        worst = report.worst
+        check = {"against": first.label, "judged": report.tolerance > 0, "passed": report.passed,
+                 "worst_tensor": worst["tensor"], "worst_rel_error": worst.get("rel_error"),
+                 "tolerance": report.tolerance or None, "tensors": report.cases}
     sampler = PowerSampler() if power else None
     with sampler or contextlib.nullcontext():
         row = measure(system, work, repeats=repeats, threads=threads, progress=on_repeat)
@@ -56,7 +70,26 @@ def measure_system(spec: str, device: str, threads: int, repeats: int, *, on_rep
         row.update(avg_power_w=watts, energy_j=sampler.energy_j(), power_samples=len(sampler.samples),
                    **work.energy(row, watts))
     row["source"] = spec
-    return row, work
+    if against is not None:
+        row["check"] = check
+    return row, work, system
+
+
+def print_checks(console, rows: list[dict]) -> bool:
+    """The `bench --check` table; False when a judged check failed."""
+    checked = [r for r in rows if "check" in r]
+    if not checked:
+        return True
+    table = Table(title=f"outputs against {checked[0]['check']['against']} on the same inputs")
+    for col in ("system", "worst tensor", "rel. error", "tolerance", "result"):
+        table.add_column(col, justify="left" if col in ("system", "worst tensor", "result") else "right")
+    for r in checked:
+        c = r["check"]
+        result = ("pass" if c["passed"] else "[red]FAIL[/]") if c["judged"] else "recorded (int8 or mixed precision)"
+        error = "-" if c["worst_rel_error"] is None else f"{c['worst_rel_error']:.2e}"
+        table.add_row(r["system"], c["worst_tensor"], error, f"{c['tolerance']:g}" if c["tolerance"] else "-", result)
+    console.print(table)
+    return all(r["check"]["passed"] for r in checked)
 
 
 def estimates(systems: list[str], profile: DeviceProfile, batch: int, prompt_len: int, gen_len: int) -> list[dict]:

@@ -11,7 +11,7 @@ import numpy as np
 from torch import nn
 
 from quamba_edge.export.graph import GraphBuilder
-from quamba_edge.quant.qset import QuantizedLinear
+from quamba_edge.quant.static import QuantizedLinear
 
 
 class LayerGraph:

@@ -295,7 +295,7 @@ class _MambaGraph:
         g.output(g.op("Concat", conv_outs, axis=0), "conv_state", conv_type, conv_shape)
         g.output(g.op("Concat", ssm_outs, axis=0), "ssm_state", TensorProto.FLOAT, ssm_shape)
         precision = "int8" if quantized else {torch.float32: "fp32", torch.float16: "fp16"}[self.dtype]
-        meta = {"quamba_edge_version": __version__, "family": "mamba", "graph": self.kind,
+        meta = {"quamba_edge_version": __version__, "graph": self.kind,
                 "precision": precision, "activations": self.activations if quantized else "float"}
         if quantized and self.activations == "int8":  # plugins read int8 tensors (not ORT's uint8 coding)
             meta["plugin_regions"] = json.dumps(self.plugin_regions)

@@ -17,7 +17,7 @@ from quamba_edge import __version__
 from quamba_edge.export.graph import GraphBuilder
 from quamba_edge.export.layers import LayerGraph
 from quamba_edge.models.adapool import AdaPool, SetModel
-from quamba_edge.quant.qset import is_quantized
+from quamba_edge.quant.static import is_quantized
 
 
 class _SetGraph(LayerGraph):
@@ -59,7 +59,7 @@ class _SetGraph(LayerGraph):
         pooled = self.pool(h, mask, mask_bias, weight)
         g.output(self.linear(pooled, m.head, "head"), "output", TensorProto.FLOAT, ["batch", cfg.d_out])
         precision = "int8" if self.quantized else "fp32"
-        meta = {"quamba_edge_version": __version__, "family": "adapool", "graph": "model", "precision": precision,
+        meta = {"quamba_edge_version": __version__, "graph": "model", "precision": precision,
                 "pool": cfg.pool, "activations": self.activations if self.quantized else "float"}
         return g.model(f"quamba-edge set model ({cfg.pool}, {precision})", meta)
 

@@ -21,7 +21,7 @@ from quamba_edge.export.graph import GraphBuilder
 from quamba_edge.export.layers import LayerGraph
 from quamba_edge.models.kws import KeywordSpotter
 from quamba_edge.models.wav2vec2 import PositionalConv
-from quamba_edge.quant.qspeech import QuantizedConv1d, QuantizedPositionalConv, is_quantized
+from quamba_edge.quant.static import QuantizedConv1d, QuantizedPositionalConv, is_quantized
 
 
 class _SpeechGraph(LayerGraph):
@@ -195,7 +195,7 @@ class _SpeechGraph(LayerGraph):
         logits = self.head(self.transformer(h))
         g.output(logits, "logits", TensorProto.FLOAT, ["batch", len(self.model.cfg.labels)])
         precision = "int8" if self.quantized else "fp32"
-        meta = {"quamba_edge_version": __version__, "family": "wav2vec2", "task": "kws", "graph": "model",
+        meta = {"quamba_edge_version": __version__, "task": "kws", "graph": "model",
                 "precision": precision, "pool": self.model.cfg.pool, "labels": ",".join(self.model.cfg.labels),
                 "activations": self.activations if self.quantized else "float"}
         return g.model(f"quamba-edge keyword spotter ({self.model.cfg.pool}, {precision})", meta)

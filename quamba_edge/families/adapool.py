@@ -18,11 +18,12 @@ from quamba_edge.checkpoints.common import checkpoint_family
 from quamba_edge.data.sets import load_sets
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.export.set_onnx import export_set_model
+from quamba_edge.families import onegraph
 from quamba_edge.families.base import Calibration, Column, Loaded, Progress
-from quamba_edge.families.onegraph import SCALES_TITLE, OneCall, pool_tag, reporting, static_recipe
+from quamba_edge.families.onegraph import SCALES_TITLE, OneCall
 from quamba_edge.io import sha256_file
 from quamba_edge.models.adapool import SetModel, SetModelConfig
-from quamba_edge.quant.qset import quantize_set_model, quantized_structure
+from quamba_edge.quant.quantize import quantize
 from quamba_edge.quant.recipes import Recipe
 
 name = FAMILY
@@ -48,17 +49,14 @@ def config(values: dict) -> SetModelConfig:
 
 
 def structure(cfg: SetModelConfig, recipe: Recipe, manifest: dict) -> nn.Module:
-    model = SetModel(cfg)
-    return quantized_structure(model, recipe.weight_granularity) if recipe.quantize else model
+    return onegraph.structure(SetModel(cfg), recipe)
 
 
-recipe = static_recipe
+quant_config = onegraph.quant_config
+tag = onegraph.pool_tag
+extra_files = onegraph.no_extra_files
+profile = onegraph.no_tensorrt_profile
 
-tag = pool_tag
-
-
-def extra_files(directory: Path) -> list[Path]:
-    return []
 
 
 def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: int, batch_size: int,
@@ -68,11 +66,10 @@ def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: 
                               "optionally mask (sets, n)).")
     sets = load_sets(data, loaded.cfg.d_in)
     start = time.perf_counter()
-    batches = reporting(sets.batches(batch_size, samples), on_batch, size=lambda b: len(b[0]))
-    qmodel, amax = quantize_set_model(loaded.model, batches, recipe.weight_granularity)
+    qmodel, scales = quantize(loaded.model, recipe, sets.batches(batch_size, samples), on_batch, data="sets")
     record = {"data": str(data), "samples": min(samples, len(sets.x)), "digest": sha256_file(Path(data)),
               "seconds": round(time.perf_counter() - start, 2)}
-    return Calibration(qmodel, record, [{"layer": n, "amax": a} for n, a in amax.items()])
+    return Calibration(qmodel, record, scales)
 
 
 def export(model: nn.Module, graph: str, precision: str, activations: str, probes: bool = False) -> onnx.ModelProto:
@@ -82,9 +79,6 @@ def export(model: nn.Module, graph: str, precision: str, activations: str, probe
 def limits(cfg: SetModelConfig, *, max_batch: int = 8, **_) -> dict:
     return {"max_batch": max_batch}
 
-
-def profile(graph: str, cfg: SetModelConfig, limits: dict) -> None:
-    return None
 
 
 def reference(model: nn.Module, device: str = "cpu") -> dict:

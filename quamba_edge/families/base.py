@@ -74,10 +74,14 @@ class Workload(Protocol):
 
     title: str  # the table's title: the workload's sizes
     columns: tuple[Column, ...]  # what the table prints per system
+    energy_columns: tuple[Column, ...]  # J per unit of work, printed when board power was sampled
+    speed_key: str  # the row's rate that "vs first" compares (higher is faster)
 
     def check(self, system: System) -> None: ...  # refuse a workload the system's profile cannot take
+    def warmup(self, system: System) -> None: ...  # allocations, kernel selection; not timed
     def once(self, system: System) -> dict: ...  # run it once, return its timings (seconds)
-    def summarize(self, runs: list[dict]) -> dict: ...  # medians and rates over the timed runs
+    def outputs(self, system: System) -> dict: ...  # named outputs on fixed inputs, for `bench --check`
+    def summarize(self, runs: list[dict], system: System) -> dict: ...  # medians and rates over the timed runs
     def energy(self, row: dict, watts: float) -> dict: ...  # J per unit of work from the average power
 
 
@@ -87,18 +91,27 @@ def median_range(values: list[float], scale: float = 1.0) -> tuple[float, tuple[
 
 
 class Family(Protocol):
+    """Module-level attributes and functions of families/mamba.py, wav2vec2.py and adapool.py."""
+
     name: str  # key in config.json / manifest.json / build.json
     graphs: tuple[str, ...]  # ("prefill", "decode") or ("model",)
-    eval_columns: tuple[Column, ...]  # what `eval` prints per row of `evaluate(...)["rows"]`
+    precisions: tuple[str, ...]  # what an fp model builds in (a quantized one builds int8)
+    backends: tuple[str, ...]  # "ort", and "tensorrt" where its build has a profile
+    no_tensorrt: str  # why not, where TensorRT is not among the backends
+    generates: bool  # a language model: generate, the roofline estimate and --plot apply
+    scales_title: str  # what calibrate's table of scales shows
+    plugin_pass: Callable | None  # TensorRT graph pass to csrc/ plugins (Mamba), else None
+    eval_columns: tuple[Column, ...]  # what `eval` prints per row of eval_rows(result)
 
     def detect(self, directory: Path) -> bool: ...
     def load_checkpoint(self, directory: Path) -> nn.Module: ...
-    def config(self, values: dict) -> Any: ...
+    def config(self, values: dict) -> Any: ...  # model_config (manifest, build.json) -> the family's config
+    def quant_config(self, recipe: str | Recipe, **switches: Any) -> Recipe: ...  # what fp/naive/quamba mean here
     def structure(self, cfg: Any, recipe: Recipe, manifest: dict) -> nn.Module: ...  # empty model for weights
-    def recipe(self, recipe: Recipe) -> Recipe: ...  # what a recipe means here
+    def tag(self, cfg: Any, recipe_label: str, precision: str) -> str | None: ...  # a system label's (...)
+    def extra_files(self, directory: Path) -> list[Path]: ...  # files an artifact carries along
     def calibrate(self, loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: int, batch_size: int,
                   on_batch: Progress | None) -> Calibration: ...
-    def extra_files(self, directory: Path) -> list[Path]: ...  # files an artifact carries along
     def export(self, model: nn.Module, graph: str, precision: str, activations: str,
                probes: bool = False) -> Any: ...  # onnx.ModelProto
     def parity(self, model: nn.Module, precision: str, limits: dict) -> Iterator[Case]: ...
@@ -109,3 +122,4 @@ class Family(Protocol):
     def workload(self, cfg: Any, **options: Any) -> Workload: ...
     def evaluate(self, loaded: Loaded, data: str, seq_len: int, max_samples: int | None, batch_size: int,
                  on_batch: Progress | None) -> dict: ...
+    def eval_rows(self, result: dict) -> list[dict]: ...

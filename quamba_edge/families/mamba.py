@@ -14,6 +14,7 @@ import onnx
 import torch
 from torch import nn
 
+from quamba_edge import kernels as kernel_ops
 from quamba_edge.backends.base import System
 from quamba_edge.backends.compare import LAYER_TOLERANCE, TOLERANCE, Case, compare
 from quamba_edge.checkpoints.common import checkpoint_family
@@ -25,10 +26,11 @@ from quamba_edge.evaluate import evaluate_lm
 from quamba_edge.export.mamba_onnx import export_mamba
 from quamba_edge.export.plugins import rewrite
 from quamba_edge.families.base import Calibration, Column, Loaded, Progress, median_range
+from quamba_edge.kernels.mamba import KernelMambaLM
 from quamba_edge.models.mamba import MambaConfig, MambaLM
-from quamba_edge.quant.calibrate import calibrate as quamba_calibrate
 from quamba_edge.quant.qmodels import QuantizedMambaLM
-from quamba_edge.quant.recipes import Recipe
+from quamba_edge.quant.quantize import quantize
+from quamba_edge.quant.recipes import Fp, Quamba, Recipe, make_recipe
 
 name = "mamba"
 graphs = ("prefill", "decode")
@@ -56,8 +58,13 @@ def structure(cfg: MambaConfig, recipe: Recipe, manifest: dict) -> nn.Module:
     return QuantizedMambaLM(cfg, recipe) if recipe.quantize else MambaLM(cfg)
 
 
-def recipe(r: Recipe) -> Recipe:
-    return r
+def quant_config(recipe: str | Recipe, **switches) -> Fp | Quamba:
+    """What `--recipe NAME` and its switches mean for Mamba (recipes.make_recipe); a config passes through."""
+    if isinstance(recipe, str):
+        return make_recipe(recipe, **switches)
+    if not isinstance(recipe, (Fp, Quamba)):
+        raise QuambaEdgeError(f"a {recipe.kind} recipe does not apply to Mamba; use --recipe naive or quamba.")
+    return recipe
 
 
 def tag(cfg: MambaConfig, recipe_label: str, precision: str) -> str | None:
@@ -83,10 +90,10 @@ def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: 
     """The first `samples` windows of `seq_len` tokens of `data`, in file order (DESIGN.md)."""
     start = time.perf_counter()
     windows = load_windows(data, tokenizer(loaded), samples, seq_len)
-    qmodel, result = quamba_calibrate(loaded.model, _batched(windows.tokens, batch_size), recipe, on_batch)
+    qmodel, scales = quantize(loaded.model, recipe, _batched(windows.tokens, batch_size), on_batch)
     record = {"data": str(data), "samples": samples, "seq_len": seq_len, "digest": windows.digest,
               "seconds": round(time.perf_counter() - start, 2)}
-    return Calibration(qmodel, record, result.scales)
+    return Calibration(qmodel, record, scales)
 
 
 def export(model: nn.Module, graph: str, precision: str, activations: str, probes: bool = False) -> onnx.ModelProto:
@@ -133,9 +140,6 @@ def reference(model: nn.Module, device: str = "cpu") -> dict:
 
 def kernels(model: nn.Module, device: str) -> tuple[nn.Module, str]:
     """The quantized model on the csrc/ ops (CUDA kernels, else the CPU twins)."""
-    from quamba_edge import kernels as kernel_ops
-    from quamba_edge.kernels.mamba import KernelMambaLM
-
     if not isinstance(model, QuantizedMambaLM):
         raise QuambaEdgeError("--kernels runs quantized models; this one is fp32. Fix: bench an artifact made by "
                               "`quamba-edge calibrate`.")
@@ -267,6 +271,19 @@ class Generation:
             token = out["logits"].argmax(-1).astype(np.int64)[:, None]
             steps.append(time.perf_counter() - t)
         return ttft, steps
+
+    def outputs(self, system: System, steps: int = 2) -> dict:
+        """Logits of a prefill on the first tokens of the prompt and of `steps` decode steps on fixed tokens
+        (the same for every system), and the final states as float (`bench --check`)."""
+        prompt = self.prompt[:, : min(self.prompt_len, 32)]
+        out = system["prefill"]({"input_ids": prompt})
+        found = {"prefill logits": out["logits"]}
+        for step in range(steps):
+            token = prompt[:, step : step + 1]
+            out = system["decode"]({"input_ids": token, "conv_state_in": out["conv_state"],
+                                    "ssm_state_in": out["ssm_state"]})
+            found[f"decode {step + 1} logits"] = out["logits"]
+        return {**found, "ssm_state": np.asarray(out["ssm_state"], np.float32)}
 
     def summarize(self, runs: list[dict], system: System) -> dict:
         ttft, ttft_range = median_range([r["ttft"] for r in runs], 1e3)

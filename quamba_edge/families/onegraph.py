@@ -9,33 +9,43 @@ from collections.abc import Callable
 import numpy as np
 
 from quamba_edge.backends.base import System
+from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.families.base import Column, median_range
-from quamba_edge.quant.recipes import Recipe
+from quamba_edge.quant import static
+from quamba_edge.quant.recipes import Fp, Recipe, StaticW8A8, make_static
 
 SCALES_TITLE = "largest |input| of each linear layer; int8 step = amax / 127"
 
 
-def static_recipe(recipe: Recipe) -> Recipe:
+def quant_config(recipe: str | Recipe, **switches) -> Fp | StaticW8A8:
     """What a recipe means for a transformer-style family: fp stays fp; naive and quamba are static per-tensor
-    W8A8 with abs-max scales (Quamba's percentile clip and Hadamard rotation belong to Mamba's SSM; recorded
-    as naive)."""
-    if not recipe.quantize:
+    W8A8 with abs-max scales (Quamba's percentile clip and Hadamard rotation belong to Mamba's SSM). A Quamba
+    config (from a script) keeps only its weight granularity."""
+    if isinstance(recipe, str):
+        return make_static(recipe, **switches)
+    if isinstance(recipe, (Fp, StaticW8A8)):
         return recipe
-    return Recipe("naive", percentile=None, hadamard=False, weight_granularity=recipe.weight_granularity,
-                  int8_conv_features=recipe.int8_conv_features)
+    if recipe.quantize:
+        return StaticW8A8(weight_granularity=recipe.weight_granularity)
+    raise QuambaEdgeError(f"a {recipe.kind} recipe does not apply here.")
+
+
+def structure(fp_model, recipe: Recipe):
+    """The empty model an artifact's weights load into: the fp model, or its int8 twin."""
+    return static.structure(fp_model, recipe) if recipe.quantize else fp_model
+
+
+def no_extra_files(directory) -> list:
+    return []
+
+
+def no_tensorrt_profile(graph: str, cfg, limits: dict) -> None:
+    return None
 
 
 def pool_tag(cfg, recipe_label: str, precision: str) -> str:
     """What a system's label adds in parentheses: the pooling, the axis these families are compared on."""
     return cfg.pool
-
-
-def reporting(batches, on_batch: Callable[[int], None] | None, size: Callable):
-    """The batches unchanged, calling on_batch(size(batch)) after each is used (a progress bar's advance)."""
-    for batch in batches:
-        yield batch
-        if on_batch:
-            on_batch(size(batch))
 
 
 class OneCall:
@@ -57,6 +67,10 @@ class OneCall:
     def warmup(self, system: System) -> None:
         for _ in range(2):
             system["model"](self.feeds)
+
+    def outputs(self, system: System) -> dict:
+        """The graph's outputs on the workload's inputs (`bench --check`)."""
+        return system["model"](self.feeds)
 
     def once(self, system: System) -> dict:
         t = time.perf_counter()

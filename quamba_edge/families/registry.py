@@ -9,7 +9,7 @@ from quamba_edge.checkpoints.common import resolve_model_dir
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.families import adapool, mamba, wav2vec2
 from quamba_edge.families.base import Family, Loaded
-from quamba_edge.quant.recipes import RECIPES, Recipe
+from quamba_edge.quant import recipes
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (mamba, wav2vec2, adapool)}
 
@@ -38,10 +38,10 @@ def load(spec: str | Path) -> Loaded:
     if str(spec) != "default" and path.is_dir() and (is_artifact(path) or (path / MANIFEST).exists()):
         manifest = read_manifest(path)  # a broken manifest gets its own error
         family = by_name(manifest.get("family"), str(path))
-        recipe = Recipe.from_dict(manifest["recipe"])
+        recipe = recipes.from_dict(manifest["recipe"])
         model = family.structure(family.config(manifest["model_config"]), recipe, manifest)
         load_weights(model, path)
         return Loaded(family, model.eval(), recipe, path, manifest)
     directory = resolve_model_dir(spec)
     family = detect(directory)
-    return Loaded(family, family.load_checkpoint(directory).eval(), RECIPES["fp"], directory)
+    return Loaded(family, family.load_checkpoint(directory).eval(), recipes.Fp(), directory)

@@ -21,10 +21,11 @@ from quamba_edge.checkpoints.wav2vec2 import FAMILY, is_kws_checkpoint, load_kws
 from quamba_edge.data.speech_sets import calibration_windows, real_test_trials, snr_label
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.export.speech_onnx import export_keyword_spotter
+from quamba_edge.families import onegraph
 from quamba_edge.families.base import Calibration, Column, Loaded, Progress
-from quamba_edge.families.onegraph import SCALES_TITLE, OneCall, pool_tag, reporting, static_recipe
+from quamba_edge.families.onegraph import SCALES_TITLE, OneCall
 from quamba_edge.models.kws import KeywordSpotter, KwsConfig, normalize_window
-from quamba_edge.quant.qspeech import quantize_speech_model, quantized_structure
+from quamba_edge.quant.quantize import quantize
 from quamba_edge.quant.recipes import Recipe
 from quamba_edge.train.kws import score
 
@@ -56,21 +57,14 @@ def config(values: dict) -> KwsConfig:
 
 
 def structure(cfg: KwsConfig, recipe: Recipe, manifest: dict) -> nn.Module:
-    model = KeywordSpotter.from_config(cfg)
-    if not recipe.quantize:
-        return model
-    # artifacts written before the switch existed quantized the conv feature encoder too
-    conv = manifest.get("recipe", {}).get("int8_conv_features", True)
-    return quantized_structure(model, recipe.weight_granularity, conv_features=conv)
+    return onegraph.structure(KeywordSpotter.from_config(cfg), recipe)
 
 
-recipe = static_recipe
+quant_config = onegraph.quant_config
+tag = onegraph.pool_tag
+extra_files = onegraph.no_extra_files
+profile = onegraph.no_tensorrt_profile
 
-tag = pool_tag
-
-
-def extra_files(directory: Path) -> list[Path]:
-    return []
 
 
 def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: int, batch_size: int,
@@ -78,14 +72,12 @@ def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: 
     """Static W8A8 of a keyword spotter's linear and conv layers, calibrated on synthetic speech only."""
     start = time.perf_counter()
     windows = torch.from_numpy(calibration_windows(data, samples, loaded.cfg.window_s))
-    batches = reporting((windows[i : i + batch_size] for i in range(0, len(windows), batch_size)), on_batch,
-                        size=len)
-    qmodel, amax = quantize_speech_model(loaded.model, batches, recipe.weight_granularity,
-                                         conv_features=recipe.int8_conv_features)
+    batches = ((windows[i : i + batch_size],) for i in range(0, len(windows), batch_size))
+    qmodel, scales = quantize(loaded.model, recipe, batches, on_batch, data="audio")
     record = {"data": str(data), "samples": len(windows), "window_s": loaded.cfg.window_s,
               "digest": hashlib.sha256(windows.numpy().tobytes()).hexdigest(),
               "seconds": round(time.perf_counter() - start, 2)}
-    return Calibration(qmodel, record, [{"layer": n, "amax": a} for n, a in amax.items()])
+    return Calibration(qmodel, record, scales)
 
 
 def export(model: nn.Module, graph: str, precision: str, activations: str, probes: bool = False) -> onnx.ModelProto:
@@ -96,9 +88,6 @@ def limits(cfg: KwsConfig, *, max_batch: int = 8, max_clip_s: float = 2.0, **_) 
     return {"max_batch": max_batch, "max_samples": int(round(max_clip_s * cfg.sample_rate)),
             "sample_rate": cfg.sample_rate}
 
-
-def profile(graph: str, cfg: KwsConfig, limits: dict) -> None:
-    return None
 
 
 def reference(model: nn.Module, device: str = "cpu") -> dict:

@@ -21,7 +21,7 @@ from quamba_edge.quant.hadamard import factor, hadamard_matrix, rotate
 from quamba_edge.quant.int8 import quantize, quantize_weight, scale_from_amax
 from quamba_edge.quant.observers import AbsMaxObserver, PercentileObserver
 from quamba_edge.quant.qmodels import ACTIVATION_POINTS, QuantizedMambaLM
-from quamba_edge.quant.recipes import Recipe
+from quamba_edge.quant.recipes import Fp, Quamba
 
 
 @dataclass
@@ -40,7 +40,7 @@ def _check_finite(x: Tensor, layer: int, point: str, batch: int) -> None:
 
 
 def observe_activations(
-    model: MambaLM, batches: Iterable[Tensor], recipe: Recipe,
+    model: MambaLM, batches: Iterable[Tensor], recipe: Quamba,
     on_batch: Callable[[int], None] | None = None,
 ) -> CalibrationResult:
     """Run the fp model over `batches` (each (b, l) token ids) and return one scale per quant point."""
@@ -114,7 +114,7 @@ def observe_activations(
 
 
 @torch.no_grad()
-def build_quantized(model: MambaLM, calib: CalibrationResult, recipe: Recipe) -> QuantizedMambaLM:
+def build_quantized(model: MambaLM, calib: CalibrationResult, recipe: Quamba) -> QuantizedMambaLM:
     """Quantize weights and install the calibrated scales: the offline half of every recipe."""
     cfg, g = model.cfg, recipe.weight_granularity
     qm = QuantizedMambaLM(cfg, recipe)
@@ -163,10 +163,11 @@ def build_quantized(model: MambaLM, calib: CalibrationResult, recipe: Recipe) ->
 
 
 def calibrate(
-    model: MambaLM, batches: Iterable[Tensor], recipe: Recipe,
+    model: MambaLM, batches: Iterable[Tensor], recipe: Quamba | Fp,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[QuantizedMambaLM | MambaLM, CalibrationResult | None]:
-    """The one verb: apply `recipe` to `model` (fp returns the model itself, uncalibrated)."""
+    """The Quamba handler: calibrate on `batches` (token ids (b, l)) and build the quantized model (an `Fp`
+    config returns the model itself, uncalibrated)."""
     if not recipe.quantize:
         return model, None
     calib = observe_activations(model, batches, recipe, on_batch)

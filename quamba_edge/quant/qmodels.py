@@ -23,7 +23,7 @@ from quamba_edge.models.mamba import MambaConfig, RMSNorm, StepLoop
 from quamba_edge.models.scan import selective_scan
 from quamba_edge.quant.hadamard import rotate
 from quamba_edge.quant.int8 import dequantize, int8_matmul, quantize
-from quamba_edge.quant.recipes import Recipe
+from quamba_edge.quant.recipes import Quamba
 
 # Per-layer activation scales, in data-flow order; the calibration observers use the same names.
 ACTIVATION_POINTS = ("norm", "xz", "u", "dbc", "delta", "y")
@@ -141,7 +141,7 @@ class QHadamardQuant(nn.Module):
 
 
 class QMambaMixer(nn.Module):
-    def __init__(self, cfg: MambaConfig, recipe: Recipe):
+    def __init__(self, cfg: MambaConfig, recipe: Quamba):
         super().__init__()
         self.cfg = cfg
         d, g = cfg.d_inner, recipe.weight_granularity
@@ -169,7 +169,7 @@ class QMambaMixer(nn.Module):
 
 
 class QResidualBlock(nn.Module):
-    def __init__(self, cfg: MambaConfig, recipe: Recipe):
+    def __init__(self, cfg: MambaConfig, recipe: Quamba):
         super().__init__()
         self.norm = QRMSNorm(cfg.d_model, cfg.norm_eps)
         self.mixer = QMambaMixer(cfg, recipe)
@@ -182,7 +182,7 @@ class QResidualBlock(nn.Module):
 class QuantizedMambaLM(StepLoop, nn.Module):
     """Same interface as `MambaLM` (`step`, `forward`, `empty_state`); the conv state is int8 here."""
 
-    def __init__(self, cfg: MambaConfig, recipe: Recipe):
+    def __init__(self, cfg: MambaConfig, recipe: Quamba):
         super().__init__()
         self.cfg, self.recipe = cfg, recipe
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)

@@ -1,85 +1,153 @@
-"""Recipes are data: a small frozen config says what to quantize and how; `calibrate` applies it.
+"""Recipes are data (torchao's `quantize_(model, config)` shape): a small frozen config per handler, carrying
+only the switches that mean something to it; `quant.quantize.quantize(model, config, batches)` applies it.
 
-- `fp`: no quantization (the reference).
-- `naive`: W8A8 at every Quamba quantization point, min-max (abs-max) scales, no rotation.
-- `quamba`: the paper: the SSM input u is clipped at the α-percentile, the scan output is Hadamard-
-  rotated before out_proj. The two ablations switch one of those off.
+- `Fp`: no quantization (the reference).
+- `Quamba` (Mamba): W8A8 at every Quamba quantization point of DESIGN.md. The paper's recipe clips the SSM
+  input u at the α-percentile and Hadamard-rotates the scan output before out_proj; with both switched off
+  it is the naive W8A8 baseline (abs-max scales everywhere, no rotation), labelled `naive`.
+- `StaticW8A8` (set models, keyword spotters): static per-tensor W8A8 of every Linear and Conv1d layer,
+  abs-max scales (Quamba's clip and rotation belong to Mamba's SSM; labelled `naive` as before).
+
+Every config has `quantize` (does it change the model?), `label` (a unique display name) and a dict form
+(`kind` + fields) for the manifest.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
+
+from quamba_edge.errors import QuambaEdgeError
+
+DEFAULT_PERCENTILE = 0.99999
+GRANULARITIES = ("tensor", "channel")
 
 
 @dataclass(frozen=True)
-class Recipe:
-    name: str
-    quantize: bool = True
-    percentile: float | None = 0.99999  # None: abs-max for u as well
-    hadamard: bool = True
-    weight_granularity: str = "tensor"  # or "channel" (per output channel)
-    # Not in the paper (its lm_head stays fp16): the tied lm_head as int8 too, per-channel weights and a
-    # static input scale. On a CPU the fp32 head is most of the bytes a decode step reads at small sizes.
-    int8_head: bool = False
-    # Speech only: the wav2vec 2.0 conv feature encoder in int8 too. Off by default: its activations are
-    # sparse in time (a channel fires on a few frames, at 13-36x its typical size after the first layer's
-    # per-channel norm), and one per-tensor int8 scale per layer then cost a keyword spotter 15-23 points on
-    # quiet input for each of conv layers 1-3 alone, with abs-max, percentile or MSE scales alike. With the
-    # conv stack float, int8 is within 0.6 points of fp32 (benchmarks/results/kws.json).
-    int8_conv_features: bool = False
+class Fp:
+    kind: ClassVar[str] = "fp"
+    quantize: ClassVar[bool] = False
 
     @property
     def label(self) -> str:
-        """A unique display name: `quamba`, `quamba-no-hadamard`, `naive-channel`, ..."""
-        base = RECIPES.get(self.name)
-        parts = [self.name]
-        if base is not None and self.name != "fp":
-            if base.hadamard and not self.hadamard:
-                parts.append("no-hadamard")
-            if base.percentile is not None and self.percentile is None:
+        return "fp"
+
+
+@dataclass(frozen=True)
+class Quamba:
+    """percentile: quantile of |u| for the SSM input scale (None: abs-max); hadamard: rotate the scan output;
+    weight_granularity: tensor | channel; int8_head: the tied lm_head int8 too (not in the paper, whose head
+    stays fp16: per-channel weights and a static input scale; on a CPU the fp32 head is most of the bytes a
+    decode step reads at small sizes)."""
+
+    kind: ClassVar[str] = "quamba"
+    quantize: ClassVar[bool] = True
+    percentile: float | None = DEFAULT_PERCENTILE
+    hadamard: bool = True
+    weight_granularity: str = "tensor"
+    int8_head: bool = False
+
+    def __post_init__(self) -> None:
+        _check_granularity(self.weight_granularity)
+
+    @property
+    def label(self) -> str:
+        """`quamba`, `quamba-no-hadamard`, `naive-channel`, `quamba-int8-head`, ..."""
+        if self.percentile is None and not self.hadamard:
+            parts = ["naive"]
+        else:
+            parts = ["quamba"] + (["no-hadamard"] if not self.hadamard else [])
+            if self.percentile is None:
                 parts.append("no-percentile")
-            if base.percentile is not None and self.percentile not in (None, base.percentile):
+            elif self.percentile != DEFAULT_PERCENTILE:
                 parts.append(f"p{self.percentile}")
-        if self.quantize and self.weight_granularity != "tensor":
-            parts.append(self.weight_granularity)
-        if self.quantize and self.int8_head:
-            parts.append("int8-head")
-        if self.quantize and self.int8_conv_features:
-            parts.append("int8-conv")
-        return "-".join(parts)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> Recipe:
-        return cls(**values)
+        return "-".join(parts + _common_suffixes(self.weight_granularity) + (["int8-head"] if self.int8_head else []))
 
 
-RECIPES: dict[str, Recipe] = {
-    "fp": Recipe("fp", quantize=False, percentile=None, hadamard=False),
-    "naive": Recipe("naive", percentile=None, hadamard=False),
-    "quamba": Recipe("quamba"),
-}
+@dataclass(frozen=True)
+class StaticW8A8:
+    """weight_granularity: tensor | channel; int8_conv_features: a wav2vec 2.0 conv feature encoder int8 too.
+
+    Why that is off by default: its activations are sparse in time (a channel fires on a few frames, at
+    13-36x its typical size after the first layer's per-channel norm), and one per-tensor int8 scale per layer
+    then cost a keyword spotter 15-23 points on quiet input for each of conv layers 1-3 alone, with abs-max,
+    percentile or MSE scales alike. With the conv stack float, int8 is within 0.6 points of fp32
+    (benchmarks/results/kws.json)."""
+
+    kind: ClassVar[str] = "static_w8a8"
+    quantize: ClassVar[bool] = True
+    weight_granularity: str = "tensor"
+    int8_conv_features: bool = False
+
+    def __post_init__(self) -> None:
+        _check_granularity(self.weight_granularity)
+
+    @property
+    def skip(self) -> tuple[str, ...]:
+        """Module names whose layers stay float."""
+        return () if self.int8_conv_features else ("feature_encoder",)
+
+    @property
+    def label(self) -> str:
+        return "-".join(["naive", *_common_suffixes(self.weight_granularity)]
+                        + (["int8-conv"] if self.int8_conv_features else []))
 
 
-def make_recipe(
-    name: str,
-    *,
-    hadamard: bool = True,
-    percentile_clip: bool = True,
-    percentile: float = 0.99999,
-    weight_granularity: str = "tensor",
-    int8_head: bool = False,
-    int8_conv_features: bool = False,
-) -> Recipe:
-    """The named recipe with the CLI's switches applied (they only ever turn parts of quamba off)."""
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    if weight_granularity not in ("tensor", "channel"):
-        raise ValueError(f"weight granularity must be 'tensor' or 'channel', not {weight_granularity!r}")
-    recipe = RECIPES[name]
-    if name == "quamba":
-        recipe = replace(recipe, hadamard=hadamard, percentile=percentile if percentile_clip else None)
-    return replace(recipe, weight_granularity=weight_granularity, int8_head=int8_head and recipe.quantize,
-                   int8_conv_features=int8_conv_features and recipe.quantize)
+Recipe = Fp | Quamba | StaticW8A8
+KINDS: dict[str, type] = {c.kind: c for c in (Fp, Quamba, StaticW8A8)}
+NAMES = ("fp", "naive", "quamba")  # what `--recipe` takes; each family says what a name means for it
+
+
+def _check_granularity(value: str) -> None:
+    if value not in GRANULARITIES:
+        raise QuambaEdgeError(f"weight granularity must be 'tensor' or 'channel', not {value!r}")
+
+
+def _common_suffixes(weight_granularity: str) -> list[str]:
+    return [weight_granularity] if weight_granularity != "tensor" else []
+
+
+def to_dict(recipe: Recipe) -> dict:
+    """The manifest form: {"kind": ..., field: value, ...}."""
+    return {"kind": recipe.kind, **asdict(recipe)}
+
+
+def from_dict(values: dict) -> Recipe:
+    """A manifest's recipe back as its config; an unknown kind or field is an error naming it."""
+    cls = KINDS.get(values.get("kind"))
+    if cls is None:
+        raise QuambaEdgeError(f"unknown recipe kind {values.get('kind')!r}; known: {', '.join(KINDS)}. Fix: re-run "
+                              "`quamba-edge calibrate` with this version.")
+    known = {f.name for f in fields(cls)}
+    extra = sorted(set(values) - known - {"kind"})
+    if extra:
+        raise QuambaEdgeError(f"recipe {cls.kind!r} has no fields {extra}. Fix: re-run `quamba-edge calibrate`.")
+    return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def check_name(name: str) -> None:
+    if name not in NAMES:
+        raise QuambaEdgeError(f"unknown recipe {name!r}; choose one of {', '.join(NAMES)}")
+
+
+def make_recipe(name: str, *, hadamard: bool = True, percentile_clip: bool = True,
+                percentile: float = DEFAULT_PERCENTILE, weight_granularity: str = "tensor",
+                int8_head: bool = False, **_ignored) -> Fp | Quamba:
+    """What a recipe name and the CLI's switches mean for Mamba (the switches only ever turn parts of quamba
+    off); switches of other families are ignored."""
+    check_name(name)
+    if name == "fp":
+        return Fp()
+    if name == "naive":
+        return Quamba(percentile=None, hadamard=False, weight_granularity=weight_granularity, int8_head=int8_head)
+    return Quamba(percentile=percentile if percentile_clip else None, hadamard=hadamard,
+                  weight_granularity=weight_granularity, int8_head=int8_head)
+
+
+def make_static(name: str, *, weight_granularity: str = "tensor", int8_conv_features: bool = False,
+                **_ignored) -> Fp | StaticW8A8:
+    """What a recipe name means for the one-graph families: fp stays fp; naive and quamba are static W8A8."""
+    check_name(name)
+    if name == "fp":
+        return Fp()
+    return StaticW8A8(weight_granularity=weight_granularity, int8_conv_features=int8_conv_features)

@@ -1,9 +1,10 @@
-"""Static W8A8 for the speech models (wav2vec 2.0 encoder + KWS head): every linear layer and every conv
-layer (the feature encoder's convs and the positional conv) reads an int8 activation with a calibrated
-per-tensor scale and an int8 weight (per tensor or per output channel), accumulates exactly in int32 and
-returns float. GroupNorm/LayerNorm, GELU, softmax, the pooling's softmax and the residual stream stay
-float (DESIGN.md, "Model families"). Calibration: the fp model on calibration windows (synthetic speech
-only), abs-max of each layer's input.
+"""Static W8A8 for any model's Linear and Conv1d layers (the AdaPool set models and the wav2vec 2.0 keyword
+spotters): every covered layer reads an int8 activation with a calibrated per-tensor scale and an int8
+weight (per tensor or per output channel), accumulates exactly in int32 and returns float. Softmax,
+GroupNorm/LayerNorm, GELU, the pooling and the residual stream stay float (DESIGN.md, "Model families").
+
+Calibration runs the fp model on calibration batches and records, per covered layer, the largest |input|
+(abs-max); scale = amax / 127.
 """
 
 from __future__ import annotations
@@ -19,7 +20,18 @@ from quamba_edge.models.wav2vec2 import PositionalConv
 from quamba_edge.quant.int8 import int8_matmul, quantize, quantize_weight, scale_from_amax
 from quamba_edge.quant.observers import input_amax
 from quamba_edge.quant.qmodels import QLinear
-from quamba_edge.quant.qset import QuantizedLinear
+from quamba_edge.quant.recipes import StaticW8A8
+
+
+class QuantizedLinear(nn.Module):
+    """float x -> int8 (static scale) -> QLinear (int8 x int8 -> int32 -> float + bias)."""
+
+    def __init__(self, q: QLinear):
+        super().__init__()
+        self.q = q
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.q(quantize(x, self.q.in_scale))
 
 
 class QuantizedConv1d(nn.Module):
@@ -70,66 +82,63 @@ class QuantizedPositionalConv(nn.Module):
         return F.gelu(y).transpose(1, 2)
 
 
-def _targets(model: nn.Module, conv_features: bool = False) -> dict[str, nn.Module]:
-    """The layers W8A8 covers, by module name; `conv_features=False` leaves the conv feature encoder float
-    (recipes.Recipe.int8_conv_features says why)."""
+def targets(model: nn.Module, skip: tuple[str, ...] = ()) -> dict[str, nn.Module]:
+    """The layers W8A8 covers, by module name: every Linear, Conv1d and positional conv, except those under a
+    module whose name is in `skip` (e.g. `feature_encoder`: recipes.StaticW8A8 says why)."""
     return {name: m for name, m in model.named_modules()
             if isinstance(m, (nn.Linear, nn.Conv1d, PositionalConv))
-            and (conv_features or "feature_encoder." not in f"{name}.")}
+            and not any(f".{s}." in f".{name}." for s in skip)}
 
 
 def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, (QuantizedLinear, QuantizedConv1d)) for m in model.modules())
 
 
-def observe_inputs(model: nn.Module, windows: Iterable[Tensor], conv_features: bool = False) -> dict[str, float]:
-    """The largest |input| of every covered layer over the calibration windows (b, samples)."""
-    return input_amax(_targets(model, conv_features), (model(batch) for batch in windows), "audio")
+def _int8_twin(layer: nn.Module, granularity: str) -> nn.Module:
+    if isinstance(layer, nn.Linear):
+        return QuantizedLinear(QLinear(layer.in_features, layer.out_features, granularity=granularity,
+                                       bias=layer.bias is not None, int8_output=False))
+    if isinstance(layer, nn.Conv1d):
+        return QuantizedConv1d(layer.in_channels, layer.out_channels, layer.kernel_size[0], stride=layer.stride[0],
+                               padding=layer.padding[0], groups=layer.groups, bias=layer.bias is not None,
+                               granularity=granularity)
+    return QuantizedPositionalConv(layer, granularity)
 
 
-def quantized_structure(model: nn.Module, weight_granularity: str = "tensor", conv_features: bool = False
-                        ) -> nn.Module:
-    """A copy of `model` with every covered layer replaced by its (unfilled) int8 twin: what
-    `quantize_speech_model` fills and what an artifact's weights load into."""
+def structure(model: nn.Module, config: StaticW8A8) -> nn.Module:
+    """A copy of `model` with every covered layer replaced by its (unfilled) int8 twin: what `quantize_static`
+    fills and what an artifact's weights load into."""
     qmodel = copy.deepcopy(model)
-    for name, layer in _targets(qmodel, conv_features).items():
+    for name, layer in targets(qmodel, config.skip).items():
         parent_name, _, attr = name.rpartition(".")
         parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
-        if isinstance(layer, nn.Linear):
-            new = QuantizedLinear(QLinear(layer.in_features, layer.out_features, granularity=weight_granularity,
-                                          bias=layer.bias is not None, int8_output=False))
-        elif isinstance(layer, nn.Conv1d):
-            new = QuantizedConv1d(layer.in_channels, layer.out_channels, layer.kernel_size[0], stride=layer.stride[0],
-                                  padding=layer.padding[0], groups=layer.groups, bias=layer.bias is not None,
-                                  granularity=weight_granularity)
-        else:
-            new = QuantizedPositionalConv(layer, weight_granularity)
-        setattr(parent, attr, new)
+        setattr(parent, attr, _int8_twin(layer, config.weight_granularity))
     return qmodel.eval()
 
 
 @torch.no_grad()
-def quantize_speech_model(model: nn.Module, windows: Iterable[Tensor], weight_granularity: str = "tensor",
-                          conv_features: bool = False) -> tuple[nn.Module, dict[str, float]]:
-    """A W8A8 copy of `model` (a KeywordSpotter or a bare encoder) calibrated on `windows`; the conv feature
-    encoder stays float unless `conv_features`."""
+def quantize_static(model: nn.Module, batches: Iterable[tuple], config: StaticW8A8, data: str = "batches"
+                    ) -> tuple[nn.Module, dict[str, float]]:
+    """A W8A8 copy of `model`, calibrated on `batches` (each a tuple of the model's forward arguments:
+    (sets, mask) for a set model, (audio,) for a keyword spotter; `data` names them in errors). Returns it
+    and each layer's input amax. Raises QuambaEdgeError for no batches, or NaN/inf in a layer's input."""
     model = model.eval()
-    amax = observe_inputs(model, windows, conv_features)
-    layers = _targets(model, conv_features)
-    qmodel = quantized_structure(model, weight_granularity, conv_features)
+    layers = targets(model, config.skip)
+    amax = input_amax(layers, (model(*batch) for batch in batches), data)
+    qmodel = structure(model, config)
+    granularity = config.weight_granularity
     for name, fp in layers.items():
         wrapper = qmodel.get_submodule(name)
         in_scale = scale_from_amax(amax[name])
         if isinstance(fp, nn.Linear):
-            w_q, w_scale = quantize_weight(fp.weight, weight_granularity)
+            w_q, w_scale = quantize_weight(fp.weight, granularity)
             wrapper.q.load_float(w_q, w_scale, in_scale, None, fp.bias)
             continue
         conv = wrapper if isinstance(wrapper, QuantizedConv1d) else wrapper.conv
-        weight, bias = (fp.weight, fp.bias) if isinstance(fp, nn.Conv1d) else (fp.weight.detach(), fp.bias)
-        w_q, w_scale = quantize_weight(weight, weight_granularity)
+        w_q, w_scale = quantize_weight(fp.weight.detach(), granularity)
         conv.weight.copy_(w_q)
         conv.weight_scale.copy_(w_scale.reshape(conv.weight_scale.shape))
         conv.in_scale.copy_(in_scale)
-        if bias is not None:
-            conv.bias.copy_(bias.detach())
+        if fp.bias is not None:
+            conv.bias.copy_(fp.bias.detach())
     return qmodel, amax
