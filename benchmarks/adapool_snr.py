@@ -33,7 +33,8 @@ from rich.table import Table
 from quamba_edge.checkpoints.adapool import save_set_checkpoint
 from quamba_edge.data.sets import save_sets
 from quamba_edge.io import atomic_write, atomic_write_json
-from quamba_edge.models.adapool import POOLS, SetModel, SetModelConfig, init_set_model
+from quamba_edge.models.adapool import SetModel, SetModelConfig, init_set_model
+from quamba_edge.models.pooling import POOLS
 from quamba_edge.quant.recipes import StaticW8A8
 from quamba_edge.quant.static import quantize_static
 

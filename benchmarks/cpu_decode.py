@@ -36,7 +36,7 @@ from quamba_edge.engine import build_engine
 from quamba_edge.families.registry import load
 from quamba_edge.io import atomic_write_json
 from quamba_edge.models.mamba import MambaConfig, MambaLM, init_weights
-from quamba_edge.quant.calibrate import calibrate
+from quamba_edge.quant.quamba import calibrate
 from quamba_edge.quant.recipes import make_recipe
 
 MAMBA_130M_SHAPE = MambaConfig(d_model=768, n_layer=24, vocab_size=50280)

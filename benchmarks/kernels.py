@@ -151,7 +151,8 @@ def decode_rows(repeats: int) -> list[dict]:
     """
     from quamba_edge.kernels.mamba import KernelMambaLM
     from quamba_edge.models.mamba import MambaConfig, MambaLM
-    from quamba_edge.quant.qmodels import QLinear, QuantizedMambaLM
+    from quamba_edge.quant.int8 import QLinear
+    from quamba_edge.quant.quamba import QuantizedMambaLM
     from quamba_edge.quant.recipes import make_recipe
 
     cfg = MambaConfig(d_model=2560, n_layer=64, vocab_size=50280)

@@ -40,7 +40,7 @@ from quamba_edge.checkpoints.wav2vec2 import load_kws, load_wav2vec2, save_kws
 from quamba_edge.data.speech import load_keyword_clips, load_pretrain_clips, telephone_band
 from quamba_edge.data.speech_sets import calibration_windows, real_test_trials, snr_label
 from quamba_edge.io import atomic_write_json
-from quamba_edge.models.adapool import POOLS
+from quamba_edge.models.pooling import POOLS
 from quamba_edge.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
 from quamba_edge.quant.recipes import StaticW8A8
 from quamba_edge.quant.static import quantize_static

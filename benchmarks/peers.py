@@ -31,7 +31,8 @@ from cpu_decode import _system_name, mamba_130m_shape, save_model_artifacts
 from rich.console import Console
 from rich.table import Table
 
-from quamba_edge.backends.base import FunctionRunner, System
+from quamba_edge.backends.base import System
+from quamba_edge.backends.torch import TorchRunner
 from quamba_edge.bench.measure import measure
 from quamba_edge.bench.report import machine
 from quamba_edge.bench.systems import open_system
@@ -62,8 +63,8 @@ def llama_cpp_system(gguf: Path, quant: str, cfg, max_tokens: int) -> System:
         llm.eval([int(feeds["input_ids"][0, 0])])
         return outputs()
 
-    runners = {"prefill": FunctionRunner("prefill", prefill, "llama.cpp"),
-               "decode": FunctionRunner("decode", decode, "llama.cpp")}
+    runners = {"prefill": TorchRunner("prefill", prefill, "llama.cpp"),
+               "decode": TorchRunner("decode", decode, "llama.cpp")}
     return System(runners, f"llama.cpp-{quant}", "llama.cpp", quant, cfg, mamba)
 
 

@@ -20,10 +20,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from quamba_edge import __version__
+from quamba_edge import __version__, pipeline
 from quamba_edge.families.registry import load
 from quamba_edge.io import atomic_write_json
-from quamba_edge.pipeline import run_calibrate, run_eval
 from quamba_edge.quant.recipes import make_recipe
 
 ALL_RECIPES = [
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             target = args.workdir / recipe.label
             console.print(f"calibrating [bold]{recipe.label}[/] -> {target}")
             start = time.perf_counter()
-            run_calibrate(args.base, recipe, args.calib_data, args.samples, args.seq_len, target)
+            pipeline.calibrate(args.base, recipe, args.calib_data, args.samples, args.seq_len, target)
             calib_seconds[recipe.label] = round(time.perf_counter() - start, 1)
             specs.append(str(target))
     if not specs:
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for spec in specs:
         loaded = load(spec)
         start = time.perf_counter()
-        result = run_eval(loaded, args.data, args.seq_len, args.max_samples or None)
+        result = pipeline.evaluate(loaded, args.data, args.seq_len, args.max_samples or None)
         result["eval_seconds"] = round(time.perf_counter() - start, 1)
         result["model"] = spec
         if loaded.manifest and loaded.manifest.get("calibration"):

@@ -22,6 +22,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from quamba_edge import pipeline
 from quamba_edge.bench.report import machine, measure_system
 from quamba_edge.checkpoints.wav2vec2 import save_kws
 from quamba_edge.data.speech import SAMPLE_RATE, write_wav
@@ -29,7 +30,6 @@ from quamba_edge.engine import build_engine
 from quamba_edge.io import atomic_write_json
 from quamba_edge.models.kws import KeywordSpotter, KwsConfig
 from quamba_edge.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
-from quamba_edge.pipeline import run_calibrate
 
 LABELS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "hello", "goodbye",
           "record", "pause", "cancelled", "star")
@@ -43,7 +43,7 @@ def random_kws(cfg: Wav2Vec2Config, seed: int = 0) -> KeywordSpotter:
 def systems_for(name: str, checkpoint: Path, work: Path, calib_dir: Path) -> list[str]:
     """PyTorch fp32 and int8, ONNX Runtime fp32 and int8 for one checkpoint."""
     artifact = work / f"{name}-int8"
-    run_calibrate(str(checkpoint), "naive", str(calib_dir), 16, 0,
+    pipeline.calibrate(str(checkpoint), "naive", str(calib_dir), 16, 0,
                   artifact, batch_size=4)
     engines = []
     for src, tag in ((checkpoint, "fp32"), (artifact, "int8")):

@@ -96,7 +96,7 @@ def calibrate(
     The model family comes from the checkpoint: Mamba (text calibration, the recipes below) or a set
     model with AdaPool or another pooling (--data SETS.npz; static per-tensor W8A8 of every linear layer).
     """
-    from quamba_edge.pipeline import run_calibrate
+    from quamba_edge import pipeline
     from quamba_edge.quant.recipes import check_name
 
     _threads(threads)
@@ -105,7 +105,7 @@ def calibrate(
         start = time.perf_counter()
         with _progress() as progress:
             task = progress.add_task(f"calibrating ({recipe})", total=samples if recipe != "fp" else 0)
-            path, manifest = run_calibrate(
+            path, manifest = pipeline.calibrate(
                 model, recipe, data, samples, seq_len, out, batch_size, on_batch=lambda n: progress.advance(task, n),
                 hadamard=hadamard, percentile_clip=percentile_clip, percentile=percentile,
                 weight_granularity=weight_granularity, int8_head=int8_head, int8_conv_features=int8_conv_features)
@@ -140,15 +140,15 @@ def eval_cmd(
 ):
     """Measure bits per byte and next-token accuracy on held-out text (set models: MSE on an .npz of sets;
     keyword spotters: accuracy on the real recordings at every SNR, --max-samples trials each)."""
+    from quamba_edge import pipeline
     from quamba_edge.families.registry import load
-    from quamba_edge.pipeline import run_eval
 
     _threads(threads)
     with user_errors():
         loaded = load(model)
         with _progress() as progress:
             task = progress.add_task(f"evaluating ({loaded.label})", total=None)
-            result = run_eval(loaded, data, seq_len, max_samples or None, batch_size,
+            result = pipeline.evaluate(loaded, data, seq_len, max_samples or None, batch_size,
                               on_batch=lambda n: progress.advance(task, n))
     result["model"] = str(model)
     if json_out:

@@ -10,7 +10,7 @@ from quamba_edge.families.registry import load
 from quamba_edge.quant.recipes import Recipe
 
 
-def run_calibrate(
+def calibrate(
     model_spec: str, recipe: str | Recipe, data: str, samples: int, seq_len: int, out: Path,
     batch_size: int = 8, on_batch: Progress | None = None, **switches,
 ) -> tuple[Path, dict]:
@@ -34,7 +34,7 @@ def run_calibrate(
     return out, read_manifest(out)
 
 
-def run_eval(loaded: Loaded, data: str, seq_len: int, max_samples: int | None, batch_size: int = 8,
+def evaluate(loaded: Loaded, data: str, seq_len: int, max_samples: int | None, batch_size: int = 8,
              on_batch: Progress | None = None) -> dict:
     """The family's quality measure on `data` (Mamba: bits/byte on the first `max_samples` windows of
     `seq_len` tokens; set models: MSE; keyword spotters: accuracy at every SNR)."""

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.models.adapool import POOLS, AdaPool, AvgPool, SetModel, SetModelConfig
+from quamba_edge.models.adapool import SetModel, SetModelConfig
+from quamba_edge.models.pooling import POOLS, AdaPool, AvgPool
 
 
 def model(pool: str, query="mean", seed: int = 0) -> SetModel:

@@ -7,7 +7,7 @@ from quamba_edge import artifact
 from quamba_edge.artifact import read_manifest, save_artifact
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.families.registry import load
-from quamba_edge.quant.calibrate import calibrate
+from quamba_edge.quant.quamba import calibrate
 from quamba_edge.quant.recipes import make_recipe
 
 

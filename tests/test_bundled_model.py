@@ -11,8 +11,8 @@ from quamba_edge.data.text import read_text, take_windows
 from quamba_edge.data.tokenizers import ByteTokenizer
 from quamba_edge.evaluate import evaluate_lm
 from quamba_edge.paths import DEFAULT_MODEL_DIR
-from quamba_edge.quant.calibrate import calibrate
 from quamba_edge.quant.hadamard import factor
+from quamba_edge.quant.quamba import calibrate
 from quamba_edge.quant.recipes import make_recipe
 
 

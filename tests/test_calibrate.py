@@ -4,9 +4,9 @@ import torch.nn.functional as F
 
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.models.mamba import MambaConfig
-from quamba_edge.quant.calibrate import calibrate, observe_activations
 from quamba_edge.quant.hadamard import rotate
 from quamba_edge.quant.int8 import dequantize
+from quamba_edge.quant.quamba import calibrate, observe_activations
 from quamba_edge.quant.recipes import make_recipe
 
 from .conftest import make_model, rel_close

@@ -136,7 +136,7 @@ def test_other_mamba_families_are_named_and_refused(tmp_path, model_type):
 def test_a_fractional_expand_is_honoured_as_upstream_computes_it(tmp_path, layout):
     """mamba-ssm (and transformers before its strict configs) take d_inner = int(expand * d_model): expand 1.5
     at d_model 32 is 48. The reference is transformers' MambaForCausalLM built with intermediate_size 48."""
-    from quamba_edge.quant.calibrate import calibrate
+    from quamba_edge.quant.quamba import calibrate
     from quamba_edge.quant.recipes import make_recipe
 
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ from quamba_edge import engine as engine_mod
 from quamba_edge.artifact import save_artifact
 from quamba_edge.engine import build_engine, load_engine
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.quant.calibrate import calibrate
+from quamba_edge.quant.quamba import calibrate
 from quamba_edge.quant.recipes import make_recipe
 
 
@@ -113,7 +113,7 @@ def test_tensorrt_parses_and_builds_our_graphs(int8_artifact, tiny_checkpoint):
     """Our portable graphs through TensorRT's own ONNX parser and builder (TensorRT, or tensorrt-rtx in CI,
     whose builder runs without a GPU): Q/DQ placement, the Scan over a dynamic prompt length, profiles."""
     from quamba_edge.backends.tensorrt import import_tensorrt, parse_onnx
-    from quamba_edge.export.mamba_onnx import export_mamba
+    from quamba_edge.export.mamba import export_mamba
     from quamba_edge.families import mamba
     from quamba_edge.families.registry import load as load_any
 

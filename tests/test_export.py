@@ -9,10 +9,10 @@ import torch
 
 from quamba_edge.backends import ort as ort_backend
 from quamba_edge.backends.compare import check, rel_error
-from quamba_edge.export.mamba_onnx import export_mamba
+from quamba_edge.export.mamba import export_mamba
 from quamba_edge.families import mamba as mamba_family
-from quamba_edge.quant.calibrate import calibrate
 from quamba_edge.quant.hadamard import rotate
+from quamba_edge.quant.quamba import calibrate
 from quamba_edge.quant.recipes import make_recipe
 
 from .conftest import TINY, make_model
@@ -112,7 +112,7 @@ def test_graph_structure_is_portable(quantized):
 
 def test_onnx_hadamard_equals_the_reference_rotation():
     """The exported rotation (a chain of small matmuls) against `rotate`, at sizes with 1, 2 and 3 factors."""
-    from quamba_edge.export.mamba_onnx import _MambaGraph
+    from quamba_edge.export.mamba import _MambaGraph
 
     for n in (96, 768, 5120):
         model = make_model()

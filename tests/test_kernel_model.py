@@ -12,7 +12,7 @@ import torch
 import quamba_edge.kernels as kernels
 from quamba_edge.kernels.mamba import KernelMambaLM
 from quamba_edge.models.mamba import MambaConfig
-from quamba_edge.quant.calibrate import calibrate
+from quamba_edge.quant.quamba import calibrate
 from quamba_edge.quant.recipes import make_recipe
 
 from .conftest import make_model

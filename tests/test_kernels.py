@@ -17,7 +17,7 @@ import quamba_edge.kernels as kernels
 from quamba_edge.kernels import reference
 from quamba_edge.quant.hadamard import factor, rotate, small_hadamard, sylvester
 from quamba_edge.quant.int8 import dequantize, quantize
-from quamba_edge.quant.qmodels import QConv1dSiLU, QHadamardQuant, QRMSNorm, QSelectiveScan
+from quamba_edge.quant.quamba import QConv1dSiLU, QHadamardQuant, QRMSNorm, QSelectiveScan
 
 ops = kernels.ops
 

@@ -11,9 +11,8 @@ import torch
 import quamba_edge.kernels as kernels
 from quamba_edge.kernels.mamba import KernelMambaLM
 from quamba_edge.models.mamba import MambaConfig
-from quamba_edge.quant.calibrate import calibrate
 from quamba_edge.quant.hadamard import factor, rotate, small_hadamard
-from quamba_edge.quant.qmodels import QHadamardQuant, QRMSNorm
+from quamba_edge.quant.quamba import QHadamardQuant, QRMSNorm, calibrate
 from quamba_edge.quant.recipes import make_recipe
 
 from .conftest import make_model

@@ -19,10 +19,10 @@ from onnx.reference.op_run import OpRun
 
 import quamba_edge.kernels as kernels
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.export.mamba_onnx import export_mamba
+from quamba_edge.export.mamba import export_mamba
 from quamba_edge.export.plugins import PLUGIN_DOMAIN, plugin_counts, rewrite
 from quamba_edge.models.mamba import MambaConfig
-from quamba_edge.quant.calibrate import calibrate
+from quamba_edge.quant.quamba import calibrate
 from quamba_edge.quant.recipes import make_recipe
 
 from .conftest import make_model

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from quamba_edge.models.scan import selective_scan
 from quamba_edge.quant.hadamard import hadamard_matrix
-from quamba_edge.quant.int8 import dequantize, quantize, quantize_weight, scale_from_amax
-from quamba_edge.quant.qmodels import QConv1dSiLU, QHadamardQuant, QLinear, QRMSNorm, QSelectiveScan
+from quamba_edge.quant.int8 import QLinear, dequantize, quantize, quantize_weight, scale_from_amax
+from quamba_edge.quant.quamba import QConv1dSiLU, QHadamardQuant, QRMSNorm, QSelectiveScan
 
 from .conftest import int8_agree, rel_close
 

@@ -19,12 +19,12 @@ from quamba_edge.backends.compare import check
 from quamba_edge.checkpoints.wav2vec2 import load_kws, save_kws
 from quamba_edge.cli import app
 from quamba_edge.data.speech import VOCAB, write_wav
-from quamba_edge.export.speech_onnx import export_keyword_spotter
+from quamba_edge.export.wav2vec2 import export_keyword_spotter
 from quamba_edge.families import wav2vec2 as kws_family
 from quamba_edge.families.registry import load
 from quamba_edge.io import sha256_file
-from quamba_edge.models.adapool import POOLS
 from quamba_edge.models.kws import KeywordSpotter, KwsConfig
+from quamba_edge.models.pooling import POOLS
 from quamba_edge.models.wav2vec2 import PositionalConv, Wav2Vec2Config, Wav2Vec2Encoder
 from quamba_edge.quant.int8 import dequantize, quantize, quantize_weight, scale_from_amax
 from quamba_edge.quant.recipes import StaticW8A8

@@ -10,7 +10,7 @@ and `deactivate()` bracket their use; most need neither.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,17 +49,6 @@ class Runner:
         return out
 
     __call__ = infer
-
-
-class FunctionRunner(Runner):
-    """A Python callable feeds -> outputs as a Runner (the PyTorch reference, the kernel ops)."""
-
-    def __init__(self, name: str, fn: Callable[[Feeds], dict[str, Any]], backend: str = "pytorch"):
-        super().__init__(name)
-        self.fn, self.backend = fn, backend
-
-    def _infer(self, feeds: Feeds) -> dict[str, Any]:
-        return self.fn(feeds)
 
 
 @dataclass

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from quamba_edge.backends.base import FunctionRunner, System
+from quamba_edge.backends.base import System
+from quamba_edge.backends.torch import TorchRunner
 from quamba_edge.engine import is_engine, load_engine
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.families.registry import load
@@ -37,7 +38,7 @@ def open_system(spec: str, *, device: str, threads: int, kernels: bool = False) 
         raise QuambaEdgeError(f"{family.name} models are benchmarked on --device cpu.")
     tag = family.tag(loaded.cfg, loaded.label, precision)
     label = f"{backend}-{precision}" + (f" ({tag})" if tag else "")
-    runners = {g: FunctionRunner(g, fn, backend) for g, fn in family.reference(model, device).items()}
+    runners = {g: TorchRunner(g, fn, backend) for g, fn in family.reference(model, device).items()}
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     return System(runners, label, backend, precision, loaded.cfg, family, {}, weight_bytes)
 

@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.quant.qmodels import QuantizedMambaLM
+from quamba_edge.quant.quamba import QuantizedMambaLM
 
 PLUGIN_NAMESPACE = "quamba_edge"
 PLUGIN_VERSION = "1"

@@ -14,10 +14,9 @@ from torch import nn
 
 from quamba_edge.backends.compare import TOLERANCE, Case, compare
 from quamba_edge.checkpoints.adapool import FAMILY, config_from_dict, load_set_checkpoint
-from quamba_edge.checkpoints.common import checkpoint_family
 from quamba_edge.data.sets import load_sets
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.export.set_onnx import export_set_model
+from quamba_edge.export.adapool import export_set_model
 from quamba_edge.families import onegraph
 from quamba_edge.families.base import Calibration, Column, Loaded, Progress
 from quamba_edge.families.onegraph import SCALES_TITLE, OneCall
@@ -31,13 +30,8 @@ graphs = ("model",)
 precisions = ("fp32",)
 backends = ("ort",)
 no_tensorrt = "set models build for ONNX Runtime only so far (--backend ort); the TensorRT path is written for Mamba."
-generates = False
-scales_title = SCALES_TITLE
-plugin_pass = None
-
-
-def detect(directory: Path) -> bool:
-    return checkpoint_family(directory) == name
+generates, scales_title, plugin_pass = False, SCALES_TITLE, None
+detect = onegraph.detector(FAMILY)
 
 
 def load_checkpoint(directory: Path) -> nn.Module:
@@ -52,11 +46,8 @@ def structure(cfg: SetModelConfig, recipe: Recipe, manifest: dict) -> nn.Module:
     return onegraph.structure(SetModel(cfg), recipe)
 
 
-quant_config = onegraph.quant_config
-tag = onegraph.pool_tag
-extra_files = onegraph.no_extra_files
-profile = onegraph.no_tensorrt_profile
-
+# what the one-graph families share: recipes mean static W8A8, labels name the pooling, no extra files, no TRT
+quant_config, tag, extra_files, profile = onegraph.SHARED
 
 
 def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: int, batch_size: int,

@@ -23,12 +23,12 @@ from quamba_edge.data.text import load_windows, read_text, take_windows
 from quamba_edge.data.tokenizers import Tokenizer, tokenizer_for
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.evaluate import evaluate_lm
-from quamba_edge.export.mamba_onnx import export_mamba
+from quamba_edge.export.mamba import export_mamba
 from quamba_edge.export.plugins import rewrite
 from quamba_edge.families.base import Calibration, Column, Loaded, Progress, median_range
 from quamba_edge.kernels.mamba import KernelMambaLM
 from quamba_edge.models.mamba import MambaConfig, MambaLM
-from quamba_edge.quant.qmodels import QuantizedMambaLM
+from quamba_edge.quant.quamba import QuantizedMambaLM
 from quamba_edge.quant.quantize import quantize
 from quamba_edge.quant.recipes import Fp, Quamba, Recipe, make_recipe
 

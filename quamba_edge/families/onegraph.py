@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from quamba_edge.backends.base import System
+from quamba_edge.checkpoints.common import checkpoint_family
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.families.base import Column, median_range
 from quamba_edge.quant import static
 from quamba_edge.quant.recipes import Fp, Recipe, StaticW8A8, make_static
 
 SCALES_TITLE = "largest |input| of each linear layer; int8 step = amax / 127"
+
+
+def detector(name: str) -> Callable[[Path], bool]:
+    """A family's `detect`: its checkpoints carry its name as config.json's `family`."""
+    return lambda directory: checkpoint_family(directory) == name
 
 
 def quant_config(recipe: str | Recipe, **switches) -> Fp | StaticW8A8:
@@ -83,3 +90,6 @@ class OneCall:
 
     def energy(self, row: dict, watts: float) -> dict:
         return {self.energy_key: watts * row[f"ms_per_{self.unit}"] / 1e3}
+
+
+SHARED = (quant_config, pool_tag, no_extra_files, no_tensorrt_profile)

@@ -16,11 +16,10 @@ from torch import nn
 
 from quamba_edge.backends.base import System
 from quamba_edge.backends.compare import LAYER_TOLERANCE, TOLERANCE, Case, compare
-from quamba_edge.checkpoints.common import checkpoint_family
 from quamba_edge.checkpoints.wav2vec2 import FAMILY, is_kws_checkpoint, load_kws
 from quamba_edge.data.speech_sets import calibration_windows, real_test_trials, snr_label
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.export.speech_onnx import export_keyword_spotter
+from quamba_edge.export.wav2vec2 import export_keyword_spotter
 from quamba_edge.families import onegraph
 from quamba_edge.families.base import Calibration, Column, Loaded, Progress
 from quamba_edge.families.onegraph import SCALES_TITLE, OneCall
@@ -35,13 +34,8 @@ precisions = ("fp32",)
 backends = ("ort",)
 no_tensorrt = ("speech models build for ONNX Runtime only so far (--backend ort); their int8 graph is the Q/DQ "
                "form TensorRT reads, but no TensorRT build of it has been run.")
-generates = False
-scales_title = SCALES_TITLE
-plugin_pass = None
-
-
-def detect(directory: Path) -> bool:
-    return checkpoint_family(directory) == name
+generates, scales_title, plugin_pass = False, SCALES_TITLE, None
+detect = onegraph.detector(FAMILY)
 
 
 def load_checkpoint(directory: Path) -> nn.Module:
@@ -60,11 +54,8 @@ def structure(cfg: KwsConfig, recipe: Recipe, manifest: dict) -> nn.Module:
     return onegraph.structure(KeywordSpotter.from_config(cfg), recipe)
 
 
-quant_config = onegraph.quant_config
-tag = onegraph.pool_tag
-extra_files = onegraph.no_extra_files
-profile = onegraph.no_tensorrt_profile
-
+# what the one-graph families share: recipes mean static W8A8, labels name the pooling, no extra files, no TRT
+quant_config, tag, extra_files, profile = onegraph.SHARED
 
 
 def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: int, batch_size: int,

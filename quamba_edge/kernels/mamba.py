@@ -15,7 +15,7 @@ from quamba_edge.kernels import ops, scan_scales
 from quamba_edge.models.mamba import StepLoop
 from quamba_edge.quant.hadamard import factor, small_hadamard
 from quamba_edge.quant.int8 import quantize
-from quamba_edge.quant.qmodels import QMambaMixer, QResidualBlock, QuantizedMambaLM
+from quamba_edge.quant.quamba import QMambaMixer, QResidualBlock, QuantizedMambaLM
 
 
 class _LayerArgs:

@@ -1,4 +1,4 @@
-"""The PyTorch reference of every kernel op: the math of `quamba_edge.quant.qmodels`, op for op.
+"""The PyTorch reference of every kernel op: the math of `quamba_edge.quant.quamba`, op for op.
 
 Registered as the op's CompositeExplicitAutograd kernel, so `torch.ops.quamba_edge.*` runs it on any
 device where no compiled kernel is loaded. It is also the ground truth the CPU twin and the CUDA kernels

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.models.adapool import POOLS, AdaPool, AvgPool, ClsToken, EncoderLayer, MaxPool
+from quamba_edge.models.pooling import POOLS, AdaPool, AvgPool, ClsToken, EncoderLayer, MaxPool
 from quamba_edge.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
 
 

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 QMAX = 127
 QMIN = -128
@@ -78,3 +78,48 @@ def int8_matmul(a: Tensor, b_t: Tensor) -> Tensor:
     if k <= _FP64_EXACT_K:
         return (a.double() @ b_t.double().t()).to(torch.int32)
     raise ValueError(f"int8 matmul with k={k} could overflow int32 accumulation")
+
+
+def scalar_scale() -> Tensor:
+    """A per-tensor scale buffer (0-d fp32), to be filled by calibration."""
+    return torch.ones((), dtype=torch.float32)
+
+
+def weight_scale_buffer(rows: int, granularity: str) -> Tensor:
+    """A weight-scale buffer: (rows, 1) per output channel, else per tensor (0-d)."""
+    return torch.ones(rows, 1) if granularity == "channel" else scalar_scale()
+
+
+class QLinear(nn.Module):
+    """int8 activation x int8 weight -> int32, rescaled; int8 out with `out_scale`, else fp32 out."""
+
+    def __init__(self, in_features: int, out_features: int, *, granularity: str, bias: bool,
+                 int8_output: bool):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", weight_scale_buffer(out_features, granularity))
+        self.register_buffer("in_scale", scalar_scale())
+        self.register_buffer("out_scale", scalar_scale() if int8_output else None)
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @torch.no_grad()
+    def load_float(self, weight_q: Tensor, weight_scale: Tensor, in_scale: Tensor,
+                   out_scale: Tensor | None, bias: Tensor | None = None) -> QLinear:
+        self.weight.copy_(weight_q)
+        self.weight_scale.copy_(weight_scale)
+        self.in_scale.copy_(in_scale)
+        if out_scale is not None:
+            self.out_scale.copy_(out_scale)
+        if bias is not None:
+            self.bias.copy_(bias)
+        return self
+
+    def forward(self, x_q: Tensor) -> Tensor:
+        lead = x_q.shape[:-1]
+        acc = int8_matmul(x_q.reshape(-1, self.in_features), self.weight)  # (m, n) int32
+        y = acc.float() * (self.in_scale * self.weight_scale.reshape(-1))
+        if self.bias is not None:
+            y = y + self.bias
+        y = y.reshape(*lead, self.out_features)
+        return quantize(y, self.out_scale) if self.out_scale is not None else y

@@ -1,7 +1,7 @@
 """The one verb: `quantize(model, config, batches)` applies a recipe config through its handler.
 
 Handlers, by config type: `Fp` returns the model unchanged; `Quamba` calibrates a Mamba LM and builds its
-`QuantizedMambaLM` (quant/calibrate.py); `StaticW8A8` calibrates and swaps every covered Linear/Conv1d for
+`QuantizedMambaLM` (quant/quamba.py); `StaticW8A8` calibrates and swaps every covered Linear/Conv1d for
 its int8 twin (quant/static.py). Each returns the quantized model and the scales the manifest records.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 from torch import nn
 
-from quamba_edge.quant.calibrate import calibrate
+from quamba_edge.quant.quamba import calibrate
 from quamba_edge.quant.recipes import Fp, Quamba, Recipe, StaticW8A8
 from quamba_edge.quant.static import quantize_static
 

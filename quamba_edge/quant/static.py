@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from quamba_edge.models.wav2vec2 import PositionalConv
-from quamba_edge.quant.int8 import int8_matmul, quantize, quantize_weight, scale_from_amax
+from quamba_edge.quant.int8 import QLinear, int8_matmul, quantize, quantize_weight, scale_from_amax
 from quamba_edge.quant.observers import input_amax
-from quamba_edge.quant.qmodels import QLinear
 from quamba_edge.quant.recipes import StaticW8A8
 
 

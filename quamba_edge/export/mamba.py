@@ -34,7 +34,7 @@ from quamba_edge.export.graph import ONNX_DTYPE, GraphBuilder
 from quamba_edge.models.mamba import MambaConfig, MambaLM
 from quamba_edge.quant.hadamard import factor, small_hadamard, sylvester
 from quamba_edge.quant.int8 import dequantize
-from quamba_edge.quant.qmodels import QuantizedMambaLM
+from quamba_edge.quant.quamba import QuantizedMambaLM
 
 GRAPHS = ("prefill", "decode")
 MAX_SYLVESTER_BLOCK = 64

@@ -16,7 +16,8 @@ from onnx import TensorProto
 from quamba_edge import __version__
 from quamba_edge.export.graph import GraphBuilder
 from quamba_edge.export.layers import LayerGraph
-from quamba_edge.models.adapool import AdaPool, SetModel
+from quamba_edge.models.adapool import SetModel
+from quamba_edge.models.pooling import AdaPool
 from quamba_edge.quant.static import is_quantized
 
 

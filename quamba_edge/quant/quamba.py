@@ -1,0 +1,345 @@
+"""Quamba (Chiang et al., 2024) for Mamba-1: the quantized modules (W8A8, static per-tensor activation
+scales) and the handler that calibrates an fp model and builds them.
+
+Each module reads int8 and writes int8 (or fp32 where the contract keeps float), and does integer
+arithmetic where a kernel would: int8 x int8 -> int32 for in_proj / x_proj / dt_proj / out_proj and
+the depthwise conv. The scan runs in fp32 on dequantized inputs (DESIGN.md, "Scan math").
+
+Data flow of one block (q: int8, s: its per-tensor scale):
+
+    h (fp32 residual) -> RMSNorm -> q_in -> in_proj -> q_xz (x and z share s_xz)
+    q_x -> causal conv1d -> SiLU -> q_u (percentile scale in `quamba`)
+    q_u -> x_proj -> q_dbc (dt, B, C share s_dbc);  q_dt -> dt_proj (no bias) -> q_delta
+    scan(q_u, q_delta, q_B, q_C, q_z; int8 A_log, D, delta_bias) -> y (fp32, gated by SiLU(z))
+    y -> y·Mᵀ (Hadamard, `quamba`) -> q_y -> out_proj (weight W·Mᵀ) -> fp32 -> h + out
+
+Calibration leaves the fp model unmodified: every activation Quamba quantizes is the input or output of
+one of the mixer's Linear layers, so forward hooks on those see all of them:
+
+    norm  = in_proj input        xz  = in_proj output          u = x_proj input (percentile)
+    dbc   = x_proj output        delta = dt_proj output - bias  y = out_proj input (rotated: y·Mᵀ)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.models.mamba import MambaConfig, MambaLM, RMSNorm, StepLoop
+from quamba_edge.models.scan import selective_scan
+from quamba_edge.quant.hadamard import factor, hadamard_matrix, rotate
+from quamba_edge.quant.int8 import (
+    QLinear,
+    dequantize,
+    quantize,
+    quantize_weight,
+    scalar_scale,
+    scale_from_amax,
+    weight_scale_buffer,
+)
+from quamba_edge.quant.observers import AbsMaxObserver, PercentileObserver
+from quamba_edge.quant.recipes import Fp, Quamba
+
+# Per-layer activation scales, in data-flow order; the calibration observers use the same names.
+ACTIVATION_POINTS = ("norm", "xz", "u", "dbc", "delta", "y")
+
+
+class QRMSNorm(nn.Module):
+    """RMSNorm in fp32 on the residual stream, output quantized for the next int8 matmul."""
+
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.norm = RMSNorm(d, eps)
+        self.register_buffer("out_scale", scalar_scale())
+
+    def forward(self, h: Tensor) -> Tensor:
+        return quantize(self.norm(h.float()), self.out_scale)
+
+
+class QConv1dSiLU(nn.Module):
+    """Causal depthwise conv over int8 x (with the k-1 previous inputs prepended), SiLU, int8 u."""
+
+    def __init__(self, d: int, k: int, *, granularity: str):
+        super().__init__()
+        self.k = k
+        self.register_buffer("weight", torch.zeros(d, k, dtype=torch.int8))
+        self.register_buffer("weight_scale", weight_scale_buffer(d, granularity))
+        self.register_buffer("bias", torch.zeros(d, dtype=torch.int8))
+        self.register_buffer("bias_scale", scalar_scale())
+        self.register_buffer("in_scale", scalar_scale())
+        self.register_buffer("out_scale", scalar_scale())
+
+    def forward(self, x_q: Tensor) -> Tensor:
+        """x_q (b, d, k-1+l) int8 -> u_q (b, l, d) int8."""
+        windows = x_q.unfold(2, self.k, 1).to(torch.int32)  # (b, d, l, k)
+        acc = (windows * self.weight.to(torch.int32)[:, None, :]).sum(-1)  # (b, d, l), exact
+        y = acc.float() * (self.in_scale * self.weight_scale) + dequantize(self.bias, self.bias_scale)[:, None]
+        return quantize(F.silu(y), self.out_scale).transpose(1, 2)
+
+
+class QSelectiveScan(nn.Module):
+    """The fp32 scan on dequantized int8 inputs, with the SiLU(z) gate; returns y and the new state."""
+
+    def __init__(self, d: int, n: int):
+        super().__init__()
+        for name, shape in (("A_log", (d, n)), ("D", (d,)), ("delta_bias", (d,))):
+            self.register_buffer(name, torch.zeros(shape, dtype=torch.int8))
+            self.register_buffer(f"{name}_scale", scalar_scale())
+        for name in ("u_scale", "delta_scale", "dbc_scale", "z_scale"):
+            self.register_buffer(name, scalar_scale())
+
+    def forward(self, u_q: Tensor, delta_q: Tensor, B_q: Tensor, C_q: Tensor, z_q: Tensor,
+                ssm_state: Tensor) -> tuple[Tensor, Tensor]:
+        delta = F.softplus(dequantize(delta_q, self.delta_scale) + dequantize(self.delta_bias, self.delta_bias_scale))
+        A = -torch.exp(dequantize(self.A_log, self.A_log_scale))
+        u = dequantize(u_q, self.u_scale)
+        y, state = selective_scan(
+            u, delta, A, dequantize(B_q, self.dbc_scale), dequantize(C_q, self.dbc_scale),
+            dequantize(self.D, self.D_scale), ssm_state,
+        )
+        return y * F.silu(dequantize(z_q, self.z_scale)), state
+
+
+class QHadamardQuant(nn.Module):
+    """y -> y·Mᵀ (when rotating) -> int8: the online half of Quamba's output rotation."""
+
+    def __init__(self, d: int, rotate_output: bool):
+        super().__init__()
+        self.d, self.rotate_output = d, rotate_output
+        self.register_buffer("out_scale", scalar_scale())
+
+    def forward(self, y: Tensor) -> Tensor:
+        return quantize(rotate(y, self.d) if self.rotate_output else y, self.out_scale)
+
+
+class QMambaMixer(nn.Module):
+    def __init__(self, cfg: MambaConfig, recipe: Quamba):
+        super().__init__()
+        self.cfg = cfg
+        d, g = cfg.d_inner, recipe.weight_granularity
+        self.in_proj = QLinear(cfg.d_model, 2 * d, granularity=g, bias=cfg.proj_bias, int8_output=True)
+        self.conv1d = QConv1dSiLU(d, cfg.d_conv, granularity=g)
+        self.x_proj = QLinear(d, cfg.rank + 2 * cfg.d_state, granularity=g, bias=False, int8_output=True)
+        self.dt_proj = QLinear(cfg.rank, d, granularity=g, bias=False, int8_output=True)
+        self.scan = QSelectiveScan(d, cfg.d_state)
+        self.rotate = QHadamardQuant(d, recipe.hadamard)
+        self.out_proj = QLinear(d, cfg.d_model, granularity=g, bias=cfg.proj_bias, int8_output=False)
+
+    def forward(self, x_q: Tensor, conv_state: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x_q (b, l, d_model) int8; conv_state (b, d, k-1) int8; ssm_state (b, d, n) fp32."""
+        cfg = self.cfg
+        xz_q = self.in_proj(x_q)
+        x_q, z_q = xz_q.chunk(2, dim=-1)
+        x_padded = torch.cat([conv_state, x_q.transpose(1, 2)], dim=2)
+        new_conv_state = x_padded[:, :, x_padded.shape[2] - (cfg.d_conv - 1) :]
+        u_q = self.conv1d(x_padded)
+        dbc_q = self.x_proj(u_q)
+        dt_q, B_q, C_q = dbc_q.split([cfg.rank, cfg.d_state, cfg.d_state], dim=-1)
+        delta_q = self.dt_proj(dt_q)
+        y, new_ssm_state = self.scan(u_q, delta_q, B_q, C_q, z_q, ssm_state)
+        return self.out_proj(self.rotate(y)), new_conv_state, new_ssm_state
+
+
+class QResidualBlock(nn.Module):
+    def __init__(self, cfg: MambaConfig, recipe: Quamba):
+        super().__init__()
+        self.norm = QRMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = QMambaMixer(cfg, recipe)
+
+    def forward(self, h: Tensor, conv_state: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out, conv_state, ssm_state = self.mixer(self.norm(h), conv_state, ssm_state)
+        return h + out, conv_state, ssm_state
+
+
+class QuantizedMambaLM(StepLoop, nn.Module):
+    """Same interface as `MambaLM` (`step`, `forward`, `empty_state`); the conv state is int8 here."""
+
+    def __init__(self, cfg: MambaConfig, recipe: Quamba):
+        super().__init__()
+        self.cfg, self.recipe = cfg, recipe
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(QResidualBlock(cfg, recipe) for _ in range(cfg.n_layer))
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.head = (QLinear(cfg.d_model, cfg.vocab_size, granularity="channel", bias=False, int8_output=False)
+                     if recipe.int8_head else None)
+
+    def empty_state(self, batch: int, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+        cfg = self.cfg
+        device = self.embedding.weight.device
+        conv = torch.zeros(cfg.n_layer, batch, cfg.d_inner, cfg.d_conv - 1, dtype=torch.int8, device=device)
+        ssm = torch.zeros(cfg.n_layer, batch, cfg.d_inner, cfg.d_state, dtype=torch.float32, device=device)
+        return conv, ssm
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        return self.embedding(input_ids).float()
+
+    def blocks(self):
+        return self.layers
+
+    def logits(self, h: Tensor) -> Tensor:
+        """Final norm and head on the residual stream (b, l, d_model)."""
+        normed = self.norm_f(h)
+        if self.head is not None:  # --int8-head: per-channel int8 copy of the tied matrix
+            return self.head(quantize(normed, self.head.in_scale))
+        return F.linear(normed, self.embedding.weight)  # lm_head tied, fp32
+
+    def state_dict_for_save(self) -> dict[str, Tensor]:
+        return {k: v.contiguous() for k, v in self.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------ the Quamba handler
+
+
+@dataclass
+class CalibrationResult:
+    scales: list[dict[str, float]]  # per layer: activation point -> scale
+    head_scale: float | None = None  # input of the int8 lm_head (recipe.int8_head only)
+
+
+def _check_finite(x: Tensor, layer: int, point: str, batch: int) -> None:
+    if not torch.isfinite(x).all():
+        bad = "NaN" if torch.isnan(x).any() else "Inf"
+        raise QuambaEdgeError(
+            f"{bad} in layer {layer}, tensor '{point}', during calibration batch {batch}. The fp model "
+            "itself produces it: check the checkpoint (try `quamba-edge eval` with --recipe fp) or the data."
+        )
+
+
+def observe_activations(
+    model: MambaLM, batches: Iterable[Tensor], recipe: Quamba,
+    on_batch: Callable[[int], None] | None = None,
+) -> CalibrationResult:
+    """Run the fp model over `batches` (each (b, l) token ids) and return one scale per quant point."""
+    layers = list(model.backbone.layers)
+    d_inner = model.cfg.d_inner
+    if recipe.hadamard:
+        factor(d_inner)  # fail before the long pass if no rotation exists for this width
+    observers = []
+    for _ in layers:
+        obs = {p: AbsMaxObserver() for p in ACTIVATION_POINTS}
+        if recipe.percentile is not None:
+            obs["u"] = PercentileObserver(recipe.percentile)
+        observers.append(obs)
+    state = {"batch": 0}
+    handles = []
+
+    def record(layer: int, point: str, x: Tensor) -> None:
+        _check_finite(x, layer, point, state["batch"])
+        obs = observers[layer][point]
+        if isinstance(obs, PercentileObserver):
+            for sample in x:  # per sample, as the paper does
+                obs.observe(sample)
+        else:
+            obs.observe(x)
+
+    for i, layer in enumerate(layers):
+        mixer = layer.mixer
+
+        def hook_in_proj(_m, inp, out, i=i):
+            record(i, "norm", inp[0])
+            record(i, "xz", out)
+
+        def hook_x_proj(_m, inp, out, i=i):
+            record(i, "u", inp[0])
+            record(i, "dbc", out)
+
+        def hook_dt_proj(m, _inp, out, i=i):
+            record(i, "delta", out - m.bias)
+
+        def hook_out_proj(_m, inp, _out, i=i):
+            y = inp[0]
+            record(i, "y", rotate(y, d_inner) if recipe.hadamard else y)
+
+        handles += [
+            mixer.in_proj.register_forward_hook(hook_in_proj),
+            mixer.x_proj.register_forward_hook(hook_x_proj),
+            mixer.dt_proj.register_forward_hook(hook_dt_proj),
+            mixer.out_proj.register_forward_hook(hook_out_proj),
+        ]
+    head_observer = AbsMaxObserver() if recipe.int8_head else None
+    if head_observer is not None:
+        def hook_norm_f(_m, _inp, out):
+            _check_finite(out, len(layers), "head", state["batch"])
+            head_observer.observe(out)
+
+        handles.append(model.backbone.norm_f.register_forward_hook(hook_norm_f))
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+                state["batch"] += 1
+                if on_batch:
+                    on_batch(batch.shape[0])
+    finally:
+        for h in handles:
+            h.remove()
+    if state["batch"] == 0:
+        raise QuambaEdgeError("calibration got no data: pass at least one sample (--samples 1 or more).")
+    return CalibrationResult([{p: float(o.scale()) for p, o in obs.items()} for obs in observers],
+                             float(head_observer.scale()) if head_observer is not None else None)
+
+
+@torch.no_grad()
+def build_quantized(model: MambaLM, calib: CalibrationResult, recipe: Quamba) -> QuantizedMambaLM:
+    """Quantize weights and install the calibrated scales: the offline half of every recipe."""
+    cfg, g = model.cfg, recipe.weight_granularity
+    qm = QuantizedMambaLM(cfg, recipe)
+    qm.embedding.weight.copy_(model.backbone.embedding.weight.float())
+    qm.norm_f.weight.copy_(model.backbone.norm_f.weight.float())
+    if recipe.int8_head:
+        w_q, w_s = quantize_weight(model.backbone.embedding.weight, "channel")
+        qm.head.load_float(w_q, w_s, torch.tensor(calib.head_scale), None)
+    M = hadamard_matrix(cfg.d_inner) if recipe.hadamard else None
+    for layer, qlayer, s in zip(model.backbone.layers, qm.layers, calib.scales):
+        fp, q = layer.mixer, qlayer.mixer
+        sc = {k: torch.tensor(v) for k, v in s.items()}
+        qlayer.norm.norm.weight.copy_(layer.norm.weight.float())
+        qlayer.norm.out_scale.copy_(sc["norm"])
+
+        def lin(qlin, weight, in_s, out_s, bias=None):
+            w_q, w_s = quantize_weight(weight, g)
+            qlin.load_float(w_q, w_s, in_s, out_s, None if bias is None else bias.float())
+
+        lin(q.in_proj, fp.in_proj.weight, sc["norm"], sc["xz"], fp.in_proj.bias)
+        w_q, w_s = quantize_weight(fp.conv1d.weight.reshape(cfg.d_inner, cfg.d_conv), g)
+        q.conv1d.weight.copy_(w_q)
+        q.conv1d.weight_scale.copy_(w_s)
+        bias = fp.conv1d.bias if fp.conv1d.bias is not None else torch.zeros(cfg.d_inner)
+        b_s = scale_from_amax(bias.abs().max())
+        q.conv1d.bias.copy_(quantize(bias, b_s))
+        q.conv1d.bias_scale.copy_(b_s)
+        q.conv1d.in_scale.copy_(sc["xz"])
+        q.conv1d.out_scale.copy_(sc["u"])
+        lin(q.x_proj, fp.x_proj.weight, sc["u"], sc["dbc"])
+        lin(q.dt_proj, fp.dt_proj.weight, sc["dbc"], sc["delta"])  # bias moves into the scan
+        for name, tensor in (("A_log", fp.A_log), ("D", fp.D), ("delta_bias", fp.dt_proj.bias)):
+            t_s = scale_from_amax(tensor.detach().abs().max())
+            getattr(q.scan, name).copy_(quantize(tensor.detach(), t_s))
+            getattr(q.scan, f"{name}_scale").copy_(t_s)
+        q.scan.u_scale.copy_(sc["u"])
+        q.scan.delta_scale.copy_(sc["delta"])
+        q.scan.dbc_scale.copy_(sc["dbc"])
+        q.scan.z_scale.copy_(sc["xz"])
+        q.rotate.out_scale.copy_(sc["y"])
+        w_out = fp.out_proj.weight.float()
+        if M is not None:
+            w_out = w_out @ M.T  # W·Mᵀ, so that (y·Mᵀ)(W·Mᵀ)ᵀ = y·Wᵀ
+        lin(q.out_proj, w_out, sc["y"], None, fp.out_proj.bias)
+    return qm.eval()
+
+
+def calibrate(
+    model: MambaLM, batches: Iterable[Tensor], recipe: Quamba | Fp,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[QuantizedMambaLM | MambaLM, CalibrationResult | None]:
+    """The Quamba handler: calibrate on `batches` (token ids (b, l)) and build the quantized model (an `Fp`
+    config returns the model itself, uncalibrated)."""
+    if not recipe.quantize:
+        return model, None
+    calib = observe_activations(model, batches, recipe, on_batch)
+    return build_quantized(model, calib, recipe), calib
