@@ -27,7 +27,8 @@ from quamba_edge import __version__
 from quamba_edge.errors import QuambaEdgeError
 
 app = typer.Typer(
-    help="Quamba W8A8 for Mamba: calibrate a checkpoint to int8, measure its quality, deploy it.",
+    help="int8 for Mamba (the Quamba recipe), wav2vec 2.0 keyword spotters and AdaPool set models: calibrate a "
+         "checkpoint, measure its quality, build an engine (ONNX Runtime, TensorRT), benchmark it.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 console = Console()
@@ -40,7 +41,7 @@ def user_errors():
     try:
         yield
     except QuambaEdgeError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -93,8 +94,10 @@ def calibrate(
 ):
     """Calibrate a checkpoint and write an int8 artifact (manifest.json + weights.safetensors).
 
-    The model family comes from the checkpoint: Mamba (text calibration, the recipes below) or a set
-    model with AdaPool or another pooling (--data SETS.npz; static per-tensor W8A8 of every linear layer).
+    The model family comes from the checkpoint: Mamba (text calibration, the recipes below); a keyword
+    spotter (--data: a directory of WAV files, or `default` for the synthetic keywords; static W8A8 of
+    every linear and conv layer); or a set model (--data SETS.npz; static W8A8 of every linear layer).
+    For the last two, naive and quamba both mean static W8A8 (Quamba's switches are Mamba's).
     """
     from quamba_edge import pipeline
     from quamba_edge.quant.recipes import check_name
@@ -191,7 +194,7 @@ def generate(
         start = time.perf_counter()
         out = generate_tokens(loaded.model, ids, max_new_tokens, temperature, seed)
         seconds = time.perf_counter() - start
-    console.print(f"[bold]{prompt}[/]{tokenizer.decode(out)}", highlight=False)
+    console.print(f"[bold]{escape(prompt)}[/]{escape(tokenizer.decode(out))}", highlight=False)
     err_console.print(f"[dim]{len(out)} tokens in {seconds:.2f} s ({loaded.label})[/]")
 
 
@@ -203,9 +206,10 @@ def build_engine_cmd(
                                              "(orin-nano-8gb, ...).")] = "cpu",
     precision: Annotated[str | None, typer.Option(help="fp32 | fp16 for fp models; int8 artifacts stay int8.")] = None,
     out: Annotated[Path, typer.Option(help="Engine directory to write.")] = Path("out/engine"),
-    max_prompt: Annotated[int, typer.Option(min=1, help="Longest prompt the engine accepts (TensorRT "
+    max_prompt: Annotated[int, typer.Option(min=1, help="Mamba: longest prompt the engine accepts (its "
                                                         "profile).")] = 2048,
-    max_batch: Annotated[int, typer.Option(min=1, help="Largest batch the engine accepts (TensorRT profile).")] = 8,
+    max_batch: Annotated[int, typer.Option(min=1, help="Largest batch (a TensorRT profile; Mamba engines "
+                                                       "hold to it on ONNX Runtime too).")] = 8,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for the parity check.")] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="Print build.json instead of tables.")] = False,
     plugins: Annotated[str, typer.Option(help="TensorRT int8: auto | on | off. On: each layer's conv and scan run "
@@ -214,11 +218,12 @@ def build_engine_cmd(
     max_clip_s: Annotated[float, typer.Option(min=0.01, help="Speech models: longest clip (seconds) the engine "
                                                              "accepts.")] = 2.0,
 ):
-    """Export the prefill and decode graphs, build the engine, and check it against PyTorch.
+    """Export the model's graphs, build the engine, and check it against PyTorch.
 
-    The engine directory holds prefill.onnx and decode.onnx (plus TensorRT plans for --backend
-    tensorrt) and build.json with versions, checksums and the parity figures. A build whose outputs
-    disagree with the PyTorch reference beyond DESIGN.md's tolerances fails and writes nothing.
+    Mamba has two graphs (prefill.onnx, decode.onnx), keyword spotters and set models one (model.onnx);
+    --backend tensorrt adds TensorRT plans. build.json records versions, checksums and the parity
+    figures. A build whose outputs disagree with the PyTorch reference beyond the parity tolerances
+    (fp32 1e-5, fp16 1e-3, int8 layer by layer) fails and writes nothing.
     """
     from quamba_edge.engine import build_engine
 
@@ -313,13 +318,17 @@ def bench(
     report.print_measurements(console, measured)
     results = [row for row, _ in measured]
     checks_passed = report.print_checks(console, results)
+    if check and len(results) < 2:
+        console.print("[yellow]--check compares systems with the first one; pass two or more systems.[/]")
     report.write_json(json_path, {"results": results, "machine": report.machine(device)})
+    if json_path:
+        console.print(f"wrote {json_path}")
     curves = [r for r in results if "tpot_curve_ms" in r]
     if plot and curves:
         report.plot_tpot(curves, plot)
         console.print(f"wrote {plot}")
     elif plot:
-        console.print("[yellow]no plot[/]: --plot draws per-token latency, which set models do not have")
+        console.print("[yellow]no plot[/]: --plot draws per-token latency, which only generating (Mamba) models have")
     if not checks_passed:
         raise typer.Exit(1)
 
@@ -350,7 +359,7 @@ def spot(
         for col in ("file", "keyword", "confidence", "seconds", "error"):
             table.add_column(col, overflow="fold")
         for r in results:
-            table.add_row(r.file, r.keyword or "-", f"{r.confidence:.2f}" if r.confidence is not None else "-",
+            table.add_row(escape(r.file), r.keyword or "-", f"{r.confidence:.2f}" if r.confidence is not None else "-",
                           f"{r.seconds:.2f}" if r.seconds is not None else "-", escape(r.error or ""))
         console.print(table)
     if any(r.error for r in results):

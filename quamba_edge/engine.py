@@ -14,6 +14,7 @@ passed, so a failed build never replaces a good engine.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
@@ -156,8 +157,15 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
             "plugins": {"library": str(plugin_lib), "sha256": sha256_file(plugin_lib)} if plugin_lib else None,
             "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         }
+        build["build_sha256"] = _digest(build)
         atomic_write_json(tmp / BUILD_JSON, build)
     return build
+
+
+def _digest(build: dict) -> str:
+    """sha256 of build.json's content without this field: an edited or damaged build.json is caught on load."""
+    body = json.dumps({k: v for k, v in build.items() if k != "build_sha256"}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def _versions(backend: str) -> dict:
@@ -234,9 +242,14 @@ def load_engine(directory: Path) -> Engine:
             f"Engines are rebuilt, not migrated. Fix: `quamba-edge build-engine {build.get('source', 'ARTIFACT')} "
             f"--out {directory}` with this version."
         )
+    rebuild = f"Fix: rebuild it: `quamba-edge build-engine {build.get('source', 'ARTIFACT')} --out {directory}`."
+    if build.get("build_sha256") != _digest(build):
+        raise QuambaEdgeError(f"{path} was changed after the build (its own sha256 does not match). {rebuild}")
+    if not build.get("parity", {}).get("passed"):
+        raise QuambaEdgeError(f"{directory} did not pass its parity check, so its outputs cannot be trusted. "
+                              f"{rebuild}")
     for name, digest in build.get("files", {}).items():
         f = directory / name
         if not f.exists() or sha256_file(f) != digest:
-            raise QuambaEdgeError(f"{f} is missing or was changed after the build (sha256 mismatch). "
-                                  "Fix: rebuild the engine.")
+            raise QuambaEdgeError(f"{f} is missing or was changed after the build (sha256 mismatch). {rebuild}")
     return Engine(directory, build)

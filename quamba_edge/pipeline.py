@@ -23,6 +23,8 @@ def calibrate(
     """
     loaded = load(model_spec)
     family = loaded.family
+    # local paths are recorded absolute, so that the rebuild command an old artifact's error names works anywhere
+    model_spec, data = _absolute(model_spec), _absolute(data)
     recipe = family.quant_config(recipe, **switches)
     model, calibration, scales = loaded.model, None, None
     if recipe.quantize:
@@ -32,6 +34,12 @@ def calibrate(
                         source={"model": str(model_spec), "directory": str(loaded.directory)},
                         extra_files=family.extra_files(loaded.directory))
     return out, read_manifest(out)
+
+
+def _absolute(spec: str | Path) -> str:
+    """A local path made absolute; `default`, `default-heldout` and hub ids as given."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if str(spec) not in ("default", "default-heldout") and path.exists() else str(spec)
 
 
 def evaluate(loaded: Loaded, data: str, seq_len: int, max_samples: int | None, batch_size: int = 8,

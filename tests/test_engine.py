@@ -145,3 +145,21 @@ def test_a_tensorrt_plan_refuses_another_gpu_or_version(tmp_path):
         check_plan_compatible(meta, "10.7.0", "8.7", tmp_path / "decode.plan")
     with pytest.raises(QuambaEdgeError, match="compute capability 8.7; this GPU is 9.0.*rebuild"):
         check_plan_compatible(meta, "10.3.0", "9.0", tmp_path / "decode.plan")
+
+
+def test_an_edited_build_json_or_a_failed_parity_is_refused(int8_engine, tmp_path):
+    """build.json carries its own sha256: a hand-edited precision is caught, and so is an engine whose recorded
+    parity check failed; both errors name the build-engine command that rebuilds it."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(int8_engine, copy)
+    build = json.loads((copy / "build.json").read_text())
+    (copy / "build.json").write_text(json.dumps({**build, "precision": "fp32"}))
+    with pytest.raises(QuambaEdgeError, match="changed after the build.*quamba-edge build-engine"):
+        load_engine(copy)
+    failed = {**build, "parity": {**build["parity"], "passed": False}}
+    failed["build_sha256"] = engine_mod._digest(failed)
+    (copy / "build.json").write_text(json.dumps(failed))
+    with pytest.raises(QuambaEdgeError, match="did not pass its parity check"):
+        load_engine(copy)

@@ -151,3 +151,10 @@ def test_measure_refuses_zero_repeats():
 
     with pytest.raises(QuambaEdgeError, match="--repeats must be at least 1"):
         measure(None, None, repeats=0, threads=1)
+
+
+def test_brackets_in_prompts_paths_and_errors_are_text_not_markup(tmp_path):
+    res = _run("generate", "default", "--prompt", "bad [/] close [bold]x[/bold]", "--max-new-tokens", 2)
+    assert res.exit_code == 0 and "bad [/] close [bold]x[/bold]" in res.output
+    res = _run("eval", tmp_path / "br[x]" / "nope")
+    assert res.exit_code == 2 and "br[x]" in res.output and "Traceback" not in res.output

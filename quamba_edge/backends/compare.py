@@ -23,6 +23,10 @@ from quamba_edge.backends.base import System
 from quamba_edge.errors import QuambaEdgeError
 
 TOLERANCE = {"fp32": 1e-5, "fp16": 1e-3, "int8": 5e-2}
+# bench --check, int8 against int8 end to end: rounding ties resolved differently cascade through the layers
+# (a few percent on the logits of a 24-layer model after 33 tokens), while a wrong scale, rotation or layout
+# is off by order 1, so this catches a broken engine without failing a sound one.
+INT8_END_TO_END = 0.1
 LAYER_TOLERANCE = 1e-2
 INT8_MAX_STEP = 1
 INT8_MAX_MISMATCH = 0.005
@@ -115,10 +119,10 @@ def check(system: System | dict, cases: Iterable[Case], precision: str,
 
 def check_against(first: System, other: System, outputs: Callable[[System], dict]) -> ParityReport:
     """`bench --check`: `other`'s outputs against `first`'s on the same inputs (`outputs(system)` runs them).
-    Judged at the fp tolerance when both compute in the same float precision; int8 or mixed precisions are
-    recorded, not judged (int8 rounding ties cascade end to end, and fp32 vs int8 differ by design)."""
-    same = first.precision == other.precision and other.precision in ("fp32", "fp16")
-    tolerance = TOLERANCE[other.precision] if same else None
+    Judged when both compute in the same precision (fp32, fp16: their parity tolerance; int8: INT8_END_TO_END);
+    systems of different precisions are recorded, not judged (fp32 and int8 differ by design)."""
+    same = first.precision == other.precision
+    tolerance = (INT8_END_TO_END if other.precision == "int8" else TOLERANCE[other.precision]) if same else None
     reference = outputs(first)
     name = f"{other.label} vs {first.label}"
     case = Case(name, None, None, lambda out: [compare(name, k, out[k], ref, tolerance)

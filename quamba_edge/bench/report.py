@@ -8,6 +8,7 @@ import platform
 import time
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from quamba_edge import __version__
@@ -80,12 +81,12 @@ def print_checks(console, rows: list[dict]) -> bool:
     checked = [r for r in rows if "check" in r]
     if not checked:
         return True
-    table = Table(title=f"outputs against {checked[0]['check']['against']} on the same inputs")
+    table = Table(title=f"outputs against {escape(checked[0]['check']['against'])} on the same inputs")
     for col in ("system", "worst tensor", "rel. error", "tolerance", "result"):
         table.add_column(col, justify="left" if col in ("system", "worst tensor", "result") else "right")
     for r in checked:
         c = r["check"]
-        result = ("pass" if c["passed"] else "[red]FAIL[/]") if c["judged"] else "recorded (int8 or mixed precision)"
+        result = ("pass" if c["passed"] else "[red]FAIL[/]") if c["judged"] else "recorded (different precisions)"
         error = "-" if c["worst_rel_error"] is None else f"{c['worst_rel_error']:.2e}"
         table.add_row(r["system"], c["worst_tensor"], error, f"{c['tolerance']:g}" if c["tolerance"] else "-", result)
     console.print(table)
@@ -117,14 +118,13 @@ def print_measurements(console, measured: list[tuple[dict, object]]) -> None:
         rows, work = [r for r, _ in items], items[0][1]
         first = rows[0]
         power = all("avg_power_w" in r for r in rows)
-        columns = [Column("system", "system"), *work.columns, Column("RSS MiB", "rss_mb", "{:.0f}"),
+        columns = [Column("system", "system"), *work.columns, Column("process RSS MiB", "rss_mb", "{:.0f}"),
                    Column("vs first", work.speed_key, lambda r, f=first, k=work.speed_key: f"{r[k] / f[k]:.2f}x")]
         if power:
             columns += [Column("board W", "avg_power_w", "{:.2f}"), *work.energy_columns]
         table = Table(title=f"{title}, {first['threads']} thread(s), median of {first['repeats']}")
-        for col in columns:
-            table.add_column(col.header, justify="left" if col.key == "system" else "right",
-                             no_wrap=col.key in ("system", "tpot_ms"))
+        for col in columns:  # fold, never cut: a number shortened to "52…" is worse than one on two lines
+            table.add_column(col.header, justify="left" if col.key == "system" else "right", overflow="fold")
         for r in rows:
             table.add_row(*(col.cell(r) for col in columns))
         console.print(table)

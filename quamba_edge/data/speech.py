@@ -86,7 +86,7 @@ def read_wav(
     """
     path = Path(path)
     if not path.exists():
-        raise QuambaEdgeError(f"{path}: no such file. Fix: check the path, or build the speech cache. {_BUILD_FIX}")
+        raise QuambaEdgeError(f"{path}: no such file. Fix: check the path.")
     if path.is_dir():
         raise QuambaEdgeError(f"{path} is a directory, not a WAV file. Fix: pass the path of a .wav file.")
     if path.stat().st_size == 0:
@@ -101,8 +101,8 @@ def read_wav(
     if channels > 1:
         if not mix_to_mono:
             raise QuambaEdgeError(
-                f"{path} has {channels} channels; speech models here take mono. Fix: pass mix_to_mono=True to "
-                f"average the channels, or convert it with `sox {path} -c 1 mono.wav`."
+                f"{path} has {channels} channels; speech models here take mono. Fix: average the channels "
+                f"(`spot --mix-to-mono`, or mix_to_mono=True in Python), or convert it with `sox {path} -c 1 mono.wav`."
             )
         audio = audio.mean(axis=1, dtype=np.float64).astype(np.float32)
     else:
@@ -117,15 +117,20 @@ def read_wav(
 
 
 def _decode(path: Path) -> tuple[np.ndarray, int]:
-    """libsndfile's samples (frames, channels) float32 and the rate; its every failure as our error."""
+    """libsndfile's samples (frames, channels) float32 and the rate; its every failure as our error. A WAV
+    whose data chunk declares more bytes than the file holds (a cut download) is refused: libsndfile would
+    return the part that is there, and a keyword cut in half is a wrong answer, not a short clip."""
     import soundfile
 
     try:
         with soundfile.SoundFile(str(path)) as f:
             rate, channels, subtype, kind = f.samplerate, f.channels, f.subtype, f.format
             audio = f.read(dtype="float32", always_2d=True)
-        if audio.shape[0] == 0 and kind in ("WAV", "WAVEX"):
-            audio = _unsized_data_chunk(path, subtype, channels, rate, soundfile)
+        data = _data_chunk(path) if kind in ("WAV", "WAVEX") else None
+        if data is not None and data[1] == 0 and audio.shape[0] == 0:
+            payload = path.read_bytes()[data[0] :]  # unsized: decode the rest of the file as headerless audio
+            audio = soundfile.read(io.BytesIO(payload), format="RAW", subtype=subtype, channels=channels,
+                                   samplerate=rate, endian="LITTLE", dtype="float32", always_2d=True)[0]
     except Exception as exc:  # LibsndfileError, RuntimeError, TypeError...: every one is about this file
         reason = getattr(exc, "error_string", None) or str(exc)
         raise QuambaEdgeError(
@@ -133,27 +138,30 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
             "malformed header. Fix: re-create or re-download it; if another player reads it, convert it with "
             f"`sox {path} -b 16 -e signed-integer fixed.wav`."
         ) from exc
+    if data is not None and data[1] not in (0, 0xFFFFFFFF) and data[0] + data[1] > path.stat().st_size:
+        held = path.stat().st_size - data[0]
+        raise QuambaEdgeError(f"{path} is cut short: its data chunk declares {data[1]:,} bytes but the file holds "
+                              f"{held:,} ({held / max(data[1], 1):.0%}). Fix: download or copy it again.")
     if rate <= 0:
         raise QuambaEdgeError(f"{path} has a broken header ({rate} Hz). Fix: re-create it.")
     return audio, rate
 
 
-def _unsized_data_chunk(path: Path, subtype: str, channels: int, rate: int, soundfile) -> np.ndarray:
-    """The samples after a `data` chunk header that declares 0 bytes (a WAV streamed to a pipe, or
-    a recording cut off before its header was finalised): libsndfile reads none, sox reads them with
-    --ignore-length; we decode the rest of the file as headerless audio of the header's format."""
-    raw = path.read_bytes()
-    pos = 12  # after "RIFF" <size> "WAVE"
-    while pos + 8 <= len(raw):
-        chunk, size = raw[pos : pos + 4], int.from_bytes(raw[pos + 4 : pos + 8], "little")
-        if chunk == b"data":
-            if size != 0 or pos + 8 >= len(raw):
-                break
-            payload = raw[pos + 8 :]
-            return soundfile.read(io.BytesIO(payload), format="RAW", subtype=subtype, channels=channels,
-                                  samplerate=rate, endian="LITTLE", dtype="float32", always_2d=True)[0]
-        pos += 8 + size + (size & 1)
-    return np.zeros((0, channels), np.float32)
+def _data_chunk(path: Path) -> tuple[int, int] | None:
+    """(offset of the samples, declared byte size) of a RIFF/WAVE file's `data` chunk, read from the chunk
+    headers only. A size of 0 is a recorder that never finalised its header (libsndfile then reads no
+    samples, sox reads them with --ignore-length: so do we); 0xFFFFFFFF is a stream's "to the end"."""
+    with open(path, "rb") as f:
+        size_total = path.stat().st_size
+        pos = 12  # after "RIFF" <size> "WAVE"
+        while pos + 8 <= size_total:
+            f.seek(pos)
+            header = f.read(8)
+            chunk, size = header[:4], int.from_bytes(header[4:8], "little")
+            if chunk == b"data":
+                return pos + 8, size
+            pos += 8 + size + (size & 1)
+    return None
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

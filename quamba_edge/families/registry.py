@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from quamba_edge.artifact import MANIFEST, is_artifact, load_weights, read_manifest
@@ -34,14 +35,18 @@ def detect(directory: Path) -> Family:
 
 def load(spec: str | Path) -> Loaded:
     """An artifact directory (manifest.json) or a checkpoint (`default`, a directory, a hub id), loaded once."""
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if str(spec) != "default" and path.is_dir() and (is_artifact(path) or (path / MANIFEST).exists()):
         manifest = read_manifest(path)  # a broken manifest gets its own error
         family = by_name(manifest.get("family"), str(path))
         recipe = recipes.from_dict(manifest["recipe"])
         model = family.structure(family.config(manifest["model_config"]), recipe, manifest)
         load_weights(model, path)
-        return Loaded(family, model.eval(), recipe, path, manifest)
-    directory = resolve_model_dir(spec)
+        return Loaded(family, model.eval(), recipe, path.resolve(), manifest)
+    if path.is_dir() and (path / "build.json").exists():
+        source = json.loads((path / "build.json").read_text()).get("source", "the artifact it was built from")
+        raise QuambaEdgeError(f"{path} is an engine (build-engine's output); this command takes a checkpoint or an "
+                              f"artifact. Fix: pass {source} (what it was built from), or bench the engine.")
+    directory = resolve_model_dir(spec).resolve()
     family = detect(directory)
     return Loaded(family, family.load_checkpoint(directory).eval(), recipes.Fp(), directory)
