@@ -6,7 +6,7 @@ export QUAMBA_EDGE_CACHE ?= $(CURDIR)/.cache
 # Torch threads for the demo and the quality table (benchmarks that time things use one thread).
 THREADS ?= 2
 
-.PHONY: venv corpus demo test lint quality peers-wheel bench-cpu bench-peers bench-kernels bench-adapool speech pretrain kws bench-speech trt-plugins jetson-image jetson-bench clean
+.PHONY: venv corpus demo test lint quality peers-wheel bench-cpu bench-peers bench-kernels bench-scale bench-adapool speech pretrain kws bench-speech trt-plugins jetson-image jetson-bench clean
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -71,6 +71,12 @@ bench-peers: corpus peers-wheel
 
 # The csrc/ kernels: each op's CPU twin against the PyTorch reference, and the bundled model end to end on
 # them (needs out/quamba from `make demo`). On a GPU machine: bash benchmarks/gpu_check.sh.
+# The public Mamba shapes (random weights) through calibrate, build-engine and bench, with each stage's peak
+# memory (benchmarks/results/scale.json). Hours at 2.8b on 2 cores; SCALE_SHAPES picks a subset.
+SCALE_SHAPES ?= mamba-130m mamba-370m mamba-790m mamba-1.4b mamba-2.8b
+bench-scale: corpus
+	$(BIN)/python benchmarks/scale.py --shapes $(SCALE_SHAPES) --out benchmarks/results/scale.json
+
 bench-kernels: venv
 	$(BIN)/python benchmarks/kernels.py --device cpu --repeats 5 --artifact out/quamba \
 		--out benchmarks/results/kernels-cpu.json

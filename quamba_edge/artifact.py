@@ -62,15 +62,15 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 def save_artifact(
     model: torch.nn.Module, out_dir: Path, *, family: str, recipe: Recipe, source: dict,
     calibration: dict | None = None, scales: list[dict[str, float]] | None = None,
-    extra_files: list[Path] = (),
+    extra_files: dict[str, Path] | None = None,
 ) -> Path:
     """Write the artifact to `out_dir` atomically; an existing artifact there is replaced. `model.cfg` must
     have `to_dict()`; `family` is the registry's name for it."""
     out_dir = Path(out_dir).resolve()
     with staged_dir(out_dir, ours=is_artifact, what="a quamba-edge artifact") as tmp:
         save_file(_weights_of(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
-        for f in extra_files:
-            shutil.copy(f, tmp / Path(f).name)
+        for name, original in (extra_files or {}).items():  # e.g. {"tokenizer.json": the tokenizer used}
+            shutil.copy(original, tmp / name)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         manifest = {
             "format_version": FORMAT_VERSION,

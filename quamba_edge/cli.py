@@ -63,6 +63,10 @@ ModelArg = Annotated[
     str, typer.Option("--model", "-m", help="`default` (bundled), a checkpoint directory, or a hub id.")
 ]
 Threads = Annotated[int, typer.Option(min=0, help="CPU threads for torch (0: torch's default).")]
+TokenizerOpt = Annotated[str | None, typer.Option(
+    "--tokenizer", help="Mamba: a tokenizer.json, a directory holding one, or a hub id (the state-spaces/mamba-* "
+                        "checkpoints use EleutherAI/gpt-neox-20b, which their repositories do not carry). "
+                        "Default: the checkpoint's or artifact's own tokenizer.json, else bytes.")]
 
 
 @app.command()
@@ -91,6 +95,7 @@ def calibrate(
     out: Annotated[Path, typer.Option(help="Artifact directory to write.")] = Path("out/quamba"),
     threads: Threads = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON instead of tables.")] = False,
+    tokenizer: TokenizerOpt = None,
 ):
     """Calibrate a checkpoint and write an int8 artifact (manifest.json + weights.safetensors).
 
@@ -111,7 +116,8 @@ def calibrate(
             path, manifest = pipeline.calibrate(
                 model, recipe, data, samples, seq_len, out, batch_size, on_batch=lambda n: progress.advance(task, n),
                 hadamard=hadamard, percentile_clip=percentile_clip, percentile=percentile,
-                weight_granularity=weight_granularity, int8_head=int8_head, int8_conv_features=int8_conv_features)
+                weight_granularity=weight_granularity, int8_head=int8_head, int8_conv_features=int8_conv_features,
+                tokenizer=tokenizer)
         seconds = time.perf_counter() - start
     if json_out:
         print(json.dumps(manifest, indent=2))
@@ -140,6 +146,7 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 8,
     threads: Threads = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    tokenizer: TokenizerOpt = None,
 ):
     """Measure bits per byte and next-token accuracy on held-out text (set models: MSE on an .npz of sets;
     keyword spotters: accuracy on the real recordings at every SNR, --max-samples trials each)."""
@@ -149,6 +156,7 @@ def eval_cmd(
     _threads(threads)
     with user_errors():
         loaded = load(model)
+        loaded.tokenizer = tokenizer
         with _progress() as progress:
             task = progress.add_task(f"evaluating ({loaded.label})", total=None)
             result = pipeline.evaluate(loaded, data, seq_len, max_samples or None, batch_size,
@@ -176,6 +184,7 @@ def generate(
     temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
     seed: int = 0,
     threads: Threads = 0,
+    tokenizer: TokenizerOpt = None,
 ):
     """Continue a prompt (prefill once, then decode from the explicit state), for a person to read."""
     from quamba_edge.evaluate import generate as generate_tokens
@@ -187,15 +196,24 @@ def generate(
         if not loaded.family.generates:
             raise QuambaEdgeError(f"{model} is a {loaded.family.name} model; `generate` continues text with a "
                                   "language model. Fix: pass a Mamba checkpoint or artifact.")
-        tokenizer = loaded.family.tokenizer(loaded)
-        ids = tokenizer.encode(prompt)
+        loaded.tokenizer = tokenizer
+        tok = loaded.family.tokenizer(loaded)
+        ids = tok.encode(prompt)
         if len(ids) == 0:
             raise QuambaEdgeError("the prompt is empty; pass some text with --prompt.")
         start = time.perf_counter()
         out = generate_tokens(loaded.model, ids, max_new_tokens, temperature, seed)
         seconds = time.perf_counter() - start
-    console.print(f"[bold]{escape(prompt)}[/]{escape(tokenizer.decode(out))}", highlight=False)
+    console.print(f"[bold]{escape(prompt)}[/]{escape(tok.decode(out))}", highlight=False)
     err_console.print(f"[dim]{len(out)} tokens in {seconds:.2f} s ({loaded.label})[/]")
+
+
+def _board_budget(target: str) -> tuple[str, float] | None:
+    """A Jetson profile's usable memory (85%: the rest is the OS, CUDA and the runtime), else None."""
+    from quamba_edge.bench.devices import PROFILES, USABLE_FRACTION
+
+    profile = PROFILES.get(target)
+    return None if profile is None else (target, profile.memory_gb * 1e9 * USABLE_FRACTION)
 
 
 @app.command("build-engine")
@@ -232,8 +250,8 @@ def build_engine_cmd(
         start = time.perf_counter()
         with err_console.status("building") as status:
             build = build_engine(model, out, backend=backend, target=target, precision=precision, threads=threads,
-                                 plugins=plugins, progress=status.update, max_batch=max_batch, max_prompt=max_prompt,
-                                 max_clip_s=max_clip_s)
+                                 plugins=plugins, progress=status.update, memory_budget=_board_budget(target),
+                                 max_batch=max_batch, max_prompt=max_prompt, max_clip_s=max_clip_s)
         seconds = time.perf_counter() - start
     if json_out:
         print(json.dumps(build, indent=2))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +30,21 @@ from quamba_edge.artifact import MANIFEST
 from quamba_edge.backends import ort as ort_backend
 from quamba_edge.backends.base import System
 from quamba_edge.backends.compare import ParityError, check
-from quamba_edge.backends.tensorrt import TensorRTRunner, build_plan, import_tensorrt, plugin_library
+from quamba_edge.backends.tensorrt import (
+    WORKSPACE_BYTES,
+    TensorRTRunner,
+    build_plan,
+    import_tensorrt,
+    plugin_library,
+)
 from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.export.graph import WeightFile
 from quamba_edge.families.base import Family, Loaded
 from quamba_edge.families.registry import by_name, load
 from quamba_edge.io import atomic_write_json, sha256_file, staged_dir
 
+EXTERNAL_DATA_BYTES = 1 << 30  # past this, weights go to weights.data (protobuf's limit for one graph is 2 GiB)
+WEIGHTS_DATA = "weights.data"
 BUILD_FORMAT_VERSION = 2  # v2: one layout for every family ("limits" replaces "profile"; plan sidecars hold shapes)
 BUILD_JSON = "build.json"
 BACKENDS = ("ort", "tensorrt")
@@ -91,12 +101,25 @@ def _runners(paths: dict[str, Path | bytes], backend: str, target: str, int8: bo
     return {g: TensorRTRunner(Path(p).with_suffix(".plan"), name=g) for g, p in paths.items()}
 
 
+def _weight_bytes(model, precision: str) -> int:
+    """Bytes of the engine's weights: the model's tensors at the precision they are exported in."""
+    total = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return total // 2 if precision == "fp16" else total
+
+
 def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", target: str = "cpu",
                  precision: str | None = None, threads: int = 1, plugins: str = "auto", progress=None,
+                 external_data: bool | None = None, memory_budget: tuple[str, float] | None = None,
                  **limits) -> dict:
     """Export the family's graphs, build them for the backend, check them against the PyTorch reference and
     write the engine directory. `limits` are the family's profile options (Mamba: max_batch, max_prompt,
     opt_prompt; keyword spotters: max_batch, max_clip_s; set models: max_batch).
+
+    memory_budget: (device name, usable bytes): refuse, before any work, an engine whose weights, states at
+    the profile's batch and TensorRT workspace do not fit (DESIGN.md, "Scale").
+    external_data: store the graphs' weights in one shared file beside them (`weights.data`, ONNX external
+    data: prefill and decode share every tensor, and no graph meets protobuf's 2 GiB limit); None: when
+    the weights pass EXTERNAL_DATA_BYTES.
 
     Raises QuambaEdgeError for a request the family or backend cannot build, ParityError (nothing written)
     when the engine disagrees with the reference beyond DESIGN.md's tolerances.
@@ -111,20 +134,16 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
     plugin_lib = _plugin_library(plugins, backend, precision, family)
     model, cfg = loaded.model.eval(), loaded.cfg
     limits = family.limits(cfg, **limits)
+    if memory_budget is not None:
+        _check_fit(loaded, precision, limits, *memory_budget)
     step = progress or (lambda message: None)
     activations = ort_backend.activation_encoding(backend, target)
     out = Path(out).resolve()
+    if external_data is None:
+        external_data = _weight_bytes(model, precision) > EXTERNAL_DATA_BYTES
     with staged_dir(out, ours=lambda d: (d / BUILD_JSON).exists(), what="an engine directory") as tmp:
-        paths = {}
-        for graph in family.graphs:
-            step(f"exporting {graph} graph ({precision})")
-            proto = family.export(model, graph, precision, activations)
-            onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
-                                                "family": family.name})
-            if plugin_lib is not None:
-                proto = family.plugin_pass(proto, model)
-            paths[graph] = tmp / f"{graph}.onnx"
-            onnx.save(proto, str(paths[graph]))
+        paths = _export_graphs(family, model, precision, activations, tmp, external_data, step,
+                               plugin_pass=family.plugin_pass if plugin_lib is not None else None)
         plans = {}
         if backend == "tensorrt":
             for graph in family.graphs:
@@ -135,10 +154,11 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
         report = check(_runners(paths, backend, target, int8, threads, activations),
                        family.parity(model, precision, limits), precision)
         if int8 and backend == "ort":
-            probes = {g: family.export(model, g, precision, activations, probes=True).SerializeToString()
-                      for g in family.graphs}
-            check(_runners(probes, backend, target, int8, threads, activations), family.layer_parity(model) or (),
-                  precision, report)
+            with tempfile.TemporaryDirectory(dir=tmp.parent) as probe_dir:
+                probes = _export_graphs(family, model, precision, activations, Path(probe_dir), external_data,
+                                        step, probes=True)
+                check(_runners(probes, backend, target, int8, threads, activations),
+                      family.layer_parity(model) or (), precision, report)
         if not report.passed:
             raise ParityError(report.failure() + " The engine was not written. This is a bug in the export or the "
                               "backend: please report it with build.json's parity section.")
@@ -153,6 +173,7 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
             "recipe": loaded.label, "model_config": cfg.to_dict(), "source": str(loaded.directory),
             "source_manifest_sha256": sha256_file(loaded.directory / MANIFEST) if loaded.manifest else None,
             "limits": limits, "versions": _versions(backend), "machine": platform.machine(),
+            "external_data": WEIGHTS_DATA if external_data else None,
             "tensorrt": plans or None, "parity": report.to_dict(), "ort_kernels": kernels or None,
             "plugins": {"library": str(plugin_lib), "sha256": sha256_file(plugin_lib)} if plugin_lib else None,
             "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
@@ -160,6 +181,47 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
         build["build_sha256"] = _digest(build)
         atomic_write_json(tmp / BUILD_JSON, build)
     return build
+
+
+def _check_fit(loaded: Loaded, precision: str, limits: dict, device: str, usable: float) -> None:
+    """The engine on the board: weights + states (in and out, at the profile's largest batch) + the TensorRT
+    workspace must fit the board's usable memory; refused with the numbers when they do not."""
+    weights = _weight_bytes(loaded.model, precision)
+    states = loaded.family.state_bytes(loaded.cfg, limits, precision)
+    need = weights + states + WORKSPACE_BYTES
+    if need > usable:
+        gb = 1e9
+        raise QuambaEdgeError(
+            f"this {precision} engine needs {need / gb:.2f} GB on {device} (weights {weights / gb:.2f}, states "
+            f"{states / gb:.3f} at batch {limits.get('max_batch')}, TensorRT workspace {WORKSPACE_BYTES / gb:.2f}) "
+            f"but the board has {usable / gb:.2f} GB usable. Fix: an int8 artifact (`quamba-edge calibrate`), a "
+            "smaller --max-batch, or a board with more memory.")
+
+
+def _export_graphs(family: Family, model, precision: str, activations: str, directory: Path, external_data: bool,
+                   step, probes: bool = False, plugin_pass=None) -> dict[str, Path]:
+    """Write the family's graphs into `directory` (weights in one shared `weights.data` when external_data),
+    check each saved file with onnx's checker, and return their paths by graph name."""
+    weights = WeightFile(directory / WEIGHTS_DATA) if external_data else None
+    paths = {}
+    try:
+        for graph in family.graphs:
+            step(f"exporting {graph} graph ({precision}{', probes' if probes else ''})")
+            proto = family.export(model, graph, precision, activations, probes=probes, weights=weights)
+            onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                                "family": family.name})
+            if plugin_pass is not None:
+                proto = plugin_pass(proto, model)
+            paths[graph] = directory / f"{graph}.onnx"
+            onnx.save(proto, str(paths[graph]))
+            del proto
+    finally:
+        if weights is not None:
+            weights.close()
+    if weights is not None:
+        for path in paths.values():
+            onnx.checker.check_model(str(path), full_check=True)
+    return paths
 
 
 def _digest(build: dict) -> str:
@@ -216,7 +278,8 @@ class Engine:
                 raise QuambaEdgeError(f"{self.directory} is a TensorRT engine; it runs on --device cuda or orin.")
             runners = _runners({g: self.graph(g) for g in family.graphs}, "tensorrt", target, True, threads, "int8")
         decode = family.graphs[-1]  # the graph every generated token (or every call) runs
-        weight_bytes = sum(p.stat().st_size for p in self.directory.glob(f"{decode}.onnx*"))
+        weight_bytes = sum(p.stat().st_size for p in (self.graph(decode), self.directory / WEIGHTS_DATA)
+                           if p.exists())
         return System(runners, label, backend, self.precision, self.cfg, family, build["limits"], weight_bytes)
 
 

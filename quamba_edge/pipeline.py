@@ -12,7 +12,7 @@ from quamba_edge.quant.recipes import Recipe
 
 def calibrate(
     model_spec: str, recipe: str | Recipe, data: str, samples: int, seq_len: int, out: Path,
-    batch_size: int = 8, on_batch: Progress | None = None, **switches,
+    batch_size: int = 8, on_batch: Progress | None = None, tokenizer: str | None = None, **switches,
 ) -> tuple[Path, dict]:
     """Load, calibrate on the first `samples` windows (sequences, sets, clips) of `data`, write the artifact.
 
@@ -22,6 +22,7 @@ def calibrate(
     artifact directory and its manifest.
     """
     loaded = load(model_spec)
+    loaded.tokenizer = tokenizer
     family = loaded.family
     # local paths are recorded absolute, so that the rebuild command an old artifact's error names works anywhere
     model_spec, data = _absolute(model_spec), _absolute(data)
@@ -31,8 +32,9 @@ def calibrate(
         result = family.calibrate(loaded, recipe, data, samples, seq_len, batch_size, on_batch)
         model, calibration, scales = result.model, result.record, result.scales
     out = save_artifact(model, out, family=family.name, recipe=recipe, calibration=calibration, scales=scales,
-                        source={"model": str(model_spec), "directory": str(loaded.directory)},
-                        extra_files=family.extra_files(loaded.directory))
+                        source={"model": str(model_spec), "directory": str(loaded.directory),
+                                **({"tokenizer": str(tokenizer)} if tokenizer else {})},
+                        extra_files=family.extra_files(loaded))
     return out, read_manifest(out)
 
 

@@ -163,3 +163,57 @@ def test_an_edited_build_json_or_a_failed_parity_is_refused(int8_engine, tmp_pat
     (copy / "build.json").write_text(json.dumps(failed))
     with pytest.raises(QuambaEdgeError, match="did not pass its parity check"):
         load_engine(copy)
+
+
+@pytest.mark.parametrize("spec", ["int8_artifact", "tiny_checkpoint"])
+def test_external_data_engines_share_one_weight_file(spec, request, tmp_path):
+    """The layout large models need (protobuf stops at 2 GiB): both graphs reference one weights.data, each
+    tensor stored once, and the engine passes the same parity check and runs in bench's loop."""
+    from quamba_edge.bench.report import measure_system
+
+    source = request.getfixturevalue(spec)
+    build = build_engine(source, tmp_path / "eng", external_data=True)
+    assert build["external_data"] == "weights.data" and build["parity"]["passed"]
+    assert set(build["files"]) == {"prefill.onnx", "decode.onnx", "weights.data"}
+    graphs = {g: (tmp_path / "eng" / f"{g}.onnx").stat().st_size for g in ("prefill", "decode")}
+    data = (tmp_path / "eng" / "weights.data").stat().st_size
+    inline = build_engine(source, tmp_path / "inline", external_data=False)
+    inline_decode = (tmp_path / "inline" / "decode.onnx").stat().st_size
+    import onnx
+
+    for g in graphs:  # the graphs hold structure and small constants; every tensor of 1 KiB or more is in the file
+        proto = onnx.load(str(tmp_path / "eng" / f"{g}.onnx"), load_external_data=False)
+        assert all(len(t.raw_data) < 1024 for t in proto.graph.initializer)
+        assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    assert data < 1.2 * inline_decode  # shared: one copy of the weights, not one per graph
+    assert inline["parity"]["cases"] and not inline.get("external_data")
+    row, _, _ = measure_system(str(tmp_path / "eng"), "cpu", 1, 1, batch=1, prompt_len=8, gen_len=3)
+    assert row["decode_tok_s"] > 0 and row["decode_weights_gb_s"] > 0
+
+
+def test_an_engine_too_big_for_the_board_is_refused_with_the_numbers(int8_artifact, tmp_path):
+    """The fit check runs before any work: weights + states + the TensorRT workspace against the budget."""
+    with pytest.raises(QuambaEdgeError, match=r"needs 1\.\d+ GB on tiny-board \(weights 0\.0\d+, states .* "
+                                              r"workspace 1\.07\) but the board has 0\.50 GB usable"):
+        build_engine(int8_artifact, tmp_path / "e", memory_budget=("tiny-board", 0.5e9))
+    assert not (tmp_path / "e").exists()
+    build_engine(int8_artifact, tmp_path / "e", memory_budget=("big-board", 8e9))  # fits: builds as usual
+
+
+def test_mamba_2_8b_fits_an_orin_nano_8gb_in_int8_and_fp16_only_barely():
+    """The numbers behind the board check at the paper's size (no model is built: shapes only): int8 needs
+    under 70% of the 6.8 GB usable (embedding fp32 and a 1 GiB workspace included), fp16 over 95% of it."""
+    from quamba_edge.backends.tensorrt import WORKSPACE_BYTES
+    from quamba_edge.bench.devices import PROFILES, USABLE_FRACTION
+    from quamba_edge.bench.roofline import parameter_counts
+    from quamba_edge.families import mamba
+    from quamba_edge.models.mamba import public_shape
+
+    cfg = public_shape("mamba-2.8b")
+    big, other = parameter_counts(cfg)
+    usable = PROFILES["orin-nano-8gb"].memory_gb * 1e9 * USABLE_FRACTION
+    limits = mamba.limits(cfg, max_batch=1)
+    share = {}
+    for precision, weight_bytes in (("int8", big + 4 * other), ("fp16", 2 * (big + other))):
+        share[precision] = (weight_bytes + mamba.state_bytes(cfg, limits, precision) + WORKSPACE_BYTES) / usable
+    assert share["int8"] < 0.7 and 0.95 < share["fp16"] <= 1.0, share  # measured: 0.63 and 0.98

@@ -158,3 +158,27 @@ def test_brackets_in_prompts_paths_and_errors_are_text_not_markup(tmp_path):
     assert res.exit_code == 0 and "bad [/] close [bold]x[/bold]" in res.output
     res = _run("eval", tmp_path / "br[x]" / "nope")
     assert res.exit_code == 2 and "br[x]" in res.output and "Traceback" not in res.output
+
+
+def test_a_checkpoint_without_its_tokenizer_names_the_flag_and_the_flag_works(bpe_mamba, tmp_path):
+    """The state-spaces/mamba-* repositories carry no tokenizer.json: the error names --tokenizer and the
+    GPT-NeoX tokenizer; --tokenizer then works, and the artifact carries the tokenizer on."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(bpe_mamba, bare)
+    tokenizer = tmp_path / "my-tokenizer.json"
+    (bare / "tokenizer.json").rename(tokenizer)
+    text = tmp_path / "text.txt"
+    text.write_text(MIXED * 4, encoding="utf-8")
+    args = ["calibrate", "--model", bare, "--data", text, "--samples", 2, "--seq-len", 32, "--out", tmp_path / "art"]
+    res = _run(*args)
+    assert res.exit_code == 2 and "--tokenizer EleutherAI/gpt-neox-20b" in " ".join(res.output.split())
+    res = _run(*args, "--tokenizer", tokenizer)
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert manifest["source"]["tokenizer"] == str(tokenizer) and "tokenizer.json" in manifest["files"]
+    res = _run("eval", tmp_path / "art", "--data", text, "--seq-len", 32, "--json")  # no flag: the artifact's own
+    assert res.exit_code == 0, res.output
+    res = _run("eval", bare, "--data", text, "--seq-len", 32, "--tokenizer", tmp_path / "none.json")
+    assert res.exit_code == 2 and "no such tokenizer.json" in res.output

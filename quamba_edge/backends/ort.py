@@ -63,6 +63,10 @@ def session_options(threads: int, int8: bool, optimized_path: Path | None = None
             opts.add_session_config_entry("session.x64quantprecision", "1")
     if optimized_path is not None:
         opts.optimized_model_filepath = str(optimized_path)
+        # a graph with external data is written with its initializers beside it (past 2 GiB it must be)
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                      optimized_path.name + ".data")
+        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     return opts
 
 

@@ -75,8 +75,9 @@ def load_plugins(registry, path: Path) -> None:
                               "CUDA?). Fix: rebuild it with csrc/CMakeLists.txt on this machine.")
 
 
-def parse_onnx(trt, onnx_bytes: bytes, strongly_typed: bool = True, plugins: Path | None = None):
-    """Parse a graph into a TensorRT network; a graph TensorRT cannot read fails with the parser's errors.
+def parse_onnx(trt, onnx_graph: bytes | Path, strongly_typed: bool = True, plugins: Path | None = None):
+    """Parse a graph (serialized bytes, or a file whose external data sits beside it) into a TensorRT network;
+    a graph TensorRT cannot read fails with the parser's errors.
 
     Graphs rewritten by export/plugins.py need `plugins`: the parser maps their plugin nodes to creators.
     """
@@ -87,7 +88,9 @@ def parse_onnx(trt, onnx_bytes: bytes, strongly_typed: bool = True, plugins: Pat
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_bytes):
+    parsed = (parser.parse_from_file(str(onnx_graph)) if isinstance(onnx_graph, Path)
+              else parser.parse(onnx_graph))
+    if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise QuambaEdgeError(f"TensorRT's ONNX parser rejected the graph: {errors[:800]}")
     return builder, network, parser, logger
@@ -112,7 +115,7 @@ def build_plan(onnx_path: Path, graph: str, shapes: dict[str, tuple], out_dir: P
     shapes: input name -> (min, opt, max) shape of every dynamic input (the family's TensorRT profile).
     """
     trt = import_tensorrt()
-    builder, network, _parser, _logger = parse_onnx(trt, onnx_path.read_bytes(), plugins=plugins)
+    builder, network, _parser, _logger = parse_onnx(trt, onnx_path, plugins=plugins)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     profile = builder.create_optimization_profile()

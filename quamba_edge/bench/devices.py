@@ -27,6 +27,11 @@ _SUPER_BLOG = ("NVIDIA technical blog, 'NVIDIA Jetson Orin Nano Developer Kit Ge
                "the JetPack 6.1/6.2 release notes (MAXN_SUPER mode)")
 
 
+# Of a Jetson's memory (shared by CPU and GPU), what an engine may take: the rest is the OS, CUDA, TensorRT's
+# runtime and the application.
+USABLE_FRACTION = 0.85
+
+
 @dataclass(frozen=True)
 class DeviceProfile:
     name: str

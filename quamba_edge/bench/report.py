@@ -14,7 +14,7 @@ from rich.table import Table
 from quamba_edge import __version__
 from quamba_edge.backends.base import System
 from quamba_edge.backends.compare import check_against
-from quamba_edge.bench.devices import DeviceProfile, jetson_model, this_jetson
+from quamba_edge.bench.devices import USABLE_FRACTION, DeviceProfile, jetson_model, this_jetson
 from quamba_edge.bench.measure import measure
 from quamba_edge.bench.power import PowerSampler
 from quamba_edge.bench.roofline import estimate
@@ -140,7 +140,8 @@ def print_estimates(console, rows: list[dict], profile: DeviceProfile, paper: di
         table.add_column(col, justify="left" if col in ("system", "precision", "bound") else "right",
                          no_wrap=col in ("system", "precision", "bound", "of memory"))
     for r in rows:
-        memory = f"{r['memory_fraction']:.1%}" + (" [red](too big)[/]" if r["memory_fraction"] > 0.85 else "")
+        too_big = r["memory_fraction"] > USABLE_FRACTION
+        memory = f"{r['memory_fraction']:.1%}" + (" [red](too big)[/]" if too_big else "")
         table.add_row(r["source"], r["precision"] + (" *" if r["deployed"] else ""), f"{r['weight_bytes'] / 1e6:.0f}",
                       memory, f"{r['prefill_ms']:.1f}", f"{r['tpot_ms']:.2f}", f"{r['total_s']:.2f}",
                       f"{r['speedup_vs_fp16']:.2f}x", r["decode_bound"])

@@ -129,12 +129,42 @@ def _raw_length_rule(decoder: dict | None) -> Callable[[str], int]:
     return raw_len
 
 
-def tokenizer_for(model_dir: Path, vocab_size: int) -> Tokenizer:
+GPT_NEOX = "EleutherAI/gpt-neox-20b"  # the tokenizer of the state-spaces/mamba-* checkpoints
+
+
+def tokenizer_file(spec: str | Path) -> Path:
+    """--tokenizer: a tokenizer.json, a directory holding one, or a hub id (its tokenizer.json is fetched
+    with huggingface_hub). Raises QuambaEdgeError naming the fix when none can be found."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if path.is_file():
+        return path
+    if str(spec).count("/") == 1 and not str(spec).startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return Path(hf_hub_download(str(spec), "tokenizer.json"))
+        except Exception as exc:  # network, auth, missing file: all end the same way for the user
+            raise QuambaEdgeError(
+                f"--tokenizer {spec}: not a local file and not fetched from the Hugging Face hub "
+                f"({type(exc).__name__}). Fix: download it on a connected machine (`huggingface-cli download "
+                f"{spec} tokenizer.json --local-dir DIR`) and pass --tokenizer DIR/tokenizer.json.") from exc
+    raise QuambaEdgeError(f"--tokenizer {spec}: no such tokenizer.json. Fix: pass a tokenizer.json, a directory "
+                          "holding one, or a hub id.")
+
+
+def tokenizer_for(model_dir: Path, vocab_size: int, override: str | Path | None = None) -> Tokenizer:
+    """The tokenizer of a checkpoint or artifact: `override` (--tokenizer) first, then the directory's
+    tokenizer.json, then bytes for a 256-token vocabulary."""
+    if override is not None:
+        return HFTokenizer(tokenizer_file(override), vocab_size)
     if (Path(model_dir) / "tokenizer.json").exists():
         return HFTokenizer(Path(model_dir) / "tokenizer.json", vocab_size)
     if vocab_size == 256:
         return ByteTokenizer()
     raise QuambaEdgeError(
-        f"{model_dir} has no tokenizer.json and its vocabulary ({vocab_size}) is not byte-level. "
-        "Fix: copy the model's tokenizer.json into that directory."
+        f"{model_dir} has no tokenizer.json and its vocabulary ({vocab_size}) is not byte-level. The "
+        f"state-spaces/mamba-* checkpoints use the GPT-NeoX tokenizer, which their repositories do not carry. "
+        f"Fix: pass --tokenizer {GPT_NEOX} (or a local tokenizer.json); calibrate copies it into the artifact."
     )

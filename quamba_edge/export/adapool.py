@@ -14,7 +14,7 @@ import torch
 from onnx import TensorProto
 
 from quamba_edge import __version__
-from quamba_edge.export.graph import GraphBuilder
+from quamba_edge.export.graph import GraphBuilder, WeightFile
 from quamba_edge.export.layers import LayerGraph
 from quamba_edge.models.adapool import SetModel
 from quamba_edge.models.pooling import AdaPool
@@ -22,9 +22,9 @@ from quamba_edge.quant.static import is_quantized
 
 
 class _SetGraph(LayerGraph):
-    def __init__(self, model: SetModel, activations: str):
+    def __init__(self, model: SetModel, activations: str, weights: WeightFile | None = None):
         self.model, self.cfg = model, model.cfg
-        self.g = GraphBuilder("set_model", activations)
+        self.g = GraphBuilder("set_model", activations, weights)
         self.activations = activations
         self.quantized = is_quantized(model)
 
@@ -86,7 +86,8 @@ class _SetGraph(LayerGraph):
 
 
 @torch.no_grad()
-def export_set_model(model: SetModel, activations: str = "int8") -> onnx.ModelProto:
+def export_set_model(model: SetModel, activations: str = "int8", weights: WeightFile | None = None
+                     ) -> onnx.ModelProto:
     """activations "uint8" stores the same int8 numbers as q + 128 (ONNX Runtime's exact path on x86 CPUs,
     see engine.activation_encoding); TensorRT takes "int8"."""
-    return _SetGraph(model.eval(), activations).build()
+    return _SetGraph(model.eval(), activations, weights).build()

@@ -8,6 +8,9 @@ that runs at any length. A tracer decides both for us; a builder lets the export
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import onnx
 import torch
@@ -26,11 +29,46 @@ ONNX_DTYPE = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT
 ACTIVATION_TYPES = {"int8": np.int8, "uint8": np.uint8}
 
 
+class WeightFile:
+    """ONNX external data shared by the graphs of one engine: every initializer of at least `min_bytes` is
+    written to one file as it is created (no graph ever holds its weights in one in-memory message, so
+    none meets protobuf's 2 GiB limit), and identical tensors are stored once (prefill and decode share
+    every weight: one copy on disk). Graphs saved beside the file find it by its relative name."""
+
+    ALIGN = 64  # offsets aligned for memory-mapped reads
+
+    def __init__(self, path: Path, min_bytes: int = 1024):
+        self.path, self.min_bytes = Path(path), min_bytes
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed by close(); written tensor by tensor
+        self._stored: dict[bytes, tuple[int, int]] = {}
+        self.bytes = 0
+
+    def tensor(self, name: str, array: np.ndarray) -> onnx.TensorProto:
+        """A TensorProto whose data lives in the file (written now, or found there already)."""
+        data = np.ascontiguousarray(array)
+        key = hashlib.sha256(data.dtype.str.encode() + str(data.shape).encode() + data.tobytes()).digest()
+        if key not in self._stored:
+            offset = -(-self._file.tell() // self.ALIGN) * self.ALIGN
+            self._file.seek(offset)
+            self._file.write(data.tobytes())
+            self._stored[key] = (offset, data.nbytes)
+            self.bytes = offset + data.nbytes
+        offset, length = self._stored[key]
+        tensor = onnx.TensorProto(name=name, dims=data.shape, data_type=helper.np_dtype_to_tensor_dtype(data.dtype))
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", self.path.name), ("offset", str(offset)), ("length", str(length))):
+            tensor.external_data.add(key=key, value=value)
+        return tensor
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class GraphBuilder:
-    def __init__(self, name: str, activations: str = "int8"):
+    def __init__(self, name: str, activations: str = "int8", weights: WeightFile | None = None):
         if activations not in ACTIVATION_TYPES:
             raise ValueError(f"activations must be one of {sorted(ACTIVATION_TYPES)}, not {activations!r}")
-        self.name = name
+        self.name, self.weights = name, weights
         self.activation_type = ACTIVATION_TYPES[activations]
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
@@ -48,7 +86,10 @@ class GraphBuilder:
     def initializer(self, hint: str, value: torch.Tensor | np.ndarray) -> str:
         array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
         name = self.fresh(hint)
-        self.initializers.append(numpy_helper.from_array(np.array(array, order="C", copy=True), name))
+        if self.weights is not None and array.nbytes >= self.weights.min_bytes:
+            self.initializers.append(self.weights.tensor(name, array))
+        else:
+            self.initializers.append(numpy_helper.from_array(np.array(array, order="C", copy=True), name))
         return name
 
     def const(self, value, dtype=np.float32) -> str:
@@ -107,5 +148,6 @@ class GraphBuilder:
         model.ir_version = 8  # readable by ONNX Runtime >= 1.14 and TensorRT 10
         for key, value in metadata.items():
             model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-        onnx.checker.check_model(model, full_check=True)
+        if self.weights is None:  # with external data the engine checks the saved file (onnx.checker on the path)
+            onnx.checker.check_model(model, full_check=True)
         return model

@@ -30,7 +30,7 @@ import torch
 from onnx import TensorProto, helper
 
 from quamba_edge import __version__
-from quamba_edge.export.graph import ONNX_DTYPE, GraphBuilder
+from quamba_edge.export.graph import ONNX_DTYPE, GraphBuilder, WeightFile
 from quamba_edge.models.mamba import MambaConfig, MambaLM
 from quamba_edge.quant.hadamard import factor, small_hadamard, sylvester
 from quamba_edge.quant.int8 import dequantize
@@ -48,7 +48,7 @@ class _MambaGraph:
     """Shared by the fp and int8 exports; the layer bodies differ only in where int8 appears."""
 
     def __init__(self, model: MambaLM | QuantizedMambaLM, kind: str, dtype: torch.dtype, probes: bool = False,
-                 activations: str = "int8"):
+                 activations: str = "int8", weights: WeightFile | None = None):
         if kind not in GRAPHS:
             raise ValueError(f"graph must be one of {GRAPHS}, not {kind!r}")
         self.model, self.kind, self.cfg = model, kind, model.cfg
@@ -57,7 +57,7 @@ class _MambaGraph:
             raise ValueError("the int8 graph keeps its float parts in fp32 (DESIGN.md, CPU); use dtype float32")
         self.dtype, self.probes = dtype, probes
         self.T = ONNX_DTYPE[dtype]
-        self.g = GraphBuilder(f"mamba_{kind}", activations)
+        self.g = GraphBuilder(f"mamba_{kind}", activations, weights)
         self.activations = activations
         # Boundaries of the subgraphs a TensorRT plugin replaces (export/plugins.py), recorded as they are
         # built: the plugin's inputs and outputs, by tensor name, per layer.
@@ -338,10 +338,12 @@ def _scan_body(tag: str) -> onnx.GraphProto:
 
 @torch.no_grad()
 def export_mamba(model: MambaLM | QuantizedMambaLM, kind: str, dtype: torch.dtype = torch.float32,
-                 probes: bool = False, activations: str = "int8") -> onnx.ModelProto:
+                 probes: bool = False, activations: str = "int8", weights: WeightFile | None = None
+                 ) -> onnx.ModelProto:
     """The `prefill` or `decode` graph of a fp model (fp32 or fp16) or a quantized model (int8).
 
     `probes` adds the residual stream entering each layer i as output `probe_h{i}`, and the one leaving
-    the last layer as `probe_h{n_layer}` (layer-by-layer parity checks only).
+    the last layer as `probe_h{n_layer}` (layer-by-layer parity checks only). `weights`: write the large
+    initializers to that external-data file (shared by the graphs that use it) instead of into the graph.
     """
-    return _MambaGraph(model.eval(), kind, dtype, probes, activations).build()
+    return _MambaGraph(model.eval(), kind, dtype, probes, activations, weights).build()

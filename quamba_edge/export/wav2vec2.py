@@ -17,7 +17,7 @@ from onnx import TensorProto
 from torch import nn
 
 from quamba_edge import __version__
-from quamba_edge.export.graph import GraphBuilder
+from quamba_edge.export.graph import GraphBuilder, WeightFile
 from quamba_edge.export.layers import LayerGraph
 from quamba_edge.models.kws import KeywordSpotter
 from quamba_edge.models.wav2vec2 import PositionalConv
@@ -25,14 +25,15 @@ from quamba_edge.quant.static import QuantizedConv1d, QuantizedPositionalConv, i
 
 
 class _SpeechGraph(LayerGraph):
-    def __init__(self, model: KeywordSpotter, activations: str, probes: bool = False):
+    def __init__(self, model: KeywordSpotter, activations: str, probes: bool = False,
+                 weights: WeightFile | None = None):
         self.model, self.probes = model, probes
         # ONNX Runtime fuses Q/DQ around a Conv into an integer kernel only when the conv's output is
         # quantized too; ours is float (it feeds a norm or GELU), so for ONNX Runtime's uint8 coding the
         # conv is written as ConvInteger (exact int32, u8 x u8) and rescaled. TensorRT takes the Q/DQ form.
         self.conv_integer = activations == "uint8"
         self.enc_cfg = model.encoder.cfg
-        self.g = GraphBuilder("keyword_spotter", activations)
+        self.g = GraphBuilder("keyword_spotter", activations, weights)
         self.activations = activations
         self.quantized = is_quantized(model)
 
@@ -202,7 +203,8 @@ class _SpeechGraph(LayerGraph):
 
 
 @torch.no_grad()
-def export_keyword_spotter(model: KeywordSpotter, activations: str = "int8", probes: bool = False) -> onnx.ModelProto:
+def export_keyword_spotter(model: KeywordSpotter, activations: str = "int8", probes: bool = False,
+                           weights: WeightFile | None = None) -> onnx.ModelProto:
     """activations "uint8" stores the same int8 numbers as q + 128 (ONNX Runtime's fast x86 path); probes
     adds the intermediates the layer-by-layer parity check reads (a separate graph from the shipped one)."""
-    return _SpeechGraph(model.eval(), activations, probes).build()
+    return _SpeechGraph(model.eval(), activations, probes, weights).build()

@@ -17,6 +17,7 @@ from quamba_edge.checkpoints.adapool import FAMILY, config_from_dict, load_set_c
 from quamba_edge.data.sets import load_sets
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.export.adapool import export_set_model
+from quamba_edge.export.graph import WeightFile
 from quamba_edge.families import onegraph
 from quamba_edge.families.base import Calibration, Column, Loaded, Progress
 from quamba_edge.families.onegraph import SCALES_TITLE, OneCall
@@ -47,7 +48,7 @@ def structure(cfg: SetModelConfig, recipe: Recipe, manifest: dict) -> nn.Module:
 
 
 # what the one-graph families share: recipes mean static W8A8, labels name the pooling, no extra files, no TRT
-quant_config, tag, extra_files, profile = onegraph.SHARED
+quant_config, tag, extra_files, profile, state_bytes = onegraph.SHARED
 
 
 def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: int, batch_size: int,
@@ -63,8 +64,9 @@ def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: 
     return Calibration(qmodel, record, scales)
 
 
-def export(model: nn.Module, graph: str, precision: str, activations: str, probes: bool = False) -> onnx.ModelProto:
-    return export_set_model(model, activations)
+def export(model: nn.Module, graph: str, precision: str, activations: str, probes: bool = False,
+           weights: WeightFile | None = None) -> onnx.ModelProto:
+    return export_set_model(model, activations, weights)
 
 
 def limits(cfg: SetModelConfig, *, max_batch: int = 8, **_) -> dict:

@@ -55,6 +55,7 @@ class Loaded:
     recipe: Recipe
     directory: Path
     manifest: dict | None = None
+    tokenizer: str | None = None  # --tokenizer (a tokenizer.json, a directory, a hub id) for text families
 
     @property
     def cfg(self) -> Any:
@@ -109,15 +110,16 @@ class Family(Protocol):
     def quant_config(self, recipe: str | Recipe, **switches: Any) -> Recipe: ...  # what fp/naive/quamba mean here
     def structure(self, cfg: Any, recipe: Recipe, manifest: dict) -> nn.Module: ...  # empty model for weights
     def tag(self, cfg: Any, recipe_label: str, precision: str) -> str | None: ...  # a system label's (...)
-    def extra_files(self, directory: Path) -> list[Path]: ...  # files an artifact carries along
+    def extra_files(self, loaded: Loaded) -> dict[str, Path]: ...  # files an artifact carries, by name
     def calibrate(self, loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: int, batch_size: int,
                   on_batch: Progress | None) -> Calibration: ...
-    def export(self, model: nn.Module, graph: str, precision: str, activations: str,
-               probes: bool = False) -> Any: ...  # onnx.ModelProto
+    def export(self, model: nn.Module, graph: str, precision: str, activations: str, probes: bool = False,
+               weights: Any = None) -> Any: ...  # onnx.ModelProto; weights: an export.graph.WeightFile
     def parity(self, model: nn.Module, precision: str, limits: dict) -> Iterator[Case]: ...
     def layer_parity(self, model: nn.Module) -> Iterator[Case] | None: ...  # int8, on the probe graphs
     def limits(self, cfg: Any, **options: Any) -> dict: ...  # the engine's profile (build.json)
     def profile(self, graph: str, cfg: Any, limits: dict) -> dict | None: ...  # TensorRT shapes; None: no TRT
+    def state_bytes(self, cfg: Any, limits: dict, precision: str) -> int: ...  # recurrent state in + out
     def reference(self, model: nn.Module, device: str = "cpu") -> dict[str, Callable]: ...
     def workload(self, cfg: Any, **options: Any) -> Workload: ...
     def evaluate(self, loaded: Loaded, data: str, seq_len: int, max_samples: int | None, batch_size: int,

@@ -20,9 +20,10 @@ from quamba_edge.backends.compare import LAYER_TOLERANCE, TOLERANCE, Case, compa
 from quamba_edge.checkpoints.common import checkpoint_family
 from quamba_edge.checkpoints.mamba import load_mamba
 from quamba_edge.data.text import load_windows, read_text, take_windows
-from quamba_edge.data.tokenizers import Tokenizer, tokenizer_for
+from quamba_edge.data.tokenizers import Tokenizer, tokenizer_file, tokenizer_for
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.evaluate import evaluate_lm
+from quamba_edge.export.graph import WeightFile
 from quamba_edge.export.mamba import export_mamba
 from quamba_edge.export.plugins import rewrite
 from quamba_edge.families.base import Calibration, Column, Loaded, Progress, median_range
@@ -73,11 +74,15 @@ def tag(cfg: MambaConfig, recipe_label: str, precision: str) -> str | None:
 
 
 def tokenizer(loaded: Loaded) -> Tokenizer:
-    return tokenizer_for(loaded.directory, loaded.cfg.vocab_size)
+    return tokenizer_for(loaded.directory, loaded.cfg.vocab_size, loaded.tokenizer)
 
 
-def extra_files(directory: Path) -> list[Path]:
-    return [p for p in [Path(directory) / "tokenizer.json"] if p.exists()]
+def extra_files(loaded: Loaded) -> dict[str, Path]:
+    """The tokenizer travels with the artifact (the one --tokenizer named, else the checkpoint's own)."""
+    if loaded.tokenizer is not None:
+        return {"tokenizer.json": tokenizer_file(loaded.tokenizer)}
+    own = Path(loaded.directory) / "tokenizer.json"
+    return {"tokenizer.json": own} if own.exists() else {}
 
 
 def _batched(windows: torch.Tensor, batch_size: int):
@@ -96,13 +101,22 @@ def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: 
     return Calibration(qmodel, record, scales)
 
 
-def export(model: nn.Module, graph: str, precision: str, activations: str, probes: bool = False) -> onnx.ModelProto:
+def export(model: nn.Module, graph: str, precision: str, activations: str, probes: bool = False,
+           weights: WeightFile | None = None) -> onnx.ModelProto:
     dtype = torch.float16 if precision == "fp16" else torch.float32
-    return export_mamba(model, graph, dtype, probes=probes, activations=activations)
+    return export_mamba(model, graph, dtype, probes=probes, activations=activations, weights=weights)
 
 
 def limits(cfg: MambaConfig, *, max_batch: int = 8, max_prompt: int = 2048, opt_prompt: int = 512, **_) -> dict:
     return {"max_batch": max_batch, "max_prompt": max_prompt, "opt_prompt": opt_prompt}
+
+
+def state_bytes(cfg: MambaConfig, limits: dict, precision: str) -> int:
+    """Conv and SSM states in and out of a decode step at the profile's largest batch (conv int8 for int8
+    engines, fp16 for fp16; SSM state fp32)."""
+    conv = {"int8": 1, "fp16": 2}.get(precision, 4)
+    per_sequence = cfg.n_layer * cfg.d_inner * ((cfg.d_conv - 1) * conv + cfg.d_state * 4)
+    return 2 * limits["max_batch"] * per_sequence
 
 
 def profile(graph: str, cfg: MambaConfig, limits: dict) -> dict[str, tuple]:

@@ -42,12 +42,16 @@ def structure(fp_model, recipe: Recipe):
     return static.structure(fp_model, recipe) if recipe.quantize else fp_model
 
 
-def no_extra_files(directory) -> list:
-    return []
+def no_extra_files(loaded) -> dict:
+    return {}
 
 
 def no_tensorrt_profile(graph: str, cfg, limits: dict) -> None:
     return None
+
+
+def no_state(cfg, limits: dict, precision: str) -> int:
+    return 0
 
 
 def pool_tag(cfg, recipe_label: str, precision: str) -> str:
@@ -92,4 +96,4 @@ class OneCall:
         return {self.energy_key: watts * row[f"ms_per_{self.unit}"] / 1e3}
 
 
-SHARED = (quant_config, pool_tag, no_extra_files, no_tensorrt_profile)
+SHARED = (quant_config, pool_tag, no_extra_files, no_tensorrt_profile, no_state)

@@ -19,6 +19,7 @@ from quamba_edge.backends.compare import LAYER_TOLERANCE, TOLERANCE, Case, compa
 from quamba_edge.checkpoints.wav2vec2 import FAMILY, is_kws_checkpoint, load_kws
 from quamba_edge.data.speech_sets import calibration_windows, real_test_trials, snr_label
 from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.export.graph import WeightFile
 from quamba_edge.export.wav2vec2 import export_keyword_spotter
 from quamba_edge.families import onegraph
 from quamba_edge.families.base import Calibration, Column, Loaded, Progress
@@ -55,7 +56,7 @@ def structure(cfg: KwsConfig, recipe: Recipe, manifest: dict) -> nn.Module:
 
 
 # what the one-graph families share: recipes mean static W8A8, labels name the pooling, no extra files, no TRT
-quant_config, tag, extra_files, profile = onegraph.SHARED
+quant_config, tag, extra_files, profile, state_bytes = onegraph.SHARED
 
 
 def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: int, batch_size: int,
@@ -71,8 +72,9 @@ def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: 
     return Calibration(qmodel, record, scales)
 
 
-def export(model: nn.Module, graph: str, precision: str, activations: str, probes: bool = False) -> onnx.ModelProto:
-    return export_keyword_spotter(model, activations, probes=probes)
+def export(model: nn.Module, graph: str, precision: str, activations: str, probes: bool = False,
+           weights: WeightFile | None = None) -> onnx.ModelProto:
+    return export_keyword_spotter(model, activations, probes=probes, weights=weights)
 
 
 def limits(cfg: KwsConfig, *, max_batch: int = 8, max_clip_s: float = 2.0, **_) -> dict:

@@ -1,0 +1,149 @@
+"""The public Mamba sizes through the user's commands: calibrate, build-engine (int8; fp16 up to --fp16-max)
+and bench, each stage a separate `quamba-edge` process whose peak resident memory is read from the kernel
+(wait4's rusage), with the artifact or engine size beside it.
+
+Weights are random at the public shapes (state-spaces/mamba-130m ... -2.8b: speed and memory do not depend
+on their values), saved as a mamba-ssm layout checkpoint (fp32 safetensors) with a byte-level BPE tokenizer
+(8192 tokens) trained on the default corpus. Calibration uses few samples (--samples, --seq-len: say so
+when quoting). Every row is written to the JSON as soon as it is measured, so a stopped run keeps them.
+
+    python benchmarks/scale.py --shapes mamba-130m mamba-370m --out benchmarks/results/scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from quamba_edge.bench.report import machine
+from quamba_edge.checkpoints.mamba import save_checkpoint
+from quamba_edge.data.text import read_text
+from quamba_edge.io import atomic_write_json, sha256_file
+from quamba_edge.models.mamba import PUBLIC_SHAPES, MambaLM, init_weights, public_shape
+
+CLI = str(Path(sys.executable).parent / "quamba-edge")
+
+
+def train_tokenizer(path: Path, vocab: int = 8192) -> Path:
+    """A GPT-NeoX-style byte-level BPE trained on the default (training) corpus: ids < 8192 fit every shape."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if not path.exists():
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator([read_text("default")], trainer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tok.save(str(path))
+    return path
+
+
+def checkpoint(shape: str, root: Path, tokenizer: Path) -> Path:
+    out = root / shape / "ckpt"
+    if not (out / "config.json").exists():
+        torch.manual_seed(0)
+        model = MambaLM(public_shape(shape))
+        init_weights(model, seed=0)
+        save_checkpoint(model, out)
+        del model
+    shutil.copy(tokenizer, out / "tokenizer.json")
+    return out
+
+
+def run(stage: str, shape: str, args: list[str], size_of: Path | None) -> dict:
+    """One CLI process: wall seconds, its own peak RSS (wait4), exit status, the output's size on disk."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    row = {"shape": shape, "stage": stage, "seconds": round(time.perf_counter() - start, 1),
+           "peak_rss_mb": round(usage.ru_maxrss / 1024), "ok": proc.returncode == 0,
+           "command": "quamba-edge " + " ".join(map(str, args))}
+    if size_of is not None and size_of.exists():
+        row["size_mb"] = round(sum(f.stat().st_size for f in size_of.rglob("*") if f.is_file()) / 2**20)
+    if proc.returncode != 0:
+        row["error"] = output.strip().splitlines()[-6:]
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", nargs="*", default=list(PUBLIC_SHAPES))
+    ap.add_argument("--work", type=Path, default=Path(".cache/scale"))
+    ap.add_argument("--samples", type=int, default=2)
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--gen-len", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fp16-max", default="mamba-790m", help="largest shape also built as an fp16 engine")
+    ap.add_argument("--keep", action="store_true", help="keep checkpoints, artifacts and engines")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
+    args = ap.parse_args(argv)
+    console = Console(width=160)
+    tokenizer = train_tokenizer(args.work / "tokenizer.json")
+    rows: list[dict] = []
+    meta = {"command": "python " + " ".join(sys.argv), "machine": machine("cpu"), "samples": args.samples,
+            "seq_len": args.seq_len, "prompt_len": args.prompt_len, "gen_len": args.gen_len,
+            "threads": args.threads, "tokenizer_sha256": sha256_file(tokenizer),
+            "note": "random weights at the public shapes; calibration on few samples (see samples, seq_len)"}
+    order = list(PUBLIC_SHAPES)
+    for shape in args.shapes:
+        root = args.work / shape
+        console.print(f"[bold]{shape}[/]: checkpoint")
+        ckpt = checkpoint(shape, args.work, tokenizer)
+        steps = [("calibrate", ["calibrate", "--model", ckpt, "--samples", args.samples, "--seq-len", args.seq_len,
+                                "--out", root / "int8", "--threads", args.threads, "--json"], root / "int8"),
+                 ("build-engine int8", ["build-engine", root / "int8", "--out", root / "engine-int8", "--max-prompt",
+                                        args.prompt_len, "--threads", args.threads, "--json"], root / "engine-int8")]
+        if order.index(shape) <= order.index(args.fp16_max):
+            steps.append(("build-engine fp16", ["build-engine", ckpt, "--precision", "fp16", "--out",
+                                                root / "engine-fp16", "--max-prompt", args.prompt_len, "--threads",
+                                                args.threads, "--json"], root / "engine-fp16"))
+        for stage, cli, size_of in steps:
+            console.print(f"  {stage}")
+            rows.append(run(stage, shape, cli, size_of))
+            atomic_write_json(args.out, {**meta, "rows": rows})
+            if not rows[-1]["ok"] and stage == "calibrate":
+                break
+        engines = [e for e in ("int8", "fp16") if (root / f"engine-{e}" / "build.json").exists()]
+        for engine in engines:
+            bench_json = root / f"bench-{engine}.json"
+            console.print(f"  bench {engine}")
+            row = run(f"bench {engine}", shape, ["bench", root / f"engine-{engine}", "--prompt-len", args.prompt_len,
+                                                 "--gen-len", args.gen_len, "--repeats", 1, "--threads", 1,
+                                                 "--json", bench_json], None)
+            if row["ok"]:
+                result = json.loads(bench_json.read_text())["results"][0]
+                row.update({k: result.get(k) for k in ("decode_tok_s", "prompt_tok_s", "decode_weights_gb_s",
+                                                       "rss_mb")})
+            rows.append(row)
+            atomic_write_json(args.out, {**meta, "rows": rows})
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    table = Table(title="the public Mamba shapes through calibrate, build-engine and bench (random weights)")
+    for col in ("shape", "stage", "ok", "seconds", "peak RSS MB", "size MB", "decode tok/s", "GB/s"):
+        table.add_column(col, justify="left" if col in ("shape", "stage") else "right")
+    for r in rows:
+        table.add_row(r["shape"], r["stage"], "yes" if r["ok"] else "[red]no[/]", f"{r['seconds']:.0f}",
+                      str(r["peak_rss_mb"]), str(r.get("size_mb", "-")),
+                      f"{r['decode_tok_s']:.1f}" if r.get("decode_tok_s") else "-",
+                      f"{r['decode_weights_gb_s']:.1f}" if r.get("decode_weights_gb_s") else "-")
+    console.print(table)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
