@@ -295,6 +295,9 @@ def bench(
                                                         "average W and J per token.")] = False,
     clip_s: Annotated[float, typer.Option(min=0.01, help="Speech models: seconds of audio per clip (latency per "
                                                          "clip and the real-time factor).")] = 1.0,
+    low_memory: Annotated[bool, typer.Option("--low-memory", help="ONNX Runtime engines without pre-packed weight "
+                                                                  "copies: resident memory near the weights' size, "
+                                                                  "slower matmuls.")] = False,
     check: Annotated[bool, typer.Option("--check", help="Also compare every system's outputs with the first "
                                                         "system's on the same inputs (judged when both compute in "
                                                         "the same float precision); exit 1 on a failure.")] = False,
@@ -329,7 +332,8 @@ def bench(
                 task = progress.add_task(f"bench {spec}", total=repeats)
                 row, work, system = report.measure_system(
                     spec, device, threads, repeats, on_repeat=lambda t=task: progress.advance(t), kernels=kernels,
-                    power=power, against=first if check else None, batch=batch, prompt_len=prompt_len,
+                    power=power, against=first if check else None, prepack=not low_memory, batch=batch,
+                    prompt_len=prompt_len,
                     gen_len=gen_len, set_size=set_size, clip_s=clip_s)
                 measured.append((row, work))
                 first = first or (system, work)

@@ -43,7 +43,7 @@ from quamba_edge.families.base import Family, Loaded
 from quamba_edge.families.registry import by_name, load
 from quamba_edge.io import atomic_write_json, sha256_file, staged_dir
 
-EXTERNAL_DATA_BYTES = 1 << 30  # past this, weights go to weights.data (protobuf's limit for one graph is 2 GiB)
+EXTERNAL_DATA_BYTES = 64 << 20  # past this, weights.data: one copy for both graphs (and protobuf stops at 2 GiB)
 WEIGHTS_DATA = "weights.data"
 BUILD_FORMAT_VERSION = 2  # v2: one layout for every family ("limits" replaces "profile"; plan sidecars hold shapes)
 BUILD_JSON = "build.json"
@@ -94,10 +94,14 @@ def _plugin_library(mode: str, backend: str, precision: str, family: Family) -> 
 
 
 def _runners(paths: dict[str, Path | bytes], backend: str, target: str, int8: bool, threads: int,
-             activations: str) -> dict:
+             activations: str, prepack: bool = True) -> dict:
     if backend == "ort":
+        first = next(iter(paths.values()))
+        data = Path(first).parent / WEIGHTS_DATA if isinstance(first, Path) else None
+        shared = ort_backend.SharedWeights(data) if data is not None and data.exists() else None
         return {g: ort_backend.OrtRunner(p, name=g, threads=threads, int8=int8, target=target,
-                                         activations=activations) for g, p in paths.items()}
+                                         activations=activations, shared=shared, prepack=prepack)
+                for g, p in paths.items()}
     return {g: TensorRTRunner(Path(p).with_suffix(".plan"), name=g) for g, p in paths.items()}
 
 
@@ -119,7 +123,7 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
     the profile's batch and TensorRT workspace do not fit (DESIGN.md, "Scale").
     external_data: store the graphs' weights in one shared file beside them (`weights.data`, ONNX external
     data: prefill and decode share every tensor, and no graph meets protobuf's 2 GiB limit); None: when
-    the weights pass EXTERNAL_DATA_BYTES.
+    the weights pass EXTERNAL_DATA_BYTES (64 MiB: every public Mamba size; small test models stay inline).
 
     Raises QuambaEdgeError for a request the family or backend cannot build, ParityError (nothing written)
     when the engine disagrees with the reference beyond DESIGN.md's tolerances.
@@ -260,8 +264,9 @@ class Engine:
     def graph(self, name: str) -> Path:
         return self.directory / f"{name}.onnx"
 
-    def system(self, device: str, threads: int) -> System:
-        """The engine's graphs on its backend, ready to run (`device` must be one the engine was built for)."""
+    def system(self, device: str, threads: int, prepack: bool = True) -> System:
+        """The engine's graphs on its backend, ready to run (`device` must be one the engine was built for);
+        prepack=False: ONNX Runtime without its pre-packed weight copies (bench --low-memory)."""
         build, family = self.build, self.family
         backend, target = build["backend"], build["target"]
         tag = family.tag(self.cfg, build["recipe"], self.precision)
@@ -272,7 +277,7 @@ class Engine:
                 raise QuambaEdgeError(f"{self.directory} is an ONNX Runtime engine for --target {target}; "
                                       f"--device {device} needs --target {wanted}. Fix: rebuild it.")
             runners = _runners({g: self.graph(g) for g in family.graphs}, "ort", target, self.precision == "int8",
-                               threads, build.get("int8_activations") or "int8")
+                               threads, build.get("int8_activations") or "int8", prepack)
         else:
             if device == "cpu":
                 raise QuambaEdgeError(f"{self.directory} is a TensorRT engine; it runs on --device cuda or orin.")

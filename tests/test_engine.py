@@ -187,8 +187,12 @@ def test_external_data_engines_share_one_weight_file(spec, request, tmp_path):
         assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
     assert data < 1.2 * inline_decode  # shared: one copy of the weights, not one per graph
     assert inline["parity"]["cases"] and not inline.get("external_data")
-    row, _, _ = measure_system(str(tmp_path / "eng"), "cpu", 1, 1, batch=1, prompt_len=8, gen_len=3)
+    row, work, system = measure_system(str(tmp_path / "eng"), "cpu", 1, 1, batch=1, prompt_len=8, gen_len=3)
     assert row["decode_tok_s"] > 0 and row["decode_weights_gb_s"] > 0
+    assert system["prefill"].shared is system["decode"].shared is not None  # one mapping for both sessions
+    low, _, _ = measure_system(str(tmp_path / "eng"), "cpu", 1, 1, batch=1, prompt_len=8, gen_len=3,
+                               prepack=False, against=(system, work))
+    assert low["check"]["passed"] and low["check"]["worst_rel_error"] < 1e-5  # same numbers without prepacking
 
 
 def test_an_engine_too_big_for_the_board_is_refused_with_the_numbers(int8_artifact, tmp_path):

@@ -77,19 +77,60 @@ def _session(graph: Path | bytes, opts, providers: list[str], int8: bool):
 
 
 def make_session(graph: Path | bytes, *, threads: int = 1, int8: bool = False, target: str = "cpu",
-                 activations: str = "int8"):
-    return _session(graph, session_options(threads, int8, activations=activations), providers_for(target), int8)
+                 activations: str = "int8", shared: SharedWeights | None = None, prepack: bool = True):
+    opts = session_options(threads, int8, activations=activations)
+    if shared is not None and isinstance(graph, Path):
+        shared.register(opts, graph)
+    if not prepack:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+    return _session(graph, opts, providers_for(target), int8)
+
+
+class SharedWeights:
+    """One engine's weights.data, memory-mapped once, handed to every session of the engine as pre-allocated
+    initializers (ONNX Runtime's AddInitializer): prefill and decode read the same pages instead of each
+    loading its own copy. Measured at the mamba-130m shape (int8, 234 MB of weights, both sessions): 874 MB
+    resident without sharing, 728 MB with it, 241 MB when the sessions also skip ORT's pre-packed weight
+    copies (prepack=False), at about 1.6x the decode time on an AVX2 CPU."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._data = np.memmap(self.path, dtype=np.uint8, mode="r")
+        self._values: dict[tuple, object] = {}
+
+    def register(self, opts, graph: Path) -> None:
+        """Add every initializer `graph` keeps in this file to the session options."""
+        ort = _ort()
+        proto = onnx.load(str(graph), load_external_data=False)
+        for tensor in proto.graph.initializer:
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            entries = {e.key: e.value for e in tensor.external_data}
+            if entries.get("location") != self.path.name:
+                continue
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            offset, length = int(entries["offset"]), int(entries["length"])
+            key = (offset, length, dtype.str, tuple(tensor.dims))
+            if key not in self._values:  # the OrtValue points into the mapping; it lives as long as we do
+                view = self._data[offset : offset + length].view(dtype).reshape(tuple(tensor.dims))
+                self._values[key] = ort.OrtValue.ortvalue_from_numpy(view)
+            opts.add_initializer(tensor.name, self._values[key])
 
 
 class OrtRunner(Runner):
-    """One graph (a path or serialized bytes) in an ONNX Runtime session."""
+    """One graph (a path or serialized bytes) in an ONNX Runtime session; `shared`: the engine's weights.data,
+    mapped once for all its sessions; `prepack=False` skips ORT's pre-packed weight copies (less memory,
+    slower matmuls)."""
 
     backend = "ort"
 
     def __init__(self, graph: Path | bytes, *, name: str = "graph", threads: int = 1, int8: bool = False,
-                 target: str = "cpu", activations: str = "int8"):
+                 target: str = "cpu", activations: str = "int8", shared: SharedWeights | None = None,
+                 prepack: bool = True):
         super().__init__(name)
-        self.session = make_session(graph, threads=threads, int8=int8, target=target, activations=activations)
+        self.shared = shared  # keeps the mapping alive as long as the session
+        self.session = make_session(graph, threads=threads, int8=int8, target=target, activations=activations,
+                                    shared=shared, prepack=prepack)
 
     def _infer(self, feeds) -> dict[str, np.ndarray]:
         return run(self.session, feeds)

@@ -45,13 +45,14 @@ def machine(device: str) -> dict:
 
 
 def measure_system(spec: str, device: str, threads: int, repeats: int, *, on_repeat=None, kernels: bool = False,
-                   power: bool = False, against: tuple | None = None, **workload) -> tuple[dict, object, System]:
+                   power: bool = False, against: tuple | None = None, prepack: bool = True,
+                   **workload) -> tuple[dict, object, System]:
     """Open `spec` as a System, time its family's workload (options: batch, prompt_len, gen_len, set_size,
     clip_s: each family takes the ones it knows) and, with `power`, the board's average power and energy per
     unit of work. `against` = (first system, its workload): also check this system's outputs against the first
     one's on the same inputs (`bench --check`; row["check"]). Returns the row, the workload (whose columns
     print it) and the system."""
-    system = open_system(spec, device=device, threads=threads, kernels=kernels)
+    system = open_system(spec, device=device, threads=threads, kernels=kernels, prepack=prepack)
     work = system.family.workload(system.cfg, **workload)
     if against is not None:
         first, first_work = against
@@ -124,7 +125,8 @@ def print_measurements(console, measured: list[tuple[dict, object]]) -> None:
             columns += [Column("board W", "avg_power_w", "{:.2f}"), *work.energy_columns]
         table = Table(title=f"{title}, {first['threads']} thread(s), median of {first['repeats']}")
         for col in columns:  # fold, never cut: a number shortened to "52…" is worse than one on two lines
-            table.add_column(col.header, justify="left" if col.key == "system" else "right", overflow="fold")
+            system = col.key == "system"
+            table.add_column(col.header, justify="left" if system else "right", overflow="fold", no_wrap=system)
         for r in rows:
             table.add_row(*(col.cell(r) for col in columns))
         console.print(table)

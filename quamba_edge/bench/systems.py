@@ -15,13 +15,13 @@ from quamba_edge.families.registry import load
 from quamba_edge.models.mamba import PUBLIC_SHAPES, public_shape
 
 
-def open_system(spec: str, *, device: str, threads: int, kernels: bool = False) -> System:
+def open_system(spec: str, *, device: str, threads: int, kernels: bool = False, prepack: bool = True) -> System:
     """An engine directory (build.json) -> its backend; anything else -> PyTorch eager (CPU or CUDA).
 
     kernels=True runs a quantized model through the family's csrc/ ops (CUDA kernels or CPU twins).
     """
     if is_engine(Path(spec)):
-        return load_engine(Path(spec)).system(device, threads)
+        return load_engine(Path(spec)).system(device, threads, prepack)
     if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
         raise QuambaEdgeError(f"{spec} is a model, not an engine: PyTorch eager runs on --device cpu (or cuda on a "
                               f"machine with a GPU). Fix: `quamba-edge build-engine {spec} --out DIR` and bench DIR.")

@@ -205,7 +205,7 @@ def layer_parity(model: nn.Module, *, seed: int = 1, batch: int = 2, length: int
     Why: int8 tensors are exact except near rounding ties, but a tie resolved differently in layer i changes
     the input of layer i+1, so end to end one-step differences cascade through a deep model (5% on the
     logits of a 24-layer model after 33 tokens is normal) and are recorded, not judged. Layer by layer:
-    int8 conv state equal except one step in at most 0.5% of places, layer outputs, SSM states and logits
+    int8 conv state equal except one step in at most 2% of places, layer outputs, SSM states and logits
     within 1e-2 (one tie resolved the other way in a layer's delta moves that channel's SSM state for the
     rest of the prompt: 1.3e-3 was seen at the mamba-130m shape). A wrong scale, rotation or layout fails by
     one to three orders of magnitude more (tests/test_export.py checks that it does)."""
