@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,8 +145,19 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
     if external_data is None:
         external_data = _weight_bytes(model, precision) > EXTERNAL_DATA_BYTES
     with staged_dir(out, ours=lambda d: (d / BUILD_JSON).exists(), what="an engine directory") as tmp:
-        paths = _export_graphs(family, model, precision, activations, tmp, external_data, step,
-                               plugin_pass=family.plugin_pass if plugin_lib is not None else None)
+        layer_by_layer = int8 and backend == "ort"  # the probe graphs: int8 parity is judged layer by layer
+        weights = WeightFile(tmp / WEIGHTS_DATA) if external_data else None
+        try:
+            paths = _export_graphs(family, model, precision, activations, tmp, weights, step,
+                                   plugin_pass=family.plugin_pass if plugin_lib is not None else None)
+            probes = (_export_graphs(family, model, precision, activations, tmp, weights, step, probes=True)
+                      if layer_by_layer else {})  # same tensors: nothing new in weights.data
+        finally:
+            if weights is not None:
+                weights.close()
+        if weights is not None:
+            for path in [*paths.values(), *probes.values()]:
+                onnx.checker.check_model(str(path), full_check=True)
         plans = {}
         if backend == "tensorrt":
             for graph in family.graphs:
@@ -155,14 +165,14 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
                 plans[graph] = build_plan(paths[graph], graph, family.profile(graph, cfg, limits), tmp,
                                           plugins=plugin_lib)
         step("parity check against the PyTorch reference")
-        report = check(_runners(paths, backend, target, int8, threads, activations),
+        # parity runs a few tokens: sessions without ORT's pre-packed weight copies keep build-engine's peak down
+        report = check(_runners(paths, backend, target, int8, threads, activations, prepack=False),
                        family.parity(model, precision, limits), precision)
-        if int8 and backend == "ort":
-            with tempfile.TemporaryDirectory(dir=tmp.parent) as probe_dir:
-                probes = _export_graphs(family, model, precision, activations, Path(probe_dir), external_data,
-                                        step, probes=True)
-                check(_runners(probes, backend, target, int8, threads, activations),
-                      family.layer_parity(model) or (), precision, report)
+        if layer_by_layer:
+            check(_runners(probes, backend, target, int8, threads, activations, prepack=False),
+                  family.layer_parity(model) or (), precision, report)
+            for path in probes.values():
+                path.unlink()
         if not report.passed:
             raise ParityError(report.failure() + " The engine was not written. This is a bug in the export or the "
                               "backend: please report it with build.json's parity section.")
@@ -202,29 +212,20 @@ def _check_fit(loaded: Loaded, precision: str, limits: dict, device: str, usable
             "smaller --max-batch, or a board with more memory.")
 
 
-def _export_graphs(family: Family, model, precision: str, activations: str, directory: Path, external_data: bool,
-                   step, probes: bool = False, plugin_pass=None) -> dict[str, Path]:
-    """Write the family's graphs into `directory` (weights in one shared `weights.data` when external_data),
-    check each saved file with onnx's checker, and return their paths by graph name."""
-    weights = WeightFile(directory / WEIGHTS_DATA) if external_data else None
+def _export_graphs(family: Family, model, precision: str, activations: str, directory: Path,
+                   weights: WeightFile | None, step, probes: bool = False, plugin_pass=None) -> dict[str, Path]:
+    """Write the family's graphs into `directory` (their large tensors into `weights` when given) and return
+    their paths by graph name; probe graphs are named probe-<graph>.onnx."""
     paths = {}
-    try:
-        for graph in family.graphs:
-            step(f"exporting {graph} graph ({precision}{', probes' if probes else ''})")
-            proto = family.export(model, graph, precision, activations, probes=probes, weights=weights)
-            onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
-                                                "family": family.name})
-            if plugin_pass is not None:
-                proto = plugin_pass(proto, model)
-            paths[graph] = directory / f"{graph}.onnx"
-            onnx.save(proto, str(paths[graph]))
-            del proto
-    finally:
-        if weights is not None:
-            weights.close()
-    if weights is not None:
-        for path in paths.values():
-            onnx.checker.check_model(str(path), full_check=True)
+    for graph in family.graphs:
+        step(f"exporting {graph} graph ({precision}{', probes' if probes else ''})")
+        proto = family.export(model, graph, precision, activations, probes=probes, weights=weights)
+        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, "family": family.name})
+        if plugin_pass is not None:
+            proto = plugin_pass(proto, model)
+        paths[graph] = directory / f"{'probe-' if probes else ''}{graph}.onnx"
+        onnx.save(proto, str(paths[graph]))
+        del proto
     return paths
 
 
