@@ -91,7 +91,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--fp16-max", default="mamba-790m", help="largest shape also built as an fp16 engine")
     ap.add_argument("--keep", action="store_true", help="keep checkpoints, artifacts and engines")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
+    ap.add_argument("--markdown", action="store_true", help="print --out's rows as a markdown table and exit")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.out.read_text())["rows"]))
+        return []
     console = Console(width=160)
     tokenizer = train_tokenizer(args.work / "tokenizer.json")
     rows: list[dict] = []
@@ -143,6 +147,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       f"{r['decode_weights_gb_s']:.1f}" if r.get("decode_weights_gb_s") else "-")
     console.print(table)
     return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| shape | stage | ok | seconds | peak RSS MB | size MB | decode tok/s | weights GB/s |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        tok = f"{r['decode_tok_s']:.1f}" if r.get("decode_tok_s") else "-"
+        gbs = f"{r['decode_weights_gb_s']:.1f}" if r.get("decode_weights_gb_s") else "-"
+        lines.append(f"| {r['shape']} | {r['stage']} | {'yes' if r['ok'] else 'no'} | {r['seconds']:.0f} | "
+                     f"{r['peak_rss_mb']} | {r.get('size_mb', '-')} | {tok} | {gbs} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -29,15 +29,21 @@ def on_jetson(device: str) -> bool:
     return profile is not None and (device == "orin" or device == profile.name)
 
 
+# The instruction-set features that decide int8 speed on a CPU (x86 /proc/cpuinfo "flags", ARM "Features").
+ISA_FLAGS = {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve"}
+
+
 def machine(device: str) -> dict:
     import onnxruntime
     import torch
 
-    cpu = ""
+    cpu, flags = "", []
     with contextlib.suppress(OSError, StopIteration):
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    return {"device": device, "cpu": cpu or platform.processor(), "cores": os.cpu_count(),
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        present = set(next(line.split(":", 1)[1].split() for line in lines if line.startswith(("flags", "Features"))))
+        flags = sorted(present & ISA_FLAGS)
+    return {"device": device, "cpu": cpu or platform.processor(), "isa": flags, "cores": os.cpu_count(),
             "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "quamba_edge": __version__, "jetson": jetson_model(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
