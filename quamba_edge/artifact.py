@@ -92,16 +92,27 @@ def save_artifact(
 
 
 def rebuild_command(manifest: dict, path: Path) -> str:
-    """The `quamba-edge calibrate` command that writes this artifact again, from what its manifest recorded."""
+    """The `quamba-edge calibrate` command that writes this artifact again, from what its manifest recorded:
+    the source, the calibration data and the recipe's fields (v1's untyped recipe and v2's typed one both
+    carry them; a v1 recipe names itself by `name`, a v2 one by `kind`)."""
     source = (manifest.get("source") or {}).get("model", "MODEL")
-    label = str(manifest.get("recipe_label") or "quamba")
-    recipe = next((name for name in recipes.NAMES if label.startswith(name)), "quamba")
+    recipe = manifest.get("recipe") or {}
+    quantize = recipe.get("kind", recipe.get("name")) != "fp" and recipe.get("quantize", True)
+    rotated = recipe.get("hadamard", False)
+    percentile = recipe.get("percentile")
+    name = "fp" if not quantize else ("quamba" if rotated or percentile is not None else "naive")
     calibration = manifest.get("calibration") or {}
-    args = [f"--model {source}", f"--recipe {recipe}"]
+    args = [f"--model {source}", f"--recipe {name}"]
     args += [f"--{k.replace('_', '-')} {calibration[k]}" for k in ("data", "samples", "seq_len") if k in calibration]
-    args += [flag for flag, part in (("--weight-granularity channel", "channel"), ("--no-hadamard", "no-hadamard"),
-                                     ("--no-percentile", "no-percentile"), ("--int8-head", "int8-head"),
-                                     ("--int8-conv-features", "int8-conv")) if part in label.split("-", 1)[-1]]
+    if name == "quamba":
+        args += [] if rotated else ["--no-hadamard"]
+        if percentile is None:
+            args.append("--no-percentile")
+        elif percentile != recipes.DEFAULT_PERCENTILE:
+            args.append(f"--percentile {percentile}")
+    args += [flag for flag, on in (("--weight-granularity channel", recipe.get("weight_granularity") == "channel"),
+                                   ("--int8-head", recipe.get("int8_head")),
+                                   ("--int8-conv-features", recipe.get("int8_conv_features"))) if on]
     return f"quamba-edge calibrate {' '.join(args)} --out {path}"
 
 

@@ -104,8 +104,8 @@ def _runners(paths: dict[str, Path | bytes], backend: str, target: str, int8: bo
     return {g: TensorRTRunner(Path(p).with_suffix(".plan"), name=g) for g, p in paths.items()}
 
 
-def _weight_bytes(model, precision: str) -> int:
-    """Bytes of the engine's weights: the model's tensors at the precision they are exported in."""
+def weight_bytes(model, precision: str | None = None) -> int:
+    """Bytes of a model's tensors, or of an engine's weights built from it at `precision` (fp16 halves them)."""
     total = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     return total // 2 if precision == "fp16" else total
 
@@ -143,7 +143,7 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
     activations = ort_backend.activation_encoding(backend, target)
     out = Path(out).resolve()
     if external_data is None:
-        external_data = _weight_bytes(model, precision) > EXTERNAL_DATA_BYTES
+        external_data = weight_bytes(model, precision) > EXTERNAL_DATA_BYTES
     with staged_dir(out, ours=lambda d: (d / BUILD_JSON).exists(), what="an engine directory") as tmp:
         layer_by_layer = int8 and backend == "ort"  # the probe graphs: int8 parity is judged layer by layer
         weights = WeightFile(tmp / WEIGHTS_DATA) if external_data else None
@@ -200,7 +200,7 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
 def _check_fit(loaded: Loaded, precision: str, limits: dict, device: str, usable: float) -> None:
     """The engine on the board: weights + states (in and out, at the profile's largest batch) + the TensorRT
     workspace must fit the board's usable memory; refused with the numbers when they do not."""
-    weights = _weight_bytes(loaded.model, precision)
+    weights = weight_bytes(loaded.model, precision)
     states = loaded.family.state_bytes(loaded.cfg, limits, precision)
     need = weights + states + WORKSPACE_BYTES
     if need > usable:

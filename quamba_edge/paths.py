@@ -9,6 +9,12 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = PACKAGE_DIR / "assets" / "default"
 
 
+def looks_like_hub_id(spec: str | Path) -> bool:
+    """`org/name` that is not a path written relative to here, the root or home: a Hugging Face hub id."""
+    text = str(spec)
+    return text.count("/") == 1 and not text.startswith((".", "/", "~"))
+
+
 def cache_dir() -> Path:
     """`$QUAMBA_EDGE_CACHE`, else `~/.cache/quamba_edge` (the Makefile points it at `./.cache`)."""
     root = os.environ.get("QUAMBA_EDGE_CACHE")

@@ -191,7 +191,7 @@ def test_external_data_engines_share_one_weight_file(spec, request, tmp_path):
     assert row["decode_tok_s"] > 0 and row["decode_weights_gb_s"] > 0
     assert system["prefill"].shared is system["decode"].shared is not None  # one mapping for both sessions
     low, _, _ = measure_system(str(tmp_path / "eng"), "cpu", 1, 1, batch=1, prompt_len=8, gen_len=3,
-                               prepack=False, against=(system, work))
+                               prepack=False, against=(system, work, work.outputs(system)))
     assert low["check"]["passed"] and low["check"]["worst_rel_error"] < 1e-5  # same numbers without prepacking
 
 

@@ -121,13 +121,13 @@ def check(system: System | dict, cases: Iterable[Case], precision: str,
     return report
 
 
-def check_against(first: System, other: System, outputs: Callable[[System], dict]) -> ParityReport:
-    """`bench --check`: `other`'s outputs against `first`'s on the same inputs (`outputs(system)` runs them).
+def check_against(first: System, other: System, outputs: Callable[[System], dict], reference: dict) -> ParityReport:
+    """`bench --check`: `other`'s outputs against `reference`, `first`'s outputs on the same inputs
+    (`outputs(system)` runs them; the caller runs it on `first` once for every system it compares).
     Judged when both compute in the same precision (fp32, fp16: their parity tolerance; int8: INT8_END_TO_END);
     systems of different precisions are recorded, not judged (fp32 and int8 differ by design)."""
     same = first.precision == other.precision
     tolerance = (INT8_END_TO_END if other.precision == "int8" else TOLERANCE[other.precision]) if same else None
-    reference = outputs(first)
     name = f"{other.label} vs {first.label}"
     case = Case(name, None, None, lambda out: [compare(name, k, out[k], ref, tolerance)
                                                for k, ref in reference.items()], run=outputs)

@@ -55,17 +55,17 @@ def measure_system(spec: str, device: str, threads: int, repeats: int, *, on_rep
                    **workload) -> tuple[dict, object, System]:
     """Open `spec` as a System, time its family's workload (options: batch, prompt_len, gen_len, set_size,
     clip_s: each family takes the ones it knows) and, with `power`, the board's average power and energy per
-    unit of work. `against` = (first system, its workload): also check this system's outputs against the first
-    one's on the same inputs (`bench --check`; row["check"]). Returns the row, the workload (whose columns
-    print it) and the system."""
+    unit of work. `against` = (first system, its workload, that workload's outputs on it): also check this
+    system's outputs against the first one's on the same inputs (`bench --check`; row["check"]). Returns the
+    row, the workload (whose columns print it) and the system."""
     system = open_system(spec, device=device, threads=threads, kernels=kernels, prepack=prepack)
     work = system.family.workload(system.cfg, **workload)
     if against is not None:
-        first, first_work = against
+        first, first_work, reference = against
         if first.family is not system.family:
             raise QuambaEdgeError(f"--check compares systems of one model family; {spec} is {system.family.name}, "
                                   f"the first system {first.family.name}.")
-        report = check_against(first, system, first_work.outputs)
+        report = check_against(first, system, first_work.outputs, reference)
         worst = report.worst
         check = {"against": first.label, "judged": report.tolerance > 0, "passed": report.passed,
                  "worst_tensor": worst["tensor"], "worst_rel_error": worst.get("rel_error"),

@@ -9,7 +9,7 @@ import torch
 
 from quamba_edge.backends.base import System
 from quamba_edge.backends.torch import TorchRunner
-from quamba_edge.engine import is_engine, load_engine
+from quamba_edge.engine import is_engine, load_engine, weight_bytes
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.families.registry import load
 from quamba_edge.models.mamba import PUBLIC_SHAPES, public_shape
@@ -39,8 +39,7 @@ def open_system(spec: str, *, device: str, threads: int, kernels: bool = False, 
     tag = family.tag(loaded.cfg, loaded.label, precision)
     label = f"{backend}-{precision}" + (f" ({tag})" if tag else "")
     runners = {g: TorchRunner(g, fn, backend) for g, fn in family.reference(model, device).items()}
-    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    return System(runners, label, backend, precision, loaded.cfg, family, {}, weight_bytes)
+    return System(runners, label, backend, precision, loaded.cfg, family, {}, weight_bytes(model))
 
 
 def precision_and_config(spec: str):

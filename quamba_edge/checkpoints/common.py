@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.paths import DEFAULT_MODEL_DIR
+from quamba_edge.paths import DEFAULT_MODEL_DIR, looks_like_hub_id
 
 WEIGHT_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin",
                    "tokenizer.json", "tokenizer_config.json"]
@@ -38,8 +38,7 @@ def resolve_model_dir(spec: str | Path) -> Path:
         if not path.is_dir():
             raise QuambaEdgeError(f"{path} is a file; pass the checkpoint directory that contains config.json.")
         return path
-    looks_like_hub_id = spec_str.count("/") == 1 and not spec_str.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
+    if not looks_like_hub_id(spec_str):
         raise QuambaEdgeError(f"no such checkpoint directory: {path}. Fix: check the path, or pass `default`.")
     try:
         from huggingface_hub import snapshot_download

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.paths import looks_like_hub_id
 
 
 class Tokenizer(Protocol):
@@ -140,7 +141,7 @@ def tokenizer_file(spec: str | Path) -> Path:
         path = path / "tokenizer.json"
     if path.is_file():
         return path
-    if str(spec).count("/") == 1 and not str(spec).startswith((".", "/", "~")):
+    if looks_like_hub_id(spec):
         try:
             from huggingface_hub import hf_hub_download
 

@@ -85,17 +85,12 @@ def extra_files(loaded: Loaded) -> dict[str, Path]:
     return {"tokenizer.json": own} if own.exists() else {}
 
 
-def _batched(windows: torch.Tensor, batch_size: int):
-    for start in range(0, len(windows), batch_size):
-        yield windows[start : start + batch_size]
-
-
 def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: int, batch_size: int,
               on_batch: Progress | None) -> Calibration:
     """The first `samples` windows of `seq_len` tokens of `data`, in file order (DESIGN.md)."""
     start = time.perf_counter()
     windows = load_windows(data, tokenizer(loaded), samples, seq_len)
-    qmodel, scales = quantize(loaded.model, recipe, _batched(windows.tokens, batch_size), on_batch)
+    qmodel, scales = quantize(loaded.model, recipe, windows.tokens.split(batch_size), on_batch)
     record = {"data": str(data), "samples": samples, "seq_len": seq_len, "digest": windows.digest,
               "seconds": round(time.perf_counter() - start, 2)}
     return Calibration(qmodel, record, scales)

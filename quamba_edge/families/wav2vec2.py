@@ -64,7 +64,7 @@ def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: 
     """Static W8A8 of a keyword spotter's linear and conv layers, calibrated on synthetic speech only."""
     start = time.perf_counter()
     windows = torch.from_numpy(calibration_windows(data, samples, loaded.cfg.window_s))
-    batches = ((windows[i : i + batch_size],) for i in range(0, len(windows), batch_size))
+    batches = [(batch,) for batch in windows.split(batch_size)]
     qmodel, scales = quantize(loaded.model, recipe, batches, on_batch, data="audio")
     record = {"data": str(data), "samples": len(windows), "window_s": loaded.cfg.window_s,
               "digest": hashlib.sha256(windows.numpy().tobytes()).hexdigest(),
