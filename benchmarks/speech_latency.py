@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if shape == "tiny" and args.kws is not None:
                 ckpt = args.kws
             else:
-                cfg = Wav2Vec2Config.tiny() if shape == "tiny" else Wav2Vec2Config.base()
+                cfg = Wav2Vec2Config.tiny() if shape == "tiny" else Wav2Vec2Config.BASE
                 save_kws(random_kws(cfg), ckpt)
             for spec in systems_for(shape, ckpt, work, calib):
                 row, _, _ = measure_system(spec, "cpu", 1, args.repeats, batch=1, clip_s=args.clip_s)

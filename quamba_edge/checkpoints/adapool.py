@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from quamba_edge.checkpoints.common import checkpoint_family
+from quamba_edge.checkpoints.common import checkpoint_family, read_safetensors
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.io import atomic_write_json, staged_dir
 from quamba_edge.models.adapool import SetModel, SetModelConfig
@@ -38,10 +37,7 @@ def load_set_checkpoint(path: Path) -> SetModel:
     path = Path(path)
     config = json.loads((path / CONFIG).read_text())
     model = SetModel(config_from_dict(config["model_config"]))
-    try:
-        state = load_file(str(path / WEIGHTS))
-    except (OSError, SafetensorError) as exc:
-        raise QuambaEdgeError(f"{path / WEIGHTS} is missing or not a safetensors file ({exc}).") from exc
+    state = read_safetensors(path / WEIGHTS, "Fix: save the checkpoint again with save_set_checkpoint.")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise QuambaEdgeError(f"{path / WEIGHTS} does not match its config.json (missing {missing[:3]}, unexpected "

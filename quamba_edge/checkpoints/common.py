@@ -9,11 +9,13 @@ family understands lives in its own module: mamba.py, wav2vec2.py, adapool.py.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from torch import nn
 
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.paths import DEFAULT_MODEL_DIR, looks_like_hub_id
@@ -98,7 +100,7 @@ def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
         return read_safetensors(model_dir / "model.safetensors")
     if (model_dir / "pytorch_model.bin").exists():
         try:
-            return torch.load(model_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            return torch.load(model_dir / "pytorch_model.bin", map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:
             raise QuambaEdgeError(
                 f"{model_dir / 'pytorch_model.bin'} could not be loaded safely ({type(exc).__name__}: "
@@ -107,3 +109,33 @@ def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     raise QuambaEdgeError(
         f"{model_dir} has config.json but no weights (model.safetensors or pytorch_model.bin)."
     )
+
+
+def adopt(build: Callable[[], nn.Module], state: dict[str, torch.Tensor], dtype: torch.dtype | None = None
+          ) -> nn.Module:
+    """`build()` run on the meta device, then given `state`'s tensors as its own (load_state_dict with
+    assign=True): no random initialisation and no second copy of the weights. Tensors read by safetensors stay
+    memory-mapped (copy-on-write) until written, so an fp32 checkpoint calibrated in fp32 costs page cache, not
+    anonymous memory. Floating tensors are cast to `dtype` one at a time (peak: the model in `dtype` plus one
+    tensor). Tied parameters stay tied. The caller checks names and shapes first; a tensor `state` lacks is
+    a ValueError (it would stay on the meta device)."""
+    with torch.device("meta"):
+        model = build()
+    canonical: dict[int, str] = {}
+    ties = {}  # alias name -> the name of the parameter it is
+    for name, param in model.named_parameters(remove_duplicate=False):
+        ties.update({name: canonical[id(param)]} if id(param) in canonical else {})
+        canonical.setdefault(id(param), name)
+    for name in list(state):
+        if name in ties:
+            del state[name]
+        elif dtype is not None and state[name].is_floating_point():
+            state[name] = state[name].to(dtype)
+    model.load_state_dict(state, strict=False, assign=True)
+    for alias, name in ties.items():
+        owner, _, attr = alias.rpartition(".")
+        setattr(model.get_submodule(owner), attr, model.get_parameter(name))
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise ValueError(f"no tensor given for {left[:4]}")
+    return model

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from quamba_edge.checkpoints.common import load_state_dict, read_config, resolve_model_dir
+from quamba_edge.checkpoints.common import adopt, load_state_dict, read_config, resolve_model_dir
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.io import atomic_write, atomic_write_json
 from quamba_edge.models.mamba import MambaConfig, MambaLM
@@ -215,8 +215,8 @@ def load_mamba(spec: str | Path, dtype: torch.dtype = torch.float32) -> MambaLM:
     cfg = config_from_raw(raw)
     state = _canonical_keys(load_state_dict(model_dir))
     _require_tied_head(raw, state, model_dir)
-    model = MambaLM(cfg)
-    expected = model.state_dict()
+    with torch.device("meta"):
+        expected = MambaLM(cfg).state_dict()  # names and shapes, no memory
     state.setdefault("lm_head.weight", state.get("backbone.embedding.weight"))
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -228,8 +228,7 @@ def load_mamba(spec: str | Path, dtype: torch.dtype = torch.float32) -> MambaLM:
             if keys
         )
         raise QuambaEdgeError(f"the weights in {model_dir} do not match its config.json ({detail}).")
-    model.load_state_dict(state)
-    return model.to(dtype).eval()
+    return adopt(lambda: MambaLM(cfg), state, dtype).eval()
 
 
 def mamba_ssm_config(cfg: MambaConfig) -> dict:

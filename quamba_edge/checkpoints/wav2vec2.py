@@ -19,11 +19,13 @@ import argparse
 import ast
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from quamba_edge.checkpoints.common import checkpoint_family, load_state_dict, read_safetensors
@@ -40,58 +42,39 @@ HEAD_FILE = "kws_head.safetensors"  # a keyword spotter's pooling layer and clas
 
 
 _LAYER = r"encoder\.layers\.(\d+)\."
+_CONV = r"feature_extractor\.conv_layers\.(\d+)\."
 _POS_G = "pos_conv.weight_g"
 _POS_V = "pos_conv.weight_v"
 _POS_W = "pos_conv.weight"  # an effective (already normalised) kernel; converted to g, v on load
 
-# (pattern, replacement) in our names; `heads.` / `quantizer.` targets belong to the pre-training heads.
-_HF_RULES = [
-    (r"feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_encoder.conv_layers.\1.conv."),
-    (r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.", r"feature_encoder.conv_layers.\1.norm."),
-    (r"feature_projection\.layer_norm\.", "feature_norm."),
-    (r"feature_projection\.projection\.", "feature_proj."),
-    (r"masked_spec_embed$", "mask_emb"),
-    (r"encoder\.pos_conv_embed\.conv\.(weight_g|parametrizations\.weight\.original0)$", _POS_G),
-    (r"encoder\.pos_conv_embed\.conv\.(weight_v|parametrizations\.weight\.original1)$", _POS_V),
-    (r"encoder\.pos_conv_embed\.conv\.weight$", _POS_W),
-    (r"encoder\.pos_conv_embed\.conv\.bias$", "pos_conv.bias"),
-    (r"encoder\.layer_norm\.", "encoder_norm."),
-    (_LAYER + r"attention\.(q|k|v|out)_proj\.", r"layers.\1.attn.\2_proj."),
-    (_LAYER + r"layer_norm\.", r"layers.\1.attn_norm."),
-    (_LAYER + r"feed_forward\.intermediate_dense\.", r"layers.\1.fc1."),
-    (_LAYER + r"feed_forward\.output_dense\.", r"layers.\1.fc2."),
-    (_LAYER + r"final_layer_norm\.", r"layers.\1.final_norm."),
-    (r"quantizer\.codevectors$", "quantizer.codevectors"),
-    (r"quantizer\.weight_proj\.", "quantizer.weight_proj."),
-    (r"project_q\.", "heads.project_q."),
-    (r"project_hid\.", "heads.final_proj."),
+# (our name, Hugging Face pattern, fairseq pattern); `heads.` / `quantizer.` names belong to the pre-training heads.
+_RENAMES = [
+    (r"feature_encoder.conv_layers.\1.conv.", _CONV + r"conv\.", _CONV + r"0\."),
+    (r"feature_encoder.conv_layers.\1.norm.", _CONV + r"layer_norm\.", _CONV + r"2\.(1\.)?"),
+    ("feature_norm.", r"feature_projection\.layer_norm\.", r"layer_norm\."),
+    ("feature_proj.", r"feature_projection\.projection\.", r"post_extract_proj\."),
+    ("mask_emb", r"masked_spec_embed$", r"mask_emb$"),
+    *((ours, r"encoder\.pos_conv_embed\.conv\." + end, r"encoder\.pos_conv\.0\." + end) for ours, end in (
+        (_POS_G, r"(weight_g|parametrizations\.weight\.original0)$"),
+        (_POS_V, r"(weight_v|parametrizations\.weight\.original1)$"),
+        (_POS_W, r"weight$"), ("pos_conv.bias", r"bias$"))),
+    ("encoder_norm.", r"encoder\.layer_norm\.", r"encoder\.layer_norm\."),
+    (r"layers.\1.attn.\2_proj.", _LAYER + r"attention\.(q|k|v|out)_proj\.", _LAYER + r"self_attn\.(q|k|v|out)_proj\."),
+    (r"layers.\1.attn_norm.", _LAYER + r"layer_norm\.", _LAYER + r"self_attn_layer_norm\."),
+    (r"layers.\1.fc1.", _LAYER + r"feed_forward\.intermediate_dense\.", _LAYER + r"fc1\."),
+    (r"layers.\1.fc2.", _LAYER + r"feed_forward\.output_dense\.", _LAYER + r"fc2\."),
+    (r"layers.\1.final_norm.", _LAYER + r"final_layer_norm\.", _LAYER + r"final_layer_norm\."),
+    ("quantizer.codevectors", r"quantizer\.codevectors$", r"quantizer\.vars$"),
+    ("quantizer.weight_proj.", r"quantizer\.weight_proj\.", r"quantizer\.weight_proj\."),
+    ("heads.project_q.", r"project_q\.", r"project_q\."),
+    ("heads.final_proj.", r"project_hid\.", r"final_proj\."),
 ]
+_HF_RULES = [(re.compile(hf), ours) for ours, hf, _ in _RENAMES]
+_FAIRSEQ_RULES = [(re.compile(fairseq), ours) for ours, _, fairseq in _RENAMES]
 # Task heads of Wav2Vec2ForCTC / ForSequenceClassification etc.: not part of the encoder.
-_HF_IGNORED = (r"lm_head\.", r"classifier\.", r"projector\.", r"layer_weights$")
-
-_FAIRSEQ_RULES = [
-    (r"feature_extractor\.conv_layers\.(\d+)\.0\.", r"feature_encoder.conv_layers.\1.conv."),
-    (r"feature_extractor\.conv_layers\.(\d+)\.2\.(1\.)?", r"feature_encoder.conv_layers.\1.norm."),
-    (r"layer_norm\.", "feature_norm."),
-    (r"post_extract_proj\.", "feature_proj."),
-    (r"mask_emb$", "mask_emb"),
-    (r"encoder\.pos_conv\.0\.(weight_g|parametrizations\.weight\.original0)$", _POS_G),
-    (r"encoder\.pos_conv\.0\.(weight_v|parametrizations\.weight\.original1)$", _POS_V),
-    (r"encoder\.pos_conv\.0\.weight$", _POS_W),
-    (r"encoder\.pos_conv\.0\.bias$", "pos_conv.bias"),
-    (r"encoder\.layer_norm\.", "encoder_norm."),
-    (_LAYER + r"self_attn\.(q|k|v|out)_proj\.", r"layers.\1.attn.\2_proj."),
-    (_LAYER + r"self_attn_layer_norm\.", r"layers.\1.attn_norm."),
-    (_LAYER + r"fc1\.", r"layers.\1.fc1."),
-    (_LAYER + r"fc2\.", r"layers.\1.fc2."),
-    (_LAYER + r"final_layer_norm\.", r"layers.\1.final_norm."),
-    (r"quantizer\.vars$", "quantizer.codevectors"),
-    (r"quantizer\.weight_proj\.", "quantizer.weight_proj."),
-    (r"project_q\.", "heads.project_q."),
-    (r"final_proj\.", "heads.final_proj."),
-]
+_HF_IGNORED = re.compile(r"lm_head\.|classifier\.|projector\.|layer_weights$")
 # Fine-tuning output layers and the fairseq version marker; the encoder does not use them.
-_FAIRSEQ_IGNORED = (r"w2v_encoder\.proj\.", r"encoder\.version$", r"target_glu\.")
+_FAIRSEQ_IGNORED = re.compile(r"w2v_encoder\.proj\.|encoder\.version$|target_glu\.")
 
 
 @dataclass
@@ -103,39 +86,29 @@ class _Checkpoint:
     heads_refused: tuple[str, ...] = ()  # settings whose pre-training heads we do not implement
 
 
-def _rename(state: dict[str, Tensor], rules: list, ignored: tuple, where: str) -> tuple[dict, dict]:
-    compiled = [(re.compile(p), r) for p, r in rules]
-    skip = [re.compile(p) for p in ignored]
+def _rename(state: dict[str, Tensor], rules: list, ignored: re.Pattern, where: str) -> tuple[dict, dict]:
+    """-> (encoder, heads) in our names. A plain positional-conv kernel w becomes the weight-normalised
+    one with v = w, g = ||w||."""
     encoder: dict[str, Tensor] = {}
     heads: dict[str, Tensor] = {}
     unknown = []
     for key, value in state.items():
-        for pattern, repl in compiled:
-            if pattern.match(key):
-                new = pattern.sub(repl, key, count=1)
-                (heads if new.startswith(("quantizer.", "heads.")) else encoder)[new] = value
-                break
-        else:
-            if not any(p.match(key) for p in skip):
-                unknown.append(key)
+        new = next((pattern.sub(repl, key, count=1) for pattern, repl in rules if pattern.match(key)), None)
+        if new is not None:
+            (heads if new.startswith(("quantizer.", "heads.")) else encoder)[new] = value
+        elif not ignored.match(key):
+            unknown.append(key)
     if unknown:
         raise QuambaEdgeError(
             f"{where} holds weights that are not part of a wav2vec2 model ({_few(unknown)}); it may be a "
             "different architecture (HuBERT, WavLM, data2vec, conformer) or a newer layout. "
             "Fix: pass a plain wav2vec2 checkpoint."
         )
-    _effective_to_g_v(encoder)
+    w = encoder.pop(_POS_W, None)
+    if w is not None and _POS_G not in encoder and _POS_V not in encoder:
+        encoder[_POS_V] = w
+        encoder[_POS_G] = torch.linalg.vector_norm(w.float(), dim=(0, 1), keepdim=True).to(w.dtype)
     return encoder, heads
-
-
-def _effective_to_g_v(state: dict[str, Tensor]) -> None:
-    """A plain positional-conv kernel w is the weight-normalised kernel with v = w, g = ||w||."""
-    if _POS_W in state and _POS_G not in state and _POS_V not in state:
-        w = state.pop(_POS_W)
-        state[_POS_V] = w
-        state[_POS_G] = torch.linalg.vector_norm(w.float(), dim=(0, 1), keepdim=True).to(w.dtype)
-    else:
-        state.pop(_POS_W, None)
 
 
 def _few(keys: list[str]) -> str:
@@ -235,72 +208,73 @@ FAIRSEQ_CONFIG_FIELDS: dict[str, str] = {
 
 _EXACT_GELU = ("gelu", "gelu_python")  # transformers' names for F.gelu (erf); gelu_new, gelu_fast... are tanh
 
+# our Wav2Vec2Config field: (Hugging Face setting, transformers' default); the value is cast to the default's type
+_HF_FIELDS = {
+    "conv_dim": ("conv_dim", (512,) * 7), "conv_kernel": ("conv_kernel", (10, 3, 3, 3, 3, 2, 2)),
+    "conv_stride": ("conv_stride", (5, 2, 2, 2, 2, 2, 2)), "conv_bias": ("conv_bias", False),
+    "feat_extract_norm": ("feat_extract_norm", "group"), "hidden_size": ("hidden_size", 768),
+    "num_layers": ("num_hidden_layers", 12), "num_heads": ("num_attention_heads", 12),
+    "ffn_dim": ("intermediate_size", 3072), "pos_conv_kernel": ("num_conv_pos_embeddings", 128),
+    "pos_conv_groups": ("num_conv_pos_embedding_groups", 16), "layer_norm_first": ("do_stable_layer_norm", False),
+    "layer_norm_eps": ("layer_norm_eps", 1e-5), "num_codevector_groups": ("num_codevector_groups", 2),
+    "num_codevectors_per_group": ("num_codevectors_per_group", 320), "codevector_dim": ("codevector_dim", 256),
+    "final_dim": ("proj_codevector_dim", 256), "dropout": ("hidden_dropout", 0.1),
+    "attention_dropout": ("attention_dropout", 0.1), "activation_dropout": ("activation_dropout", 0.1),
+    "feat_proj_dropout": ("feat_proj_dropout", 0.0), "feat_quantizer_dropout": ("feat_quantizer_dropout", 0.0),
+    "layerdrop": ("layerdrop", 0.1),
+}
+# the same for fairseq's settings (fairseq's defaults); the shapes it derives are computed in _fairseq_config
+_FAIRSEQ_FIELDS = {
+    "conv_bias": ("conv_bias", False), "num_layers": ("encoder_layers", 12),
+    "num_heads": ("encoder_attention_heads", 12), "ffn_dim": ("encoder_ffn_embed_dim", 3072),
+    "pos_conv_kernel": ("conv_pos", 128), "pos_conv_groups": ("conv_pos_groups", 16),
+    "layer_norm_first": ("layer_norm_first", False), "num_codevector_groups": ("latent_groups", 2),
+    "num_codevectors_per_group": ("latent_vars", 320), "dropout": ("dropout", 0.1),
+    "attention_dropout": ("attention_dropout", 0.1), "activation_dropout": ("activation_dropout", 0.0),
+    "feat_proj_dropout": ("dropout_input", 0.0), "feat_quantizer_dropout": ("dropout_features", 0.0),
+    "layerdrop": ("encoder_layerdrop", 0.0), "feature_grad_mult": ("feature_grad_mult", 1.0),
+}
+
+
+def _fields(get: Callable[[str, object], object], table: dict[str, tuple[str, object]]) -> dict[str, object]:
+    return {field: type(default)(get(key, default)) for field, (key, default) in table.items()}
+
 
 def _setting(name: str, value: object) -> str:
     return f"`{name}: {value!r}`"
 
 
-def _refuse(where: str, settings: list[str], fix: str, what: str = "the wav2vec2 encoder") -> None:
+def _refuse(where: str, settings: Sequence[str], fix: str, what: str = "the wav2vec2 encoder") -> None:
     """Raise if any setting was refused: every one named with its value, so the user sees them all at once."""
     if settings:
         raise QuambaEdgeError(f"{where} sets {', '.join(settings)}: {what} it describes computes something "
                               f"quamba-edge does not implement, so loading it would give wrong outputs. Fix: {fix}")
 
 
-def _build_config(where: str, **values: object) -> Wav2Vec2Config:
+def _build_config(where: str, make: Callable[[], Wav2Vec2Config], fix: str) -> Wav2Vec2Config:
+    """make(); a setting of the wrong type or an invalid combination is a QuambaEdgeError naming `fix`."""
     try:
-        return Wav2Vec2Config(**values)
-    except (TypeError, ValueError) as exc:
-        raise QuambaEdgeError(f"{where} has a malformed wav2vec2 config ({exc}). Fix: re-export it from the "
-                              "original model.") from exc
+        return make()
+    except (TypeError, ValueError, SyntaxError, IndexError) as exc:
+        raise QuambaEdgeError(f"{where} has a malformed wav2vec2 config ({exc}). Fix: {fix}") from exc
     except QuambaEdgeError as exc:
-        raise QuambaEdgeError(f"{where}: {exc} Fix: re-export it from the original model.") from exc
+        raise QuambaEdgeError(f"{where}: {exc} Fix: {fix}") from exc
 
 
 # --- Hugging Face
 
 
 def _hf_config(raw: dict, where: str) -> Wav2Vec2Config:
-    refused = [_setting(name, raw.get(name)) for name in ("hidden_act", "feat_extract_activation")
-               if raw.get(name, "gelu") not in _EXACT_GELU]
-    if raw.get("feat_extract_norm", "group") not in ("group", "layer"):
-        refused.append(_setting("feat_extract_norm", raw.get("feat_extract_norm")))
-    if raw.get("add_adapter"):
-        refused.append(_setting("add_adapter", raw.get("add_adapter")))
-    if raw.get("adapter_attn_dim") is not None:
-        refused.append(_setting("adapter_attn_dim", raw.get("adapter_attn_dim")))
-    _refuse(where, refused, "use a plain wav2vec2 checkpoint (exact GELU activations, no adapters).")
-    try:
-        values = dict(
-            conv_dim=tuple(raw.get("conv_dim", (512,) * 7)),
-            conv_kernel=tuple(raw.get("conv_kernel", (10, 3, 3, 3, 3, 2, 2))),
-            conv_stride=tuple(raw.get("conv_stride", (5, 2, 2, 2, 2, 2, 2))),
-            conv_bias=bool(raw.get("conv_bias", False)),
-            feat_extract_norm=raw.get("feat_extract_norm", "group"),
-            hidden_size=int(raw.get("hidden_size", 768)),
-            num_layers=int(raw.get("num_hidden_layers", 12)),
-            num_heads=int(raw.get("num_attention_heads", 12)),
-            ffn_dim=int(raw.get("intermediate_size", 3072)),
-            pos_conv_kernel=int(raw.get("num_conv_pos_embeddings", 128)),
-            pos_conv_groups=int(raw.get("num_conv_pos_embedding_groups", 16)),
-            layer_norm_first=bool(raw.get("do_stable_layer_norm", False)),
-            layer_norm_eps=float(raw.get("layer_norm_eps", 1e-5)),
-            feature_proj=True,  # transformers always builds feature_projection.projection
-            num_codevector_groups=int(raw.get("num_codevector_groups", 2)),
-            num_codevectors_per_group=int(raw.get("num_codevectors_per_group", 320)),
-            codevector_dim=int(raw.get("codevector_dim", 256)),
-            final_dim=int(raw.get("proj_codevector_dim", 256)),
-            dropout=float(raw.get("hidden_dropout", 0.1)),
-            attention_dropout=float(raw.get("attention_dropout", 0.1)),
-            activation_dropout=float(raw.get("activation_dropout", 0.1)),
-            feat_proj_dropout=float(raw.get("feat_proj_dropout", 0.0)),
-            feat_quantizer_dropout=float(raw.get("feat_quantizer_dropout", 0.0)),
-            layerdrop=float(raw.get("layerdrop", 0.1)),
-            feature_grad_mult=1.0,  # HF trains the conv encoder at full gradient (or freezes it outright)
-        )
-    except (TypeError, ValueError) as exc:
-        raise QuambaEdgeError(f"{where} has a malformed wav2vec2 config ({exc}). Fix: re-export it.") from exc
-    return _build_config(where, **values)
+    ok = {"hidden_act": raw.get("hidden_act", "gelu") in _EXACT_GELU,
+          "feat_extract_activation": raw.get("feat_extract_activation", "gelu") in _EXACT_GELU,
+          "feat_extract_norm": raw.get("feat_extract_norm", "group") in ("group", "layer"),
+          "add_adapter": not raw.get("add_adapter"), "adapter_attn_dim": raw.get("adapter_attn_dim") is None}
+    _refuse(where, [_setting(name, raw.get(name)) for name, good in ok.items() if not good],
+            "use a plain wav2vec2 checkpoint (exact GELU activations, no adapters).")
+    # transformers always builds feature_projection.projection and trains the conv encoder at full gradient
+    # (or freezes it outright)
+    return _build_config(where, lambda: Wav2Vec2Config(**_fields(raw.get, _HF_FIELDS), feature_proj=True,
+                                                       feature_grad_mult=1.0), "re-export it from the original model.")
 
 
 def _read_hf(model_dir: Path, raw: dict) -> _Checkpoint:
@@ -323,8 +297,6 @@ def _eval_conv_spec(spec: str) -> list[tuple[int, int, int]]:
     without eval(): only integer literals, lists, tuples, + and * are accepted."""
 
     def value(node: ast.AST):
-        if isinstance(node, ast.Expression):
-            return value(node.body)
         if isinstance(node, ast.Constant) and isinstance(node.value, int):
             return node.value
         if isinstance(node, (ast.List, ast.Tuple)):
@@ -335,7 +307,7 @@ def _eval_conv_spec(spec: str) -> list[tuple[int, int, int]]:
             return left + right if isinstance(node.op, ast.Add) else left * right
         raise ValueError(f"unsupported syntax {ast.dump(node)[:60]}")
 
-    layers = value(ast.parse(spec, mode="eval"))
+    layers = value(ast.parse(spec, mode="eval").body)
     if not isinstance(layers, list) or not all(isinstance(t, tuple) and len(t) == 3 for t in layers):
         raise ValueError("expected a list of (dim, kernel, stride) tuples")
     return layers
@@ -380,60 +352,35 @@ def _opt(m: dict, key: str, default: object) -> object:
 
 def _fairseq_config(m: dict, where: str) -> Wav2Vec2Config:
     """The encoder's config from fairseq's model settings; FAIRSEQ_CONFIG_FIELDS says what each one does."""
-    refused = []
     name_key = "_name" if m.get("_name") is not None else "arch"
-    if _opt(m, name_key, "wav2vec2") != "wav2vec2":
-        refused.append(_setting(name_key, m[name_key]))
-    for key, allowed in (("activation_fn", ("gelu",)), ("layer_type", ("transformer",)),
-                         ("extractor_mode", ("default", "layer_norm")), ("pos_conv_depth", (1,)),
-                         ("crop_seq_to_multiple", (1,)), ("conv_pos_batch_norm", (False,)),
-                         ("quantize_input", (False,))):
-        value = _opt(m, key, allowed[0])
-        if value not in allowed:
-            refused.append(_setting(key, value))
-    _refuse(where, refused, "use a wav2vec 2.0 checkpoint with the standard transformer encoder "
-                            "(gelu, layer_type 'transformer', one positional conv, no input quantizer).")
-    try:
+    allowed = ((name_key, ("wav2vec2",)), ("activation_fn", ("gelu",)), ("layer_type", ("transformer",)),
+               ("extractor_mode", ("default", "layer_norm")), ("pos_conv_depth", (1,)), ("crop_seq_to_multiple", (1,)),
+               ("conv_pos_batch_norm", (False,)), ("quantize_input", (False,)))
+    _refuse(where, [_setting(key, value) for key, ok in allowed if (value := _opt(m, key, ok[0])) not in ok],
+            "use a wav2vec 2.0 checkpoint with the standard transformer encoder "
+            "(gelu, layer_type 'transformer', one positional conv, no input quantizer).")
+
+    def make() -> Wav2Vec2Config:
         conv = _eval_conv_spec(_opt(m, "conv_feature_layers", _FAIRSEQ_CONV))
         hidden = int(_opt(m, "encoder_embed_dim", 768))
         final_dim = int(_opt(m, "final_dim", 0)) or hidden
-        values = dict(
-            conv_dim=tuple(c[0] for c in conv), conv_kernel=tuple(c[1] for c in conv),
-            conv_stride=tuple(c[2] for c in conv), conv_bias=bool(_opt(m, "conv_bias", False)),
+        return Wav2Vec2Config(
+            **_fields(partial(_opt, m), _FAIRSEQ_FIELDS), conv_dim=tuple(c[0] for c in conv),
+            conv_kernel=tuple(c[1] for c in conv), conv_stride=tuple(c[2] for c in conv),
             feat_extract_norm="group" if _opt(m, "extractor_mode", "default") == "default" else "layer",
-            hidden_size=hidden, num_layers=int(_opt(m, "encoder_layers", 12)),
-            num_heads=int(_opt(m, "encoder_attention_heads", 12)),
-            ffn_dim=int(_opt(m, "encoder_ffn_embed_dim", 3072)),
-            pos_conv_kernel=int(_opt(m, "conv_pos", 128)), pos_conv_groups=int(_opt(m, "conv_pos_groups", 16)),
-            layer_norm_first=bool(_opt(m, "layer_norm_first", False)),
-            layer_norm_eps=1e-5,  # fairseq's LayerNorm default; no setting changes it
+            hidden_size=hidden, layer_norm_eps=1e-5,  # fairseq's LayerNorm default; no setting changes it
             feature_proj=int(conv[-1][0]) != hidden,  # fairseq: post_extract_proj only when the dims differ
-            num_codevector_groups=int(_opt(m, "latent_groups", 2)),
-            num_codevectors_per_group=int(_opt(m, "latent_vars", 320)),
             codevector_dim=int(_opt(m, "latent_dim", 0)) or final_dim, final_dim=final_dim,
-            dropout=float(_opt(m, "dropout", 0.1)), attention_dropout=float(_opt(m, "attention_dropout", 0.1)),
-            activation_dropout=float(_opt(m, "activation_dropout", 0.0)),
-            feat_proj_dropout=float(_opt(m, "dropout_input", 0.0)),
-            feat_quantizer_dropout=float(_opt(m, "dropout_features", 0.0)),
-            layerdrop=float(_opt(m, "encoder_layerdrop", 0.0)),
-            feature_grad_mult=float(_opt(m, "feature_grad_mult", 1.0)),
         )
-    except (TypeError, ValueError, SyntaxError, IndexError) as exc:
-        raise QuambaEdgeError(f"{where} has a malformed wav2vec2 config ({exc}). "
-                              "Fix: pass the original fairseq checkpoint or a Hugging Face directory.") from exc
-    return _build_config(where, **values)
+
+    return _build_config(where, make, "pass the original fairseq checkpoint or a Hugging Face directory.")
 
 
 def _fairseq_heads_refused(m: dict) -> tuple[str, ...]:
     """Settings under which fairseq's pre-training heads differ from GumbelQuantizer + PretrainHeads."""
-    refused = []
-    if not _opt(m, "quantize_targets", False):
-        refused.append(_setting("quantize_targets", _opt(m, "quantize_targets", False)))
-    if _opt(m, "target_glu", False):
-        refused.append(_setting("target_glu", m["target_glu"]))
-    if int(_opt(m, "quantizer_depth", 1)) != 1:
-        refused.append(_setting("quantizer_depth", m["quantizer_depth"]))
-    return tuple(refused)
+    q, glu, depth = _opt(m, "quantize_targets", False), _opt(m, "target_glu", False), _opt(m, "quantizer_depth", 1)
+    refused = {"quantize_targets": (q, not q), "target_glu": (glu, glu), "quantizer_depth": (depth, int(depth) != 1)}
+    return tuple(_setting(name, value) for name, (value, bad) in refused.items() if bad)
 
 
 _RESAVE_HINT = (
@@ -488,10 +435,6 @@ def _read_fairseq(path: Path) -> _Checkpoint:
 # --- ours
 
 
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
-    return read_safetensors(path, "Fix: copy or write it again.")
-
-
 def _read_ours(model_dir: Path, raw: dict) -> _Checkpoint:
     where = str(model_dir)
     if raw.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
@@ -508,9 +451,9 @@ def _read_ours(model_dir: Path, raw: dict) -> _Checkpoint:
     if not (model_dir / WEIGHTS_FILE).exists():
         raise QuambaEdgeError(f"{where} has config.json but no {WEIGHTS_FILE}. Fix: write it again with "
                               "save_wav2vec2.")
-    encoder = _read_safetensors(model_dir / WEIGHTS_FILE)
-    heads = _read_safetensors(model_dir / HEADS_FILE) if (model_dir / HEADS_FILE).exists() else {}
-    return _Checkpoint(cfg, encoder, heads, where)
+    fix = "Fix: copy or write it again."
+    heads = read_safetensors(model_dir / HEADS_FILE, fix) if (model_dir / HEADS_FILE).exists() else {}
+    return _Checkpoint(cfg, read_safetensors(model_dir / WEIGHTS_FILE, fix), heads, where)
 
 
 def _read_any(path: str | Path) -> _Checkpoint:
@@ -547,10 +490,9 @@ def _check_and_load(module: nn.Module, state: dict[str, Tensor], where: str, wha
     unexpected = sorted(set(state) - set(expected))
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
              for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        detail = "; ".join(f"{label}: {_few(keys) if label != 'wrong shape' else ', '.join(keys[:3])}"
-                           for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                               ("wrong shape", wrong)) if keys)
+    detail = "; ".join(f"{label}: {keys}" for label, keys in (
+        ("missing", _few(missing)), ("unexpected", _few(unexpected)), ("wrong shape", ", ".join(wrong[:3]))) if keys)
+    if detail:
         raise QuambaEdgeError(f"the {what} weights in {where} do not match its config ({detail}). "
                               "Fix: the checkpoint is incomplete or its config belongs to another model; "
                               "re-export both together.")
@@ -582,62 +524,55 @@ def load_pretrain_heads(path: str | Path, dtype: torch.dtype = torch.float32) ->
     """The quantizer and contrastive projections of a pre-training checkpoint, to continue
     pre-training from them rather than from random heads."""
     ckpt = _read_any(path)
+    fresh = "start fresh heads with GumbelQuantizer.from_config(cfg) and PretrainHeads.from_config(cfg)"
     if not ckpt.heads:
         raise QuambaEdgeError(f"{ckpt.where} has no quantizer (it is an encoder-only or fine-tuned checkpoint). "
-                              "Fix: start fresh heads with GumbelQuantizer.from_config(cfg) and "
-                              "PretrainHeads.from_config(cfg), or pass a pre-training checkpoint.")
-    _refuse(ckpt.where, list(ckpt.heads_refused), "start fresh heads with GumbelQuantizer.from_config(cfg) and "
-            "PretrainHeads.from_config(cfg); the encoder itself loads with load_wav2vec2.", "the pre-training head")
+                              f"Fix: {fresh}, or pass a pre-training checkpoint.")
+    _refuse(ckpt.where, ckpt.heads_refused, f"{fresh}; the encoder itself loads with load_wav2vec2.",
+            "the pre-training head")
     quantizer, heads = GumbelQuantizer.from_config(ckpt.cfg), PretrainHeads.from_config(ckpt.cfg)
-    _check_and_load(quantizer, {k.removeprefix("quantizer."): v for k, v in ckpt.heads.items()
-                                if k.startswith("quantizer.")}, ckpt.where, "quantizer")
-    _check_and_load(heads, {k.removeprefix("heads."): v for k, v in ckpt.heads.items()
-                            if k.startswith("heads.")}, ckpt.where, "pre-training head")
+    for module, prefix, what in ((quantizer, "quantizer.", "quantizer"), (heads, "heads.", "pre-training head")):
+        state = {k.removeprefix(prefix): v for k, v in ckpt.heads.items() if k.startswith(prefix)}
+        _check_and_load(module, state, ckpt.where, what)
     return quantizer.to(dtype).eval(), heads.to(dtype).eval()
 
 
-def _is_ours(out_dir: Path) -> bool:
-    return checkpoint_family(out_dir) == FAMILY
+def _save(out_dir: str | Path, payload: dict, files: dict[str, dict[str, Tensor]]) -> Path:
+    """Write config.json (`payload` after our family and format version) and each non-empty state dict, in fp32.
+
+    The directory is built under a temporary name and swapped in whole, so a crash leaves either the
+    old checkpoint or the new one, never a config that disagrees with its weights."""
+    out_dir = Path(out_dir)
+    payload = {"family": FAMILY, "format_version": FORMAT_VERSION, **payload}
+    with staged_dir(out_dir, ours=lambda d: checkpoint_family(d) == FAMILY,
+                    what="a quamba-edge wav2vec2 checkpoint") as tmp:
+        for name, state in files.items():
+            if state:
+                state = {k: v.detach().float().contiguous().cpu() for k, v in state.items()}
+                save_file(state, str(tmp / name), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(payload, indent=2) + "\n")
+    return out_dir
 
 
 def save_wav2vec2(model: Wav2Vec2Encoder, cfg: Wav2Vec2Config, out_dir: str | Path,
                   quantizer: GumbelQuantizer | None = None, heads: PretrainHeads | None = None) -> None:
-    """Write config.json + model.safetensors (+ pretrain_heads.safetensors when heads are given).
-
-    The directory is built under a temporary name and swapped in whole, so a crash leaves either the
-    old checkpoint or the new one, never a config that disagrees with its weights."""
+    """Write config.json + model.safetensors (+ pretrain_heads.safetensors when heads are given)."""
     if model.cfg != cfg:
         raise QuambaEdgeError("save_wav2vec2: cfg differs from the model's own config; pass model.cfg.")
     if (quantizer is None) != (heads is None):
         raise QuambaEdgeError("save_wav2vec2: pass both quantizer and heads, or neither.")
-    encoder_state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
-    head_state = {}
-    if quantizer is not None and heads is not None:
-        head_state.update({f"quantizer.{k}": v for k, v in quantizer.state_dict().items()})
-        head_state.update({f"heads.{k}": v for k, v in heads.state_dict().items()})
-        head_state = {k: v.detach().float().contiguous().cpu() for k, v in head_state.items()}
-    payload = {"family": FAMILY, "format_version": FORMAT_VERSION, "config": cfg.to_dict()}
-    with staged_dir(Path(out_dir), ours=_is_ours, what="a quamba-edge wav2vec2 checkpoint") as tmp:
-        save_file(encoder_state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        if head_state:
-            save_file(head_state, str(tmp / HEADS_FILE), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(payload, indent=2) + "\n")
+    head_state = {f"{prefix}.{k}": v for prefix, module in (("quantizer", quantizer), ("heads", heads))
+                  if module is not None for k, v in module.state_dict().items()}
+    _save(out_dir, {"config": cfg.to_dict()}, {WEIGHTS_FILE: model.state_dict(), HEADS_FILE: head_state})
 
 
 # ---------------------------------------------------------------------------------------- keyword spotter
 
 
 def save_kws(model: KeywordSpotter, out_dir: str | Path, extra: dict | None = None) -> Path:
-    out_dir = Path(out_dir)
-    payload = {"family": FAMILY, "format_version": FORMAT_VERSION, "config": model.encoder.cfg.to_dict(),
-               "kws": model.cfg.to_dict(), **(extra or {})}
-    encoder = {k: v.detach().float().contiguous() for k, v in model.encoder.state_dict().items()}
-    head = {k: v.detach().float().contiguous() for k, v in model.head.state_dict().items()}
-    with staged_dir(out_dir, ours=_is_ours, what="a quamba-edge wav2vec2 checkpoint") as tmp:
-        save_file(encoder, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        save_file(head, str(tmp / HEAD_FILE), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(payload, indent=2) + "\n")
-    return out_dir
+    """Our wav2vec2 directory for the encoder + a `kws` block (and `extra`) in config.json + kws_head.safetensors."""
+    payload = {"config": model.encoder.cfg.to_dict(), "kws": model.cfg.to_dict(), **(extra or {})}
+    return _save(out_dir, payload, {WEIGHTS_FILE: model.encoder.state_dict(), HEAD_FILE: model.head.state_dict()})
 
 
 def is_kws_checkpoint(path: str | Path) -> bool:
@@ -654,14 +589,7 @@ def load_kws(path: str | Path) -> KeywordSpotter:
         raise QuambaEdgeError(f"{path} is not a keyword-spotting checkpoint (no `kws` block in config.json). "
                               "Fix: fine-tune one with `python benchmarks/kws.py`, or pass a KWS directory.")
     encoder, _ = load_wav2vec2(path)
-    cfg = KwsConfig.from_dict(json.loads((path / "config.json").read_text())["kws"])
-    model = KeywordSpotter(encoder, cfg)
-    try:
-        state = load_file(str(path / HEAD_FILE))
-    except Exception as exc:  # safetensors raises its own error type for truncated files
-        raise QuambaEdgeError(f"{path / HEAD_FILE} is missing or corrupt ({exc}). Fix: save the model again.") from exc
-    missing, unexpected = model.head.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise QuambaEdgeError(f"{path / HEAD_FILE} does not match its config (missing {missing[:3]}, unexpected "
-                              f"{unexpected[:3]}). Fix: save the model again.")
+    model = KeywordSpotter(encoder, KwsConfig.from_dict(json.loads((path / "config.json").read_text())["kws"]))
+    state = read_safetensors(path / HEAD_FILE, "Fix: save the model again.")
+    _check_and_load(model.head, state, str(path), "keyword-spotting head")
     return model.eval()

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from quamba_edge.data.debs import apt_download
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.io import sha256_file
+from quamba_edge.io import atomic_write, sha256_file
 from quamba_edge.paths import cache_dir
 
 DEB_NAME = "r-cran-janeaustenr"
-DEB_FILE = "r-cran-janeaustenr_1.0.0-1_all.deb"
+DEB_VERSION = "1.0.0-1"
 DEB_SHA256 = "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95"
 RDATA_DIR = "usr/lib/R/site-library/janeaustenr/data"
 
@@ -36,12 +36,6 @@ TEXT_SHA256 = {
     "sensesensibility": "105e1651fe93bed7130078578efd31e0c557d68667ba672ddc876f735b30fe09",
     "persuasion": "8061549557aebd2fd6e353d18d9197cb707029112bd52d4d8b174583a925848a",
 }
-
-
-def _fetch_deb(workdir: Path) -> Path:
-    return apt_download(DEB_NAME, "1.0.0-1", DEB_SHA256, workdir,
-                        download_fix="Fix: run `apt-get update` as root, or pass your own text with --data PATH.",
-                        mismatch_fix="Fix: check your apt sources, or pass your own text with --data PATH.")
 
 
 def _decode_rdata(payload: bytes):
@@ -65,37 +59,29 @@ def extract_novels(deb: Path, out_dir: Path) -> dict[str, Path]:
             # Each chunk: a 4-byte big-endian uncompressed length, then zlib data.
             lines = _decode_rdata(zlib.decompress(blob[offset + 4 : offset + length]))
             text = "\n".join(str(line) for line in lines) + "\n"
-            target = out_dir / f"{name}.txt"
-            tmp_target = target.with_suffix(".txt.tmp")
-            tmp_target.write_text(text, encoding="utf-8")
-            tmp_target.replace(target)
-            paths[name] = target
+            paths[name] = out_dir / f"{name}.txt"
+            atomic_write(paths[name], lambda tmp: tmp.write_text(text, encoding="utf-8"))  # noqa: B023 (called now)
     return paths
-
-
-def corpus_dir() -> Path:
-    return cache_dir() / "austen"
 
 
 def ensure_corpus(verbose: bool = False) -> Path:
     """Build the corpus once; later calls only check that every novel is present."""
-    out = corpus_dir()
+    out = cache_dir() / "austen"
     if all((out / f"{name}.txt").exists() for name in NOVELS):
         return out
-    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        deb = _fetch_deb(Path(tmp))
+        deb = apt_download(DEB_NAME, DEB_VERSION, DEB_SHA256, Path(tmp),
+                           download_fix="Fix: run `apt-get update` as root, or pass your own text with --data PATH.",
+                           mismatch_fix="Fix: check your apt sources, or pass your own text with --data PATH.")
         if verbose:
-            print(f"fetched {DEB_FILE} (sha256 ok)")
+            print(f"fetched {deb.name} (sha256 ok)")
         paths = extract_novels(deb, out)
     for name, path in paths.items():
-        got = sha256_file(path)
-        if got != TEXT_SHA256[name]:
+        if (got := sha256_file(path)) != TEXT_SHA256[name]:
             path.unlink()
-            raise QuambaEdgeError(
-                f"decoded {name}.txt has sha256 {got}, expected {TEXT_SHA256[name]}: the rdata decoder changed "
-                "its output (tested with rdata 1.1.0). Fix: `pip install rdata==1.1.0`, or pass --data PATH."
-            )
+            raise QuambaEdgeError(f"decoded {name}.txt has sha256 {got}, expected {TEXT_SHA256[name]}: the rdata "
+                                  "decoder changed its output (tested with rdata 1.1.0). Fix: `pip install "
+                                  "rdata==1.1.0`, or pass --data PATH.")
     return out
 
 

@@ -15,7 +15,6 @@ def apt_download(name: str, version: str, sha256: str, workdir: Path, *, downloa
     """`{name}_{version}_all.deb` downloaded into workdir and checked against its pinned sha256; the
     package lists are refreshed once if the first try fails. The fixes go into the two errors."""
     deb = workdir / f"{name}_{version}_all.deb"
-    proc = None
     for attempt in range(2):
         proc = subprocess.run(["apt-get", "download", f"{name}={version}"], cwd=workdir, capture_output=True,
                               text=True)

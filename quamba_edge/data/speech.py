@@ -1,10 +1,9 @@
 """Speech data for the keyword-spotting (KWS) task: WAV I/O, resampling, noise, and test trials.
 
 The vocabulary is the ten digits plus six command words that Debian's `asterisk-core-sounds-en-wav`
-package holds as single-word recordings (one real speaker, 8 kHz telephone audio). The common KWS
-commands (yes/no/up/down/left/right/on/off/stop/go) are not in that package, so the command words are
-the prompts it does have. Training speech is synthetic (espeak-ng, flite), built by
-`calib/build_speech.py` under `<cache>/speech/`; the real clips are only ever a test set.
+holds as single-word recordings (one real speaker, 8 kHz telephone audio; it lacks the common KWS commands
+yes/no/up/...). Training speech is synthetic (espeak-ng, flite), built by `calib/build_speech.py` under
+`<cache>/speech/`; the real clips are only ever a test set.
 
 Everything here works on float32 mono arrays in [-1, 1] at `SAMPLE_RATE` (16 kHz). Randomness always
 comes from a caller-supplied `numpy.random.Generator` or seed, so a trial set is a pure function of its
@@ -62,13 +61,8 @@ _BUILD_FIX = "Fix: run `.venv/bin/python calib/build_speech.py` (it builds <cach
 # --------------------------------------------------------------------------------------------- WAV I/O
 
 
-def read_wav(
-    path: str | Path,
-    sample_rate: int | None = SAMPLE_RATE,
-    *,
-    mix_to_mono: bool = False,
-    reject_silent: bool = False,
-) -> np.ndarray:
+def read_wav(path: str | Path, sample_rate: int | None = SAMPLE_RATE, *, mix_to_mono: bool = False,
+             reject_silent: bool = False) -> np.ndarray:
     """Read an audio file as float32 mono in [-1, 1], resampled to `sample_rate` (None: keep the file's).
 
     Decoding is libsndfile's (through `soundfile`): WAV with any header it accepts (PCM 8/16/24/32-bit,
@@ -97,20 +91,14 @@ def read_wav(
     if not np.all(np.isfinite(audio)):
         raise QuambaEdgeError(f"{path} holds NaN or infinite samples (a float WAV written from broken audio). "
                               "Fix: re-create it from the source audio.")
-    channels = audio.shape[1]
-    if channels > 1:
-        if not mix_to_mono:
-            raise QuambaEdgeError(
-                f"{path} has {channels} channels; speech models here take mono. Fix: average the channels "
-                f"(`spot --mix-to-mono`, or mix_to_mono=True in Python), or convert it with `sox {path} -c 1 mono.wav`."
-            )
-        audio = audio.mean(axis=1, dtype=np.float64).astype(np.float32)
-    else:
-        audio = audio[:, 0]
-    if reject_silent and float(np.max(np.abs(audio))) < 1.0 / 32768:
+    if audio.shape[1] > 1 and not mix_to_mono:
         raise QuambaEdgeError(
-            f"{path} is all silence (peak below one 16-bit step). Fix: drop this file, or re-record it."
-        )
+            f"{path} has {audio.shape[1]} channels; speech models here take mono. Fix: average the channels "
+            f"(`spot --mix-to-mono`, or mix_to_mono=True in Python), or convert it with `sox {path} -c 1 mono.wav`.")
+    audio = audio.mean(axis=1, dtype=np.float64).astype(np.float32) if audio.shape[1] > 1 else audio[:, 0]
+    if reject_silent and float(np.max(np.abs(audio))) < 1.0 / 32768:
+        raise QuambaEdgeError(f"{path} is all silence (peak below one 16-bit step). "
+                              "Fix: drop this file, or re-record it.")
     if sample_rate is not None and rate != sample_rate:
         audio = resample(audio, rate, sample_rate)
     return np.ascontiguousarray(audio, dtype=np.float32)
@@ -138,8 +126,7 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
             "malformed header. Fix: re-create or re-download it; if another player reads it, convert it with "
             f"`sox {path} -b 16 -e signed-integer fixed.wav`."
         ) from exc
-    if data is not None and data[1] not in (0, 0xFFFFFFFF) and data[0] + data[1] > path.stat().st_size:
-        held = path.stat().st_size - data[0]
+    if data is not None and data[1] not in (0, 0xFFFFFFFF) and (held := path.stat().st_size - data[0]) < data[1]:
         raise QuambaEdgeError(f"{path} is cut short: its data chunk declares {data[1]:,} bytes but the file holds "
                               f"{held:,} ({held / max(data[1], 1):.0%}). Fix: download or copy it again.")
     if rate <= 0:
@@ -152,12 +139,10 @@ def _data_chunk(path: Path) -> tuple[int, int] | None:
     headers only. A size of 0 is a recorder that never finalised its header (libsndfile then reads no
     samples, sox reads them with --ignore-length: so do we); 0xFFFFFFFF is a stream's "to the end"."""
     with open(path, "rb") as f:
-        size_total = path.stat().st_size
-        pos = 12  # after "RIFF" <size> "WAVE"
-        while pos + 8 <= size_total:
+        pos, end = 12, path.stat().st_size  # the first chunk follows "RIFF" <size> "WAVE"
+        while pos + 8 <= end:
             f.seek(pos)
-            header = f.read(8)
-            chunk, size = header[:4], int.from_bytes(header[4:8], "little")
+            chunk, size = f.read(4), int.from_bytes(f.read(4), "little")
             if chunk == b"data":
                 return pos + 8, size
             pos += 8 + size + (size & 1)
@@ -172,21 +157,15 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RAT
         raise QuambaEdgeError(f"write_wav takes mono audio (1-D), got shape {audio.shape}. Fix: pass one channel.")
     if not np.all(np.isfinite(audio)):
         raise QuambaEdgeError(f"refusing to write {path}: the audio holds NaN or inf.")
+    import soundfile
+
     pcm = np.clip(np.round(audio.astype(np.float64) * 32768.0), -32768, 32767).astype("<i2")
-
-    def write(tmp: Path) -> None:
-        import soundfile
-
-        soundfile.write(str(tmp), pcm, int(sample_rate), subtype="PCM_16", format="WAV")
-
-    atomic_write(Path(path), write)
+    atomic_write(Path(path), lambda tmp: soundfile.write(str(tmp), pcm, int(sample_rate), "PCM_16", format="WAV"))
 
 
 def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
-    """Band-limited resampling with libsoxr (python-soxr, "HQ"), the converter `sox` itself uses.
-
-    Output length is round(len * dst / src), so durations and offsets computed in seconds stay valid.
-    """
+    """Band-limited resampling with libsoxr (python-soxr, "HQ"), the converter `sox` itself uses. Output length
+    is round(len * dst / src), so durations and offsets computed in seconds stay valid."""
     audio = np.asarray(audio, dtype=np.float32)
     if src_rate == dst_rate:
         return audio.copy()
@@ -196,11 +175,7 @@ def resample(audio: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
 
     out = soxr.resample(audio, src_rate, dst_rate, quality="HQ").astype(np.float32)
     want = round(len(audio) * dst_rate / src_rate)
-    if len(out) > want:
-        out = out[:want]
-    elif len(out) < want:
-        out = np.pad(out, (0, want - len(out)))
-    return out
+    return np.pad(out[:want], (0, max(0, want - len(out))))
 
 
 def telephone_band(clips: Mapping[str, Sequence[np.ndarray]], rng: np.random.Generator,
@@ -218,16 +193,12 @@ def trim_silence(audio: np.ndarray, threshold_db: float = -40.0, pad_s: float = 
     keeping `pad_s` either side. TTS engines and IVR recordings carry 0.1-0.4 s of silence, which would
     otherwise lower the clip power that the SNR is measured against and make the keyword look longer."""
     audio = np.asarray(audio, dtype=np.float32)
-    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-    if peak == 0.0:
-        return audio.copy()
+    peak = float(np.max(np.abs(audio), initial=0.0))
     hop = max(1, sample_rate // 100)
     n = len(audio) // hop
-    if n == 0:
-        return audio.copy()
     frames = np.abs(audio[: n * hop].reshape(n, hop)).max(axis=1)
     loud = np.flatnonzero(frames >= peak * 10 ** (threshold_db / 20))
-    if loud.size == 0:  # the peak sits in the last partial frame
+    if peak == 0.0 or loud.size == 0:  # silence, shorter than a frame, or the peak is in the last partial frame
         return audio.copy()
     pad = int(pad_s * sample_rate)
     start = max(0, loud[0] * hop - pad)
@@ -257,15 +228,12 @@ def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
         return np.zeros(0, np.float32)
     spec = rng.standard_normal(n // 2 + 1) + 1j * rng.standard_normal(n // 2 + 1)
     f = np.fft.rfftfreq(n)
-    scale = np.zeros_like(f)
-    scale[1:] = 1.0 / np.sqrt(f[1:])
-    x = np.fft.irfft(spec * scale, n)
+    x = np.fft.irfft(spec * np.r_[0.0, 1.0 / np.sqrt(f[1:])], n)
     return (x / math.sqrt(max(power(x), 1e-30))).astype(np.float32)
 
 
-def babble_noise(
-    n: int, rng: np.random.Generator, clips: Sequence[np.ndarray], talkers: int = BABBLE_TALKERS
-) -> np.ndarray:
+def babble_noise(n: int, rng: np.random.Generator, clips: Sequence[np.ndarray],
+                 talkers: int = BABBLE_TALKERS) -> np.ndarray:
     """Unit-power babble: `talkers` streams, each a random sequence of `clips` (each clip first scaled to
     unit power so no talker dominates), summed. Six or more overlapping talkers are no longer followable,
     which is what makes babble the hardest of the three noises for a keyword spotter."""
@@ -293,14 +261,8 @@ def _babble(n: int, rng: np.random.Generator, unit_clips: list[np.ndarray], talk
     return (out / math.sqrt(p) if p > 0 else out).astype(np.float32)
 
 
-def add_noise(
-    signal: np.ndarray,
-    noise: np.ndarray,
-    snr_db: float | None,
-    rng: np.random.Generator | None = None,
-    *,
-    signal_power: float | None = None,
-) -> np.ndarray:
+def add_noise(signal: np.ndarray, noise: np.ndarray, snr_db: float | None, rng: np.random.Generator | None = None,
+              *, signal_power: float | None = None) -> np.ndarray:
     """Return signal + g * noise with g chosen so that signal_power / power(g * noise) is exactly `snr_db`.
 
     signal_power defaults to the mean square of all of `signal` (see the module docstring for why the
@@ -334,29 +296,21 @@ def add_noise(
     return (signal.astype(np.float64) + gain * noise.astype(np.float64)).astype(np.float32)
 
 
-def place_in_window(
-    clip: np.ndarray, window_samples: int, offset: int, background: np.ndarray | None = None
-) -> np.ndarray:
+def place_in_window(clip: np.ndarray, window_samples: int, offset: int,
+                    background: np.ndarray | None = None) -> np.ndarray:
     """Return a window of `window_samples` holding `background` (silence when None) with `clip` added
     starting at sample `offset`. Refuses a clip that does not fit rather than cutting the keyword off,
     since a truncated keyword would be a mislabeled trial."""
     clip = np.asarray(clip, dtype=np.float32)
     if len(clip) > window_samples:
-        raise QuambaEdgeError(
-            f"a {len(clip)}-sample clip does not fit a {window_samples}-sample window. "
-            "Fix: trim the clip's silence (trim_silence) or use a longer window."
-        )
+        raise QuambaEdgeError(f"a {len(clip)}-sample clip does not fit a {window_samples}-sample window. "
+                              "Fix: trim the clip's silence (trim_silence) or use a longer window.")
     if not 0 <= offset <= window_samples - len(clip):
-        raise QuambaEdgeError(
-            f"offset {offset} puts the {len(clip)}-sample clip outside the {window_samples}-sample window "
-            f"(valid: 0..{window_samples - len(clip)})."
-        )
-    if background is None:
-        out = np.zeros(window_samples, np.float32)
-    else:
-        out = np.array(background, dtype=np.float32, copy=True)
-        if out.shape != (window_samples,):
-            raise QuambaEdgeError(f"background has shape {out.shape}, expected ({window_samples},).")
+        raise QuambaEdgeError(f"offset {offset} puts the {len(clip)}-sample clip outside the {window_samples}-sample "
+                              f"window (valid: 0..{window_samples - len(clip)}).")
+    out = np.zeros(window_samples, np.float32) if background is None else np.array(background, np.float32)
+    if out.shape != (window_samples,):
+        raise QuambaEdgeError(f"background has shape {out.shape}, expected ({window_samples},).")
     out[offset : offset + len(clip)] += clip
     return out
 
@@ -380,17 +334,9 @@ class KwsTrials:
     seed: int
 
 
-def kws_trials(
-    clips: Mapping[str, Sequence[np.ndarray]],
-    snr_db: float | None,
-    n_trials: int,
-    seed: int,
-    window_s: float = WINDOW_S,
-    noise: NoiseKind = "pink",
-    *,
-    sample_rate: int = SAMPLE_RATE,
-    babble_clips: Sequence[np.ndarray] | None = None,
-) -> KwsTrials:
+def kws_trials(clips: Mapping[str, Sequence[np.ndarray]], snr_db: float | None, n_trials: int, seed: int,
+               window_s: float = WINDOW_S, noise: NoiseKind = "pink", *, sample_rate: int = SAMPLE_RATE,
+               babble_clips: Sequence[np.ndarray] | None = None) -> KwsTrials:
     """Deterministic KWS trials: for each, a uniformly random label (classes balanced in expectation),
     a random clip of it, a random offset that keeps the whole clip inside the window, and `noise` over the
     whole window at `snr_db` relative to the clip's own power. `snr_db=None` (or inf) gives clips in
@@ -401,8 +347,8 @@ def kws_trials(
     backwards, which keeps speech's spectrum and rhythm but never says a keyword in the background.
     """
     names = tuple(clips)
-    if not names or any(len(clips[k]) == 0 for k in names):
-        empty = [k for k in names if len(clips[k]) == 0]
+    empty = [k for k in names if len(clips[k]) == 0]
+    if not names or empty:
         raise QuambaEdgeError(f"kws_trials needs at least one clip per label (empty: {empty or 'no labels'}).")
     if noise not in ("white", "pink", "babble"):
         raise QuambaEdgeError(f"unknown noise {noise!r}. Fix: use 'white', 'pink' or 'babble'.")
@@ -411,39 +357,27 @@ def kws_trials(
     for name, group in zip(names, pool):
         for j, c in enumerate(group):
             if len(c) > window:
-                raise QuambaEdgeError(
-                    f"clip {j} of {name!r} is {len(c) / sample_rate:.2f} s, longer than the {window_s} s window. "
-                    "Fix: trim_silence() it, or raise window_s."
-                )
+                raise QuambaEdgeError(f"clip {j} of {name!r} is {len(c) / sample_rate:.2f} s, longer than the "
+                                      f"{window_s} s window. Fix: trim_silence() it, or raise window_s.")
             if power(c) == 0:
                 raise QuambaEdgeError(f"clip {j} of {name!r} is silent; an SNR relative to it is undefined.")
     clean = snr_db is None or snr_db == math.inf
-    babble_src: list[np.ndarray] = []
+    backgrounds = {"white": white_noise, "pink": pink_noise}
     if noise == "babble" and not clean:
         babble_src = _unit_power_clips(babble_clips if babble_clips is not None else [c[::-1] for g in pool for c in g])
+        backgrounds["babble"] = lambda n, rng: _babble(n, rng, babble_src, BABBLE_TALKERS)
 
     rng = np.random.default_rng(seed)
     audio = np.zeros((n_trials, window), np.float32)
-    labels = np.zeros(n_trials, np.int64)
-    offsets = np.zeros(n_trials, np.int64)
-    index = np.zeros(n_trials, np.int64)
-    lengths = np.zeros(n_trials, np.int64)
+    labels, offsets, index, lengths = np.zeros((4, n_trials), np.int64)
     for i in range(n_trials):
         k = int(rng.integers(len(names)))
         j = int(rng.integers(len(pool[k])))
         clip = pool[k][j]
         off = int(rng.integers(0, window - len(clip) + 1))
         keyword = place_in_window(clip, window, off)
-        if clean:
-            audio[i] = keyword
-        else:
-            if noise == "white":
-                bg = white_noise(window, rng)
-            elif noise == "pink":
-                bg = pink_noise(window, rng)
-            else:
-                bg = _babble(window, rng, babble_src, BABBLE_TALKERS)
-            audio[i] = add_noise(keyword, bg, snr_db, signal_power=power(clip))
+        audio[i] = keyword if clean else add_noise(keyword, backgrounds[noise](window, rng), snr_db,
+                                                   signal_power=power(clip))
         labels[i], offsets[i], index[i], lengths[i] = k, off, j, len(clip)
     return KwsTrials(audio, labels, names, offsets, index, lengths, None if clean else float(snr_db), noise, seed)
 
@@ -477,16 +411,9 @@ def _load_entries(kind: Literal["real", "synth", "pretrain"], root: Path | None,
         yield entry, (trim_silence(audio) if trim else audio)
 
 
-def load_keyword_clips(
-    kind: Literal["real", "synth"] = "real",
-    root: Path | None = None,
-    *,
-    words: Sequence[str] = VOCAB,
-    max_per_word: int | None = None,
-    verify: bool = False,
-    trim: bool = True,
-    engines: Collection[str] | None = None,
-) -> dict[str, list[np.ndarray]]:
+def load_keyword_clips(kind: Literal["real", "synth"] = "real", root: Path | None = None, *,
+                       words: Sequence[str] = VOCAB, max_per_word: int | None = None, verify: bool = False,
+                       trim: bool = True, engines: Collection[str] | None = None) -> dict[str, list[np.ndarray]]:
     """Keyword clips as {word: [16 kHz float32 clips]} in `words` order, silence-trimmed (see the SNR
     convention above). `verify=True` re-hashes every file against its manifest first; `engines` keeps only
     the synthetic clips of those TTS engines (the manifest's `engine` field)."""
@@ -503,9 +430,8 @@ def load_keyword_clips(
     return out
 
 
-def load_pretrain_clips(
-    root: Path | None = None, *, limit: int | None = None, verify: bool = False
-) -> list[np.ndarray]:
+def load_pretrain_clips(root: Path | None = None, *, limit: int | None = None,
+                        verify: bool = False) -> list[np.ndarray]:
     """The unlabeled 1-4 s synthetic sentences, for self-supervised pre-training and as babble."""
     out = []
     for _, audio in _load_entries("pretrain", root, verify, trim=False):

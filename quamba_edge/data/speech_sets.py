@@ -34,20 +34,16 @@ def wav_windows(path: Path, window: int, sample_rate: int = SAMPLE_RATE) -> np.n
     out = []
     for f in files:
         audio = read_wav(f, sample_rate, reject_silent=True)
-        if len(audio) < window:
-            audio = np.pad(audio, (0, window - len(audio)))
-        usable = len(audio) // window * window
-        out.extend(audio[:usable].reshape(-1, window))
+        audio = np.pad(audio, (0, max(0, window - len(audio))))
+        out.extend(audio[: len(audio) // window * window].reshape(-1, window))
     return np.stack(out).astype(np.float32)
 
 
 def calibration_windows(data: str, samples: int, window_s: float, root: Path | None = None) -> np.ndarray:
     """`samples` windows of `window_s` seconds: `default` is synthetic keywords over the training SNR grid
     (pink and babble noise), taken in a fixed order; otherwise the user's WAV files in file order."""
-    window = int(round(window_s * SAMPLE_RATE))
     if str(data) != "default":
-        windows = wav_windows(Path(data), window)
-        return windows[:samples]
+        return wav_windows(Path(data), int(round(window_s * SAMPLE_RATE)))[:samples]
     clips = load_keyword_clips("synth", root)
     grid = [(snr, noise) for snr in TEST_SNRS for noise in ("pink", "babble")]
     per = -(-samples // len(grid))

@@ -80,11 +80,9 @@ def take_windows(ids: Tensor, samples: int, seq_len: int, what: str = "data", op
         raise QuambaEdgeError(f"the {what} has {len(ids):,} tokens, fewer than one window of --seq-len {seq_len}. "
                               f"Fix: {fix}.")
     if samples > available:
-        raise QuambaEdgeError(
-            f"{option} {samples} x --seq-len {seq_len} needs {samples * seq_len:,} tokens, but the {what} "
-            f"has {len(ids):,} tokens = {available} samples of {seq_len}. Fix: pass {option} {available} "
-            "(or fewer), a shorter --seq-len, or more data."
-        )
+        raise QuambaEdgeError(f"{option} {samples} x --seq-len {seq_len} needs {samples * seq_len:,} tokens, but the "
+                              f"{what} has {len(ids):,} tokens = {available} samples of {seq_len}. Fix: pass {option} "
+                              f"{available} (or fewer), a shorter --seq-len, or more data.")
     tokens = ids[: samples * seq_len].reshape(samples, seq_len).long()
     digest = hashlib.sha256(tokens.to(torch.int32).numpy().tobytes()).hexdigest()
     return Windows(tokens, digest, available)

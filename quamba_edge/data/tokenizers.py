@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,10 +29,7 @@ class ByteTokenizer:
 
     def encode(self, text: str) -> Tensor:
         """(len(text.encode('utf-8')),) int64; empty text gives an empty tensor."""
-        data = text.encode("utf-8")
-        if not data:  # torch.frombuffer refuses an empty buffer
-            return torch.zeros(0, dtype=torch.long)
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+        return torch.from_numpy(np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int64))
 
     def decode(self, ids: list[int]) -> str:
         return bytes(int(i) % 256 for i in ids).decode("utf-8", errors="replace")
@@ -94,9 +92,6 @@ def _decoder_steps(spec: dict | None) -> list[dict]:
     return [spec]
 
 
-_BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")
-
-
 def _raw_length_rule(decoder: dict | None) -> Callable[[str], int]:
     """token string (as in the vocabulary) -> UTF-8 bytes of text it stands for, by the decoder's kind."""
     steps = _decoder_steps(decoder)
@@ -117,7 +112,7 @@ def _raw_length_rule(decoder: dict | None) -> Callable[[str], int]:
     byte_fallback = "ByteFallback" in kinds
 
     def raw_len(token: str) -> int:
-        if byte_fallback and _BYTE_FALLBACK.fullmatch(token):
+        if byte_fallback and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
             return 1
         if wordpiece_prefix and token.startswith(wordpiece_prefix):
             token = token[len(wordpiece_prefix):]
@@ -128,9 +123,6 @@ def _raw_length_rule(decoder: dict | None) -> Callable[[str], int]:
         return len(token.encode("utf-8"))
 
     return raw_len
-
-
-GPT_NEOX = "EleutherAI/gpt-neox-20b"  # the tokenizer of the state-spaces/mamba-* checkpoints
 
 
 def tokenizer_file(spec: str | Path) -> Path:
@@ -165,7 +157,6 @@ def tokenizer_for(model_dir: Path, vocab_size: int, override: str | Path | None 
     if vocab_size == 256:
         return ByteTokenizer()
     raise QuambaEdgeError(
-        f"{model_dir} has no tokenizer.json and its vocabulary ({vocab_size}) is not byte-level. The "
-        f"state-spaces/mamba-* checkpoints use the GPT-NeoX tokenizer, which their repositories do not carry. "
-        f"Fix: pass --tokenizer {GPT_NEOX} (or a local tokenizer.json); calibrate copies it into the artifact."
-    )
+        f"{model_dir} has no tokenizer.json and its vocabulary ({vocab_size}) is not byte-level. The state-spaces/"
+        "mamba-* checkpoints use the GPT-NeoX tokenizer, which their repositories do not carry. Fix: pass "
+        "--tokenizer EleutherAI/gpt-neox-20b (or a local tokenizer.json); calibrate copies it into the artifact.")

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.models.pooling import POOLS, AdaPool, AvgPool, ClsToken, EncoderLayer, MaxPool
+from quamba_edge.models.pooling import EncoderLayer, make_pool
 
 
 def check_sets(x: Tensor, mask: Tensor | None, d_in: int) -> None:
@@ -53,17 +53,8 @@ class SetModelConfig:
         return asdict(self)
 
 
-def make_pool(cfg: SetModelConfig) -> nn.Module:
-    if cfg.pool == "adapool":
-        return AdaPool(cfg.d_model, cfg.n_heads, cfg.pool_query)
-    if cfg.pool in ("avg", "max", "cls"):
-        return {"avg": AvgPool, "max": MaxPool, "cls": ClsToken}[cfg.pool]()
-    raise QuambaEdgeError(f"unknown pooling {cfg.pool!r}; known: {', '.join(POOLS)}.")
-
-
 class SetModel(nn.Module):
     """Input projection -> transformer encoder over the set -> pool -> linear head (classifier/regressor)."""
-
 
     def __init__(self, cfg: SetModelConfig):
         super().__init__()
@@ -78,7 +69,7 @@ class SetModel(nn.Module):
         self.norm = nn.LayerNorm(cfg.d_model) if cfg.final_norm else nn.Identity()
         self.head = nn.Linear(cfg.d_model, cfg.d_out) if cfg.project else nn.Identity()
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.d_model)) if cfg.pool == "cls" else None
-        self.pool = make_pool(cfg)
+        self.pool = make_pool(cfg.pool, cfg.d_model, cfg.n_heads, cfg.pool_query)
 
     def encode(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         check_sets(x, mask, self.cfg.d_in)

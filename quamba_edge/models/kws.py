@@ -1,14 +1,12 @@
 """Keyword spotting on a wav2vec 2.0 encoder: frames -> one transformer layer -> pooling -> classifier.
 
-Every pooling method (AdaPool, and the Avg/Max/Cls baselines from models/adapool.py) sits behind the
+Every pooling method (AdaPool, and the Avg/Max/Cls baselines from models/pooling.py) sits behind the
 same extra transformer layer, so they differ only in how frames become one vector; Cls needs that layer
 anyway (its token must attend to the frames before it is read). The input window is normalised to zero
 mean and unit variance, as Hugging Face's wav2vec2 feature extractor does, so a recording's level (the
 real clips are quieter than the TTS ones) is not a feature.
 
-A KWS checkpoint is a wav2vec2 checkpoint directory (config.json family `wav2vec2` + model.safetensors
-with the encoder, loadable by `load_wav2vec2`) plus a `kws` block in config.json and kws_head.safetensors;
-quamba_edge/checkpoints/wav2vec2.py reads and writes it.
+Checkpoints: `save_kws` and `load_kws` in quamba_edge/checkpoints/wav2vec2.py.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.models.pooling import POOLS, AdaPool, AvgPool, ClsToken, EncoderLayer, MaxPool
+from quamba_edge.models.pooling import EncoderLayer, make_pool
 from quamba_edge.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
 
 
@@ -38,8 +36,8 @@ class KwsConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> KwsConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in values.items() if k in known} | {"labels": tuple(values["labels"])})
+        kept = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        return cls(**kept | {"labels": tuple(values["labels"])})
 
 
 def normalize_window(waveform: Tensor, eps: float = 1e-7) -> Tensor:
@@ -53,13 +51,10 @@ class KwsHead(nn.Module):
 
     def __init__(self, d: int, cfg: KwsConfig):
         super().__init__()
-        if cfg.pool not in POOLS:
-            raise QuambaEdgeError(f"unknown pooling {cfg.pool!r}; known: {', '.join(POOLS)}.")
         self.cfg = cfg
         self.layer = EncoderLayer(d, cfg.n_heads, cfg.ffn_mult * d)
         self.cls = nn.Parameter(torch.zeros(1, 1, d)) if cfg.pool == "cls" else None
-        self.pool = {"adapool": lambda: AdaPool(d, cfg.n_heads), "avg": AvgPool, "max": MaxPool,
-                     "cls": ClsToken}[cfg.pool]()
+        self.pool = make_pool(cfg.pool, d, cfg.n_heads)
         self.norm = nn.LayerNorm(d)
         self.classifier = nn.Linear(d, len(cfg.labels))
 

@@ -47,8 +47,7 @@ class MambaConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> MambaConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
 
 # The public Mamba-1 sizes (state-spaces/mamba-*: d_model, n_layer; vocabulary padded to 50280), for
@@ -100,13 +99,11 @@ class MambaMixer(nn.Module):
         dt, B, C = self.x_proj(u).split([cfg.rank, cfg.d_state, cfg.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt))  # (b, l, d)
         A = -torch.exp(self.A_log.float())  # (d, n)
+        args = (u.float(), delta.float(), A, B.float(), C.float(), self.D.float())
         if self.use_train_scan:
-            y = selective_scan_train(u.float(), delta.float(), A, B.float(), C.float(), self.D.float())
-            new_ssm_state = ssm_state
+            y, new_ssm_state = selective_scan_train(*args), ssm_state
         else:
-            y, new_ssm_state = selective_scan(
-                u.float(), delta.float(), A, B.float(), C.float(), self.D.float(), ssm_state.float()
-            )
+            y, new_ssm_state = selective_scan(*args, ssm_state.float())
         y = y.to(hidden.dtype) * F.silu(z)
         return self.out_proj(y), new_conv_state, new_ssm_state.to(ssm_state.dtype)
 

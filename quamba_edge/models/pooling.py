@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from quamba_edge.errors import QuambaEdgeError
+
 POOLS = ("adapool", "avg", "max", "cls")
 
 
@@ -66,19 +68,25 @@ class AdaPool(nn.Module):
         self.d, self.n_heads, self.query = d, n_heads, query
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
 
-    def query_vector(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        return AvgPool()(x, mask) if self.query == "mean" else x[:, int(self.query)]
-
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         b, n, d = x.shape
         h, hd = self.n_heads, d // self.n_heads
-        query = self.query_vector(x, mask)
+        query = AvgPool()(x, mask) if self.query == "mean" else x[:, int(self.query)]
         q = self.q_proj(query).view(b, h, 1, hd)
         k = self.k_proj(x).view(b, n, h, hd).transpose(1, 2)
         v = self.v_proj(x).view(b, n, h, hd).transpose(1, 2)
         attn = masked_softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), mask)  # (b, h, 1, n)
         pooled = self.out_proj((attn @ v).reshape(b, d))
         return pooled if self.query == "mean" else pooled + query
+
+
+def make_pool(name: str, d: int, n_heads: int, query: str | int = "mean") -> nn.Module:
+    """The pool named `name` (one of POOLS); `n_heads` and `query` configure AdaPool."""
+    if name == "adapool":
+        return AdaPool(d, n_heads, query)
+    if name in POOLS:
+        return {"avg": AvgPool, "max": MaxPool, "cls": ClsToken}[name]()
+    raise QuambaEdgeError(f"unknown pooling {name!r}; known: {', '.join(POOLS)}.")
 
 
 class EncoderLayer(nn.Module):

@@ -84,13 +84,10 @@ class _SelectiveScanTrain(torch.autograd.Function):
         torch.mul(dA[1:], H[:-1], out=g_dA[1:])
         g_dA[1:].mul_(G[1:])
         grad_A = (g_dA * delta[..., None]).sum((0, 1))
-        g_delta = (g_dA * A).sum(-1)
-        g_delta = g_delta + GB * u
+        g_delta = (g_dA * A).sum(-1) + GB * u
         grad_u = GB * delta + gy * D
-        return (
-            grad_u.transpose(0, 1), g_delta.transpose(0, 1), grad_A,
-            grad_B.transpose(0, 1), grad_C.transpose(0, 1), grad_D,
-        )
+        return (grad_u.transpose(0, 1), g_delta.transpose(0, 1), grad_A, grad_B.transpose(0, 1),
+                grad_C.transpose(0, 1), grad_D)
 
 
 def selective_scan_train(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:

@@ -13,14 +13,13 @@ layers -> `hidden` (b, t, d).
 Two layer orders exist: BASE is post-LN (`layer_norm_first=False`: LayerNorm after every residual add,
 plus one after the positional conv); LARGE-lv60 style is pre-LN (LayerNorm before attention and FFN,
 one final LayerNorm). Both, and both conv-norm modes, load from Hugging Face and fairseq checkpoints
-(quamba_edge/checkpoints/wav2vec2.py reads and writes them).
-
-The Gumbel quantizer and the contrastive projections are separate modules (`GumbelQuantizer`,
-`PretrainHeads`): pre-training objectives use them, the deployed encoder never holds them.
+(quamba_edge/checkpoints/wav2vec2.py reads and writes them). The pre-training quantizer and contrastive
+projections are the separate modules `GumbelQuantizer` and `PretrainHeads`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar, NamedTuple
 
@@ -75,23 +74,16 @@ class Wav2Vec2Config:
             problems.append("conv_dim, conv_kernel and conv_stride must be non-empty and of equal length")
         if self.feat_extract_norm not in ("group", "layer"):
             problems.append(f"feat_extract_norm must be 'group' or 'layer', not {self.feat_extract_norm!r}")
-        if self.num_heads <= 0 or self.hidden_size % self.num_heads:
-            problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        for total, parts in (("hidden_size", "num_heads"), ("hidden_size", "pos_conv_groups"),
+                             ("codevector_dim", "num_codevector_groups")):
+            a, b = getattr(self, total), getattr(self, parts)
+            if b <= 0 or a % b:
+                problems.append(f"{total} {a} is not divisible by {parts} {b}")
         if not self.feature_proj and self.conv_dim and self.conv_dim[-1] != self.hidden_size:
             problems.append(f"feature_proj=False needs conv_dim[-1] == hidden_size, not {self.conv_dim[-1]} "
                             f"and {self.hidden_size}")
-        if self.pos_conv_groups <= 0 or self.hidden_size % self.pos_conv_groups:
-            problems.append(f"hidden_size {self.hidden_size} is not divisible by "
-                            f"pos_conv_groups {self.pos_conv_groups}")
-        if self.num_codevector_groups <= 0 or self.codevector_dim % self.num_codevector_groups:
-            problems.append(f"codevector_dim {self.codevector_dim} is not divisible by "
-                            f"num_codevector_groups {self.num_codevector_groups}")
         if problems:
             raise QuambaEdgeError("invalid wav2vec2 config: " + "; ".join(problems) + ".")
-
-    @classmethod
-    def base(cls) -> Wav2Vec2Config:
-        return cls()
 
     @classmethod
     def tiny(cls) -> Wav2Vec2Config:
@@ -122,32 +114,21 @@ class Wav2Vec2Config:
 
     @property
     def total_stride(self) -> int:
-        out = 1
-        for s in self.conv_stride:
-            out *= s
-        return out
-
-    def frames_for(self, samples: int) -> int:
-        """Frames the conv stack makes from `samples` samples (0 when too short for one frame)."""
-        n = int(samples)
-        for k, s in zip(self.conv_kernel, self.conv_stride):
-            if n < k:
-                return 0
-            n = (n - k) // s + 1
-        return n
+        return math.prod(self.conv_stride)
 
     def frame_lengths(self, samples: Tensor) -> Tensor:
-        """`frames_for` on a tensor of per-example sample counts (padded batches)."""
+        """Frames the conv stack makes from each of `samples` (long, per-example sample counts of a padded
+        batch); 0 when too short for one frame."""
         n = samples.long()
         for k, s in zip(self.conv_kernel, self.conv_stride):
             n = torch.div(n - k, s, rounding_mode="floor") + 1
         return n.clamp_min(0)
 
+    def frames_for(self, samples: int) -> int:
+        return int(self.frame_lengths(torch.tensor(int(samples))))
+
     def to_dict(self) -> dict:
-        out = asdict(self)
-        for name in ("conv_dim", "conv_kernel", "conv_stride"):
-            out[name] = list(out[name])
-        return out
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, values: dict) -> Wav2Vec2Config:
@@ -239,10 +220,7 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
         self.heads, self.dropout = heads, dropout
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(dim, dim) for _ in range(4))
 
     def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
         """key_mask: bool (b, 1, 1, t), True where a key frame is real (padded frames get no attention)."""
@@ -358,16 +336,15 @@ class Wav2Vec2Encoder(nn.Module):
         if self.training and m != 1.0:  # same value, gradient into the conv stack scaled by m
             conv = conv.detach() + (conv - conv.detach()) * m
         b, t, _ = conv.shape
+        for name, given in (("mask", mask), ("frame_mask", frame_mask)):
+            if given is not None and given.shape != (b, t):
+                raise ValueError(f"{name} must be (batch, frames) = {(b, t)}, got {tuple(given.shape)}")
         features = self.feature_norm(conv)
         h = F.dropout(self.feature_proj(features), self.cfg.feat_proj_dropout, self.training)
         if mask is not None:
-            if mask.shape != (b, t):
-                raise ValueError(f"mask must be (batch, frames) = {(b, t)}, got {tuple(mask.shape)}")
             h = torch.where(mask.bool().unsqueeze(-1), self.mask_emb.to(h.dtype), h)
         key_mask = None
         if frame_mask is not None:
-            if frame_mask.shape != (b, t):
-                raise ValueError(f"frame_mask must be (batch, frames) = {(b, t)}, got {tuple(frame_mask.shape)}")
             frame_mask = frame_mask.bool()
             h = h.masked_fill(~frame_mask.unsqueeze(-1), 0.0)  # padding must not leak through the pos conv
             key_mask = frame_mask[:, None, None, :]

@@ -44,24 +44,19 @@ def training_windows(clips: Mapping[str, Sequence[np.ndarray]], n: int, seed: in
     """n windows spread evenly over the SNR x noise grid (clean once per noise kind), shuffled."""
     conditions = [(snr, noise) for snr in TRAIN_SNRS for noise in TRAIN_NOISES]
     per = -(-n // len(conditions))
-    audio, labels = [], []
-    names: tuple[str, ...] = tuple(clips)
-    for i, (snr, noise) in enumerate(conditions):
-        t = kws_trials(clips, snr, per, seed * 1000 + i, noise=noise, babble_clips=babble)
-        audio.append(t.audio)
-        labels.append(t.labels)
-    x, y = np.concatenate(audio)[:n * 1], np.concatenate(labels)
+    trials = [kws_trials(clips, snr, per, seed * 1000 + i, noise=noise, babble_clips=babble)
+              for i, (snr, noise) in enumerate(conditions)]
+    x, y = np.concatenate([t.audio for t in trials])[:n], np.concatenate([t.labels for t in trials])
     order = np.random.default_rng(seed).permutation(len(x))[:n]
-    return x[order], y[order], names
+    return x[order], y[order], tuple(clips)
 
 
 @torch.no_grad()
 def conv_features(encoder: Wav2Vec2Encoder, audio: np.ndarray, batch_size: int = 64) -> Tensor:
     """The frozen conv stack's output for every window, (n, t, c), computed once."""
     encoder.eval()
-    out = [encoder.conv_features(normalize_window(torch.from_numpy(audio[i:i + batch_size])))
-           for i in range(0, len(audio), batch_size)]
-    return torch.cat(out)
+    return torch.cat([encoder.conv_features(normalize_window(torch.from_numpy(audio[i:i + batch_size])))
+                      for i in range(0, len(audio), batch_size)])
 
 
 @torch.no_grad()
@@ -81,12 +76,9 @@ def finetune(encoder: Wav2Vec2Encoder, labels: tuple[str, ...], features: Tensor
     frozen = cfg.encoder_lr == 0
     if frozen and cfg.train_conv:
         raise ValueError("train_conv needs encoder_lr > 0")
-    if frozen:
-        fixed = list(model.encoder.parameters())
-    else:
-        fixed = [] if cfg.train_conv else list(model.encoder.feature_encoder.parameters())
-    for p in fixed:
-        p.requires_grad_(False)
+    if not cfg.train_conv:  # frozen: the whole encoder stays fixed; fine-tune: its conv stack
+        for p in (model.encoder if frozen else model.encoder.feature_encoder).parameters():
+            p.requires_grad_(False)
     groups = [{"params": model.head.parameters(), "lr": cfg.lr}]
     if not frozen:
         groups.append({"params": [p for p in model.encoder.parameters() if p.requires_grad], "lr": cfg.encoder_lr})

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from quamba_edge.checkpoints.wav2vec2 import save_wav2vec2
 from quamba_edge.errors import QuambaEdgeError
@@ -50,8 +51,7 @@ def span_mask(batch: int, frames: int, mask_prob: float, length: int, generator:
     mask = torch.zeros(batch, frames, dtype=torch.bool)
     span = min(length, max(frames - 1, 1))
     for b in range(batch):
-        n = int(mask_prob * frames / span + float(torch.rand((), generator=generator)))
-        n = max(n, 2)
+        n = max(int(mask_prob * frames / span + float(torch.rand((), generator=generator))), 2)
         starts = torch.randint(0, frames - span + 1, (n,), generator=generator)
         for s in starts.tolist():
             mask[b, s:s + span] = True
@@ -80,7 +80,7 @@ def _lr_at(step: int, cfg: PretrainConfig) -> float:
 
 
 class Pretrainer:
-    """Encoder + quantizer + heads and the loss of one objective; `step` does one optimiser update."""
+    """Encoder + quantizer + heads and the loss of one objective; `train` runs the optimiser steps."""
 
     def __init__(self, cfg: PretrainConfig, noise_bank: torch.Tensor | None = None):
         if cfg.objective not in ("ccc", "wav2vec2"):
@@ -103,6 +103,13 @@ class Pretrainer:
         context, targets = self.heads(out.hidden, q.quantized)
         return out, q, context, targets
 
+    def _batches(self, clips: list[np.ndarray], seed: int, mask_seed: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Endless (wave, lengths, mask) batches: random crops of `clips` (:func:`crops`) and their span masks."""
+        cfg, mask_gen = self.cfg, torch.Generator().manual_seed(mask_seed)
+        for wave, lengths in crops(clips, cfg.batch_size, int(cfg.crop_s * 16000), np.random.default_rng(seed)):
+            frames = self.model_cfg.frames_for(wave.shape[1])
+            yield wave, lengths, span_mask(cfg.batch_size, frames, cfg.mask_prob, cfg.mask_length, mask_gen)
+
     def loss(self, wave: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor):
         out, q, context, targets = self._views(wave, mask)
         mask = mask & out.frame_mask
@@ -116,28 +123,21 @@ class Pretrainer:
 
     def train(self, clips: list[np.ndarray], on_step: Callable[[int, dict], None] | None = None) -> list[dict]:
         cfg = self.cfg
-        crop = int(cfg.crop_s * 16000)
-        batches = crops(clips, cfg.batch_size, crop, np.random.default_rng(cfg.seed))
-        mask_gen = torch.Generator().manual_seed(cfg.seed + 2)
+        batches = self._batches(clips, cfg.seed, cfg.seed + 2)
         for module in (self.encoder, self.quantizer, self.heads):
             module.train()
+        ratio = cfg.temperature_end / cfg.temperature_start  # Gumbel temperature: geometric decay over the steps
         history, start = [], time.perf_counter()
         for step in range(cfg.steps):
             if cfg.max_minutes is not None and time.perf_counter() - start > 60 * cfg.max_minutes:
                 break
-            progress = step / max(cfg.steps - 1, 1)
-            self.quantizer.temperature = cfg.temperature_start * (cfg.temperature_end / cfg.temperature_start) \
-                ** progress
+            self.quantizer.temperature = cfg.temperature_start * ratio ** (step / max(cfg.steps - 1, 1))
             for group in self.optimizer.param_groups:
                 group["lr"] = _lr_at(step, cfg)
-            wave, lengths = next(batches)
-            frames = self.model_cfg.frames_for(wave.shape[1])
-            mask = span_mask(cfg.batch_size, frames, cfg.mask_prob, cfg.mask_length, mask_gen)
-            total, parts = self.loss(wave, lengths, mask)
+            total, parts = self.loss(*next(batches))
             if not math.isfinite(float(total.detach())):
                 raise QuambaEdgeError(f"pre-training diverged at step {step} (loss {float(total.detach())}). "
-                                      "Fix: lower "
-                                      "--lr or check the audio for NaNs.")
+                                      "Fix: lower --lr or check the audio for NaNs.")
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), 10.0)
@@ -154,14 +154,10 @@ class Pretrainer:
         yardstick for both objectives (the ccc terms are not part of it)."""
         for module in (self.encoder, self.quantizer, self.heads):
             module.eval()
-        crop = int(self.cfg.crop_s * 16000)
-        it = crops(clips, self.cfg.batch_size, crop, np.random.default_rng(seed))
-        gen, mask_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+        gen, it = torch.Generator().manual_seed(seed), self._batches(clips, seed, seed + 1)
         losses, accs = [], []
         for _ in range(batches):
-            wave, lengths = next(it)
-            frames = self.model_cfg.frames_for(wave.shape[1])
-            mask = span_mask(self.cfg.batch_size, frames, self.cfg.mask_prob, self.cfg.mask_length, mask_gen)
+            wave, _, mask = next(it)
             out, _q, context, targets = self._views(wave, mask)
             _, parts = wav2vec2_loss(context, targets, mask & out.frame_mask, generator=gen, cfg=self.loss_cfg)
             losses.append(parts["contrastive"])
@@ -177,14 +173,11 @@ def frame_similarity(encoder: Wav2Vec2Encoder, clips: list[np.ndarray], n: int =
     """Mean cosine similarity between the encoder's output frames (all pairs within each clip, unmasked
     input): near 1 means the encoder collapsed to one vector whatever it hears, the failure mode that
     leaves the contrastive loss at ln(1 + negatives)."""
-    import torch.nn.functional as F
-
     encoder.eval()
     size = int(seconds * 16000)
     sims = []
     for clip in clips[:n]:
-        hidden = encoder(torch.from_numpy(clip[:size][None, :].copy())).hidden[0]
-        unit = F.normalize(hidden, dim=-1)
+        unit = F.normalize(encoder(torch.from_numpy(clip[:size][None, :].copy())).hidden[0], dim=-1)
         t = unit.shape[0]
         sims.append(float(((unit @ unit.T).sum() - t) / (t * (t - 1))))
     return float(np.mean(sims))
