@@ -1,4 +1,5 @@
-"""Quantized-model artifacts: a directory with `manifest.json` and `weights.safetensors`.
+"""Quantized-model artifacts: a directory with `manifest.json` and `weights.safetensors` (past SHARD_BYTES, the
+weights go in shards `weights-00001-of-0000N.safetensors`, which the manifest lists under `weights`).
 
 The manifest records everything needed to trust and rebuild the model: format and toolkit version,
 the model family and config, the recipe, the calibration data digest, every scale, and the sha256 of
@@ -12,20 +13,24 @@ import json
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from quamba_edge import __version__
+from quamba_edge.checkpoints.common import adopt
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.io import atomic_write_json, sha256_file, staged_dir
 from quamba_edge.quant import recipes
 from quamba_edge.quant.recipes import Recipe
 
-FORMAT_VERSION = 2  # v2: the recipe is a typed config ({"kind": ..., fields})
+FORMAT_VERSION = 3  # v2: the recipe is a typed config ({"kind": ..., fields}); v3: `weights` lists the shards
+READS = (2, 3)  # a v2 artifact is a v3 one with its weights in one file
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
+SHARD_BYTES = 2 << 30  # under FAT32's 4 GiB file limit (SD cards) and the hub's 5 GB
 
 
 def is_artifact(path: Path) -> bool:
@@ -48,15 +53,47 @@ def _weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Fill `model` (the family's empty structure) from the artifact's weights; a tied parameter comes along
-    with the one it is. Any other missing or unexpected name is an error."""
-    state = load_file(str(Path(path) / WEIGHTS))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = sorted(set(missing) - tied_names(model))
-    if missing or unexpected:
-        raise QuambaEdgeError(f"{path / WEIGHTS} does not match its manifest's model (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}). Fix: re-run `quamba-edge calibrate`.")
+def weight_files(manifest: dict) -> list[str]:
+    """The artifact's weight files, in order (v2: the one `weights.safetensors`)."""
+    return list(manifest.get("weights") or [WEIGHTS])
+
+
+def load_weights(structure: Callable[[], torch.nn.Module], path: Path, manifest: dict) -> torch.nn.Module:
+    """The family's model (`structure()`, built on the meta device) holding the artifact's weights, memory-mapped
+    from its safetensors files (checkpoints.common.adopt); a tied parameter comes along with the one it is.
+    Any other missing or unexpected name is a QuambaEdgeError."""
+    state: dict[str, torch.Tensor] = {}
+    for name in weight_files(manifest):
+        state.update(load_file(str(Path(path) / name)))
+    with torch.device("meta"):
+        empty = structure()
+    expected = empty.state_dict()
+    missing = sorted(set(expected) - set(state) - tied_names(empty))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise QuambaEdgeError(f"the weights in {path} do not match its manifest's model (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}). Fix: re-run "
+                              "`quamba-edge calibrate`.")
+    return adopt(structure, state)
+
+
+def _write_weights(state: dict[str, torch.Tensor], directory: Path) -> list[str]:
+    """`state` as one safetensors file, or as shards of at most SHARD_BYTES (a larger tensor alone in one)."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > SHARD_BYTES:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    names = [WEIGHTS] if len(shards) == 1 else [f"weights-{i:05d}-of-{len(shards):05d}.safetensors"
+                                                 for i in range(1, len(shards) + 1)]
+    for name, shard in zip(names, shards, strict=True):
+        save_file(shard, str(directory / name), metadata={"format": "pt"})
+    return names
 
 
 def save_artifact(
@@ -68,7 +105,7 @@ def save_artifact(
     have `to_dict()`; `family` is the registry's name for it."""
     out_dir = Path(out_dir).resolve()
     with staged_dir(out_dir, ours=is_artifact, what="a quamba-edge artifact") as tmp:
-        save_file(_weights_of(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        weights = _write_weights(_weights_of(model), tmp)
         for name, original in (extra_files or {}).items():  # e.g. {"tokenizer.json": the tokenizer used}
             shutil.copy(original, tmp / name)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
@@ -85,6 +122,7 @@ def save_artifact(
             "recipe_label": recipe.label,
             "calibration": calibration,
             "scales": scales,
+            "weights": weights,
             "files": files,
         }
         atomic_write_json(tmp / MANIFEST, manifest)
@@ -128,17 +166,18 @@ def read_manifest(path: Path) -> dict:
     except json.JSONDecodeError as exc:
         raise QuambaEdgeError(f"{path / MANIFEST} is not valid JSON ({exc}); re-run `quamba-edge calibrate`.") from exc
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READS:
         raise QuambaEdgeError(
             f"{path} is artifact format v{version} (written by quamba-edge {manifest.get('toolkit_version')}); "
-            f"this quamba-edge {__version__} reads v{FORMAT_VERSION}. Fix: rebuild it with this version: "
+            f"this quamba-edge {__version__} reads v{READS[0]}-v{READS[-1]}. Fix: rebuild it with this version: "
             f"`{rebuild_command(manifest, path)}` (or install the version that wrote it)."
         )
     files = manifest.get("files") or {}
-    if WEIGHTS not in files or MANIFEST in files:
+    unlisted = [name for name in weight_files(manifest) if name not in files]
+    if unlisted or MANIFEST in files:
         raise QuambaEdgeError(
-            f"{path / MANIFEST} does not list {WEIGHTS} among its checksummed files, so its weights cannot be "
-            "trusted. Fix: re-run `quamba-edge calibrate`."
+            f"{path / MANIFEST} does not list {', '.join(unlisted) or MANIFEST} among its checksummed files, so "
+            "its weights cannot be trusted. Fix: re-run `quamba-edge calibrate`."
         )
     for name, expected in files.items():
         f = path / name

@@ -52,6 +52,15 @@ def _progress() -> Progress:
     )
 
 
+def _table(title: str, columns: list[str], rows) -> Table:
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def _threads(threads: int | None) -> None:
     if threads:
         import torch
@@ -96,6 +105,10 @@ def calibrate(
     threads: Threads = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON instead of tables.")] = False,
     tokenizer: TokenizerOpt = None,
+    device: Annotated[str, typer.Option(help="Where the calibration forward passes run: cpu | cuda (Mamba).")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="Their compute dtype: fp32 | fp16 | bf16 (Mamba). Scales are computed "
+                                            "in fp32 and int8 weights from the checkpoint's own whatever "
+                                            "this is.")] = "fp32",
 ):
     """Calibrate a checkpoint and write an int8 artifact (manifest.json + weights.safetensors).
 
@@ -112,12 +125,12 @@ def calibrate(
         check_name(recipe)
         start = time.perf_counter()
         with _progress() as progress:
-            task = progress.add_task(f"calibrating ({recipe})", total=samples if recipe != "fp" else 0)
+            task = progress.add_task(f"calibrating {model}", total=samples if recipe != "fp" else 0)
             path, manifest = pipeline.calibrate(
                 model, recipe, data, samples, seq_len, out, batch_size, on_batch=lambda n: progress.advance(task, n),
                 hadamard=hadamard, percentile_clip=percentile_clip, percentile=percentile,
                 weight_granularity=weight_granularity, int8_head=int8_head, int8_conv_features=int8_conv_features,
-                tokenizer=tokenizer)
+                tokenizer=tokenizer, device=device, dtype=dtype)
         seconds = time.perf_counter() - start
     if json_out:
         print(json.dumps(manifest, indent=2))
@@ -125,15 +138,14 @@ def calibrate(
     if manifest["scales"]:
         from quamba_edge.families.registry import by_name
 
-        table = Table(title=f"{by_name(manifest['family']).scales_title} ({manifest['recipe_label']})")
-        table.add_column("#", justify="right")
-        for point in manifest["scales"][0]:
-            table.add_column(point, justify="right")
-        for i, row in enumerate(manifest["scales"]):
-            table.add_row(str(i), *(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()))
-        console.print(table)
+        console.print(_table(f"{by_name(manifest['family']).scales_title} ({manifest['recipe_label']})",
+                             ["#", *manifest["scales"][0]],
+                             ([str(i), *(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values())]
+                              for i, row in enumerate(manifest["scales"]))))
     size = sum(f.stat().st_size for f in path.iterdir()) / 2**20
-    console.print(f"[green]wrote[/] {path}  ({size:.1f} MiB, recipe {manifest['recipe_label']}, {seconds:.1f} s)")
+    rate = (manifest.get("calibration") or {}).get("tokens_per_s")
+    console.print(f"[green]wrote[/] {path}  ({size:.1f} MiB, recipe {manifest['recipe_label']}, {seconds:.1f} s"
+                  + (f", calibration {rate:,.0f} tokens/s on {device} in {dtype}" if rate else "") + ")")
 
 
 @app.command("eval")
@@ -165,13 +177,9 @@ def eval_cmd(
     if json_out:
         print(json.dumps(result, indent=2))
         return
-    table = Table(title=f"quality of {model}")
     family = loaded.family
-    for col in family.eval_columns:
-        table.add_column(col.header)
-    for row in family.eval_rows(result):
-        table.add_row(*(col.cell(row) for col in family.eval_columns))
-    console.print(table)
+    console.print(_table(f"quality of {model}", [col.header for col in family.eval_columns],
+                         ([col.cell(row) for col in family.eval_columns] for row in family.eval_rows(result))))
     if "data" in result and all(col.key != "data" for col in family.eval_columns):
         console.print(f"data: {result['data']}")
 
@@ -256,15 +264,11 @@ def build_engine_cmd(
     if json_out:
         print(json.dumps(build, indent=2))
         return
-    parity = build["parity"]
-    table = Table(title=f"parity of the {build['precision']} engine vs PyTorch ({backend}, {target})")
-    for col in ("case", "tensor", "error", "judged"):
-        table.add_column(col)
-    for case in parity["cases"]:
-        error = (f"{case['rel_error']:.2e} rel" if "rel_error" in case
-                 else f"{case['mismatch']:.2%} int8 differ, max {case['max_step']} step")
-        table.add_row(case["case"], case["tensor"], error, "yes" if case["judged"] else "recorded")
-    console.print(table)
+    console.print(_table(f"parity of the {build['precision']} engine vs PyTorch ({backend}, {target})",
+                         ["case", "tensor", "error", "judged"],
+                         ([c["case"], c["tensor"], f"{c['rel_error']:.2e} rel" if "rel_error" in c else
+                           f"{c['mismatch']:.2%} int8 differ, max {c['max_step']} step",
+                           "yes" if c["judged"] else "recorded"] for c in build["parity"]["cases"])))
     for graph, info in (build.get("ort_kernels") or {}).items():
         kernels = ", ".join(f"{op} x{n}" for op, n in info["integer_kernels"].items()) or "none"
         floats = info["float_matmuls"]
@@ -378,13 +382,11 @@ def spot(
     if json_out:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
-        table = Table(title=f"keywords ({runner.label})")
-        for col in ("file", "keyword", "confidence", "seconds", "error"):
-            table.add_column(col, overflow="fold")
-        for r in results:
-            table.add_row(escape(r.file), r.keyword or "-", f"{r.confidence:.2f}" if r.confidence is not None else "-",
-                          f"{r.seconds:.2f}" if r.seconds is not None else "-", escape(r.error or ""))
-        console.print(table)
+        console.print(_table(f"keywords ({runner.label})", ["file", "keyword", "confidence", "seconds", "error"],
+                             ([escape(r.file), r.keyword or "-",
+                               f"{r.confidence:.2f}" if r.confidence is not None else "-",
+                               f"{r.seconds:.2f}" if r.seconds is not None else "-", escape(r.error or "")]
+                              for r in results)))
     if any(r.error for r in results):
         raise typer.Exit(1)
 
@@ -397,9 +399,7 @@ def doctor(
     """Print what this machine has for quamba-edge (versions, threads, kernels, the Jetson, the optional pieces)."""
     import torch
 
-    table = Table(title=f"quamba-edge {__version__}")
-    table.add_column("component")
-    table.add_column("status")
+    table = _table(f"quamba-edge {__version__}", ["component", "status"], [])
     table.add_row("python", platform.python_version())
     table.add_row("torch", f"{torch.__version__} ({torch.get_num_threads()} threads)")
     table.add_row("CUDA", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available")

@@ -265,6 +265,13 @@ class Engine:
     def graph(self, name: str) -> Path:
         return self.directory / f"{name}.onnx"
 
+    @property
+    def decode_bytes(self) -> int:
+        """Bytes on disk of the graph every generated token (or every call) runs, its weights included: what
+        one step reads (achieved GB/s in bench, the weight traffic of bench --estimate)."""
+        decode = self.family.graphs[-1]
+        return sum(p.stat().st_size for p in (self.graph(decode), self.directory / WEIGHTS_DATA) if p.exists())
+
     def system(self, device: str, threads: int, prepack: bool = True) -> System:
         """The engine's graphs on its backend, ready to run (`device` must be one the engine was built for);
         prepack=False: ONNX Runtime without its pre-packed weight copies (bench --low-memory)."""
@@ -283,10 +290,7 @@ class Engine:
             if device == "cpu":
                 raise QuambaEdgeError(f"{self.directory} is a TensorRT engine; it runs on --device cuda or orin.")
             runners = _runners({g: self.graph(g) for g in family.graphs}, "tensorrt", target, True, threads, "int8")
-        decode = family.graphs[-1]  # the graph every generated token (or every call) runs
-        weight_bytes = sum(p.stat().st_size for p in (self.graph(decode), self.directory / WEIGHTS_DATA)
-                           if p.exists())
-        return System(runners, label, backend, self.precision, self.cfg, family, build["limits"], weight_bytes)
+        return System(runners, label, backend, self.precision, self.cfg, family, build["limits"], self.decode_bytes)
 
 
 def is_engine(path: Path) -> bool:

@@ -5,22 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from quamba_edge.artifact import read_manifest, save_artifact
-from quamba_edge.families.base import Loaded, Progress
+from quamba_edge.families.base import Compute, Loaded, Progress
 from quamba_edge.families.registry import load
 from quamba_edge.quant.recipes import Recipe
 
 
 def calibrate(
     model_spec: str, recipe: str | Recipe, data: str, samples: int, seq_len: int, out: Path,
-    batch_size: int = 8, on_batch: Progress | None = None, tokenizer: str | None = None, **switches,
+    batch_size: int = 8, on_batch: Progress | None = None, tokenizer: str | None = None, device: str = "cpu",
+    dtype: str = "fp32", **switches,
 ) -> tuple[Path, dict]:
     """Load, calibrate on the first `samples` windows (sequences, sets, clips) of `data`, write the artifact.
 
     `recipe` is a name (fp | naive | quamba) with the CLI's `switches` (hadamard, percentile_clip, percentile,
     weight_granularity, int8_head, int8_conv_features), or a config from quant.recipes; the family decides
-    what it means for it (set models and keyword spotters: static W8A8) and what `data` is. Returns the
-    artifact directory and its manifest.
+    what it means for it (set models and keyword spotters: static W8A8) and what `data` is. `device` (cpu |
+    cuda) and `dtype` (fp32 | fp16 | bf16) say where the calibration forward passes run (families.base.Compute:
+    scales are fp32 whatever the dtype). Returns the artifact directory and its manifest.
     """
+    compute = Compute(device, dtype)  # a bad request fails before the model loads
     loaded = load(model_spec)
     loaded.tokenizer = tokenizer
     family = loaded.family
@@ -29,8 +32,9 @@ def calibrate(
     recipe = family.quant_config(recipe, **switches)
     model, calibration, scales = loaded.model, None, None
     if recipe.quantize:
-        result = family.calibrate(loaded, recipe, data, samples, seq_len, batch_size, on_batch)
-        model, calibration, scales = result.model, result.record, result.scales
+        result = family.calibrate(loaded, recipe, data, samples, seq_len, batch_size, on_batch, compute)
+        model, scales = result.model, result.scales
+        calibration = {**result.record, "device": device, "dtype": dtype}
     out = save_artifact(model, out, family=family.name, recipe=recipe, calibration=calibration, scales=scales,
                         source={"model": str(model_spec), "directory": str(loaded.directory),
                                 **({"tokenizer": str(tokenizer)} if tokenizer else {})},

@@ -40,6 +40,31 @@ def test_round_trip_gives_identical_logits(tmp_path, quantized):
     assert not list(tmp_path.glob(".art.*")), "temporary directories left behind"
 
 
+def test_large_weights_are_sharded_and_load_memory_mapped(tmp_path, quantized, monkeypatch):
+    """Past SHARD_BYTES the weights go in several safetensors files, each checksummed and listed in order; the
+    loaded model equals the saved one and its int8 weights are the files' pages (copy-on-write), not a copy.
+    A damaged shard is refused by name."""
+    qmodel, calib = quantized
+    monkeypatch.setattr(artifact, "SHARD_BYTES", 16 << 10)
+    path = _save(qmodel, calib, tmp_path / "art")
+    manifest = json.loads((path / "manifest.json").read_text())
+    shards = manifest["weights"]
+    assert len(shards) > 2 and shards[0] == f"weights-00001-of-{len(shards):05d}.safetensors"
+    assert set(shards) == set(manifest["files"]) and manifest["format_version"] == 3
+    loaded, _ = load_artifact(path)
+    ids = torch.randint(0, 256, (2, 20))
+    assert torch.equal(loaded(ids), qmodel(ids))
+    assert loaded.state_dict().keys() == qmodel.state_dict().keys()
+    with open("/proc/self/maps") as maps:
+        mapped = {p for p in maps.read().split() if p.startswith(str(path))}
+    assert mapped  # the weights are mmap'd from the artifact's files
+    with open(path / shards[1], "r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x01" if f.read(1) != b"\x01" else b"\x02")
+    with pytest.raises(QuambaEdgeError, match=shards[1]):
+        load_artifact(path)
+
+
 def test_fp_artifact_round_trip(tmp_path, tiny_model):
     path = save_artifact(tiny_model, tmp_path / "fp", family="mamba", recipe=make_recipe("fp"), source={})
     loaded, _ = load_artifact(path)

@@ -104,7 +104,9 @@ def test_estimate_is_labelled_and_stored_apart(fp_engine, tmp_path):
     assert payload["estimates"][0]["kind"].startswith("roofline estimate")
     assert payload["profile"]["bandwidth_gbs"] == 68.0
     assert [r["precision"] for r in payload["estimates"]] == ["fp16", "int8"]
-    assert [r["deployed"] for r in payload["estimates"]] == [True, False]  # an fp32 engine deploys as fp16
+    # an fp32 build is neither estimated precision: no row is its own, both count the shape's weights
+    assert [r["deployed"] for r in payload["estimates"]] == [False, False]
+    assert {r["weight_source"] for r in payload["estimates"]} == {"shape"}
 
 
 def test_estimate_of_the_mamba_2_8b_shape_next_to_the_paper(tmp_path):

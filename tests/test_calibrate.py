@@ -146,3 +146,54 @@ def test_int8_head_is_the_dequantized_product_of_its_int8_parts(tiny_model):
     rel_close(logits, reference)
     fp_logits = tiny_model(ids)
     assert (logits - fp_logits).norm() / fp_logits.norm() < 0.1  # still the same model
+
+
+def test_bf16_calibration_keeps_fp32_weights_and_scales_near_fp32(tmp_path, tiny_checkpoint, text_file):
+    """calibrate --dtype bf16: the forward passes run on a bf16 copy, but the int8 weights come from the fp32
+    checkpoint (equal to an fp32 calibration's) and every scale is an fp32 number within bf16's rounding of the
+    fp32 calibration's; the manifest records the device, dtype and the calibration rate."""
+    from quamba_edge import pipeline
+    from quamba_edge.families.registry import load
+
+    runs = {}
+    for dtype in ("fp32", "bf16"):
+        out, manifest = pipeline.calibrate(str(tiny_checkpoint), "quamba", str(text_file), 4, 64,
+                                           tmp_path / dtype, batch_size=2, dtype=dtype)
+        runs[dtype] = (load(out).model, manifest)
+    (fp32, m32), (bf16, m16) = runs["fp32"], runs["bf16"]
+    assert m16["calibration"]["dtype"] == "bf16" and m16["calibration"]["device"] == "cpu"
+    assert m16["calibration"]["tokens_per_s"] > 0
+    for name, t in fp32.state_dict().items():
+        other = bf16.state_dict()[name]
+        assert other.dtype == t.dtype, name  # nothing of the artifact is bf16
+        if t.dtype == torch.int8 and "layers.0.mixer.in_proj.weight" in name:
+            assert torch.equal(t, other)  # weights quantized from the checkpoint, not from the bf16 copy
+    for s32, s16 in zip(m32["scales"], m16["scales"], strict=True):
+        for point, value in s32.items():
+            assert s16[point] == pytest.approx(value, rel=0.05), point  # bf16 keeps 8 bits of mantissa
+    assert any(s16[p] != s32[p] for s32, s16 in zip(m32["scales"], m16["scales"]) for p in s32)  # really bf16
+
+
+def test_calibrate_refuses_a_device_it_cannot_use(tmp_path, tiny_checkpoint, text_file):
+    from quamba_edge import pipeline
+
+    if not torch.cuda.is_available():
+        with pytest.raises(QuambaEdgeError, match="sees no CUDA GPU.*Fix: --device cpu"):
+            pipeline.calibrate(str(tiny_checkpoint), "quamba", str(text_file), 2, 32, tmp_path / "c", device="cuda")
+    with pytest.raises(QuambaEdgeError, match="unknown --dtype 'fp8'"):
+        pipeline.calibrate(str(tiny_checkpoint), "quamba", str(text_file), 2, 32, tmp_path / "d", dtype="fp8")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fp16_calibration_matches_the_cpu_one(tmp_path, tiny_checkpoint, text_file):
+    from quamba_edge import pipeline
+
+    _, cpu = pipeline.calibrate(str(tiny_checkpoint), "quamba", str(text_file), 4, 64, tmp_path / "cpu")
+    _, gpu = pipeline.calibrate(str(tiny_checkpoint), "quamba", str(text_file), 4, 64, tmp_path / "gpu",
+                                device="cuda", dtype="fp16")
+    assert gpu["calibration"]["device"] == "cuda"
+    for a, b in zip(cpu["scales"], gpu["scales"], strict=True):
+        for point, value in a.items():
+            assert b[point] == pytest.approx(value, rel=0.02), point

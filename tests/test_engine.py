@@ -63,6 +63,30 @@ def test_a_failed_parity_check_writes_nothing(int8_artifact, tmp_path, monkeypat
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_estimate_of_an_int8_engine_reads_its_real_bytes(int8_engine, tmp_path):
+    """bench --estimate on an int8 engine: the int8 row's weight traffic is the engine's decode graph and
+    weights on disk (not the shape's count); the fp16 row, which was not built, is counted from the shape."""
+    from typer.testing import CliRunner
+
+    from quamba_edge.bench.roofline import estimate
+    from quamba_edge.cli import app
+
+    out = tmp_path / "est.json"
+    result = CliRunner().invoke(app, ["bench", str(int8_engine), "--device", "orin-nano-8gb", "--estimate",
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    fp16, int8 = json.loads(out.read_text())["estimates"]
+    engine = load_engine(int8_engine)
+    on_disk = (int8_engine / "decode.onnx").stat().st_size + sum(
+        p.stat().st_size for p in int8_engine.glob("*.data"))
+    assert int8["deployed"] and int8["weight_source"] == "engine files" and int8["weight_bytes"] == on_disk
+    assert fp16["weight_source"] == "shape" and not fp16["deployed"]
+    from quamba_edge.bench.devices import resolve_profile
+
+    shape_only = estimate(engine.cfg, "int8", resolve_profile("orin-nano-8gb"))
+    assert on_disk != shape_only.weight_bytes  # the tiny engine keeps its fp32 embedding: the files differ
+
+
 def test_tampered_or_foreign_engines_are_refused(int8_engine, tmp_path):
     import shutil
 

@@ -1,10 +1,10 @@
 """The one interface every backend implements (after Polygraphy's runners): a Runner runs one graph.
 
-`infer(feeds)` takes name -> array (numpy, or for the PyTorch reference also torch tensors it produced
-itself, such as recurrent states) and returns name -> array, and records its own wall time in
-`inference_time` (seconds). A System is the runners of one model, keyed by graph name (`prefill` and
-`decode` for Mamba, `model` for the one-graph families). Runners are context managers: `activate()`
-and `deactivate()` bracket their use; most need neither.
+`infer(feeds)` (or calling the runner) takes name -> array (numpy, or for the PyTorch reference also torch
+tensors it produced itself, such as recurrent states), returns name -> array and records its wall time in
+`inference_time` (seconds). Runners are context managers (`with runner:`), for backends that hold resources.
+A System is the runners of one model, keyed by graph name (`prefill` and `decode` for Mamba, `model` for the
+one-graph families).
 """
 
 from __future__ import annotations
@@ -21,23 +21,16 @@ class Runner:
     """One graph on one backend. Subclasses implement `_infer`."""
 
     backend = "none"
+    inference_time: float | None = None
 
     def __init__(self, name: str):
         self.name = name
-        self.inference_time: float | None = None
-
-    def activate(self) -> None:  # noqa: B027 - optional hook
-        pass
-
-    def deactivate(self) -> None:  # noqa: B027 - optional hook
-        pass
 
     def __enter__(self) -> Runner:
-        self.activate()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.deactivate()
+        pass
 
     def _infer(self, feeds: Feeds) -> dict[str, Any]:
         raise NotImplementedError

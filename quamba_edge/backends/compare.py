@@ -1,8 +1,5 @@
-"""One comparator for every backend: a system's outputs against the PyTorch reference (DESIGN.md).
-
-A family says what to compare as `Case`s: a graph, its feeds, and a `judge` that turns the graph's
-outputs into compared rows (`compare(...)` against reference tensors the family computed). build-engine's
-parity check and `bench --check` both run `check(system, cases)`.
+"""One comparator for every backend: a system's outputs against the PyTorch reference (DESIGN.md), for
+build-engine's parity check and `bench --check`; a family says what to compare as `Case`s.
 
 Tolerances are relative errors ‖got − ref‖₂ / ‖ref‖₂ per tensor: fp32 1e-5 (float reassociation only);
 fp16 1e-3; int8 tensors exact except near rounding ties (one step in at most 2% of places), and int8
@@ -71,12 +68,12 @@ class ParityReport:
                 "passed": self.passed,
                 "int8_max_step": INT8_MAX_STEP, "int8_max_mismatch": INT8_MAX_MISMATCH, "cases": self.cases}
 
-    def failure(self, what: str = "engine") -> str:
+    def failure(self) -> str:
         """The message of a failed check: the worst tensor and by how much."""
         worst = self.worst
         detail = (f"rel. error {worst['rel_error']:.3g} (tolerance {worst['tolerance']:g})" if "rel_error" in worst
                   else f"int8 entries off by up to {worst['max_step']} steps in {worst['mismatch']:.1%} of places")
-        return (f"the {self.precision} {what} disagrees with the reference: worst tensor `{worst['tensor']}` in "
+        return (f"the {self.precision} engine disagrees with the reference: worst tensor `{worst['tensor']}` in "
                 f"{worst['case']}: {detail}.")
 
 
@@ -95,19 +92,16 @@ def _numpy(x) -> np.ndarray:
 def compare(case: str, name: str, got, ref, tolerance: float | None) -> dict:
     """One tensor against its reference; tolerance None records the figures without judging them.
     An int8 reference is judged by steps (DESIGN.md's rounding-tie rule), anything else by rel. error."""
-    got, ref_np = _numpy(got), _numpy(ref)
+    got, ref = _numpy(got), _numpy(ref)
     row = {"case": case, "tensor": name}
-    if ref_np.dtype == np.int8:
-        step = np.abs(got.astype(np.int32) - ref_np.astype(np.int32))
-        mismatch = float((step != 0).mean())
-        excess = max(step.max() / INT8_MAX_STEP, mismatch / INT8_MAX_MISMATCH)
-        row.update(max_step=int(step.max()), mismatch=mismatch)
+    if ref.dtype == np.int8:
+        step = np.abs(got.astype(np.int32) - ref.astype(np.int32))
+        row.update(max_step=int(step.max()), mismatch=float((step != 0).mean()))
+        excess = max(row["max_step"] / INT8_MAX_STEP, row["mismatch"] / INT8_MAX_MISMATCH)
     else:
-        err = rel_error(got, ref_np)
-        excess = err / tolerance if tolerance else 0.0
-        row.update(rel_error=err, tolerance=tolerance)
-    row["excess"] = float(excess) if tolerance else 0.0
-    row["judged"] = tolerance is not None
+        row.update(rel_error=rel_error(got, ref), tolerance=tolerance)
+        excess = row["rel_error"] / tolerance if tolerance else 0.0
+    row.update(excess=float(excess) if tolerance else 0.0, judged=tolerance is not None)
     return row
 
 
@@ -122,10 +116,9 @@ def check(system: System | dict, cases: Iterable[Case], precision: str,
 
 
 def check_against(first: System, other: System, outputs: Callable[[System], dict], reference: dict) -> ParityReport:
-    """`bench --check`: `other`'s outputs against `reference`, `first`'s outputs on the same inputs
-    (`outputs(system)` runs them; the caller runs it on `first` once for every system it compares).
-    Judged when both compute in the same precision (fp32, fp16: their parity tolerance; int8: INT8_END_TO_END);
-    systems of different precisions are recorded, not judged (fp32 and int8 differ by design)."""
+    """`bench --check`: `other`'s outputs (`outputs(system)` runs them) against `reference`, `first`'s on the same
+    inputs. Judged when both compute in the same precision (fp32, fp16: their parity tolerance; int8:
+    INT8_END_TO_END); systems of different precisions are recorded, not judged (fp32 and int8 differ by design)."""
     same = first.precision == other.precision
     tolerance = (INT8_END_TO_END if other.precision == "int8" else TOLERANCE[other.precision]) if same else None
     name = f"{other.label} vs {first.label}"

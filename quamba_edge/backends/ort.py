@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from quamba_edge.backends.base import Runner
 from quamba_edge.errors import QuambaEdgeError
@@ -22,32 +23,10 @@ from quamba_edge.errors import QuambaEdgeError
 DISABLED_FOR_INT8 = ["QDQPropagationTransformer"]
 INTEGER_KERNELS = {"QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
                    "QLinearConv", "ConvInteger", "QGemm", "QAttention"}
-
-
-def _ort():
-    try:
-        import onnxruntime
-    except ImportError as exc:  # a core dependency; only a broken install gets here
-        raise QuambaEdgeError("onnxruntime is not installed. Fix: pip install onnxruntime") from exc
-    return onnxruntime
-
-
-def providers_for(target: str) -> list[str]:
-    ort = _ort()
-    if target == "cpu":
-        return ["CPUExecutionProvider"]
-    if target == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise QuambaEdgeError(
-                "ONNX Runtime has no CUDA execution provider here. Fix: pip install 'quamba-edge[gpu]' "
-                "(onnxruntime-gpu) on a machine with an NVIDIA GPU, or use --target cpu."
-            )
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise QuambaEdgeError(f"unknown ONNX Runtime target {target!r}; known: cpu, cuda.")
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
 def session_options(threads: int, int8: bool, optimized_path: Path | None = None, activations: str = "int8"):
-    ort = _ort()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -70,20 +49,24 @@ def session_options(threads: int, int8: bool, optimized_path: Path | None = None
     return opts
 
 
-def _session(graph: Path | bytes, opts, providers: list[str], int8: bool):
-    source = str(graph) if isinstance(graph, Path) else graph
-    return _ort().InferenceSession(source, sess_options=opts, providers=providers,
-                                   disabled_optimizers=DISABLED_FOR_INT8 if int8 else [])
-
-
 def make_session(graph: Path | bytes, *, threads: int = 1, int8: bool = False, target: str = "cpu",
-                 activations: str = "int8", shared: SharedWeights | None = None, prepack: bool = True):
-    opts = session_options(threads, int8, activations=activations)
+                 activations: str = "int8", shared: SharedWeights | None = None, prepack: bool = True,
+                 optimized_path: Path | None = None):
+    """An InferenceSession of `graph` (a path or serialized bytes) on `target` (cpu | cuda: build-engine checked
+    it). `shared`: the engine's weights.data, mapped once for all its sessions; prepack=False skips ORT's
+    pre-packed weight copies (less memory, slower matmuls); `optimized_path`: also write the optimized graph there."""
+    if PROVIDERS[target][0] not in ort.get_available_providers():  # the CPU provider always is
+        raise QuambaEdgeError(
+            "ONNX Runtime has no CUDA execution provider here. Fix: pip install 'quamba-edge[gpu]' "
+            "(onnxruntime-gpu) on a machine with an NVIDIA GPU, or use --target cpu."
+        )
+    opts = session_options(threads, int8, optimized_path, activations)
     if shared is not None and isinstance(graph, Path):
         shared.register(opts, graph)
     if not prepack:
         opts.add_session_config_entry("session.disable_prepacking", "1")
-    return _session(graph, opts, providers_for(target), int8)
+    return ort.InferenceSession(str(graph) if isinstance(graph, Path) else graph, sess_options=opts,
+                                providers=PROVIDERS[target], disabled_optimizers=DISABLED_FOR_INT8 if int8 else [])
 
 
 class SharedWeights:
@@ -100,13 +83,9 @@ class SharedWeights:
 
     def register(self, opts, graph: Path) -> None:
         """Add every initializer `graph` keeps in this file to the session options."""
-        ort = _ort()
-        proto = onnx.load(str(graph), load_external_data=False)
-        for tensor in proto.graph.initializer:
-            if tensor.data_location != onnx.TensorProto.EXTERNAL:
-                continue
+        for tensor in onnx.load(str(graph), load_external_data=False).graph.initializer:
             entries = {e.key: e.value for e in tensor.external_data}
-            if entries.get("location") != self.path.name:
+            if tensor.data_location != onnx.TensorProto.EXTERNAL or entries.get("location") != self.path.name:
                 continue
             dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
             offset, length = int(entries["offset"]), int(entries["length"])
@@ -118,19 +97,14 @@ class SharedWeights:
 
 
 class OrtRunner(Runner):
-    """One graph (a path or serialized bytes) in an ONNX Runtime session; `shared`: the engine's weights.data,
-    mapped once for all its sessions; `prepack=False` skips ORT's pre-packed weight copies (less memory,
-    slower matmuls)."""
+    """One graph (a path or serialized bytes) in the session make_session(graph, **options) opens."""
 
     backend = "ort"
 
-    def __init__(self, graph: Path | bytes, *, name: str = "graph", threads: int = 1, int8: bool = False,
-                 target: str = "cpu", activations: str = "int8", shared: SharedWeights | None = None,
-                 prepack: bool = True):
+    def __init__(self, graph: Path | bytes, *, name: str = "graph", **options):
         super().__init__(name)
-        self.shared = shared  # keeps the mapping alive as long as the session
-        self.session = make_session(graph, threads=threads, int8=int8, target=target, activations=activations,
-                                    shared=shared, prepack=prepack)
+        self.shared = options.get("shared")  # keeps the mapping alive as long as the session
+        self.session = make_session(graph, **options)
 
     def _infer(self, feeds) -> dict[str, np.ndarray]:
         return run(self.session, feeds)
@@ -151,22 +125,18 @@ def kernel_report(graph: Path | bytes, int8: bool, activations: str) -> dict:
             "float_matmuls": counts.get("MatMul", 0) + counts.get("Gemm", 0)}
 
 
-def optimized_op_counts(graph: Path | bytes, *, int8: bool, threads: int = 1, activations: str = "int8") -> Counter:
+def optimized_op_counts(graph: Path | bytes, *, int8: bool, activations: str = "int8") -> Counter:
     """Op types of the graph after ONNX Runtime's CPU optimizations, counted (Scan bodies included)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "optimized.onnx"
-        _session(graph, session_options(threads, int8, out, activations), providers_for("cpu"), int8)
+        make_session(graph, int8=int8, activations=activations, optimized_path=out)
         model = onnx.load(str(out), load_external_data=False)
     counts: Counter = Counter()
-
-    def visit(graph_proto):
-        for node in graph_proto.node:
+    graphs = [model.graph]
+    while graphs:
+        for node in graphs.pop().node:
             counts[node.op_type] += 1
-            for attr in node.attribute:
-                if attr.g is not None and attr.g.node:
-                    visit(attr.g)
-
-    visit(model.graph)
+            graphs.extend(attr.g for attr in node.attribute if attr.g.node)
     return counts
 
 

@@ -1,23 +1,25 @@
 """TensorRT 10 engines from the portable ONNX graphs (explicit quantization, strongly typed).
 
-The Q/DQ graph already says which tensors are int8, so the network is built strongly typed: TensorRT
-takes the types from the graph instead of choosing precisions (the INT8/FP16 builder flags are
-deprecated in TensorRT 10 and gone in 11). One optimization profile per graph covers batch and prompt
-length; a timing cache is kept next to the plans so rebuilds are fast. Each plan has a sidecar
-`<graph>.engine.json` with the TensorRT version and the GPU's compute capability; loading refuses a
-plan built for another GPU or another TensorRT, because TensorRT plans are not portable between them.
+The Q/DQ graph already says which tensors are int8, so the network is built strongly typed (the INT8/FP16
+builder flags are deprecated in TensorRT 10 and gone in 11). One optimization profile per graph covers batch
+and prompt length; a timing cache beside the plans makes rebuilds fast. Each plan's sidecar
+`<graph>.engine.json` records the TensorRT version and the GPU's compute capability: TensorRT plans are not
+portable between either, so loading refuses a plan built for another.
 
-Nothing here runs on the CPU-only development machines: `tensorrt` is imported lazily and its absence
-is a clear error. CI checks that the graphs parse with `tensorrt-rtx`'s OnnxParser (tests marked
-`tensorrt`); the engines themselves are built on the Jetson (Dockerfile.jetson) or a GPU machine.
+`tensorrt` is imported lazily. CI parses the graphs with `tensorrt-rtx` (tests marked `tensorrt`); engines
+are built on the Jetson (Dockerfile.jetson) or a GPU machine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 import sys
 from pathlib import Path
+
+import torch
 
 from quamba_edge.backends.base import Runner
 from quamba_edge.errors import QuambaEdgeError
@@ -25,29 +27,19 @@ from quamba_edge.io import atomic_write, atomic_write_json, sha256_file
 from quamba_edge.paths import PACKAGE_DIR
 
 WORKSPACE_BYTES = 1 << 30
+PLUGIN_LIBRARY = "libquamba_edge_trt.so"
 
 
 def import_tensorrt(allow_rtx: bool = False):
-    try:
-        import tensorrt as trt
-
-        return trt
-    except ImportError:
-        if allow_rtx:
-            try:
-                import tensorrt_rtx as trt
-
-                return trt
-            except ImportError:
-                pass
+    """The `tensorrt` module; with `allow_rtx`, `tensorrt_rtx` where that one is missing."""
+    for module in ("tensorrt", "tensorrt_rtx") if allow_rtx else ("tensorrt",):
+        with contextlib.suppress(ImportError):
+            return importlib.import_module(module)
     raise QuambaEdgeError(
         "TensorRT is not installed. Fix: on a Jetson use the Docker image (`docker build -f Dockerfile.jetson`, "
         "TensorRT 10.3 from JetPack 6); on an x86 GPU machine `pip install tensorrt` (TensorRT 10). "
         "Or build for ONNX Runtime: --backend ort."
     )
-
-
-PLUGIN_LIBRARY = "libquamba_edge_trt.so"
 
 
 def plugin_library(required: bool = False) -> Path | None:
@@ -57,15 +49,13 @@ def plugin_library(required: bool = False) -> Path | None:
     candidates = [Path(env)] if env else [
         PACKAGE_DIR.parent / "build" / "trt" / PLUGIN_LIBRARY, Path("/opt/quamba-edge/lib") / PLUGIN_LIBRARY,
         Path(sys.prefix) / "lib" / PLUGIN_LIBRARY]
-    for path in candidates:
-        if path.is_file():
-            return path.resolve()
-    if required:
+    found = next((path.resolve() for path in candidates if path.is_file()), None)
+    if found is None and required:
         raise QuambaEdgeError(
             f"the TensorRT plugin library was not found (looked at {', '.join(map(str, candidates))}). Fix: "
             "`cmake -S csrc -B build/trt -DCMAKE_CUDA_ARCHITECTURES=87 && cmake --build build/trt` (the Jetson "
             "image has it built), or set QUAMBA_EDGE_TRT_PLUGINS, or build without plugins: --plugins off.")
-    return None
+    return found
 
 
 def load_plugins(registry, path: Path) -> None:
@@ -75,18 +65,14 @@ def load_plugins(registry, path: Path) -> None:
                               "CUDA?). Fix: rebuild it with csrc/CMakeLists.txt on this machine.")
 
 
-def parse_onnx(trt, onnx_graph: bytes | Path, strongly_typed: bool = True, plugins: Path | None = None):
+def parse_onnx(trt, onnx_graph: bytes | Path, plugins: Path | None = None):
     """Parse a graph (serialized bytes, or a file whose external data sits beside it) into a TensorRT network;
-    a graph TensorRT cannot read fails with the parser's errors.
-
-    Graphs rewritten by export/plugins.py need `plugins`: the parser maps their plugin nodes to creators.
-    """
+    raises QuambaEdgeError with the parser's errors. export/plugins.py's graphs need `plugins` (their library)."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     if plugins is not None:
         load_plugins(builder.get_plugin_registry(), plugins)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
-    network = builder.create_network(flags)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     parsed = (parser.parse_from_file(str(onnx_graph)) if isinstance(onnx_graph, Path)
               else parser.parse(onnx_graph))
@@ -97,23 +83,15 @@ def parse_onnx(trt, onnx_graph: bytes | Path, strongly_typed: bool = True, plugi
 
 
 def gpu_compute_capability() -> str:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability()
-            return f"{major}.{minor}"
-    except ImportError:
-        pass
-    raise QuambaEdgeError("no CUDA GPU is visible, so no TensorRT engine can be built or loaded here.")
+    if not torch.cuda.is_available():
+        raise QuambaEdgeError("no CUDA GPU is visible, so no TensorRT engine can be built or loaded here.")
+    return "{}.{}".format(*torch.cuda.get_device_capability())
 
 
 def build_plan(onnx_path: Path, graph: str, shapes: dict[str, tuple], out_dir: Path, *,
                plugins: Path | None = None) -> dict:
-    """Build and write `<graph>.plan` + `<graph>.engine.json`; return the metadata.
-
-    shapes: input name -> (min, opt, max) shape of every dynamic input (the family's TensorRT profile).
-    """
+    """Build and write `<graph>.plan` + `<graph>.engine.json`; return the metadata. `shapes`: input name ->
+    (min, opt, max) shape of every dynamic input (the family's TensorRT profile)."""
     trt = import_tensorrt()
     builder, network, _parser, _logger = parse_onnx(trt, onnx_path, plugins=plugins)
     config = builder.create_builder_config()
@@ -157,13 +135,10 @@ class TensorRTRunner(Runner):
     backend = "tensorrt"
 
     def __init__(self, plan_path: Path, name: str = "graph"):
-        import torch
-
         super().__init__(name)
         trt = import_tensorrt()
         meta = json.loads(plan_path.with_suffix(".engine.json").read_text())
         check_plan_compatible(meta, trt.__version__, gpu_compute_capability(), plan_path)
-        self.meta, self.torch, self.trt = meta, torch, trt
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         if meta.get("plugins"):  # the plan holds plugin nodes: the same library must be registered first
             library = plugin_library(required=True)
@@ -175,25 +150,20 @@ class TensorRTRunner(Runner):
         if self.engine is None:
             raise QuambaEdgeError(f"TensorRT could not load {plan_path}; rebuild it.")
         self.context = self.engine.create_execution_context()
-        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.outputs = {name: torch.from_numpy(trt.nptype(self.engine.get_tensor_dtype(name))(0).reshape(1)).dtype
+                        for name in names if self.engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT}
         self.stream = torch.cuda.Stream()
 
     def _infer(self, feeds) -> dict:
-        torch, trt = self.torch, self.trt
-        keep = {}
-        for name, array in feeds.items():
-            tensor = torch.as_tensor(array).cuda()
-            keep[name] = tensor
+        inputs = {name: torch.as_tensor(array).cuda() for name, array in feeds.items()}  # alive through the run
+        for name, tensor in inputs.items():
             self.context.set_input_shape(name, tuple(tensor.shape))
             self.context.set_tensor_address(name, tensor.data_ptr())
-        outputs = {}
-        for name in self.names:
-            if self.engine.get_tensor_mode(name) != trt.TensorIOMode.OUTPUT:
-                continue
-            shape = tuple(self.context.get_tensor_shape(name))
-            dtype = torch.from_numpy(trt.nptype(self.engine.get_tensor_dtype(name))(0).reshape(1)).dtype
-            outputs[name] = torch.empty(shape, dtype=dtype, device="cuda")
-            self.context.set_tensor_address(name, outputs[name].data_ptr())
+        outputs = {name: torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device="cuda")
+                   for name, dtype in self.outputs.items()}
+        for name, tensor in outputs.items():
+            self.context.set_tensor_address(name, tensor.data_ptr())
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise QuambaEdgeError("TensorRT execution failed (see the log above).")
         self.stream.synchronize()

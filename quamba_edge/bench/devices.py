@@ -10,13 +10,14 @@ the honest peak. These are peaks for an estimate, not expected throughput.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from quamba_edge.bench.power import system_root
+from quamba_edge.bench.power import read_sys, system_root
 from quamba_edge.errors import QuambaEdgeError
 
 _MODULES = "developer.nvidia.com/embedded/jetson-modules (Jetson module comparison, technical specifications)"
@@ -53,85 +54,64 @@ class DeviceProfile:
 
 
 def _orin(name: str, description: str, memory_gb: float, bandwidth: float, cuda_cores: int, tensor_cores: int,
-          clock_mhz: int, published_tops: float, dla: int, source: str) -> DeviceProfile:
+          clock_mhz: int, published_tops: float, dla: int, sheet: str) -> DeviceProfile:
     fp16 = tensor_cores * 512 * clock_mhz * 1e6 / 1e12
     return DeviceProfile(name, description, memory_gb, bandwidth, round(fp16, 1), round(2 * fp16, 1), "8.7",
-                         tensor_cores, clock_mhz, cuda_cores, published_tops, dla, source)
+                         tensor_cores, clock_mhz, cuda_cores, published_tops, dla, f"{sheet}; {_MODULES}")
 
 
-PROFILES: dict[str, DeviceProfile] = {p.name: p for p in (
-    _orin("orin-nano-4gb", "Jetson Orin Nano 4GB (64-bit LPDDR5, 10 W)", 4, 34.0, 512, 16, 625, 20, 0,
-          f"{_NANO_SHEET}; {_MODULES}"),
-    _orin("orin-nano-8gb", "Jetson Orin Nano 8GB (128-bit LPDDR5, 15 W)", 8, 68.0, 1024, 32, 625, 40, 0,
-          f"{_NANO_SHEET}; {_MODULES}"),
-    _orin("orin-nano-super", "Jetson Orin Nano 8GB, Super (MAXN_SUPER, JetPack 6.1+)", 8, 102.0, 1024, 32, 1020,
-          67, 0, f"{_SUPER_BLOG}; {_MODULES}"),
-    _orin("orin-nx-8gb", "Jetson Orin NX 8GB (128-bit LPDDR5, 20 W)", 8, 102.4, 1024, 32, 765, 70, 1,
-          f"{_NX_SHEET}; {_MODULES}"),
-    _orin("orin-nx-16gb", "Jetson Orin NX 16GB (128-bit LPDDR5, 25 W)", 16, 102.4, 1024, 32, 918, 100, 2,
-          f"{_NX_SHEET}; {_MODULES}"),
-    _orin("agx-orin-32gb", "Jetson AGX Orin 32GB (256-bit LPDDR5, 40 W)", 32, 204.8, 1792, 56, 930, 200, 2,
-          f"{_AGX_SHEET}; {_MODULES}"),
-    _orin("agx-orin-64gb", "Jetson AGX Orin 64GB (256-bit LPDDR5, 60 W)", 64, 204.8, 2048, 64, 1300, 275, 2,
-          f"{_AGX_SHEET}; {_MODULES}"),
+# name, description, memory GB, bandwidth GB/s, CUDA cores, tensor cores, GPU MHz, sparse INT8 TOPS, DLAs, source
+PROFILES: dict[str, DeviceProfile] = {row[0]: _orin(*row) for row in (
+    ("orin-nano-4gb", "Jetson Orin Nano 4GB (64-bit LPDDR5, 10 W)", 4, 34.0, 512, 16, 625, 20, 0, _NANO_SHEET),
+    ("orin-nano-8gb", "Jetson Orin Nano 8GB (128-bit LPDDR5, 15 W)", 8, 68.0, 1024, 32, 625, 40, 0, _NANO_SHEET),
+    ("orin-nano-super", "Jetson Orin Nano 8GB, Super (MAXN_SUPER, JetPack 6.1+)", 8, 102.0, 1024, 32, 1020, 67, 0,
+     _SUPER_BLOG),
+    ("orin-nx-8gb", "Jetson Orin NX 8GB (128-bit LPDDR5, 20 W)", 8, 102.4, 1024, 32, 765, 70, 1, _NX_SHEET),
+    ("orin-nx-16gb", "Jetson Orin NX 16GB (128-bit LPDDR5, 25 W)", 16, 102.4, 1024, 32, 918, 100, 2, _NX_SHEET),
+    ("agx-orin-32gb", "Jetson AGX Orin 32GB (256-bit LPDDR5, 40 W)", 32, 204.8, 1792, 56, 930, 200, 2, _AGX_SHEET),
+    ("agx-orin-64gb", "Jetson AGX Orin 64GB (256-bit LPDDR5, 60 W)", 64, 204.8, 2048, 64, 1300, 275, 2, _AGX_SHEET),
 )}
 
 # Power modes that exist only once the Super firmware is in (JetPack 6.1+ on an Orin Nano).
 _SUPER_MODES = ("MAXN_SUPER", "25W")
+# device-tree name -> (the small module's marker in it, memory in GB below which it is the small one, small, large)
+_VARIANTS = {"orin nano": ("4gb", 5.5, "orin-nano-4gb", "orin-nano-8gb"),
+             "orin nx": ("8gb", 10, "orin-nx-8gb", "orin-nx-16gb"),
+             "agx orin": ("32gb", 40, "agx-orin-32gb", "agx-orin-64gb")}
 
 
 def jetson_model(path: Path | None = None) -> str | None:
     """The board name from the device tree; off a Jetson (or in a container without it), None."""
-    if path is None:
-        path = system_root() / "proc/device-tree/model"
-    try:
-        return path.read_text().strip("\x00 \n") or None
-    except OSError:
-        return None
+    return read_sys(path or system_root() / "proc/device-tree/model").strip("\x00 \n") or None
 
 
 def memory_gb(root: Path) -> float | None:
     """Physical memory from /proc/meminfo, which tells the 4 GB Nano from the 8 GB, NX 8 from 16, AGX 32 from 64
     (the device-tree name of a developer kit does not say)."""
-    try:
-        text = (root / "proc/meminfo").read_text()
-    except OSError:
-        return None
-    match = re.search(r"MemTotal:\s*(\d+)\s*kB", text)
+    match = re.search(r"MemTotal:\s*(\d+)\s*kB", read_sys(root / "proc/meminfo"))
     return int(match.group(1)) / 1024**2 if match else None
 
 
 def detect_profile(model: str | None, mem_gb: float | None = None, power_mode: str | None = None
                    ) -> DeviceProfile | None:
-    """The profile for a device-tree name; memory and power mode pick the variant when they are known.
-
-    Without memory we assume the larger module of a family (the developer kits carry it)."""
-    if not model:
-        return None
-    name = model.lower()
-    if "orin nano" in name:
-        if "4gb" in name or (mem_gb is not None and mem_gb < 5.5):
-            return PROFILES["orin-nano-4gb"]
-        return PROFILES["orin-nano-super" if power_mode in _SUPER_MODES else "orin-nano-8gb"]
-    if "orin nx" in name:
-        small = "8gb" in name or (mem_gb is not None and mem_gb < 10)
-        return PROFILES["orin-nx-8gb" if small else "orin-nx-16gb"]
-    if "agx orin" in name:
-        small = "32gb" in name or (mem_gb is not None and mem_gb < 40)
-        return PROFILES["agx-orin-32gb" if small else "agx-orin-64gb"]
+    """The profile for a device-tree name; memory and power mode pick the variant when they are known (without
+    memory, the larger module of a family: the developer kits carry it)."""
+    name = (model or "").lower()
+    for family, (marker, below_gb, small, large) in _VARIANTS.items():
+        if family in name:
+            if marker in name or (mem_gb is not None and mem_gb < below_gb):
+                return PROFILES[small]
+            return PROFILES["orin-nano-super" if large == "orin-nano-8gb" and power_mode in _SUPER_MODES else large]
     return None
 
 
-def power_mode(root: Path, use_nvpmodel: bool = True) -> str | None:
+def power_mode(root: Path) -> str | None:
     """The active nvpmodel mode's name (e.g. `15W`, `MAXN_SUPER`), from nvpmodel -q or its status file."""
-    if use_nvpmodel and root == Path("/") and shutil.which("nvpmodel"):
-        try:
+    if root == Path("/") and shutil.which("nvpmodel"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
             out = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=5).stdout
-            match = re.search(r"NV Power Mode:\s*(\S+)", out)
-            if match:
+            if match := re.search(r"NV Power Mode:\s*(\S+)", out):
                 return match.group(1)
-        except (OSError, subprocess.SubprocessError):
-            pass
     try:
         status = (root / "var/lib/nvpmodel/status").read_text()
         mode_id = int(re.search(r"pmode:(\d+)", status).group(1))
@@ -146,22 +126,16 @@ def this_jetson(root: Path | None = None) -> DeviceProfile | None:
     """The profile of the Jetson this runs on (under `root`, default $QUAMBA_EDGE_SYSROOT or /), else None."""
     root = system_root() if root is None else root
     model = jetson_model(root / "proc/device-tree/model")
-    if model is None:
-        return None
-    return detect_profile(model, memory_gb(root), power_mode(root))
+    return detect_profile(model, memory_gb(root), power_mode(root)) if model else None
 
 
 def resolve_profile(name: str) -> DeviceProfile:
-    """A profile by name, or `orin`: the Jetson this runs on."""
-    if name == "orin":
-        profile = this_jetson()
-        if profile is None:
-            raise QuambaEdgeError(
-                f"--device orin means the Jetson this runs on, but this machine is not one "
-                f"(device-tree model: {jetson_model()!r}). Fix: name a profile ({', '.join(PROFILES)}) with "
-                "--estimate for a roofline estimate, or run on the Jetson (Dockerfile.jetson)."
-            )
-        return profile
-    if name not in PROFILES:
-        raise QuambaEdgeError(f"unknown device {name!r}; known: cpu, cuda, orin, {', '.join(PROFILES)}.")
-    return PROFILES[name]
+    """A profile by name (the CLI has checked it is one), or `orin`: the Jetson this runs on."""
+    profile = this_jetson() if name == "orin" else PROFILES[name]
+    if profile is None:
+        raise QuambaEdgeError(
+            f"--device orin means the Jetson this runs on, but this machine is not one "
+            f"(device-tree model: {jetson_model()!r}). Fix: name a profile ({', '.join(PROFILES)}) with "
+            "--estimate for a roofline estimate, or run on the Jetson (Dockerfile.jetson)."
+        )
+    return profile

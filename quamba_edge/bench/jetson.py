@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quamba_edge.bench.devices import detect_profile, jetson_model, memory_gb, power_mode
-from quamba_edge.bench.power import find_ina3221
+from quamba_edge.bench.power import find_ina3221, read_sys
 
 # L4T release -> JetPack (NVIDIA's release notes); the image and the TensorRT in it follow JetPack.
 JETPACK = {"R36.4": "6.1/6.2", "R36.3": "6.0", "R36.2": "6.0 DP", "R35.6": "5.1.4", "R35.5": "5.1.3",
@@ -22,19 +22,8 @@ JETPACK = {"R36.4": "6.1/6.2", "R36.3": "6.0", "R36.2": "6.0 DP", "R35.6": "5.1.
 
 def l4t_release(root: Path) -> str | None:
     """`R36.4.0` from /etc/nv_tegra_release, None off a Jetson."""
-    try:
-        text = (root / "etc/nv_tegra_release").read_text()
-    except OSError:
-        return None
-    match = re.search(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
+    match = re.search(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", read_sys(root / "etc/nv_tegra_release"))
     return f"R{match.group(1)}.{match.group(2)}" if match else None
-
-
-def jetpack_for(release: str | None) -> str | None:
-    if not release:
-        return None
-    major_minor = ".".join(release.split(".")[:2])
-    return JETPACK.get(major_minor)
 
 
 @dataclass
@@ -56,8 +45,8 @@ def jetson_info(root: Path) -> JetsonInfo:
     mode = power_mode(root)
     profile = detect_profile(model, memory_gb(root), mode)
     release = l4t_release(root)
-    return JetsonInfo(model, profile.name if profile else None, release, jetpack_for(release), mode,
-                      len(find_ina3221(root)))
+    jetpack = JETPACK.get(".".join(release.split(".")[:2])) if release else None  # R36.4.0 -> R36.4
+    return JetsonInfo(model, profile.name if profile else None, release, jetpack, mode, len(find_ina3221(root)))
 
 
 def jetson_rows(info: JetsonInfo) -> list[tuple[str, str]]:
@@ -65,17 +54,15 @@ def jetson_rows(info: JetsonInfo) -> list[tuple[str, str]]:
     if not info.is_jetson:
         return [("jetson", "not a Jetson (no /proc/device-tree/model naming one); `bench --device orin-nano-8gb "
                            "--estimate` gives roofline estimates here")]
-    rows = [("jetson", f"{info.model}" + (f" (profile {info.profile})" if info.profile else
-                                          " [yellow](no quamba-edge profile: pass --device with a profile)[/]"))]
-    if info.l4t:
-        supported = info.l4t.startswith("R36")
-        note = "" if supported else " [yellow](the image targets JetPack 6 / L4T R36: upgrade JetPack)[/]"
-        rows.append(("L4T / JetPack", f"{info.l4t} / JetPack {info.jetpack or 'unknown'}{note}"))
-    else:
-        rows.append(("L4T / JetPack", "[yellow]unknown[/] (no /etc/nv_tegra_release: inside a container, mount it "
-                                      "or use the quamba-edge Jetson image)"))
-    rows.append(("power mode", info.power_mode or "[yellow]unknown[/] (nvpmodel not found; `sudo nvpmodel -q` on "
-                                                   "the host)"))
-    rows.append(("power monitor", f"{info.power_monitors} INA3221" if info.power_monitors else
-                 "[yellow]none visible[/] (bench --power needs /sys: run the container with --runtime nvidia)"))
-    return rows
+    l4t = (f"{info.l4t} / JetPack {info.jetpack or 'unknown'}" if info.l4t else "[yellow]unknown[/] (no "
+           "/etc/nv_tegra_release: inside a container, mount it or use the quamba-edge Jetson image)")
+    if info.l4t and not info.l4t.startswith("R36"):
+        l4t += " [yellow](the image targets JetPack 6 / L4T R36: upgrade JetPack)[/]"
+    return [
+        ("jetson", f"{info.model}" + (f" (profile {info.profile})" if info.profile else
+                                      " [yellow](no quamba-edge profile: pass --device with a profile)[/]")),
+        ("L4T / JetPack", l4t),
+        ("power mode", info.power_mode or "[yellow]unknown[/] (nvpmodel not found; `sudo nvpmodel -q` on the host)"),
+        ("power monitor", f"{info.power_monitors} INA3221" if info.power_monitors else
+         "[yellow]none visible[/] (bench --power needs /sys: run the container with --runtime nvidia)"),
+    ]

@@ -27,18 +27,11 @@ def rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def at_least_one(**sizes: int) -> None:
-    """A workload with nothing in it has no latency: say which size is zero instead of a median of nothing."""
-    for name, value in sizes.items():
-        if value < 1:
-            flag = "--" + name.replace("_", "-")
-            raise QuambaEdgeError(f"{flag} must be at least 1 (got {value}). Fix: pass {flag} 1 or more.")
-
-
 def measure(system: System, workload, *, repeats: int, threads: int, progress=None) -> dict:
     """One row: the system's name, backend, precision, the workload's figures, memory (RSS after the run, and
     the process's peak so far, which includes every system timed before this one)."""
-    at_least_one(repeats=repeats)
+    if repeats < 1:  # no median of nothing
+        raise QuambaEdgeError(f"--repeats must be at least 1 (got {repeats}). Fix: pass --repeats 1 or more.")
     workload.check(system)
     workload.warmup(system)  # allocations, kernel selection
     runs = []

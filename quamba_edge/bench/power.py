@@ -4,13 +4,13 @@ INA3221 (JetPack 5/6 on Orin): find the chip through /sys/bus/i2c/devices/*/name
 channel's `in{N}_label`, `in{N}_input` (mV) and `curr{N}_input` (mA) under its hwmon directory. The
 "sum" channel and labels containing "NC" (not connected) are skipped; VDD_IN is the whole board.
 `tegrastats` prints the same rails as `NAME current/average` pairs; the unit is mW on JetPack 5/6
-(`VDD_IN 6030mW/6030mW`) and bare numbers on JetPack 4 (`POM_5V_IN 3254/3254`).
-
-Every function takes a `root` so the tests can point it at a fake sysfs tree.
+(`VDD_IN 6030mW/6030mW`) and bare numbers on JetPack 4 (`POM_5V_IN 3254/3254`). Files are read under a
+`root` (system_root()), so the tests can point it at a fake sysfs tree.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -25,6 +25,14 @@ from quamba_edge.errors import QuambaEdgeError
 def system_root() -> Path:
     """Where sysfs/procfs are read from: `/`, or $QUAMBA_EDGE_SYSROOT (a fake tree, for tests)."""
     return Path(os.environ.get("QUAMBA_EDGE_SYSROOT", "/"))
+
+
+def read_sys(path: Path) -> str:
+    """A sysfs/procfs/etc file's text; "" where it is missing or unreadable (off a Jetson, in a container)."""
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 # Rails that measure the whole board, in order of preference (Orin; Nano/TX1/TX2; Xavier NX; AGX Xavier).
@@ -44,14 +52,8 @@ def total_power_mw(rails: dict[str, float]) -> float | None:
 
 def find_ina3221(root: Path = Path("/")) -> list[Path]:
     """hwmon directories of every INA3221 on the I2C buses."""
-    found = []
-    for name_file in sorted((root / "sys/bus/i2c/devices").glob("*/name")):
-        try:
-            if name_file.read_text().strip() == "ina3221":
-                found.extend(sorted((name_file.parent / "hwmon").glob("hwmon*")))
-        except OSError:
-            continue
-    return found
+    return [hwmon for chip in sorted((root / "sys/bus/i2c/devices").glob("*/name"))
+            if read_sys(chip).strip() == "ina3221" for hwmon in sorted((chip.parent / "hwmon").glob("hwmon*"))]
 
 
 def read_ina3221(root: Path = Path("/")) -> dict[str, float]:
@@ -60,27 +62,22 @@ def read_ina3221(root: Path = Path("/")) -> dict[str, float]:
     for hwmon in find_ina3221(root):
         for label_file in sorted(hwmon.glob("in*_label")):
             channel = label_file.name[2:-len("_label")]
-            label = label_file.read_text().strip()
+            label = read_sys(label_file).strip()
             if not label or "NC" in label.split() or label.lower().startswith("sum"):
                 continue
-            try:
-                mv = float((hwmon / f"in{channel}_input").read_text())
-                ma = float((hwmon / f"curr{channel}_input").read_text())
-            except (OSError, ValueError):
-                continue
-            rails[label] = mv * ma / 1000.0
+            with contextlib.suppress(ValueError):  # a channel that cannot be read ("") is skipped
+                mv, ma = float(read_sys(hwmon / f"in{channel}_input")), float(read_sys(hwmon / f"curr{channel}_input"))
+                rails[label] = mv * ma / 1000.0
     return rails
 
 
 class TegrastatsStream:
-    """`tegrastats --interval N` in the background, keeping the board power of its latest line.
+    """`tegrastats --interval N` (shipped with L4T) in the background, keeping the board power of its latest
+    line: the fallback where sysfs is not visible (a container without /sys mounted)."""
 
-    The fallback where sysfs is not visible (a container without /sys mounted) but the tool is: it ships
-    with L4T and prints the same rails."""
-
-    def __init__(self, interval_ms: int = 50, command: str = "tegrastats"):
+    def __init__(self, interval_ms: int = 50):
         self.latest_mw: float | None = None
-        self._proc = subprocess.Popen([command, "--interval", str(interval_ms)], stdout=subprocess.PIPE,
+        self._proc = subprocess.Popen(["tegrastats", "--interval", str(interval_ms)], stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, text=True)
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._pump, daemon=True)
@@ -95,9 +92,6 @@ class TegrastatsStream:
                 self._ready.set()
         self._ready.set()
 
-    def read(self) -> float | None:
-        return self.latest_mw
-
     def close(self) -> None:
         self._proc.terminate()
         try:
@@ -108,9 +102,8 @@ class TegrastatsStream:
 
 
 class PowerSampler:
-    """Samples board power in a background thread while a benchmark runs; energy by the trapezoid rule.
-
-    The source is the INA3221 in sysfs when it is visible, else `tegrastats` when it is on PATH."""
+    """Samples board power (mW) in a background thread while a benchmark runs, from the INA3221 in sysfs when
+    it is visible, else `tegrastats` when it is on PATH; energy by the trapezoid rule."""
 
     def __init__(self, read=None, interval_s: float = 0.05, root: Path | None = None):
         root = system_root() if root is None else root
@@ -120,7 +113,7 @@ class PowerSampler:
             read, self.source = (lambda: total_power_mw(read_ina3221(root))), "ina3221"
         elif read is None and shutil.which("tegrastats"):
             self.stream = TegrastatsStream(max(int(interval_s * 1000), 10))
-            read, self.source = self.stream.read, "tegrastats"
+            read, self.source = (lambda: self.stream.latest_mw), "tegrastats"
         self.read = read or (lambda: None)
         if self.read() is None:
             if self.stream is not None:
@@ -156,7 +149,7 @@ class PowerSampler:
         return sum((t1 - t0) * (p0 + p1) / 2e3 for (t0, p0), (t1, p1) in zip(pts, pts[1:]))
 
     def average_w(self) -> float:
-        if len(self.samples) < 2:
-            return sum(p for _, p in self.samples) / max(len(self.samples), 1) / 1e3
+        if not self.samples:
+            return 0.0
         span = self.samples[-1][0] - self.samples[0][0]
         return self.energy_j() / span if span > 0 else self.samples[-1][1] / 1e3

@@ -8,6 +8,8 @@ import platform
 import time
 from pathlib import Path
 
+import onnxruntime
+import torch
 from rich.markup import escape
 from rich.table import Table
 
@@ -21,7 +23,10 @@ from quamba_edge.bench.roofline import estimate
 from quamba_edge.bench.systems import open_system, precision_and_config
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.families.base import Column
-from quamba_edge.io import atomic_write_json
+from quamba_edge.io import atomic_write, atomic_write_json
+
+# The instruction-set features that decide int8 speed on a CPU (x86 /proc/cpuinfo "flags", ARM "Features").
+ISA_FLAGS = {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve"}
 
 
 def on_jetson(device: str) -> bool:
@@ -29,14 +34,7 @@ def on_jetson(device: str) -> bool:
     return profile is not None and (device == "orin" or device == profile.name)
 
 
-# The instruction-set features that decide int8 speed on a CPU (x86 /proc/cpuinfo "flags", ARM "Features").
-ISA_FLAGS = {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve"}
-
-
 def machine(device: str) -> dict:
-    import onnxruntime
-    import torch
-
     cpu, flags = "", []
     with contextlib.suppress(OSError, StopIteration):
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -53,11 +51,10 @@ def machine(device: str) -> dict:
 def measure_system(spec: str, device: str, threads: int, repeats: int, *, on_repeat=None, kernels: bool = False,
                    power: bool = False, against: tuple | None = None, prepack: bool = True,
                    **workload) -> tuple[dict, object, System]:
-    """Open `spec` as a System, time its family's workload (options: batch, prompt_len, gen_len, set_size,
-    clip_s: each family takes the ones it knows) and, with `power`, the board's average power and energy per
-    unit of work. `against` = (first system, its workload, that workload's outputs on it): also check this
-    system's outputs against the first one's on the same inputs (`bench --check`; row["check"]). Returns the
-    row, the workload (whose columns print it) and the system."""
+    """Open `spec` as a System and time its family's workload (`workload`: batch, prompt_len, gen_len, set_size,
+    clip_s, each family taking the ones it knows); with `power`, also board power and energy per unit of work;
+    with `against` = (first system, its workload, that workload's outputs on it), row["check"]: this system's
+    outputs against those (`bench --check`). Returns the row, the workload (whose columns print it), the system."""
     system = open_system(spec, device=device, threads=threads, kernels=kernels, prepack=prepack)
     work = system.family.workload(system.cfg, **workload)
     if against is not None:
@@ -66,9 +63,8 @@ def measure_system(spec: str, device: str, threads: int, repeats: int, *, on_rep
             raise QuambaEdgeError(f"--check compares systems of one model family; {spec} is {system.family.name}, "
                                   f"the first system {first.family.name}.")
         report = check_against(first, system, first_work.outputs, reference)
-        worst = report.worst
         check = {"against": first.label, "judged": report.tolerance > 0, "passed": report.passed,
-                 "worst_tensor": worst["tensor"], "worst_rel_error": worst.get("rel_error"),
+                 "worst_tensor": report.worst["tensor"], "worst_rel_error": report.worst.get("rel_error"),
                  "tolerance": report.tolerance or None, "tensors": report.cases}
     sampler = PowerSampler() if power else None
     with sampler or contextlib.nullcontext():
@@ -102,11 +98,13 @@ def print_checks(console, rows: list[dict]) -> bool:
 
 def estimates(systems: list[str], profile: DeviceProfile, batch: int, prompt_len: int, gen_len: int) -> list[dict]:
     """fp16 and int8 estimates for each system's model shape: a roofline compares precisions, so both are
-    given whatever precision the system itself was built in (`deployed` marks that one)."""
+    given whatever precision the system itself was built in (`deployed` marks that one). An engine built in
+    that precision lends its real bytes per decode step to its own row (`weight_source`: "engine files")."""
     rows = []
     for spec in systems:
-        cfg, deployed = precision_and_config(spec)
-        pair = {p: estimate(cfg, p, profile, batch=batch, prompt_len=prompt_len, gen_len=gen_len).to_dict()
+        cfg, deployed, real = precision_and_config(spec)
+        pair = {p: estimate(cfg, p, profile, batch=batch, prompt_len=prompt_len, gen_len=gen_len,
+                            weight_bytes=real if p == deployed else None).to_dict()
                 for p in ("fp16", "int8")}
         for precision, est in pair.items():
             est.update(source=spec, deployed=precision == deployed,
@@ -118,16 +116,14 @@ def estimates(systems: list[str], profile: DeviceProfile, batch: int, prompt_len
 def print_measurements(console, measured: list[tuple[dict, object]]) -> None:
     """One table per workload kind, with the columns the workload declares, then memory, "vs first" (the
     workload's speed figure against the first system's) and, when every row has them, board power and energy."""
-    groups: dict[str, list] = {}
+    groups: dict[str, tuple] = {}  # title -> (the first system's workload, the rows)
     for row, work in measured:
-        groups.setdefault(work.title, []).append((row, work))
-    for title, items in groups.items():
-        rows, work = [r for r, _ in items], items[0][1]
+        groups.setdefault(work.title, (work, []))[1].append(row)
+    for title, (work, rows) in groups.items():
         first = rows[0]
-        power = all("avg_power_w" in r for r in rows)
         columns = [Column("system", "system"), *work.columns, Column("process RSS MiB", "rss_mb", "{:.0f}"),
                    Column("vs first", work.speed_key, lambda r, f=first, k=work.speed_key: f"{r[k] / f[k]:.2f}x")]
-        if power:
+        if all("avg_power_w" in r for r in rows):
             columns += [Column("board W", "avg_power_w", "{:.2f}"), *work.energy_columns]
         table = Table(title=f"{title}, {first['threads']} thread(s), median of {first['repeats']}")
         for col in columns:  # fold, never cut: a number shortened to "52…" is worse than one on two lines
@@ -150,12 +146,14 @@ def print_estimates(console, rows: list[dict], profile: DeviceProfile, paper: di
     for r in rows:
         too_big = r["memory_fraction"] > USABLE_FRACTION
         memory = f"{r['memory_fraction']:.1%}" + (" [red](too big)[/]" if too_big else "")
-        table.add_row(r["source"], r["precision"] + (" *" if r["deployed"] else ""), f"{r['weight_bytes'] / 1e6:.0f}",
+        table.add_row(r["source"], r["precision"] + (" *" if r["deployed"] else ""), f"{r['weight_bytes'] / 1e6:.0f}"
+                      + (" †" if r["weight_source"] == "engine files" else ""),
                       memory, f"{r['prefill_ms']:.1f}", f"{r['tpot_ms']:.2f}", f"{r['total_s']:.2f}",
                       f"{r['speedup_vs_fp16']:.2f}x", r["decode_bound"])
     console.print(table)
-    console.print("* the precision the system was built in (a public shape has none). Weights over ~85% of a "
-                  "Jetson's memory leave too little for the OS, CUDA and the states.")
+    console.print("* the precision the system was built in (a public shape or an fp32 build has none). † the "
+                  "engine's own files (one decode step's graph and weights); other rows count the shape's weights. "
+                  "Weights over ~85% of a Jetson's memory leave too little for the OS, CUDA and the states.")
     if paper:
         side = Table(title=f"{paper['model']} on {paper['device']}: this estimate next to Quamba's measurement "
                            f"on {paper['paper_device']} (prompt {paper['prompt_len']}, generate {paper['gen_len']})")
@@ -189,14 +187,10 @@ def plot_tpot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in rows:
         ax.plot(range(2, len(r["tpot_curve_ms"]) + 2), r["tpot_curve_ms"], label=r["system"])
-    ax.set_xlabel("generated token")
-    ax.set_ylabel("latency per token (ms, median over repeats)")
-    ax.set_title(f"decode latency after a {rows[0]['prompt_len']}-token prompt")
+    ax.set(xlabel="generated token", ylabel="latency per token (ms, median over repeats)",
+           title=f"decode latency after a {rows[0]['prompt_len']}-token prompt")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)

@@ -42,6 +42,7 @@ class Estimate:
     total_s: float
     decode_bound: str
     memory_fraction: float  # weights / device memory (Jetson memory is shared with the OS and CUDA)
+    weight_source: str = "shape"  # "shape": counted from the config; "engine files": the built engine's bytes
     kind: str = "roofline estimate (not a measurement)"
 
     def to_dict(self) -> dict:
@@ -57,11 +58,14 @@ def parameter_counts(cfg: MambaConfig) -> tuple[int, int]:
 
 
 def estimate(cfg: MambaConfig, precision: str, profile: DeviceProfile, *, batch: int = 1, prompt_len: int = 1024,
-             gen_len: int = 128) -> Estimate:
+             gen_len: int = 128, weight_bytes: int | None = None) -> Estimate:
+    """`weight_bytes`: what one decode step reads, when known from a built engine (bench --estimate on an
+    engine directory); otherwise counted from `cfg` at `precision`."""
     if precision not in ("fp16", "int8"):
         raise ValueError("the roofline estimate covers fp16 and int8")
     big, other = parameter_counts(cfg)
-    weight_bytes = big * (1 if precision == "int8" else 2) + other * 2
+    source = "engine files" if weight_bytes else "shape"
+    weight_bytes = weight_bytes or big * (1 if precision == "int8" else 2) + other * 2
     conv_bytes = 1 if precision == "int8" else 2
     state_bytes = cfg.n_layer * cfg.d_inner * ((cfg.d_conv - 1) * conv_bytes + cfg.d_state * 2)
     per_token_flops = 2 * (big + cfg.vocab_size * cfg.d_model) + cfg.n_layer * cfg.d_inner * cfg.d_state * 7
@@ -79,15 +83,14 @@ def estimate(cfg: MambaConfig, precision: str, profile: DeviceProfile, *, batch:
         weight_bytes=weight_bytes, decode_bytes_per_step=step_bytes, decode_flops_per_step=step_flops,
         prefill_ms=prefill * 1e3, tpot_ms=tpot * 1e3, total_s=prefill + (gen_len - 1) * tpot,
         decode_bound="memory" if t_mem >= t_compute else "compute",
-        memory_fraction=weight_bytes / (profile.memory_gb * 1e9),
+        memory_fraction=weight_bytes / (profile.memory_gb * 1e9), weight_source=source,
     )
 
 
 def paper_comparison(profile: DeviceProfile) -> dict:
-    """Our fp16 and int8 estimates for Mamba-2.8B on `profile`, next to Quamba's Figure 1 (Orin Nano 8G).
-
-    The roofline is a lower bound on time, so the measured seconds sit above it; how far above says what
-    fraction of peak bandwidth each precision's kernels reached on the device."""
+    """Our fp16 and int8 estimates for Mamba-2.8B on `profile`, next to Quamba's Figure 1 (Orin Nano 8G). The
+    roofline is a lower bound on time: how far above it the measured seconds sit says what fraction of peak
+    bandwidth each precision's kernels reached on the device."""
     paper = QUAMBA_FIGURE_1
     cfg = public_shape(paper["model"])
     fp16, int8 = (estimate(cfg, p, profile, prompt_len=paper["assumed_prompt_len"],

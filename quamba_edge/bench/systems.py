@@ -16,10 +16,8 @@ from quamba_edge.models.mamba import PUBLIC_SHAPES, public_shape
 
 
 def open_system(spec: str, *, device: str, threads: int, kernels: bool = False, prepack: bool = True) -> System:
-    """An engine directory (build.json) -> its backend; anything else -> PyTorch eager (CPU or CUDA).
-
-    kernels=True runs a quantized model through the family's csrc/ ops (CUDA kernels or CPU twins).
-    """
+    """An engine directory (build.json) -> its backend; anything else -> PyTorch eager (CPU or CUDA), or with
+    `kernels` a quantized model on the family's csrc/ ops (CUDA kernels or CPU twins)."""
     if is_engine(Path(spec)):
         return load_engine(Path(spec)).system(device, threads, prepack)
     if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
@@ -43,18 +41,18 @@ def open_system(spec: str, *, device: str, threads: int, kernels: bool = False, 
 
 
 def precision_and_config(spec: str):
-    """For estimates: the model config and deployment precision, without opening a backend.
+    """For estimates: the model config, deployment precision (fp16 | int8 | None) and the bytes one decode step
+    reads (an engine's real files; None: from the shape), without opening a backend.
 
     A public Mamba size (`mamba-2.8b`, ...) stands for its shape alone: estimates need no weights."""
     if spec in PUBLIC_SHAPES and not Path(spec).exists():
-        return public_shape(spec), None
-    if is_engine(Path(spec)):
-        engine = load_engine(Path(spec))
-        family, cfg, precision = engine.family, engine.cfg, engine.precision
-    else:
-        loaded = load(spec)
-        family, cfg, precision = loaded.family, loaded.cfg, loaded.precision
+        return public_shape(spec), None, None
+    engine = is_engine(Path(spec))
+    loaded = load_engine(Path(spec)) if engine else load(spec)
+    family, cfg, precision = loaded.family, loaded.cfg, loaded.precision
+    real = loaded.decode_bytes if engine else None
     if not family.generates:  # the roofline models generation: bytes and FLOPs per token
         raise QuambaEdgeError(f"{spec}: the roofline estimate covers language models (generation), not "
                               f"{family.name} models. Fix: time it with --device cpu or on the device.")
-    return cfg, "int8" if precision == "int8" else "fp16"
+    deployed = precision if precision in ("int8", "fp16") else None  # an fp32 build is neither estimated row
+    return cfg, deployed, real

@@ -11,7 +11,9 @@ become node attributes, which the TensorRT ONNX parser hands to the plugin creat
 
 from __future__ import annotations
 
+import copy
 import json
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -25,16 +27,16 @@ PLUGIN_VERSION = "1"
 PLUGIN_DOMAIN = "quamba_edge"  # TensorRT matches plugins by op type; the domain only keeps the graph valid ONNX
 
 
+def _int8(t, name: str) -> onnx.TensorProto:
+    return numpy_helper.from_array(t.numpy().astype(np.int8).reshape(-1), name)
+
+
 def _conv_attrs(model: QuantizedMambaLM, layer: int) -> dict:
     m = model.layers[layer].mixer
     conv = m.conv1d
-    return {
-        "d_inner": model.cfg.d_inner, "width": conv.k,
-        "weight": numpy_helper.from_array(conv.weight.numpy().astype(np.int8).reshape(-1), "weight"),
-        "bias": numpy_helper.from_array(conv.bias.numpy().astype(np.int8), "bias"),
-        "weight_scale": conv.weight_scale.reshape(-1).tolist(),
-        "scales": [float(m.in_proj.out_scale), float(conv.bias_scale), float(conv.out_scale)],
-    }
+    return {"d_inner": model.cfg.d_inner, "width": conv.k, "weight": _int8(conv.weight, "weight"),
+            "bias": _int8(conv.bias, "bias"), "weight_scale": conv.weight_scale.reshape(-1).tolist(),
+            "scales": [float(m.in_proj.out_scale), float(conv.bias_scale), float(conv.out_scale)]}
 
 
 def _scan_attrs(model: QuantizedMambaLM, layer: int) -> dict:
@@ -43,12 +45,8 @@ def _scan_attrs(model: QuantizedMambaLM, layer: int) -> dict:
     # The scales of the dequantizations the portable graph applies to the plugin's inputs.
     scales = [m.conv1d.out_scale, sc.delta_scale, m.x_proj.out_scale, m.x_proj.out_scale, m.in_proj.out_scale,
               sc.A_log_scale, sc.D_scale, sc.delta_bias_scale]
-    return {
-        "d_inner": model.cfg.d_inner, "d_state": model.cfg.d_state, "scales": [float(s) for s in scales],
-        "A_log": numpy_helper.from_array(sc.A_log.numpy().astype(np.int8).reshape(-1), "A_log"),
-        "D": numpy_helper.from_array(sc.D.numpy().astype(np.int8), "D"),
-        "delta_bias": numpy_helper.from_array(sc.delta_bias.numpy().astype(np.int8), "delta_bias"),
-    }
+    return {"d_inner": model.cfg.d_inner, "d_state": model.cfg.d_state, "scales": [float(s) for s in scales],
+            **{name: _int8(getattr(sc, name), name) for name in ("A_log", "D", "delta_bias")}}
 
 
 ATTRIBUTES = {"QuambaConv1dSiLU": _conv_attrs, "QuambaSelectiveScan": _scan_attrs}
@@ -75,16 +73,20 @@ def rewrite(proto: onnx.ModelProto, model: QuantizedMambaLM, domain: str = PLUGI
         raise QuambaEdgeError("this graph records no plugin regions: plugins replace parts of an int8 graph "
                               "exported with int8 activations (build-engine --backend tensorrt of a calibrated "
                               "artifact). Fix: export with activations='int8' from a quantized model.")
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
+    out = copy.deepcopy(proto)
     graph = out.graph
     for region in json.loads(meta["plugin_regions"]):
         _replace_region(graph, region, model, domain)
-    _drop_unused_initializers(graph)
+    used = {x for node in graph.node for x in node.input} | {o.name for o in graph.output}
+    for attr_graph in (a.g for node in graph.node for a in node.attribute if a.type == onnx.AttributeProto.GRAPH):
+        used |= {x for node in attr_graph.node for x in node.input}
+    keep = [t for t in graph.initializer if t.name in used]  # drop the initializers only the regions read
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
     if not any(o.domain == domain for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(domain, 1))
-    regions = {p.key: p for p in out.metadata_props}
-    regions["plugin_regions"].value = json.dumps({"replaced_by_plugins": True, "domain": domain})
+    next(p for p in out.metadata_props if p.key == "plugin_regions").value = json.dumps(
+        {"replaced_by_plugins": True, "domain": domain})
     return out
 
 
@@ -94,63 +96,26 @@ def _replace_region(graph: onnx.GraphProto, region: dict, model: QuantizedMambaL
     inside = _region_nodes(nodes, inputs, outputs)
     # Nodes whose outputs are also read outside the region stay (with what they read): they are computed
     # from the region's inputs alone, so nothing they need is removed.
-    consumers: dict[str, list[int]] = {}
-    for i, node in enumerate(nodes):
-        for x in node.input:
-            consumers.setdefault(x, []).append(i)
-    graph_outputs = {o.name for o in graph.output}
-    keep = {i for i in inside for o in nodes[i].output if o not in outputs and
-            (o in graph_outputs or any(c not in inside for c in consumers.get(o, [])))}
+    read_outside = {x for i, node in enumerate(nodes) if i not in inside for x in node.input}
+    read_outside |= {o.name for o in graph.output}
+    keep = {i for i in inside if any(o not in outputs and o in read_outside for o in nodes[i].output)}
     keep |= {j for i in list(keep) for j in _region_nodes(nodes, inputs, list(nodes[i].output))}
     remove = inside - keep
     if not remove:
         raise QuambaEdgeError(f"plugin region {region['plugin']} of layer {region['layer']} is empty")
-    attrs = ATTRIBUTES[region["plugin"]](model, region["layer"])
     plugin = helper.make_node(region["plugin"], region["inputs"], outputs,
                               name=f"layer{region['layer']}/{region['plugin']}", domain=domain,
-                              plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION, **attrs)
-    rebuilt = [n for i, n in enumerate(nodes) if i not in remove] + [plugin]
+                              plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION,
+                              **ATTRIBUTES[region["plugin"]](model, region["layer"]))
+    kept = [n for i, n in enumerate(nodes) if i not in remove]
+    # The plugin goes before the first node that reads its outputs, after every node that computes its inputs.
+    at = next((i for i, n in enumerate(kept) if set(n.input) & set(outputs)), len(kept))
+    if inputs & {o for n in kept[at:] for o in n.output}:
+        raise QuambaEdgeError(f"plugin region {region['plugin']} of layer {region['layer']} has an input computed "
+                              "after one of its outputs is read")
     del graph.node[:]
-    graph.node.extend(_topological(rebuilt))
-
-
-def _topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    """Nodes reordered so each follows the producers of its inputs (stable: otherwise the given order)."""
-    producer = {out: i for i, node in enumerate(nodes) for out in node.output}
-    done: set[int] = set()
-    order: list[onnx.NodeProto] = []
-
-    def visit(i: int) -> None:
-        stack = [(i, False)]
-        while stack:
-            j, expanded = stack.pop()
-            if j in done:
-                continue
-            if expanded:
-                done.add(j)
-                order.append(nodes[j])
-                continue
-            stack.append((j, True))
-            stack.extend((producer[x], False) for x in reversed(nodes[j].input)
-                         if x in producer and producer[x] not in done)
-
-    for i in range(len(nodes)):
-        visit(i)
-    return order
-
-
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {x for node in graph.node for x in node.input} | {o.name for o in graph.output}
-    for attr_graph in (a.g for node in graph.node for a in node.attribute if a.type == onnx.AttributeProto.GRAPH):
-        used |= {x for node in attr_graph.node for x in node.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    graph.node.extend(kept[:at] + [plugin] + kept[at:])
 
 
 def plugin_counts(proto: onnx.ModelProto) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in proto.graph.node:
-        if node.op_type in ATTRIBUTES:
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
+    return dict(Counter(node.op_type for node in proto.graph.node if node.op_type in ATTRIBUTES))

@@ -12,47 +12,31 @@ import onnx
 import torch
 from torch import nn
 
-from quamba_edge.backends.compare import TOLERANCE, Case, compare
+from quamba_edge.backends.compare import Case
 from quamba_edge.checkpoints.adapool import FAMILY, config_from_dict, load_set_checkpoint
 from quamba_edge.data.sets import load_sets
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.export.adapool import export_set_model
 from quamba_edge.export.graph import WeightFile
 from quamba_edge.families import onegraph
-from quamba_edge.families.base import Calibration, Column, Loaded, Progress
-from quamba_edge.families.onegraph import SCALES_TITLE, OneCall
+from quamba_edge.families.base import Calibration, Column, Compute, Loaded, Progress
 from quamba_edge.io import sha256_file
 from quamba_edge.models.adapool import SetModel, SetModelConfig
 from quamba_edge.quant.quantize import quantize
 from quamba_edge.quant.recipes import Recipe
 
 name = FAMILY
-graphs = ("model",)
-precisions = ("fp32",)
-backends = ("ort",)
 no_tensorrt = "set models build for ONNX Runtime only so far (--backend ort); the TensorRT path is written for Mamba."
-generates, scales_title, plugin_pass = False, SCALES_TITLE, None
-detect = onegraph.detector(FAMILY)
-
-
-def load_checkpoint(directory: Path) -> nn.Module:
-    return load_set_checkpoint(directory)
-
-
-def config(values: dict) -> SetModelConfig:
-    return config_from_dict(values)
-
-
-def structure(cfg: SetModelConfig, recipe: Recipe, manifest: dict) -> nn.Module:
-    return onegraph.structure(SetModel(cfg), recipe)
-
-
-# what the one-graph families share: recipes mean static W8A8, labels name the pooling, no extra files, no TRT
+detect, structure = onegraph.detector(FAMILY), onegraph.structurer(SetModel)
+load_checkpoint, config = load_set_checkpoint, config_from_dict
+graphs, precisions, backends, generates, scales_title, plugin_pass = onegraph.TRAITS
 quant_config, tag, extra_files, profile, state_bytes = onegraph.SHARED
+reference, _case = onegraph.one_call(("sets", "mask"), "output")
 
 
 def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: int, batch_size: int,
-              on_batch: Progress | None) -> Calibration:
+              on_batch: Progress | None, compute: Compute) -> Calibration:
+    compute.require_default(name)
     if str(data) == "default":
         raise QuambaEdgeError("set models calibrate on sets: pass --data SETS.npz (arrays x (sets, n, d) and "
                               "optionally mask (sets, n)).")
@@ -73,15 +57,6 @@ def limits(cfg: SetModelConfig, *, max_batch: int = 8, **_) -> dict:
     return {"max_batch": max_batch}
 
 
-
-def reference(model: nn.Module, device: str = "cpu") -> dict:
-    @torch.no_grad()
-    def run(feeds):
-        return {"output": model(torch.as_tensor(feeds["sets"]), torch.as_tensor(feeds["mask"])).numpy()}
-
-    return {"model": run}
-
-
 def parity(model: nn.Module, precision: str, limits: dict | None = None, *, seed: int = 0,
            shapes: tuple[tuple[int, int], ...] = ((1, 9), (3, 17))) -> Iterator[Case]:
     """Random sets, the first one padded (masked elements must change nothing). int8 is judged too, at the
@@ -91,18 +66,14 @@ def parity(model: nn.Module, precision: str, limits: dict | None = None, *, seed
         x = torch.randn(batch, n, model.cfg.d_in, generator=gen)
         mask = torch.ones(batch, n, dtype=torch.bool)
         mask[0, n // 2 + 1 :] = False
-        with torch.no_grad():
-            ref = model(x, mask)
-        case = f"sets b={batch} n={n}"
-        yield Case(case, "model", {"sets": x.numpy(), "mask": mask.numpy()},
-                   lambda out, case=case, ref=ref: [compare(case, "output", out["output"], ref, TOLERANCE[precision])])
+        yield _case(model, f"sets b={batch} n={n}", {"sets": x.numpy(), "mask": mask.numpy()}, precision)
 
 
 def layer_parity(model: nn.Module) -> None:
     return None  # judged end to end (above)
 
 
-def workload(cfg: SetModelConfig, *, batch: int, set_size: int = 128, seed: int = 0, **_) -> OneCall:
+def workload(cfg: SetModelConfig, *, batch: int, set_size: int = 128, seed: int = 0, **_) -> onegraph.OneCall:
     rng = np.random.default_rng(seed)
     feeds = {"sets": rng.normal(size=(batch, set_size, cfg.d_in)).astype(np.float32),
              "mask": np.ones((batch, set_size), dtype=bool)}
@@ -111,10 +82,8 @@ def workload(cfg: SetModelConfig, *, batch: int, set_size: int = 128, seed: int 
                lambda r: "{:.2f} ({:.2f}-{:.2f})".format(r["ms_per_batch"], *r["ms_range"])),
         Column("ms / set", "ms_per_set", "{:.3f}"), Column("sets/s", "sets_per_s", "{:.0f}"),
     )
-    work = OneCall(feeds, batch, f"set models: batch {batch} sets of {set_size}", {"batch": batch,
-                   "set_size": set_size}, "set", columns,
-                   lambda ms: {"ms_per_set": ms / batch, "sets_per_s": batch * 1e3 / ms}, "sets_per_s")
-    return work
+    return onegraph.OneCall(feeds, f"set models: batch {batch} sets of {set_size}",
+                            {"batch": batch, "set_size": set_size}, "set", columns)
 
 
 eval_columns = (Column("recipe", "recipe"), Column("MSE", "mse", "{:.5f}"), Column("sets", "samples"),

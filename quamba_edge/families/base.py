@@ -13,10 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from torch import nn
 
 from quamba_edge.backends.base import System
 from quamba_edge.backends.compare import Case
+from quamba_edge.checkpoints.common import adopt
+from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.quant.recipes import Recipe
 
 Progress = Callable[[int], None]
@@ -35,6 +38,50 @@ class Column:
             return self.fmt(row)
         value = row.get(self.key)
         return "-" if value is None else self.fmt.format(value)
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where calibration's forward passes run (`calibrate --device cpu|cuda --dtype fp32|fp16|bf16`).
+
+    The observers and every scale work in fp32 whatever the compute dtype; the int8 weights are quantized
+    from the checkpoint's own weights, never from the compute copy. Raises QuambaEdgeError for an unknown
+    dtype or device, or `cuda` where torch sees no GPU."""
+
+    device: str = "cpu"
+    dtype: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise QuambaEdgeError(f"unknown --dtype {self.dtype!r}; known: {', '.join(DTYPES)}.")
+        if self.device not in ("cpu", "cuda"):
+            raise QuambaEdgeError(f"unknown --device {self.device!r}; known: cpu, cuda.")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise QuambaEdgeError(f"--device cuda, but torch {torch.__version__} sees no CUDA GPU here. Fix: "
+                                  "--device cpu, or run on a GPU machine with a CUDA build of torch.")
+
+    @property
+    def default(self) -> bool:
+        return self.device == "cpu" and self.dtype == "fp32"
+
+    def twin(self, model: nn.Module) -> nn.Module:
+        """`model` itself on the default; else a copy on `device` in `dtype` (floating tensors only), built
+        without an initialisation pass. `model` must be constructible as `type(model)(model.cfg)`."""
+        if self.default:
+            return model
+        dtype = DTYPES[self.dtype]
+        state = {name: t.detach().to(self.device, dtype if t.is_floating_point() else t.dtype)
+                 for name, t in (*model.named_parameters(), *model.named_buffers())}
+        return adopt(lambda: type(model)(model.cfg), state).eval()
+
+    def require_default(self, family: str) -> None:
+        """Families whose models are small calibrate on the CPU in fp32 only; anything else is refused."""
+        if not self.default:
+            raise QuambaEdgeError(f"{family} models calibrate on the CPU in fp32 (they are small); --device "
+                                  f"{self.device} --dtype {self.dtype} is for Mamba. Fix: drop --device and --dtype.")
 
 
 @dataclass
@@ -112,7 +159,7 @@ class Family(Protocol):
     def tag(self, cfg: Any, recipe_label: str, precision: str) -> str | None: ...  # a system label's (...)
     def extra_files(self, loaded: Loaded) -> dict[str, Path]: ...  # files an artifact carries, by name
     def calibrate(self, loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: int, batch_size: int,
-                  on_batch: Progress | None) -> Calibration: ...
+                  on_batch: Progress | None, compute: Compute) -> Calibration: ...
     def export(self, model: nn.Module, graph: str, precision: str, activations: str, probes: bool = False,
                weights: Any = None) -> Any: ...  # onnx.ModelProto; weights: an export.graph.WeightFile
     def parity(self, model: nn.Module, precision: str, limits: dict) -> Iterator[Case]: ...

@@ -26,7 +26,7 @@ from quamba_edge.evaluate import evaluate_lm
 from quamba_edge.export.graph import WeightFile
 from quamba_edge.export.mamba import export_mamba
 from quamba_edge.export.plugins import rewrite
-from quamba_edge.families.base import Calibration, Column, Loaded, Progress, median_range
+from quamba_edge.families.base import Calibration, Column, Compute, Loaded, Progress, median_range
 from quamba_edge.kernels.mamba import KernelMambaLM
 from quamba_edge.models.mamba import MambaConfig, MambaLM
 from quamba_edge.quant.quamba import QuantizedMambaLM
@@ -47,12 +47,7 @@ def detect(directory: Path) -> bool:
     return (Path(directory) / "config.json").exists() and checkpoint_family(directory) is None
 
 
-def load_checkpoint(directory: Path) -> nn.Module:
-    return load_mamba(directory)
-
-
-def config(values: dict) -> MambaConfig:
-    return MambaConfig.from_dict(values)
+load_checkpoint, config = load_mamba, MambaConfig.from_dict
 
 
 def structure(cfg: MambaConfig, recipe: Recipe, manifest: dict) -> nn.Module:
@@ -60,7 +55,6 @@ def structure(cfg: MambaConfig, recipe: Recipe, manifest: dict) -> nn.Module:
 
 
 def quant_config(recipe: str | Recipe, **switches) -> Fp | Quamba:
-    """What `--recipe NAME` and its switches mean for Mamba (recipes.make_recipe); a config passes through."""
     if isinstance(recipe, str):
         return make_recipe(recipe, **switches)
     if not isinstance(recipe, (Fp, Quamba)):
@@ -69,7 +63,6 @@ def quant_config(recipe: str | Recipe, **switches) -> Fp | Quamba:
 
 
 def tag(cfg: MambaConfig, recipe_label: str, precision: str) -> str | None:
-    """What a system's label adds in parentheses: the recipe of an int8 model."""
     return recipe_label if precision == "int8" else None
 
 
@@ -86,13 +79,16 @@ def extra_files(loaded: Loaded) -> dict[str, Path]:
 
 
 def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: int, batch_size: int,
-              on_batch: Progress | None) -> Calibration:
-    """The first `samples` windows of `seq_len` tokens of `data`, in file order (DESIGN.md)."""
+              on_batch: Progress | None, compute: Compute) -> Calibration:
+    """The first `samples` windows of `seq_len` tokens of `data`, in file order (DESIGN.md). The forward passes
+    run on `compute`'s copy of the model; the int8 weights come from the loaded model's own."""
     start = time.perf_counter()
     windows = load_windows(data, tokenizer(loaded), samples, seq_len)
-    qmodel, scales = quantize(loaded.model, recipe, windows.tokens.split(batch_size), on_batch)
+    batches = (batch.to(compute.device) for batch in windows.tokens.split(batch_size))
+    qmodel, scales = quantize(loaded.model, recipe, batches, on_batch, observe_on=compute.twin(loaded.model))
+    seconds = time.perf_counter() - start
     record = {"data": str(data), "samples": samples, "seq_len": seq_len, "digest": windows.digest,
-              "seconds": round(time.perf_counter() - start, 2)}
+              "seconds": round(seconds, 2), "tokens_per_s": round(windows.tokens.numel() / seconds, 1)}
     return Calibration(qmodel, record, scales)
 
 
@@ -130,21 +126,12 @@ def reference(model: nn.Module, device: str = "cpu") -> dict:
     decode loop never copies them), numpy or torch in."""
     dev = torch.device(device)
 
-    def as_tensor(x) -> torch.Tensor:
-        return torch.as_tensor(x).to(dev)
-
     @torch.no_grad()
-    def prefill(feeds):
-        logits, conv, ssm = model.step(as_tensor(feeds["input_ids"]))
+    def step(feeds, inputs=("input_ids",)):
+        logits, conv, ssm = model.step(*(torch.as_tensor(feeds[n]).to(dev) for n in inputs))
         return {"logits": logits[:, -1].float().cpu().numpy(), "conv_state": conv, "ssm_state": ssm}
 
-    @torch.no_grad()
-    def decode(feeds):
-        logits, conv, ssm = model.step(as_tensor(feeds["input_ids"]), as_tensor(feeds["conv_state_in"]),
-                                       as_tensor(feeds["ssm_state_in"]))
-        return {"logits": logits[:, -1].float().cpu().numpy(), "conv_state": conv, "ssm_state": ssm}
-
-    return {"prefill": prefill, "decode": decode}
+    return {"prefill": step, "decode": lambda feeds: step(feeds, ("input_ids", "conv_state_in", "ssm_state_in"))}
 
 
 def kernels(model: nn.Module, device: str) -> tuple[nn.Module, str]:
@@ -156,13 +143,6 @@ def kernels(model: nn.Module, device: str) -> tuple[nn.Module, str]:
     return KernelMambaLM(model), f"kernels-{kernel_ops.backend(device)}"
 
 
-# ------------------------------------------------------------------------------------------------ parity
-
-
-def _judge(precision: str) -> float | None:
-    return None if precision == "int8" else TOLERANCE[precision]  # int8: judged layer by layer instead
-
-
 def parity(model: nn.Module, precision: str, limits: dict | None = None, *, seed: int = 0, batch: int = 2,
            lengths: tuple[int, ...] = (7, 33), decode_steps: int = 2) -> Iterator[Case]:
     """Prefill on fresh random prompts, then decode steps that start from the reference state, so each
@@ -170,8 +150,7 @@ def parity(model: nn.Module, precision: str, limits: dict | None = None, *, seed
     and run in fp32 (PyTorch's fp16 CPU kernels are slower and less exact than that)."""
     gen = torch.Generator().manual_seed(seed)
     ref_model = copy.deepcopy(model).half().float() if precision == "fp16" else model
-    conv_type = np.float16 if precision == "fp16" else None
-    tol = _judge(precision)
+    tol = None if precision == "int8" else TOLERANCE[precision]  # int8: judged layer by layer instead
 
     def judge(case: str, refs: tuple):
         return lambda out: [compare(case, n, out[n], r, tol) for n, r in zip(("logits", "conv_state", "ssm_state"),
@@ -185,7 +164,7 @@ def parity(model: nn.Module, precision: str, limits: dict | None = None, *, seed
             yield Case(case, "prefill", {"input_ids": ids.numpy()}, judge(case, (logits[:, -1], conv, ssm)))
             for step in range(decode_steps):
                 nxt = torch.randint(0, model.cfg.vocab_size, (batch, 1), generator=gen)
-                conv_in = conv.numpy().astype(conv_type) if conv_type else conv.numpy()
+                conv_in = conv.numpy().astype(np.float16) if precision == "fp16" else conv.numpy()
                 feeds = {"input_ids": nxt.numpy(), "conv_state_in": conv_in, "ssm_state_in": ssm.numpy()}
                 logits, conv, ssm = ref_model.step(nxt, conv, ssm)
                 case = f"decode after l={length}, step {step + 1}"
@@ -195,47 +174,34 @@ def parity(model: nn.Module, precision: str, limits: dict | None = None, *, seed
 def layer_parity(model: nn.Module, *, seed: int = 1, batch: int = 2, length: int = 33) -> Iterator[Case]:
     """Every layer, then the head, on equal inputs (for the probe graphs of an int8 engine): the graph's own
     residual entering layer i goes into reference layer i, its final residual into the reference norm +
-    head, for prefill and for one decode step from the reference's prefill state.
+    head, on `parity`'s inputs for one prompt of `length` tokens and one decode step from its state.
 
-    Why: int8 tensors are exact except near rounding ties, but a tie resolved differently in layer i changes
-    the input of layer i+1, so end to end one-step differences cascade through a deep model (5% on the
-    logits of a 24-layer model after 33 tokens is normal) and are recorded, not judged. Layer by layer:
-    int8 conv state equal except one step in at most 2% of places, layer outputs, SSM states and logits
-    within 1e-2 (one tie resolved the other way in a layer's delta moves that channel's SSM state for the
-    rest of the prompt: 1.3e-3 was seen at the mamba-130m shape). A wrong scale, rotation or layout fails by
-    one to three orders of magnitude more (tests/test_export.py checks that it does)."""
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.cfg.vocab_size, (batch, length), generator=gen)
-    nxt = torch.randint(0, model.cfg.vocab_size, (batch, 1), generator=gen)
-    with torch.no_grad():
-        _, conv_ref, ssm_ref = model.step(ids)
-    n = len(model.layers)
+    Judged (backends/compare.py says why): int8 conv state equal except one step in at most 2% of places;
+    layer outputs, SSM states and logits within 1e-2 (a tie in a layer's delta moves that channel's SSM state
+    for the rest of the prompt: 1.3e-3 seen at the mamba-130m shape). End to end: recorded only (5% on the
+    logits of a 24-layer model after 33 tokens is normal). A wrong scale, rotation or layout fails by one to
+    three orders of magnitude more (tests/test_export.py checks that it does)."""
 
-    def judge(label: str, conv_in: torch.Tensor, ssm_in: torch.Tensor):
-        @torch.no_grad()
-        def rows(out: dict) -> list[dict]:
-            found = []
-            for i, layer in enumerate(model.layers):
-                h_out, conv, ssm = layer(torch.from_numpy(out[f"probe_h{i}"]), conv_in[i], ssm_in[i])
-                case = f"layer {i} on the graph's own input, {label}"
-                found += [compare(case, "layer_output", out[f"probe_h{i + 1}"], h_out, LAYER_TOLERANCE),
-                          compare(case, "conv_state", out["conv_state"][i], conv, LAYER_TOLERANCE),
-                          compare(case, "ssm_state", out["ssm_state"][i], ssm, LAYER_TOLERANCE)]
-            logits = model.logits(torch.from_numpy(out[f"probe_h{n}"])[:, -1:])[:, -1]
-            found.append(compare(f"norm + head on the graph's own input, {label}", "logits", out["logits"], logits,
-                                 LAYER_TOLERANCE))
-            return found
+    @torch.no_grad()
+    def judge(out: dict, label: str, conv_in: torch.Tensor, ssm_in: torch.Tensor) -> list[dict]:
+        found = []
+        for i, layer in enumerate(model.layers):
+            h_out, conv, ssm = layer(torch.from_numpy(out[f"probe_h{i}"]), conv_in[i], ssm_in[i])
+            case = f"layer {i} on the graph's own input, {label}"
+            found += [compare(case, "layer_output", out[f"probe_h{i + 1}"], h_out, LAYER_TOLERANCE),
+                      compare(case, "conv_state", out["conv_state"][i], conv, LAYER_TOLERANCE),
+                      compare(case, "ssm_state", out["ssm_state"][i], ssm, LAYER_TOLERANCE)]
+        logits = model.logits(torch.from_numpy(out[f"probe_h{len(model.layers)}"])[:, -1:])[:, -1]
+        found.append(compare(f"norm + head on the graph's own input, {label}", "logits", out["logits"], logits,
+                             LAYER_TOLERANCE))
+        return found
 
-        return rows
-
-    yield Case(f"prefill l={length}", "prefill", {"input_ids": ids.numpy()},
-               judge(f"prefill l={length}", *model.empty_state(batch)))
-    yield Case(f"decode after l={length}", "decode",
-               {"input_ids": nxt.numpy(), "conv_state_in": conv_ref.numpy(), "ssm_state_in": ssm_ref.numpy()},
-               judge(f"decode after l={length}", conv_ref, ssm_ref))
-
-
-# ---------------------------------------------------------------------------------------------- workload
+    prefill, decode = parity(model, "int8", seed=seed, batch=batch, lengths=(length,), decode_steps=1)
+    state = [torch.from_numpy(decode.feeds[k]) for k in ("conv_state_in", "ssm_state_in")]  # after the prefill
+    yield Case(f"prefill l={length}", "prefill", prefill.feeds,
+               lambda out: judge(out, f"prefill l={length}", *model.empty_state(batch)))
+    yield Case(f"decode after l={length}", "decode", decode.feeds,
+               lambda out: judge(out, f"decode after l={length}", *state))
 
 
 class Generation:
@@ -263,23 +229,19 @@ class Generation:
         self._run(system, self.prompt[:, : min(self.prompt_len, 64)], 4)
 
     def once(self, system: System) -> dict:
-        ttft, steps = self._run(system, self.prompt, self.gen_len)
-        return {"ttft": ttft, "steps": steps}
+        return self._run(system, self.prompt, self.gen_len)
 
     @staticmethod
-    def _run(system: System, prompt: np.ndarray, gen_len: int) -> tuple[float, list[float]]:
+    def _run(system: System, prompt: np.ndarray, gen_len: int) -> dict:
         prefill, decode = system["prefill"], system["decode"]
-        t0 = time.perf_counter()
-        out = prefill({"input_ids": prompt})
-        token = out["logits"].argmax(-1).astype(np.int64)[:, None]
-        ttft = time.perf_counter() - t0
-        steps = []
-        for _ in range(gen_len - 1):
+        seconds, out, token = [], None, None
+        for _ in range(gen_len):  # the prefill's greedy token, then gen_len - 1 decode steps
             t = time.perf_counter()
-            out = decode({"input_ids": token, "conv_state_in": out["conv_state"], "ssm_state_in": out["ssm_state"]})
+            out = (prefill({"input_ids": prompt}) if out is None else
+                   decode({"input_ids": token, "conv_state_in": out["conv_state"], "ssm_state_in": out["ssm_state"]}))
             token = out["logits"].argmax(-1).astype(np.int64)[:, None]
-            steps.append(time.perf_counter() - t)
-        return ttft, steps
+            seconds.append(time.perf_counter() - t)
+        return {"ttft": seconds[0], "steps": seconds[1:]}
 
     def outputs(self, system: System, steps: int = 2) -> dict:
         """Logits of a prefill on the first tokens of the prompt and of `steps` decode steps on fixed tokens
@@ -288,8 +250,7 @@ class Generation:
         out = system["prefill"]({"input_ids": prompt})
         found = {"prefill logits": out["logits"]}
         for step in range(steps):
-            token = prompt[:, step : step + 1]
-            out = system["decode"]({"input_ids": token, "conv_state_in": out["conv_state"],
+            out = system["decode"]({"input_ids": prompt[:, step : step + 1], "conv_state_in": out["conv_state"],
                                     "ssm_state_in": out["ssm_state"]})
             found[f"decode {step + 1} logits"] = out["logits"]
         return {**found, "ssm_state": np.asarray(out["ssm_state"], np.float32)}
@@ -320,11 +281,8 @@ class Generation:
     energy_columns = (Column("J/token", "j_per_token", "{:.4f}"),)
 
 
-def workload(cfg: MambaConfig, **options) -> Generation:
-    return Generation(cfg, **options)
+workload = Generation
 
-
-# -------------------------------------------------------------------------------------------- evaluation
 
 eval_columns = (
     Column("recipe", "recipe"), Column("bits/byte", "bits_per_byte", "{:.4f}"),

@@ -8,15 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from quamba_edge.backends.base import System
+from quamba_edge.backends.compare import TOLERANCE, Case, compare
 from quamba_edge.checkpoints.common import checkpoint_family
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.families.base import Column, median_range
 from quamba_edge.quant import static
 from quamba_edge.quant.recipes import Fp, Recipe, StaticW8A8, make_static
-
-SCALES_TITLE = "largest |input| of each linear layer; int8 step = amax / 127"
 
 
 def detector(name: str) -> Callable[[Path], bool]:
@@ -37,50 +38,55 @@ def quant_config(recipe: str | Recipe, **switches) -> Fp | StaticW8A8:
     raise QuambaEdgeError(f"a {recipe.kind} recipe does not apply here.")
 
 
-def structure(fp_model, recipe: Recipe):
-    """The empty model an artifact's weights load into: the fp model, or its int8 twin."""
-    return static.structure(fp_model, recipe) if recipe.quantize else fp_model
+def structurer(build: Callable) -> Callable:
+    """A family's `structure`: the empty model an artifact's weights load into, `build(cfg)` or its int8 twin."""
+    return lambda cfg, recipe, manifest: static.structure(build(cfg), recipe) if recipe.quantize else build(cfg)
 
 
-def no_extra_files(loaded) -> dict:
-    return {}
+# What both families are, in the order they unpack it: one fp32 graph `model` on ONNX Runtime without plugins;
+# recipes meaning static W8A8; labels adding the pooling (the axis these families are compared on); no extra
+# files, no TensorRT profile, no recurrent state.
+TRAITS = (("model",), ("fp32",), ("ort",), False, "largest |input| of each linear layer; int8 step = amax / 127", None)
+SHARED = (quant_config, lambda cfg, recipe_label, precision: cfg.pool, lambda loaded: {},
+          lambda graph, cfg, limits: None, lambda cfg, limits, precision: 0)
 
 
-def no_tensorrt_profile(graph: str, cfg, limits: dict) -> None:
-    return None
+def one_call(inputs: tuple[str, ...], output: str) -> tuple[Callable, Callable]:
+    """A family's `reference(model, device)` and its end-to-end parity `case(model, name, feeds, precision)`:
+    graph `model` is the PyTorch model called on the feeds named `inputs` (numpy, in that order; on the CPU,
+    as these families are benched), its result named `output`."""
 
+    def reference(model: nn.Module, device: str = "cpu") -> dict:
+        @torch.no_grad()
+        def run(feeds: dict) -> dict:
+            return {output: model(*(torch.as_tensor(feeds[name]) for name in inputs)).numpy()}
 
-def no_state(cfg, limits: dict, precision: str) -> int:
-    return 0
+        return {"model": run}
 
+    def case(model: nn.Module, name: str, feeds: dict, precision: str) -> Case:  # judged at precision's tolerance
+        ref = reference(model)["model"](feeds)[output]
+        return Case(name, "model", feeds, lambda out: [compare(name, output, out[output], ref, TOLERANCE[precision])])
 
-def pool_tag(cfg, recipe_label: str, precision: str) -> str:
-    """What a system's label adds in parentheses: the pooling, the axis these families are compared on."""
-    return cfg.pool
+    return reference, case
 
 
 class OneCall:
-    """`batch` inputs through the one graph: latency per call (median and range over the timed runs)."""
+    """sizes["batch"] inputs (`unit`s: clip, set) through the one graph: latency per call (median and range
+    over the timed runs), per unit, and units per second ("vs first" compares that)."""
 
-    def __init__(self, feeds: dict[str, np.ndarray], batch: int, title: str, sizes: dict, unit: str,
-                 unit_columns: tuple[Column, ...], rates: Callable[[float], dict], speed_key: str,
-                 check: Callable[[System], None] | None = None):
-        """rates(ms per call) -> the row's derived figures; speed_key: the figure "vs first" compares."""
-        self.feeds, self.batch, self.title, self.sizes, self.unit = feeds, batch, title, sizes, unit
-        self.columns, self.speed_key, energy_key = unit_columns, speed_key, f"j_per_{unit}"
-        self._rates, self._check, self.energy_key = rates, check, energy_key
-        self.energy_columns = (Column(f"J/{unit}", energy_key, "{:.5f}"),)
-
-    def check(self, system: System) -> None:
-        if self._check:
-            self._check(system)
+    def __init__(self, feeds: dict[str, np.ndarray], title: str, sizes: dict, unit: str, columns: tuple[Column, ...],
+                 rates: Callable[[float], dict] = lambda ms: {}, check: Callable[[System], None] = lambda system: None):
+        """rates(ms per call) -> the row's further figures; check(system) refuses a profile too small."""
+        self.feeds, self.title, self.sizes, self.unit, self.columns = feeds, title, sizes, unit, columns
+        self.rates, self.check = rates, check
+        self.speed_key, self.energy_key = f"{unit}s_per_s", f"j_per_{unit}"
+        self.energy_columns = (Column(f"J/{unit}", self.energy_key, "{:.5f}"),)
 
     def warmup(self, system: System) -> None:
         for _ in range(2):
             system["model"](self.feeds)
 
     def outputs(self, system: System) -> dict:
-        """The graph's outputs on the workload's inputs (`bench --check`)."""
         return system["model"](self.feeds)
 
     def once(self, system: System) -> dict:
@@ -90,10 +96,9 @@ class OneCall:
 
     def summarize(self, runs: list[dict], system: System) -> dict:
         ms, ms_range = median_range([r["call"] for r in runs], 1e3)
-        return {**self.sizes, "ms_per_batch": ms, "ms_range": list(ms_range), **self._rates(ms)}
+        batch = self.sizes["batch"]
+        return {**self.sizes, "ms_per_batch": ms, "ms_range": list(ms_range), f"ms_per_{self.unit}": ms / batch,
+                **self.rates(ms), self.speed_key: batch * 1e3 / ms}
 
     def energy(self, row: dict, watts: float) -> dict:
         return {self.energy_key: watts * row[f"ms_per_{self.unit}"] / 1e3}
-
-
-SHARED = (quant_config, pool_tag, no_extra_files, no_tensorrt_profile, no_state)

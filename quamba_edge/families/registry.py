@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from quamba_edge.artifact import MANIFEST, is_artifact, load_weights, read_manifest
+from quamba_edge.artifact import MANIFEST, load_weights, read_manifest
 from quamba_edge.checkpoints.common import resolve_model_dir
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.families import adapool, mamba, wav2vec2
@@ -24,29 +24,23 @@ def by_name(name: str | None, where: str = "") -> Family:
     return family
 
 
-def detect(directory: Path) -> Family:
-    """The family of a checkpoint directory (every family checks its own layout; Mamba's has no family key)."""
-    for family in FAMILIES.values():
-        if family.detect(directory):
-            return family
-    raise QuambaEdgeError(f"{directory} holds no checkpoint quamba-edge knows (no config.json of Mamba, a keyword "
-                          "spotter or a set model). Fix: pass a checkpoint directory, an artifact or `default`.")
-
-
 def load(spec: str | Path) -> Loaded:
     """An artifact directory (manifest.json) or a checkpoint (`default`, a directory, a hub id), loaded once."""
     path = Path(spec).expanduser()
-    if str(spec) != "default" and path.is_dir() and (is_artifact(path) or (path / MANIFEST).exists()):
+    if str(spec) != "default" and (path / MANIFEST).exists():
         manifest = read_manifest(path)  # a broken manifest gets its own error
         family = by_name(manifest.get("family"), str(path))
         recipe = recipes.from_dict(manifest["recipe"])
-        model = family.structure(family.config(manifest["model_config"]), recipe, manifest)
-        load_weights(model, path)
+        cfg = family.config(manifest["model_config"])
+        model = load_weights(lambda: family.structure(cfg, recipe, manifest), path, manifest)
         return Loaded(family, model.eval(), recipe, path.resolve(), manifest)
-    if path.is_dir() and (path / "build.json").exists():
+    if (path / "build.json").exists():
         source = json.loads((path / "build.json").read_text()).get("source", "the artifact it was built from")
         raise QuambaEdgeError(f"{path} is an engine (build-engine's output); this command takes a checkpoint or an "
                               f"artifact. Fix: pass {source} (what it was built from), or bench the engine.")
     directory = resolve_model_dir(spec).resolve()
-    family = detect(directory)
-    return Loaded(family, family.load_checkpoint(directory).eval(), recipes.Fp(), directory)
+    for family in FAMILIES.values():  # every family checks its own layout; Mamba's has no family key
+        if family.detect(directory):
+            return Loaded(family, family.load_checkpoint(directory).eval(), recipes.Fp(), directory)
+    raise QuambaEdgeError(f"{directory} holds no checkpoint quamba-edge knows (no config.json of Mamba, a keyword "
+                          "spotter or a set model). Fix: pass a checkpoint directory, an artifact or `default`.")

@@ -15,28 +15,27 @@ import torch
 from torch import nn
 
 from quamba_edge.backends.base import System
-from quamba_edge.backends.compare import LAYER_TOLERANCE, TOLERANCE, Case, compare
+from quamba_edge.backends.compare import LAYER_TOLERANCE, Case, compare
 from quamba_edge.checkpoints.wav2vec2 import FAMILY, is_kws_checkpoint, load_kws
 from quamba_edge.data.speech_sets import calibration_windows, real_test_trials, snr_label
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.export.graph import WeightFile
 from quamba_edge.export.wav2vec2 import export_keyword_spotter
 from quamba_edge.families import onegraph
-from quamba_edge.families.base import Calibration, Column, Loaded, Progress
-from quamba_edge.families.onegraph import SCALES_TITLE, OneCall
+from quamba_edge.families.base import Calibration, Column, Compute, Loaded, Progress
 from quamba_edge.models.kws import KeywordSpotter, KwsConfig, normalize_window
 from quamba_edge.quant.quantize import quantize
 from quamba_edge.quant.recipes import Recipe
 from quamba_edge.train.kws import score
 
 name = FAMILY
-graphs = ("model",)
-precisions = ("fp32",)
-backends = ("ort",)
 no_tensorrt = ("speech models build for ONNX Runtime only so far (--backend ort); their int8 graph is the Q/DQ "
                "form TensorRT reads, but no TensorRT build of it has been run.")
-generates, scales_title, plugin_pass = False, SCALES_TITLE, None
-detect = onegraph.detector(FAMILY)
+detect, structure = onegraph.detector(FAMILY), onegraph.structurer(KeywordSpotter.from_config)
+config = KwsConfig.from_dict
+graphs, precisions, backends, generates, scales_title, plugin_pass = onegraph.TRAITS
+quant_config, tag, extra_files, profile, state_bytes = onegraph.SHARED
+reference, _case = onegraph.one_call(("audio",), "logits")
 
 
 def load_checkpoint(directory: Path) -> nn.Module:
@@ -47,25 +46,13 @@ def load_checkpoint(directory: Path) -> nn.Module:
     return load_kws(directory)
 
 
-def config(values: dict) -> KwsConfig:
-    return KwsConfig.from_dict(values)
-
-
-def structure(cfg: KwsConfig, recipe: Recipe, manifest: dict) -> nn.Module:
-    return onegraph.structure(KeywordSpotter.from_config(cfg), recipe)
-
-
-# what the one-graph families share: recipes mean static W8A8, labels name the pooling, no extra files, no TRT
-quant_config, tag, extra_files, profile, state_bytes = onegraph.SHARED
-
-
 def calibrate(loaded: Loaded, recipe: Recipe, data: str, samples: int, seq_len: int, batch_size: int,
-              on_batch: Progress | None) -> Calibration:
+              on_batch: Progress | None, compute: Compute) -> Calibration:
     """Static W8A8 of a keyword spotter's linear and conv layers, calibrated on synthetic speech only."""
+    compute.require_default(name)
     start = time.perf_counter()
     windows = torch.from_numpy(calibration_windows(data, samples, loaded.cfg.window_s))
-    batches = [(batch,) for batch in windows.split(batch_size)]
-    qmodel, scales = quantize(loaded.model, recipe, batches, on_batch, data="audio")
+    qmodel, scales = quantize(loaded.model, recipe, [(b,) for b in windows.split(batch_size)], on_batch, data="audio")
     record = {"data": str(data), "samples": len(windows), "window_s": loaded.cfg.window_s,
               "digest": hashlib.sha256(windows.numpy().tobytes()).hexdigest(),
               "seconds": round(time.perf_counter() - start, 2)}
@@ -82,81 +69,59 @@ def limits(cfg: KwsConfig, *, max_batch: int = 8, max_clip_s: float = 2.0, **_) 
             "sample_rate": cfg.sample_rate}
 
 
-
-def reference(model: nn.Module, device: str = "cpu") -> dict:
-    @torch.no_grad()
-    def run(feeds):
-        return {"logits": model(torch.as_tensor(feeds["audio"])).numpy()}
-
-    return {"model": run}
-
-
-def _audio(samples: int, seed: int, batch: int) -> torch.Tensor:
-    """Speech-like audio: noise with a syllable-rate (4 Hz) envelope."""
+def _audio(model: nn.Module, samples: int | None, seed: int, batch: int) -> torch.Tensor:
+    """Speech-like audio (batch, samples; default one window), float32: noise with a syllable-rate (4 Hz) envelope."""
+    samples = samples or int(round(model.cfg.window_s * model.cfg.sample_rate))
     gen = torch.Generator().manual_seed(seed)
-    t = torch.arange(samples) / 16000.0
-    envelope = 0.5 + 0.5 * torch.sin(2 * torch.pi * 4.0 * t)
+    envelope = 0.5 + 0.5 * torch.sin(2 * torch.pi * 4.0 * (torch.arange(samples) / 16000.0))
     return (torch.randn(batch, samples, generator=gen) * 0.1 * envelope).float()
-
-
-def _window(model: nn.Module, samples: int | None) -> int:
-    return samples or int(round(model.cfg.window_s * model.cfg.sample_rate))
 
 
 def parity(model: nn.Module, precision: str, limits: dict | None = None, *, seed: int = 0, batch: int = 2,
            samples: int | None = None) -> Iterator[Case]:
     """fp32: the logits on random speech-like audio (`samples` long, default one window), judged at 1e-5.
     int8: nothing end to end; see `layer_parity`."""
-    if precision == "int8":
-        return
-    audio = _audio(_window(model, samples), seed, batch)
-    with torch.no_grad():
-        ref = model(audio)
-    yield Case(f"audio b={batch}", "model", {"audio": audio.numpy()},
-               lambda out: [compare(f"audio b={batch}", "logits", out["logits"], ref, TOLERANCE[precision])])
+    if precision != "int8":
+        yield _case(model, f"audio b={batch}", {"audio": _audio(model, samples, seed, batch).numpy()}, precision)
 
 
 def layer_parity(model: nn.Module, *, seed: int = 0, batch: int = 2, samples: int | None = None) -> Iterator[Case]:
     """int8, on the probe graph: each probe (every conv layer, the embedding, every transformer layer, the
     head layer) is compared with the PyTorch layer fed the graph's previous probe, so a tie resolved the
     other way is not amplified by the layers after it. End-to-end logits and top-1 agreement are recorded."""
-    audio = _audio(_window(model, samples), seed, batch)
+    audio = _audio(model, samples, seed, batch)
 
     @torch.no_grad()
     def judge(out: dict) -> list[dict]:
         logits = model(audio)
-        end = compare(f"audio b={batch}", "logits (end to end)", out["logits"], logits, None)
-        end["top1_agreement"] = float((out["logits"].argmax(-1) == logits.argmax(-1).numpy()).mean())
-        rows = [end]
-        enc = model.encoder
+        rows = [{**compare(f"audio b={batch}", "logits (end to end)", out["logits"], logits, None),
+                 "top1_agreement": float((out["logits"].argmax(-1) == logits.argmax(-1).numpy()).mean())}]
+
+        def probe(tensor: str, key: str, ref: torch.Tensor) -> torch.Tensor:  # it then feeds the next layer
+            rows.append(compare("layer by layer", tensor, out[key], ref, LAYER_TOLERANCE))
+            return torch.from_numpy(out[key])
+
+        enc, head = model.encoder, model.head
         x = normalize_window(audio).unsqueeze(1)
         for i, layer in enumerate(enc.feature_encoder.conv_layers):
-            rows.append(compare("layer by layer", f"conv{i}", out[f"probe_conv{i}"], layer(x), LAYER_TOLERANCE))
-            x = torch.from_numpy(out[f"probe_conv{i}"])
-        h_ref = enc.feature_proj(enc.feature_norm(x.transpose(1, 2)))
-        h_ref = h_ref + enc.pos_conv(h_ref)
-        if not enc.cfg.layer_norm_first:
-            h_ref = enc.encoder_norm(h_ref)
-        rows.append(compare("layer by layer", "embedding", out["probe_embed"], h_ref, LAYER_TOLERANCE))
-        h = torch.from_numpy(out["probe_embed"])
+            x = probe(f"conv{i}", f"probe_conv{i}", layer(x))
+        h = enc.feature_proj(enc.feature_norm(x.transpose(1, 2)))
+        h = h + enc.pos_conv(h)
+        h = probe("embedding", "probe_embed", h if enc.cfg.layer_norm_first else enc.encoder_norm(h))
         for i, layer in enumerate(enc.layers):
-            rows.append(compare("layer by layer", f"layer{i}", out[f"probe_layer{i}"], layer(h), LAYER_TOLERANCE))
-            h = torch.from_numpy(out[f"probe_layer{i}"])
+            h = probe(f"layer{i}", f"probe_layer{i}", layer(h))
         if enc.cfg.layer_norm_first:
             h = enc.encoder_norm(h)
-        head = model.head
         if head.cls is not None:
             h = torch.cat([head.cls.expand(h.shape[0], 1, -1), h], 1)
-        rows.append(compare("layer by layer", "head layer", out["probe_head"], head.layer(h), LAYER_TOLERANCE))
-        h = torch.from_numpy(out["probe_head"])
-        logits = head.classifier(head.norm(head.pool(h)))
-        rows.append(compare("layer by layer", "logits", out["logits"], logits, LAYER_TOLERANCE))
+        h = probe("head layer", "probe_head", head.layer(h))
+        probe("logits", "logits", head.classifier(head.norm(head.pool(h))))
         return rows
 
     yield Case(f"audio b={batch}", "model", {"audio": audio.numpy()}, judge)
 
 
-def workload(cfg: KwsConfig, *, batch: int, clip_s: float = 1.0, seed: int = 0, **_) -> OneCall:
+def workload(cfg: KwsConfig, *, batch: int, clip_s: float = 1.0, seed: int = 0, **_) -> onegraph.OneCall:
     samples = int(round(clip_s * cfg.sample_rate))
     feeds = {"audio": (0.1 * np.random.default_rng(seed).normal(size=(batch, samples))).astype(np.float32)}
 
@@ -172,11 +137,9 @@ def workload(cfg: KwsConfig, *, batch: int, clip_s: float = 1.0, seed: int = 0, 
                lambda r: "{:.2f} ({:.2f}-{:.2f})".format(r["ms_per_clip"], *(v / r["batch"] for v in r["ms_range"]))),
         Column("real-time factor", "rtf", "{:.4f}"),
     )
-    work = OneCall(feeds, batch, f"speech models: batch {batch} clips of {clip_s:g} s",
-                   {"batch": batch, "clip_s": clip_s}, "clip", columns,
-                   lambda ms: {"ms_per_clip": ms / batch, "rtf": ms / 1e3 / (clip_s * batch),
-                               "clips_per_s": batch * 1e3 / ms}, "clips_per_s", check)
-    return work
+    return onegraph.OneCall(feeds, f"speech models: batch {batch} clips of {clip_s:g} s",
+                            {"batch": batch, "clip_s": clip_s}, "clip", columns,
+                            lambda ms: {"rtf": ms / 1e3 / (clip_s * batch)}, check)
 
 
 eval_columns = (

@@ -20,36 +20,15 @@ from quamba_edge.errors import QuambaEdgeError
 SUPPORTED_K = (1, 12, 20, 28, 40)
 
 
-def _quadratic_character(q: int) -> list[int]:
+def _conference(q: int, sign: float) -> Tensor:
+    """[[0, 1ᵀ], [sign·1, Q]], Q the Jacobsthal matrix of the prime q: Q_ij = χ(j - i), χ its quadratic character."""
     squares = {(i * i) % q for i in range(1, q)}
-    return [0] + [1 if a in squares else -1 for a in range(1, q)]
-
-
-def _jacobsthal(q: int) -> Tensor:
-    chi = _quadratic_character(q)
-    return torch.tensor([[chi[(j - i) % q] for j in range(q)] for i in range(q)], dtype=torch.float64)
-
-
-def _paley1(q: int) -> Tensor:
-    """Order q + 1 for a prime q ≡ 3 (mod 4): H = I + [[0, 1ᵀ], [-1, Q]]."""
-    n = q + 1
-    S = torch.zeros(n, n, dtype=torch.float64)
+    chi = [0] + [1 if a in squares else -1 for a in range(1, q)]
+    S = torch.zeros(q + 1, q + 1, dtype=torch.float64)
     S[0, 1:] = 1
-    S[1:, 0] = -1
-    S[1:, 1:] = _jacobsthal(q)
-    return torch.eye(n, dtype=torch.float64) + S
-
-
-def _paley2(q: int) -> Tensor:
-    """Order 2(q + 1) for a prime q ≡ 1 (mod 4), from the symmetric conference matrix C."""
-    n = q + 1
-    C = torch.zeros(n, n, dtype=torch.float64)
-    C[0, 1:] = 1
-    C[1:, 0] = 1
-    C[1:, 1:] = _jacobsthal(q)
-    plus = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
-    minus = torch.tensor([[1.0, -1.0], [-1.0, -1.0]], dtype=torch.float64)
-    return torch.kron(C, plus) + torch.kron(torch.eye(n, dtype=torch.float64), minus)
+    S[1:, 0] = sign
+    S[1:, 1:] = torch.tensor([[chi[(j - i) % q] for j in range(q)] for i in range(q)], dtype=torch.float64)
+    return S
 
 
 def sylvester(m: int) -> Tensor:
@@ -61,17 +40,16 @@ def sylvester(m: int) -> Tensor:
 
 @cache
 def small_hadamard(K: int) -> Tensor:
-    """The ±1 matrix H_K (float64), verified H·Hᵀ = K·I."""
+    """The ±1 matrix H_K (float64), verified H·Hᵀ = K·I; ValueError for K not in SUPPORTED_K."""
     if K == 1:
-        H = torch.ones(1, 1, dtype=torch.float64)
-    elif K == 12:
-        H = _paley1(11)
-    elif K == 20:
-        H = _paley1(19)
-    elif K == 28:
-        H = _paley2(13)
+        H = sylvester(1)
+    elif K in (12, 20):  # Paley I, q = K - 1 ≡ 3 (mod 4): H = I + S
+        H = torch.eye(K, dtype=torch.float64) + _conference(K - 1, -1.0)
+    elif K == 28:  # Paley II, q = 13 ≡ 1 (mod 4), from the symmetric conference matrix C
+        minus = torch.tensor([[1.0, -1.0], [-1.0, -1.0]], dtype=torch.float64)
+        H = torch.kron(_conference(13, 1.0), sylvester(2)) + torch.kron(torch.eye(14, dtype=torch.float64), minus)
     elif K == 40:
-        H = torch.kron(sylvester(2), _paley1(19))
+        H = torch.kron(sylvester(2), small_hadamard(20))
     else:
         raise ValueError(f"no Hadamard construction for K={K}; supported: {SUPPORTED_K}")
     if not torch.equal(H @ H.T, K * torch.eye(K, dtype=torch.float64)):
@@ -82,10 +60,8 @@ def small_hadamard(K: int) -> Tensor:
 def factor(n: int) -> tuple[int, int]:
     """n = K · 2^k with K in SUPPORTED_K (smallest K first) -> (K, 2^k)."""
     for K in SUPPORTED_K:
-        if n % K == 0:
-            m = n // K
-            if m & (m - 1) == 0:
-                return K, m
+        if n % K == 0 and (n // K) & (n // K - 1) == 0:
+            return K, n // K
     sizes = ", ".join(f"{K}·2^k" for K in SUPPORTED_K)
     raise QuambaEdgeError(
         f"no supported Hadamard size for d_inner={n}: supported sizes are {sizes} (e.g. 768 = 12·64, "
@@ -106,11 +82,8 @@ def rotate(x: Tensor, n: int | None = None, hadamard_K: Tensor | None = None) ->
     overrides the K factor `factor(n)` would pick (the kernels take it as an argument).
     """
     n = n or x.shape[-1]
-    if hadamard_K is None:
-        K, m = factor(n)
-        hadamard_K = small_hadamard(K)
-    else:
-        K, m = hadamard_K.shape[0], n // hadamard_K.shape[0]
+    hadamard_K = small_hadamard(factor(n)[0]) if hadamard_K is None else hadamard_K
+    K, m = hadamard_K.shape[0], n // hadamard_K.shape[0]
     lead = x.shape[:-1]
     X = x.reshape(*lead, K, m)
     h = 1

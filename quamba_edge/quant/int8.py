@@ -13,12 +13,12 @@ from torch import Tensor, nn
 QMAX = 127
 QMIN = -128
 _EPS = 1e-12
+_INT_MM_MIN_ROWS = 32  # torch._int_mm on CUDA wants more than 16 rows: fewer are zero-padded to 32
 
 
 def scale_from_amax(amax: Tensor | float) -> Tensor:
     """Per-tensor (0-d) or per-channel scale; a zero amax gets a tiny scale instead of a division by 0."""
-    amax = torch.as_tensor(amax, dtype=torch.float32)
-    return torch.clamp(amax, min=_EPS) / QMAX
+    return torch.clamp(torch.as_tensor(amax, dtype=torch.float32), min=_EPS) / QMAX
 
 
 def quantize(x: Tensor, scale: Tensor | float) -> Tensor:
@@ -27,8 +27,7 @@ def quantize(x: Tensor, scale: Tensor | float) -> Tensor:
 
 
 def dequantize(q: Tensor, scale: Tensor | float) -> Tensor:
-    scale = torch.as_tensor(scale, dtype=torch.float32, device=q.device)
-    return q.float() * scale
+    return q.float() * torch.as_tensor(scale, dtype=torch.float32, device=q.device)
 
 
 def quantize_weight(w: Tensor, granularity: str = "tensor") -> tuple[Tensor, Tensor]:
@@ -41,14 +40,6 @@ def quantize_weight(w: Tensor, granularity: str = "tensor") -> tuple[Tensor, Ten
     else:
         raise ValueError(f"weight granularity must be 'tensor' or 'channel', not {granularity!r}")
     return quantize(w, scale), scale
-
-
-def _int_mm_supported(k: int, n: int) -> bool:
-    # torch._int_mm's CUDA path wants k and n multiples of 8, k >= 16 and m > 16 (m is padded below).
-    return k % 8 == 0 and n % 8 == 0 and k >= 16
-
-
-_INT_MM_MIN_ROWS = 32
 
 
 # Every partial sum of k products of int8 values is an integer of magnitude <= k * 128**2; float32 holds
@@ -65,9 +56,9 @@ def int8_matmul(a: Tensor, b_t: Tensor) -> Tensor:
     GEMM that is exact by the bound above: torch 2.13's CPU `_int_mm` is a reference loop (~3 GMAC/s,
     85% of a quantized prefill), while the float32 GEMM is ~20x faster and returns the same integers.
     """
-    m, k = a.shape
-    n = b_t.shape[0]
-    if a.device.type == "cuda" and _int_mm_supported(k, n):
+    (m, k), n = a.shape, b_t.shape[0]
+    # torch._int_mm's CUDA path wants k and n multiples of 8, k >= 16 and m > 16 (m is padded below).
+    if a.device.type == "cuda" and k % 8 == 0 and n % 8 == 0 and k >= 16:
         if m < _INT_MM_MIN_ROWS:  # decode: a few rows, zero-padded (the weight is still read once)
             padded = torch.zeros(_INT_MM_MIN_ROWS, k, dtype=a.dtype, device=a.device)
             padded[:m] = a

@@ -9,14 +9,10 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable
-
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.quant.int8 import scale_from_amax
 
 _TORCH_QUANTILE_LIMIT = 1 << 24
@@ -56,45 +52,15 @@ def abs_quantile(x: Tensor, q: float) -> float:
     return float(np.quantile(flat.cpu().numpy(), q))
 
 
-class PercentileObserver:
+class PercentileObserver(AbsMaxObserver):
     """One `observe` call per calibration sample, shape (l, d): samples are sequences, not batches."""
 
     def __init__(self, percentile: float, momentum: float = 0.01) -> None:
         if not 0.0 < percentile <= 1.0:
             raise ValueError(f"percentile must be in (0, 1], got {percentile}")
-        self.percentile = percentile
-        self.momentum = momentum
-        self.amax: float | None = None
+        super().__init__()
+        self.percentile, self.momentum = percentile, momentum
 
     def observe(self, x: Tensor) -> None:
         cur = abs_quantile(x, self.percentile)
         self.amax = cur if self.amax is None else self.amax + self.momentum * (cur - self.amax)
-
-    def scale(self) -> Tensor:
-        if self.amax is None:
-            raise RuntimeError("observer saw no data")
-        return scale_from_amax(self.amax)
-
-
-@torch.no_grad()
-def input_amax(layers: dict[str, nn.Module], steps: Iterable[object], what: str) -> dict[str, float]:
-    """The largest |input| each of `layers` sees while `steps` runs the model once per calibration batch
-    (iterating it does the forward passes). `what` names the data in the errors."""
-    observers = {name: AbsMaxObserver() for name in layers}
-    hooks = [layer.register_forward_pre_hook(lambda _m, args, n=name: observers[n].observe(args[0]))
-             for name, layer in layers.items()]
-    seen = 0
-    try:
-        for _ in steps:
-            seen += 1
-    finally:
-        for h in hooks:
-            h.remove()
-    if not seen:
-        raise QuambaEdgeError(f"calibration got no {what}. Fix: pass at least one batch of calibration {what}.")
-    amax = {name: float(obs.amax) for name, obs in observers.items()}
-    bad = [n for n, a in amax.items() if not math.isfinite(a)]
-    if bad:
-        raise QuambaEdgeError(f"calibration saw NaN/inf at {', '.join(bad[:4])}. Fix: check the calibration {what} "
-                              "(a corrupt or silent input normalises to NaN).")
-    return amax

@@ -14,10 +14,7 @@ Data flow of one block (q: int8, s: its per-tensor scale):
     y -> y·Mᵀ (Hadamard, `quamba`) -> q_y -> out_proj (weight W·Mᵀ) -> fp32 -> h + out
 
 Calibration leaves the fp model unmodified: every activation Quamba quantizes is the input or output of
-one of the mixer's Linear layers, so forward hooks on those see all of them:
-
-    norm  = in_proj input        xz  = in_proj output          u = x_proj input (percentile)
-    dbc   = x_proj output        delta = dt_proj output - bias  y = out_proj input (rotated: y·Mᵀ)
+one of the mixer's Linear layers, so forward hooks on those see all of them (`taps` in observe_activations).
 """
 
 from __future__ import annotations
@@ -33,15 +30,7 @@ from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.models.mamba import MambaConfig, MambaLM, RMSNorm, StepLoop
 from quamba_edge.models.scan import selective_scan
 from quamba_edge.quant.hadamard import factor, hadamard_matrix, rotate
-from quamba_edge.quant.int8 import (
-    QLinear,
-    dequantize,
-    quantize,
-    quantize_weight,
-    scalar_scale,
-    scale_from_amax,
-    weight_scale_buffer,
-)
+from quamba_edge.quant.int8 import QLinear, dequantize, quantize, quantize_weight, scalar_scale, weight_scale_buffer
 from quamba_edge.quant.observers import AbsMaxObserver, PercentileObserver
 from quamba_edge.quant.recipes import Fp, Quamba
 
@@ -70,9 +59,8 @@ class QConv1dSiLU(nn.Module):
         self.register_buffer("weight", torch.zeros(d, k, dtype=torch.int8))
         self.register_buffer("weight_scale", weight_scale_buffer(d, granularity))
         self.register_buffer("bias", torch.zeros(d, dtype=torch.int8))
-        self.register_buffer("bias_scale", scalar_scale())
-        self.register_buffer("in_scale", scalar_scale())
-        self.register_buffer("out_scale", scalar_scale())
+        for name in ("bias_scale", "in_scale", "out_scale"):
+            self.register_buffer(name, scalar_scale())
 
     def forward(self, x_q: Tensor) -> Tensor:
         """x_q (b, d, k-1+l) int8 -> u_q (b, l, d) int8."""
@@ -97,11 +85,8 @@ class QSelectiveScan(nn.Module):
                 ssm_state: Tensor) -> tuple[Tensor, Tensor]:
         delta = F.softplus(dequantize(delta_q, self.delta_scale) + dequantize(self.delta_bias, self.delta_bias_scale))
         A = -torch.exp(dequantize(self.A_log, self.A_log_scale))
-        u = dequantize(u_q, self.u_scale)
-        y, state = selective_scan(
-            u, delta, A, dequantize(B_q, self.dbc_scale), dequantize(C_q, self.dbc_scale),
-            dequantize(self.D, self.D_scale), ssm_state,
-        )
+        y, state = selective_scan(dequantize(u_q, self.u_scale), delta, A, dequantize(B_q, self.dbc_scale),
+                                  dequantize(C_q, self.dbc_scale), dequantize(self.D, self.D_scale), ssm_state)
         return y * F.silu(dequantize(z_q, self.z_scale)), state
 
 
@@ -133,15 +118,12 @@ class QMambaMixer(nn.Module):
     def forward(self, x_q: Tensor, conv_state: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x_q (b, l, d_model) int8; conv_state (b, d, k-1) int8; ssm_state (b, d, n) fp32."""
         cfg = self.cfg
-        xz_q = self.in_proj(x_q)
-        x_q, z_q = xz_q.chunk(2, dim=-1)
+        x_q, z_q = self.in_proj(x_q).chunk(2, dim=-1)
         x_padded = torch.cat([conv_state, x_q.transpose(1, 2)], dim=2)
         new_conv_state = x_padded[:, :, x_padded.shape[2] - (cfg.d_conv - 1) :]
         u_q = self.conv1d(x_padded)
-        dbc_q = self.x_proj(u_q)
-        dt_q, B_q, C_q = dbc_q.split([cfg.rank, cfg.d_state, cfg.d_state], dim=-1)
-        delta_q = self.dt_proj(dt_q)
-        y, new_ssm_state = self.scan(u_q, delta_q, B_q, C_q, z_q, ssm_state)
+        dt_q, B_q, C_q = self.x_proj(u_q).split([cfg.rank, cfg.d_state, cfg.d_state], dim=-1)
+        y, new_ssm_state = self.scan(u_q, self.dt_proj(dt_q), B_q, C_q, z_q, ssm_state)
         return self.out_proj(self.rotate(y)), new_conv_state, new_ssm_state
 
 
@@ -169,11 +151,9 @@ class QuantizedMambaLM(StepLoop, nn.Module):
                      if recipe.int8_head else None)
 
     def empty_state(self, batch: int, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
-        cfg = self.cfg
-        device = self.embedding.weight.device
-        conv = torch.zeros(cfg.n_layer, batch, cfg.d_inner, cfg.d_conv - 1, dtype=torch.int8, device=device)
-        ssm = torch.zeros(cfg.n_layer, batch, cfg.d_inner, cfg.d_state, dtype=torch.float32, device=device)
-        return conv, ssm
+        cfg, device = self.cfg, self.embedding.weight.device
+        return (torch.zeros(cfg.n_layer, batch, cfg.d_inner, cfg.d_conv - 1, dtype=torch.int8, device=device),
+                torch.zeros(cfg.n_layer, batch, cfg.d_inner, cfg.d_state, dtype=torch.float32, device=device))
 
     def embed(self, input_ids: Tensor) -> Tensor:
         return self.embedding(input_ids).float()
@@ -188,12 +168,6 @@ class QuantizedMambaLM(StepLoop, nn.Module):
             return self.head(quantize(normed, self.head.in_scale))
         return F.linear(normed, self.embedding.weight)  # lm_head tied, fp32
 
-    def state_dict_for_save(self) -> dict[str, Tensor]:
-        return {k: v.contiguous() for k, v in self.state_dict().items()}
-
-
-# ------------------------------------------------------------------------------------ the Quamba handler
-
 
 @dataclass
 class CalibrationResult:
@@ -201,87 +175,66 @@ class CalibrationResult:
     head_scale: float | None = None  # input of the int8 lm_head (recipe.int8_head only)
 
 
-def _check_finite(x: Tensor, layer: int, point: str, batch: int) -> None:
-    if not torch.isfinite(x).all():
-        bad = "NaN" if torch.isnan(x).any() else "Inf"
-        raise QuambaEdgeError(
-            f"{bad} in layer {layer}, tensor '{point}', during calibration batch {batch}. The fp model "
-            "itself produces it: check the checkpoint (try `quamba-edge eval` with --recipe fp) or the data."
-        )
-
-
-def observe_activations(
-    model: MambaLM, batches: Iterable[Tensor], recipe: Quamba,
-    on_batch: Callable[[int], None] | None = None,
-) -> CalibrationResult:
-    """Run the fp model over `batches` (each (b, l) token ids) and return one scale per quant point."""
-    layers = list(model.backbone.layers)
-    d_inner = model.cfg.d_inner
+@torch.no_grad()
+def observe_activations(model: MambaLM, batches: Iterable[Tensor], recipe: Quamba,
+                        on_batch: Callable[[int], None] | None = None) -> CalibrationResult:
+    """Run the fp model over `batches` (each (b, l) token ids) and return one scale per quant point.
+    Raises QuambaEdgeError for no batches, or a NaN/Inf activation (naming the layer, point and batch)."""
+    layers, d_inner = list(model.backbone.layers), model.cfg.d_inner
     if recipe.hadamard:
         factor(d_inner)  # fail before the long pass if no rotation exists for this width
-    observers = []
-    for _ in layers:
-        obs = {p: AbsMaxObserver() for p in ACTIVATION_POINTS}
-        if recipe.percentile is not None:
-            obs["u"] = PercentileObserver(recipe.percentile)
-        observers.append(obs)
-    state = {"batch": 0}
-    handles = []
+    observers: list[dict] = [{p: PercentileObserver(recipe.percentile) if p == "u" and recipe.percentile is not None
+                              else AbsMaxObserver() for p in ACTIVATION_POINTS} for _ in layers]
+    seen = 0
 
     def record(layer: int, point: str, x: Tensor) -> None:
-        _check_finite(x, layer, point, state["batch"])
+        if not torch.isfinite(x).all():
+            bad = "NaN" if torch.isnan(x).any() else "Inf"
+            raise QuambaEdgeError(
+                f"{bad} in layer {layer}, tensor '{point}', during calibration batch {seen}. The fp model itself "
+                "produces it: check the checkpoint (try `quamba-edge eval` with --recipe fp) or the data.")
         obs = observers[layer][point]
-        if isinstance(obs, PercentileObserver):
-            for sample in x:  # per sample, as the paper does
-                obs.observe(sample)
-        else:
-            obs.observe(x)
+        for sample in x if isinstance(obs, PercentileObserver) else [x]:  # the percentile per sample, as the paper
+            obs.observe(sample)
 
+    taps = {  # mixer layer -> the points it sees, from its (input, output)
+        "in_proj": lambda m, x, y: (("norm", x), ("xz", y)),
+        "x_proj": lambda m, x, y: (("u", x), ("dbc", y)),
+        "dt_proj": lambda m, x, y: (("delta", y - m.bias),),
+        "out_proj": lambda m, x, y: (("y", rotate(x, d_inner) if recipe.hadamard else x),),
+    }
+    handles = []
     for i, layer in enumerate(layers):
-        mixer = layer.mixer
+        for name, tap in taps.items():
+            def hook(m, inp, out, i=i, tap=tap):
+                for point, x in tap(m, inp[0].float(), out.float()):  # scales in fp32 whatever the compute dtype
+                    record(i, point, x)
 
-        def hook_in_proj(_m, inp, out, i=i):
-            record(i, "norm", inp[0])
-            record(i, "xz", out)
-
-        def hook_x_proj(_m, inp, out, i=i):
-            record(i, "u", inp[0])
-            record(i, "dbc", out)
-
-        def hook_dt_proj(m, _inp, out, i=i):
-            record(i, "delta", out - m.bias)
-
-        def hook_out_proj(_m, inp, _out, i=i):
-            y = inp[0]
-            record(i, "y", rotate(y, d_inner) if recipe.hadamard else y)
-
-        handles += [
-            mixer.in_proj.register_forward_hook(hook_in_proj),
-            mixer.x_proj.register_forward_hook(hook_x_proj),
-            mixer.dt_proj.register_forward_hook(hook_dt_proj),
-            mixer.out_proj.register_forward_hook(hook_out_proj),
-        ]
-    head_observer = AbsMaxObserver() if recipe.int8_head else None
-    if head_observer is not None:
-        def hook_norm_f(_m, _inp, out):
-            _check_finite(out, len(layers), "head", state["batch"])
-            head_observer.observe(out)
-
-        handles.append(model.backbone.norm_f.register_forward_hook(hook_norm_f))
+            handles.append(getattr(layer.mixer, name).register_forward_hook(hook))
+    if recipe.int8_head:
+        observers.append({"head": AbsMaxObserver()})
+        head = model.backbone.norm_f
+        handles.append(head.register_forward_hook(lambda m, x, y: record(len(layers), "head", y.float())))
     try:
-        with torch.no_grad():
-            for batch in batches:
-                model(batch)
-                state["batch"] += 1
-                if on_batch:
-                    on_batch(batch.shape[0])
+        for batch in batches:
+            model(batch)
+            seen += 1
+            if on_batch:
+                on_batch(batch.shape[0])
     finally:
         for h in handles:
             h.remove()
-    if state["batch"] == 0:
+    if seen == 0:
         raise QuambaEdgeError("calibration got no data: pass at least one sample (--samples 1 or more).")
-    return CalibrationResult([{p: float(o.scale()) for p, o in obs.items()} for obs in observers],
-                             float(head_observer.scale()) if head_observer is not None else None)
+    scales = [{p: float(o.scale()) for p, o in obs.items()} for obs in observers]
+    return CalibrationResult(scales[: len(layers)], scales[-1]["head"] if recipe.int8_head else None)
+
+
+def _load_int8(module: nn.Module, name: str, tensor: Tensor, granularity: str = "tensor") -> None:
+    """Buffers `name` and `{name}_scale` <- `tensor` in int8 and its scale."""
+    q, scale = quantize_weight(tensor, granularity)
+    getattr(module, name).copy_(q)
+    getattr(module, f"{name}_scale").copy_(scale)
 
 
 @torch.no_grad()
@@ -292,54 +245,40 @@ def build_quantized(model: MambaLM, calib: CalibrationResult, recipe: Quamba) ->
     qm.embedding.weight.copy_(model.backbone.embedding.weight.float())
     qm.norm_f.weight.copy_(model.backbone.norm_f.weight.float())
     if recipe.int8_head:
-        w_q, w_s = quantize_weight(model.backbone.embedding.weight, "channel")
-        qm.head.load_float(w_q, w_s, torch.tensor(calib.head_scale), None)
+        qm.head.load_float(*quantize_weight(model.backbone.embedding.weight, "channel"),
+                           torch.tensor(calib.head_scale), None)
     M = hadamard_matrix(cfg.d_inner) if recipe.hadamard else None
     for layer, qlayer, s in zip(model.backbone.layers, qm.layers, calib.scales):
         fp, q = layer.mixer, qlayer.mixer
         sc = {k: torch.tensor(v) for k, v in s.items()}
         qlayer.norm.norm.weight.copy_(layer.norm.weight.float())
-        qlayer.norm.out_scale.copy_(sc["norm"])
-
-        def lin(qlin, weight, in_s, out_s, bias=None):
-            w_q, w_s = quantize_weight(weight, g)
-            qlin.load_float(w_q, w_s, in_s, out_s, None if bias is None else bias.float())
-
-        lin(q.in_proj, fp.in_proj.weight, sc["norm"], sc["xz"], fp.in_proj.bias)
-        w_q, w_s = quantize_weight(fp.conv1d.weight.reshape(cfg.d_inner, cfg.d_conv), g)
-        q.conv1d.weight.copy_(w_q)
-        q.conv1d.weight_scale.copy_(w_s)
-        bias = fp.conv1d.bias if fp.conv1d.bias is not None else torch.zeros(cfg.d_inner)
-        b_s = scale_from_amax(bias.abs().max())
-        q.conv1d.bias.copy_(quantize(bias, b_s))
-        q.conv1d.bias_scale.copy_(b_s)
-        q.conv1d.in_scale.copy_(sc["xz"])
-        q.conv1d.out_scale.copy_(sc["u"])
-        lin(q.x_proj, fp.x_proj.weight, sc["u"], sc["dbc"])
-        lin(q.dt_proj, fp.dt_proj.weight, sc["dbc"], sc["delta"])  # bias moves into the scan
+        w_out = fp.out_proj.weight.float() if M is None else fp.out_proj.weight.float() @ M.T  # (y·Mᵀ)(W·Mᵀ)ᵀ = y·Wᵀ
+        # (int8 layer, fp weight, fp bias, input scale, output scale); dt_proj's bias moves into the scan
+        for qlin, weight, bias, s_in, s_out in ((q.in_proj, fp.in_proj.weight, fp.in_proj.bias, "norm", "xz"),
+                                                (q.x_proj, fp.x_proj.weight, None, "u", "dbc"),
+                                                (q.dt_proj, fp.dt_proj.weight, None, "dbc", "delta"),
+                                                (q.out_proj, w_out, fp.out_proj.bias, "y", None)):
+            qlin.load_float(*quantize_weight(weight, g), sc[s_in], sc.get(s_out), bias)  # bias: copied into fp32
+        _load_int8(q.conv1d, "weight", fp.conv1d.weight.reshape(cfg.d_inner, cfg.d_conv), g)
+        _load_int8(q.conv1d, "bias", fp.conv1d.bias if fp.conv1d.bias is not None else torch.zeros(cfg.d_inner))
         for name, tensor in (("A_log", fp.A_log), ("D", fp.D), ("delta_bias", fp.dt_proj.bias)):
-            t_s = scale_from_amax(tensor.detach().abs().max())
-            getattr(q.scan, name).copy_(quantize(tensor.detach(), t_s))
-            getattr(q.scan, f"{name}_scale").copy_(t_s)
-        q.scan.u_scale.copy_(sc["u"])
-        q.scan.delta_scale.copy_(sc["delta"])
-        q.scan.dbc_scale.copy_(sc["dbc"])
-        q.scan.z_scale.copy_(sc["xz"])
-        q.rotate.out_scale.copy_(sc["y"])
-        w_out = fp.out_proj.weight.float()
-        if M is not None:
-            w_out = w_out @ M.T  # W·Mᵀ, so that (y·Mᵀ)(W·Mᵀ)ᵀ = y·Wᵀ
-        lin(q.out_proj, w_out, sc["y"], None, fp.out_proj.bias)
+            _load_int8(q.scan, name, tensor)
+        for module, buffer, point in ((qlayer.norm, "out_scale", "norm"), (q.conv1d, "in_scale", "xz"),
+                                      (q.conv1d, "out_scale", "u"), (q.scan, "u_scale", "u"),
+                                      (q.scan, "delta_scale", "delta"), (q.scan, "dbc_scale", "dbc"),
+                                      (q.scan, "z_scale", "xz"), (q.rotate, "out_scale", "y")):
+            getattr(module, buffer).copy_(sc[point])
     return qm.eval()
 
 
 def calibrate(
     model: MambaLM, batches: Iterable[Tensor], recipe: Quamba | Fp,
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None, observe_on: MambaLM | None = None,
 ) -> tuple[QuantizedMambaLM | MambaLM, CalibrationResult | None]:
     """The Quamba handler: calibrate on `batches` (token ids (b, l)) and build the quantized model (an `Fp`
-    config returns the model itself, uncalibrated)."""
+    config returns the model itself, uncalibrated). `observe_on`: a copy of `model` on another device or in
+    another dtype that runs the calibration passes (calibrate --device/--dtype); weights come from `model`."""
     if not recipe.quantize:
         return model, None
-    calib = observe_activations(model, batches, recipe, on_batch)
+    calib = observe_activations(model if observe_on is None else observe_on, batches, recipe, on_batch)
     return build_quantized(model, calib, recipe), calib

@@ -1,10 +1,10 @@
-"""Recipes are data (torchao's `quantize_(model, config)` shape): a small frozen config per handler, carrying
-only the switches that mean something to it; `quant.quantize.quantize(model, config, batches)` applies it.
+"""Recipes are data (torchao's `quantize_(model, config)` shape): a small frozen config per handler, with only
+the switches that mean something to it; `quant.quantize.quantize(model, config, batches)` applies it.
 
 - `Fp`: no quantization (the reference).
 - `Quamba` (Mamba): W8A8 at every Quamba quantization point of DESIGN.md. The paper's recipe clips the SSM
-  input u at the α-percentile and Hadamard-rotates the scan output before out_proj; with both switched off
-  it is the naive W8A8 baseline (abs-max scales everywhere, no rotation), labelled `naive`.
+  input u at the α-percentile and Hadamard-rotates the scan output before out_proj; with both off it is the
+  naive W8A8 baseline (abs-max scales everywhere, no rotation), labelled `naive`.
 - `StaticW8A8` (set models, keyword spotters): static per-tensor W8A8 of every Linear and Conv1d layer,
   abs-max scales (Quamba's clip and rotation belong to Mamba's SSM; labelled `naive` as before).
 
@@ -27,14 +27,22 @@ GRANULARITIES = ("tensor", "channel")
 class Fp:
     kind: ClassVar[str] = "fp"
     quantize: ClassVar[bool] = False
+    label: ClassVar[str] = "fp"
 
-    @property
-    def label(self) -> str:
-        return "fp"
+
+class _W8A8:
+    """The weight granularity both W8A8 configs carry: checked when built, a label suffix unless `tensor`."""
+
+    def __post_init__(self) -> None:
+        if self.weight_granularity not in GRANULARITIES:
+            raise QuambaEdgeError(f"weight granularity must be 'tensor' or 'channel', not {self.weight_granularity!r}")
+
+    def _suffixes(self) -> list[str]:
+        return [self.weight_granularity] if self.weight_granularity != "tensor" else []
 
 
 @dataclass(frozen=True)
-class Quamba:
+class Quamba(_W8A8):
     """percentile: quantile of |u| for the SSM input scale (None: abs-max); hadamard: rotate the scan output;
     weight_granularity: tensor | channel; int8_head: the tied lm_head int8 too (not in the paper, whose head
     stays fp16: per-channel weights and a static input scale; on a CPU the fp32 head is most of the bytes a
@@ -47,9 +55,6 @@ class Quamba:
     weight_granularity: str = "tensor"
     int8_head: bool = False
 
-    def __post_init__(self) -> None:
-        _check_granularity(self.weight_granularity)
-
     @property
     def label(self) -> str:
         """`quamba`, `quamba-no-hadamard`, `naive-channel`, `quamba-int8-head`, ..."""
@@ -61,11 +66,11 @@ class Quamba:
                 parts.append("no-percentile")
             elif self.percentile != DEFAULT_PERCENTILE:
                 parts.append(f"p{self.percentile}")
-        return "-".join(parts + _common_suffixes(self.weight_granularity) + (["int8-head"] if self.int8_head else []))
+        return "-".join(parts + self._suffixes() + (["int8-head"] if self.int8_head else []))
 
 
 @dataclass(frozen=True)
-class StaticW8A8:
+class StaticW8A8(_W8A8):
     """weight_granularity: tensor | channel; int8_conv_features: a wav2vec 2.0 conv feature encoder int8 too.
 
     Why that is off by default: its activations are sparse in time (a channel fires on a few frames, at
@@ -79,9 +84,6 @@ class StaticW8A8:
     weight_granularity: str = "tensor"
     int8_conv_features: bool = False
 
-    def __post_init__(self) -> None:
-        _check_granularity(self.weight_granularity)
-
     @property
     def skip(self) -> tuple[str, ...]:
         """Module names whose layers stay float."""
@@ -89,22 +91,12 @@ class StaticW8A8:
 
     @property
     def label(self) -> str:
-        return "-".join(["naive", *_common_suffixes(self.weight_granularity)]
-                        + (["int8-conv"] if self.int8_conv_features else []))
+        return "-".join(["naive", *self._suffixes()] + (["int8-conv"] if self.int8_conv_features else []))
 
 
 Recipe = Fp | Quamba | StaticW8A8
 KINDS: dict[str, type] = {c.kind: c for c in (Fp, Quamba, StaticW8A8)}
 NAMES = ("fp", "naive", "quamba")  # what `--recipe` takes; each family says what a name means for it
-
-
-def _check_granularity(value: str) -> None:
-    if value not in GRANULARITIES:
-        raise QuambaEdgeError(f"weight granularity must be 'tensor' or 'channel', not {value!r}")
-
-
-def _common_suffixes(weight_granularity: str) -> list[str]:
-    return [weight_granularity] if weight_granularity != "tensor" else []
 
 
 def to_dict(recipe: Recipe) -> dict:
@@ -138,9 +130,8 @@ def make_recipe(name: str, *, hadamard: bool = True, percentile_clip: bool = Tru
     check_name(name)
     if name == "fp":
         return Fp()
-    if name == "naive":
-        return Quamba(percentile=None, hadamard=False, weight_granularity=weight_granularity, int8_head=int8_head)
-    return Quamba(percentile=percentile if percentile_clip else None, hadamard=hadamard,
+    quamba = name == "quamba"  # naive: abs-max scales, no rotation
+    return Quamba(percentile=percentile if quamba and percentile_clip else None, hadamard=quamba and hadamard,
                   weight_granularity=weight_granularity, int8_head=int8_head)
 
 
@@ -148,6 +139,5 @@ def make_static(name: str, *, weight_granularity: str = "tensor", int8_conv_feat
                 **_ignored) -> Fp | StaticW8A8:
     """What a recipe name means for the one-graph families: fp stays fp; naive and quamba are static W8A8."""
     check_name(name)
-    if name == "fp":
-        return Fp()
-    return StaticW8A8(weight_granularity=weight_granularity, int8_conv_features=int8_conv_features)
+    return Fp() if name == "fp" else StaticW8A8(weight_granularity=weight_granularity,
+                                                int8_conv_features=int8_conv_features)

@@ -2,23 +2,23 @@
 spotters): every covered layer reads an int8 activation with a calibrated per-tensor scale and an int8
 weight (per tensor or per output channel), accumulates exactly in int32 and returns float. Softmax,
 GroupNorm/LayerNorm, GELU, the pooling and the residual stream stay float (DESIGN.md, "Model families").
-
-Calibration runs the fp model on calibration batches and records, per covered layer, the largest |input|
-(abs-max); scale = amax / 127.
+Calibration: scale = amax / 127, amax the largest |input| a layer sees on the fp model's calibration batches.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.models.wav2vec2 import PositionalConv
 from quamba_edge.quant.int8 import QLinear, int8_matmul, quantize, quantize_weight, scale_from_amax
-from quamba_edge.quant.observers import input_amax
+from quamba_edge.quant.observers import AbsMaxObserver
 from quamba_edge.quant.recipes import StaticW8A8
 
 
@@ -47,13 +47,14 @@ class QuantizedConv1d(nn.Module):
         self.register_buffer("in_scale", torch.zeros(()))
         self.register_buffer("bias", torch.zeros(c_out) if bias else None)
 
+    load_float = QLinear.load_float  # the same buffers: weight, weight_scale, in_scale, bias
+
     def forward(self, x: Tensor) -> Tensor:
         q = quantize(x, self.in_scale)
         if self.padding:
             q = F.pad(q, (self.padding, self.padding))
-        b = q.shape[0]
         windows = q.unfold(2, self.kernel, self.stride)  # (b, c_in, t', k)
-        t = windows.shape[2]
+        b, _, t, _ = windows.shape
         g, cg, og = self.groups, self.c_in // self.groups, self.c_out // self.groups
         windows = windows.permute(0, 2, 1, 3).reshape(b * t, g, cg * self.kernel)
         weight = self.weight.reshape(g, og, cg * self.kernel)
@@ -69,8 +70,7 @@ class QuantizedPositionalConv(nn.Module):
 
     def __init__(self, pos: PositionalConv, granularity: str):
         super().__init__()
-        d = pos.bias.shape[0]
-        self.kernel = pos.kernel
+        d, self.kernel = pos.bias.shape[0], pos.kernel
         self.conv = QuantizedConv1d(d, d, pos.kernel, padding=pos.kernel // 2, groups=pos.groups, bias=True,
                                     granularity=granularity)
 
@@ -93,51 +93,58 @@ def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, (QuantizedLinear, QuantizedConv1d)) for m in model.modules())
 
 
-def _int8_twin(layer: nn.Module, granularity: str) -> nn.Module:
-    if isinstance(layer, nn.Linear):
-        return QuantizedLinear(QLinear(layer.in_features, layer.out_features, granularity=granularity,
-                                       bias=layer.bias is not None, int8_output=False))
-    if isinstance(layer, nn.Conv1d):
-        return QuantizedConv1d(layer.in_channels, layer.out_channels, layer.kernel_size[0], stride=layer.stride[0],
-                               padding=layer.padding[0], groups=layer.groups, bias=layer.bias is not None,
-                               granularity=granularity)
-    return QuantizedPositionalConv(layer, granularity)
-
-
 def structure(model: nn.Module, config: StaticW8A8) -> nn.Module:
     """A copy of `model` with every covered layer replaced by its (unfilled) int8 twin: what `quantize_static`
     fills and what an artifact's weights load into."""
-    qmodel = copy.deepcopy(model)
+    qmodel, g = copy.deepcopy(model), config.weight_granularity
     for name, layer in targets(qmodel, config.skip).items():
-        parent_name, _, attr = name.rpartition(".")
-        parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
-        setattr(parent, attr, _int8_twin(layer, config.weight_granularity))
+        if isinstance(layer, nn.Linear):
+            twin = QuantizedLinear(QLinear(layer.in_features, layer.out_features, granularity=g,
+                                           bias=layer.bias is not None, int8_output=False))
+        elif isinstance(layer, nn.Conv1d):
+            twin = QuantizedConv1d(layer.in_channels, layer.out_channels, layer.kernel_size[0], stride=layer.stride[0],
+                                   padding=layer.padding[0], groups=layer.groups, bias=layer.bias is not None,
+                                   granularity=g)
+        else:
+            twin = QuantizedPositionalConv(layer, g)
+        parent, _, attr = name.rpartition(".")
+        setattr(qmodel.get_submodule(parent), attr, twin)
     return qmodel.eval()
 
 
 @torch.no_grad()
-def quantize_static(model: nn.Module, batches: Iterable[tuple], config: StaticW8A8, data: str = "batches"
-                    ) -> tuple[nn.Module, dict[str, float]]:
+def quantize_static(model: nn.Module, batches: Iterable[tuple], config: StaticW8A8, data: str = "batches",
+                    on_batch: Callable[[int], None] | None = None) -> tuple[nn.Module, dict[str, float]]:
     """A W8A8 copy of `model`, calibrated on `batches` (each a tuple of the model's forward arguments:
-    (sets, mask) for a set model, (audio,) for a keyword spotter; `data` names them in errors). Returns it
-    and each layer's input amax. Raises QuambaEdgeError for no batches, or NaN/inf in a layer's input."""
+    (sets, mask) for a set model, (audio,) for a keyword spotter; `data` names them in errors; on_batch(n) after
+    each batch of n). Returns it and each layer's input amax (the largest |input| it saw). Raises
+    QuambaEdgeError for no batches, or NaN/inf in a layer's input."""
     model = model.eval()
     layers = targets(model, config.skip)
-    amax = input_amax(layers, (model(*batch) for batch in batches), data)
+    observers = {name: AbsMaxObserver() for name in layers}
+    hooks = [layer.register_forward_pre_hook(lambda _m, args, n=name: observers[n].observe(args[0]))
+             for name, layer in layers.items()]
+    seen = 0
+    try:
+        for batch in batches:
+            model(*batch)
+            seen += 1
+            if on_batch:
+                on_batch(len(batch[0]))
+    finally:
+        for h in hooks:
+            h.remove()
+    if not seen:
+        raise QuambaEdgeError(f"calibration got no {data}. Fix: pass at least one batch of calibration {data}.")
+    amax = {name: float(obs.amax) for name, obs in observers.items()}
+    bad = [n for n, a in amax.items() if not math.isfinite(a)]
+    if bad:
+        raise QuambaEdgeError(f"calibration saw NaN/inf at {', '.join(bad[:4])}. Fix: check the calibration {data} "
+                              "(a corrupt or silent input normalises to NaN).")
     qmodel = structure(model, config)
-    granularity = config.weight_granularity
     for name, fp in layers.items():
-        wrapper = qmodel.get_submodule(name)
-        in_scale = scale_from_amax(amax[name])
-        if isinstance(fp, nn.Linear):
-            w_q, w_scale = quantize_weight(fp.weight, granularity)
-            wrapper.q.load_float(w_q, w_scale, in_scale, None, fp.bias)
-            continue
-        conv = wrapper if isinstance(wrapper, QuantizedConv1d) else wrapper.conv
-        w_q, w_scale = quantize_weight(fp.weight.detach(), granularity)
-        conv.weight.copy_(w_q)
-        conv.weight_scale.copy_(w_scale.reshape(conv.weight_scale.shape))
-        conv.in_scale.copy_(in_scale)
-        if fp.bias is not None:
-            conv.bias.copy_(fp.bias.detach())
+        twin = qmodel.get_submodule(name)
+        int8 = twin.q if isinstance(fp, nn.Linear) else twin if isinstance(twin, QuantizedConv1d) else twin.conv
+        w_q, w_scale = quantize_weight(fp.weight, config.weight_granularity)
+        int8.load_float(w_q, w_scale, scale_from_amax(amax[name]), None, fp.bias)
     return qmodel, amax
