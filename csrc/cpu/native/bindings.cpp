@@ -1,0 +1,222 @@
+// Python binding of the native decoder (a pybind11 module built by quamba_edge/native.py through
+// torch.utils.cpp_extension). Tensors come in once, at construction, in the order native.py's `pack`
+// writes them; each step then passes only the token ids, the states (updated in place) and the logits
+// buffer, and runs without the GIL and without allocating.
+#include <torch/extension.h>
+
+#include <string>
+#include <vector>
+
+#include "decoder.h"
+
+namespace quamba_edge {
+namespace native {
+namespace {
+
+// Per-layer tensors, in this order (quamba_edge/native.py: LAYER_TENSORS).
+enum LayerTensor : int {
+  kNormW = 0, kInW, kInScale, kInBias, kXW, kXScale, kDtW, kDtScale, kOutW, kOutScale, kOutBias,
+  kConvW, kConvScale, kConvBias, kALog, kD, kDeltaBias, kScanScales, kHadamardK, kNumLayerTensors
+};
+// Per-layer floats (LAYER_FLOATS).
+enum LayerFloat : int { kNormEps = 0, kNormScale, kInOut, kXOut, kDtOut, kUScale, kYScale, kNumLayerFloats };
+
+void check(const at::Tensor& t, at::ScalarType dtype, int64_t numel, const std::string& name) {
+  TORCH_CHECK(t.device().is_cpu(), "native decoder: ", name, " must be on the CPU");
+  TORCH_CHECK(t.scalar_type() == dtype, "native decoder: ", name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), "native decoder: ", name, " must be contiguous");
+  TORCH_CHECK(numel < 0 || t.numel() == numel, "native decoder: ", name, " has ", t.numel(), " elements, expected ",
+              numel);
+}
+
+template <class T>
+const T* optional_ptr(const at::Tensor& t) {
+  return t.numel() == 0 ? nullptr : t.data_ptr<T>();
+}
+
+class PyDecoder {
+ public:
+  PyDecoder(std::vector<int64_t> dims, at::Tensor embedding, at::Tensor norm_f_weight, double norm_f_eps,
+            const std::string& head, at::Tensor head_weight, at::Tensor head_scale, double head_in_scale,
+            std::vector<std::vector<at::Tensor>> layers, std::vector<std::vector<double>> layer_floats,
+            const std::string& isa) {
+    TORCH_CHECK(dims.size() == 6, "dims: [d_model, d_inner, d_state, d_conv, rank, vocab]");
+    TORCH_CHECK(layers.size() == layer_floats.size() && !layers.empty(), "one tensor list and float list per layer");
+    ModelSpec s;
+    s.d_model = dims[0], s.d_inner = dims[1], s.d_state = dims[2], s.d_conv = dims[3], s.rank = dims[4];
+    s.vocab = dims[5];
+    const int64_t dm = s.d_model, d = s.d_inner, n = s.d_state, r = s.rank;
+    check(embedding, at::kFloat, s.vocab * dm, "embedding (vocab, d_model)");
+    check(norm_f_weight, at::kFloat, dm, "norm_f weight");
+    s.embedding = embedding.data_ptr<float>();
+    s.norm_f_weight = norm_f_weight.data_ptr<float>();
+    s.norm_f_eps = static_cast<float>(norm_f_eps);
+    keep_ = {embedding, norm_f_weight, head_weight, head_scale};
+    if (head == "fp32") {
+      s.head = HeadKind::kF32;
+    } else if (head == "fp16") {
+      s.head = HeadKind::kF16;
+    } else if (head == "bf16") {
+      s.head = HeadKind::kBF16;
+    } else if (head == "int8") {
+      s.head = HeadKind::kInt8;
+      check(head_weight, at::kChar, s.vocab * dm, "int8 head weight (vocab, d_model)");
+      check(head_scale, at::kFloat, s.vocab, "int8 head scale (vocab)");
+      s.int8_head = LinearSpec{head_weight.data_ptr<int8_t>(), s.vocab, dm, head_scale.data_ptr<float>(), nullptr, 0.0f};
+      s.head_in_scale = static_cast<float>(head_in_scale);
+    } else {
+      TORCH_CHECK(false, "native decoder: head must be fp32, fp16, bf16 or int8, not '", head, "'");
+    }
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const auto& t = layers[i];
+      const auto& f = layer_floats[i];
+      const std::string at = "layer " + std::to_string(i) + " ";
+      TORCH_CHECK(t.size() == kNumLayerTensors && f.size() == kNumLayerFloats, at, "has the wrong number of entries");
+      check(t[kNormW], at::kFloat, dm, at + "norm weight");
+      check(t[kInW], at::kChar, 2 * d * dm, at + "in_proj weight");
+      check(t[kXW], at::kChar, (r + 2 * n) * d, at + "x_proj weight");
+      check(t[kDtW], at::kChar, d * r, at + "dt_proj weight");
+      check(t[kOutW], at::kChar, dm * d, at + "out_proj weight");
+      for (auto [k, size] : {std::pair{kInScale, 2 * d}, {kXScale, r + 2 * n}, {kDtScale, d}, {kOutScale, dm}})
+        check(t[k], at::kFloat, size, at + "linear scale");
+      check(t[kInBias], at::kFloat, t[kInBias].numel() ? 2 * d : 0, at + "in_proj bias");
+      check(t[kOutBias], at::kFloat, t[kOutBias].numel() ? dm : 0, at + "out_proj bias");
+      check(t[kConvW], at::kChar, d * s.d_conv, at + "conv weight");
+      check(t[kConvScale], at::kFloat, d, at + "conv scale");
+      check(t[kConvBias], at::kFloat, d, at + "conv bias");
+      check(t[kALog], at::kChar, d * n, at + "A_log");
+      check(t[kD], at::kChar, d, at + "D");
+      check(t[kDeltaBias], at::kChar, d, at + "delta_bias");
+      check(t[kScanScales], at::kFloat, 8, at + "scan scales");
+      check(t[kHadamardK], at::kChar, -1, at + "hadamard_K");
+      LayerSpec L;
+      L.norm_weight = t[kNormW].data_ptr<float>();
+      L.norm_eps = static_cast<float>(f[kNormEps]);
+      L.norm_scale = static_cast<float>(f[kNormScale]);
+      L.in_proj = {t[kInW].data_ptr<int8_t>(), 2 * d, dm, t[kInScale].data_ptr<float>(), optional_ptr<float>(t[kInBias]),
+                   static_cast<float>(f[kInOut])};
+      L.x_proj = {t[kXW].data_ptr<int8_t>(), r + 2 * n, d, t[kXScale].data_ptr<float>(), nullptr,
+                  static_cast<float>(f[kXOut])};
+      L.dt_proj = {t[kDtW].data_ptr<int8_t>(), d, r, t[kDtScale].data_ptr<float>(), nullptr, static_cast<float>(f[kDtOut])};
+      L.out_proj = {t[kOutW].data_ptr<int8_t>(), dm, d, t[kOutScale].data_ptr<float>(), optional_ptr<float>(t[kOutBias]),
+                    0.0f};
+      L.conv_weight = t[kConvW].data_ptr<int8_t>();
+      L.conv_scale = t[kConvScale].data_ptr<float>();
+      L.conv_bias = t[kConvBias].data_ptr<float>();
+      L.u_scale = static_cast<float>(f[kUScale]);
+      L.A_log = t[kALog].data_ptr<int8_t>();
+      L.D = t[kD].data_ptr<int8_t>();
+      L.delta_bias = t[kDeltaBias].data_ptr<int8_t>();
+      std::copy(t[kScanScales].data_ptr<float>(), t[kScanScales].data_ptr<float>() + 8, L.scan_scales);
+      if (t[kHadamardK].numel() > 0) {
+        TORCH_CHECK(t[kHadamardK].dim() == 2 && t[kHadamardK].size(0) == t[kHadamardK].size(1), at,
+                    "hadamard_K must be (K, K)");
+        L.hadamard_K = t[kHadamardK].data_ptr<int8_t>();
+        L.K = t[kHadamardK].size(0);
+      }
+      L.y_scale = static_cast<float>(f[kYScale]);
+      s.layers.push_back(L);
+    }
+    const Isa chosen = isa.empty() ? select_isa() : parse_isa(isa);
+    TORCH_CHECK(isa_supported(chosen), "native decoder: ISA ", isa, " cannot run on this CPU");
+    dec_ = std::make_unique<Decoder>(s, chosen);  // packs (copies) every layer tensor; the embedding stays shared
+    dims_ = dims;
+    n_layer_ = static_cast<int64_t>(layers.size());
+  }
+
+  void step(const at::Tensor& ids, at::Tensor conv_state, at::Tensor ssm_state, at::Tensor logits,
+            const std::vector<std::vector<at::Tensor>>& traces) {
+    const int64_t b = ids.numel();
+    check(ids, at::kLong, -1, "token ids");
+    check_states(b, conv_state, ssm_state, n_layer_);
+    check(logits, at::kFloat, b * dims_[5], "logits (batch, vocab)");
+    std::vector<Trace> tr = make_traces(traces, b);
+    {
+      pybind11::gil_scoped_release nogil;
+      dec_->step(ids.data_ptr<int64_t>(), b, conv_state.data_ptr<int8_t>(), ssm_state.data_ptr<float>(),
+                 logits.data_ptr<float>(), tr.empty() ? nullptr : tr.data());
+    }
+  }
+
+  void layer(int64_t i, at::Tensor h, at::Tensor conv_state, at::Tensor ssm_state,
+             const std::vector<at::Tensor>& trace) {
+    TORCH_CHECK(i >= 0 && i < n_layer_, "native decoder: layer ", i, " out of range");
+    check(h, at::kFloat, -1, "h (batch, d_model)");
+    const int64_t b = h.numel() / dims_[0];
+    check(h, at::kFloat, b * dims_[0], "h (batch, d_model)");
+    check_states(b, conv_state, ssm_state, 1);
+    std::vector<Trace> tr = make_traces(trace.empty() ? std::vector<std::vector<at::Tensor>>{}
+                                                      : std::vector<std::vector<at::Tensor>>{trace}, b);
+    pybind11::gil_scoped_release nogil;
+    dec_->layer(i, h.data_ptr<float>(), b, conv_state.data_ptr<int8_t>(), ssm_state.data_ptr<float>(),
+                tr.empty() ? nullptr : tr.data());
+  }
+
+  void head(const at::Tensor& h, at::Tensor logits) {
+    check(h, at::kFloat, -1, "h (batch, d_model)");
+    const int64_t b = h.numel() / dims_[0];
+    check(h, at::kFloat, b * dims_[0], "h (batch, d_model)");
+    check(logits, at::kFloat, b * dims_[5], "logits (batch, vocab)");
+    pybind11::gil_scoped_release nogil;
+    dec_->head(h.data_ptr<float>(), b, logits.data_ptr<float>());
+  }
+
+  std::string isa() const { return isa_name(dec_->isa()); }
+  int64_t packed_bytes() const { return dec_->packed_bytes(); }
+
+ private:
+  void check_states(int64_t b, const at::Tensor& conv, const at::Tensor& ssm, int64_t layers) const {
+    const int64_t d = dims_[1];
+    check(conv, at::kChar, layers * b * d * (dims_[3] - 1), "conv_state (n_layer, batch, d_inner, d_conv - 1)");
+    check(ssm, at::kFloat, layers * b * d * dims_[2], "ssm_state (n_layer, batch, d_inner, d_state)");
+  }
+
+  // Six int8 tensors per layer: xn (b, d_model), xz (b, 2d), u (b, d), dbc (b, r + 2n), delta (b, d), y (b, d).
+  std::vector<Trace> make_traces(const std::vector<std::vector<at::Tensor>>& traces, int64_t b) const {
+    std::vector<Trace> out;
+    if (traces.empty()) return out;
+    const int64_t dm = dims_[0], d = dims_[1], nx = dims_[4] + 2 * dims_[2];
+    const int64_t widths[6] = {dm, 2 * d, d, nx, d, d};
+    for (const auto& t : traces) {
+      TORCH_CHECK(t.size() == 6, "a trace is six int8 tensors: xn, xz, u, dbc, delta, y");
+      for (int k = 0; k < 6; ++k) check(t[k], at::kChar, b * widths[k], "trace tensor " + std::to_string(k));
+      out.push_back(Trace{t[0].data_ptr<int8_t>(), t[1].data_ptr<int8_t>(), t[2].data_ptr<int8_t>(),
+                          t[3].data_ptr<int8_t>(), t[4].data_ptr<int8_t>(), t[5].data_ptr<int8_t>()});
+    }
+    return out;
+  }
+
+  std::unique_ptr<Decoder> dec_;
+  std::vector<at::Tensor> keep_;  // the embedding (read in place by the fp32 head) and the head tensors
+  std::vector<int64_t> dims_;
+  int64_t n_layer_ = 0;
+};
+
+std::vector<std::string> supported() {
+  std::vector<std::string> out;
+  for (Isa i : supported_isas()) out.emplace_back(isa_name(i));
+  return out;
+}
+
+}  // namespace
+}  // namespace native
+}  // namespace quamba_edge
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using quamba_edge::native::PyDecoder;
+  namespace nat = quamba_edge::native;
+  m.doc() = "quamba-edge native CPU decoder (csrc/cpu/native)";
+  pybind11::class_<PyDecoder>(m, "Decoder")
+      .def(pybind11::init<std::vector<int64_t>, at::Tensor, at::Tensor, double, const std::string&, at::Tensor,
+                          at::Tensor, double, std::vector<std::vector<at::Tensor>>, std::vector<std::vector<double>>,
+                          const std::string&>())
+      .def("step", &PyDecoder::step)
+      .def("layer", &PyDecoder::layer)
+      .def("head", &PyDecoder::head)
+      .def_property_readonly("isa", &PyDecoder::isa)
+      .def_property_readonly("packed_bytes", &PyDecoder::packed_bytes);
+  m.def("supported_isas", &nat::supported, "paths this CPU can run, scalar first");
+  m.def("best_isa", [] { return std::string(nat::isa_name(nat::best_isa())); });
+  m.def("select_isa", [] { return std::string(nat::isa_name(nat::select_isa())); },
+        "QUAMBA_EDGE_ISA if set, else the best path; raises if the forced path cannot run here");
+}

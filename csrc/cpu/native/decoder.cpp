@@ -1,0 +1,340 @@
+// The whole-model decode step (decoder.h). The integer products go through the selected path's kernels
+// (isa.h); everything in float is this file's code, compiled once for the baseline ISA, so every path
+// gives the same int8 intermediates, states and residual stream bit for bit. Compiled without FMA
+// contraction (-ffp-contract=off), so a * b + c rounds twice, as the PyTorch reference's separate ops do.
+#include "decoder.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "quamba_edge/kernel_math.h"
+
+namespace quamba_edge {
+namespace native {
+
+namespace {
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("native decoder: " + what);
+}
+
+// RMSNorm of one row: x * (1 / sqrt(mean(x^2) + eps)) * w, as models/mamba.py's RMSNorm.
+float rms_inverse_of(const float* x, int64_t d, float eps) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < d; ++i) sum += x[i] * x[i];
+  return rms_inverse(sum, static_cast<int>(d), eps);
+}
+
+// One channel block of the scan step: channels [0, d) of one sequence. kN > 0 fixes d_state.
+template <int kN>
+void scan_step(int64_t d, int64_t n_rt, const int8_t* u, const int8_t* delta, const int8_t* dbc, int64_t rank,
+               const int8_t* z, const float* A, const int8_t* D, const int8_t* delta_bias, const float* scales,
+               float* state, float* y) {
+  const int64_t n = kN > 0 ? kN : n_rt;
+  alignas(64) float Bf[kN > 0 ? kN : kMaxDState], Cf[kN > 0 ? kN : kMaxDState];
+  for (int64_t k = 0; k < n; ++k) {
+    Bf[k] = dequantize_int8(dbc[rank + k], scales[kScaleB]);
+    Cf[k] = dequantize_int8(dbc[rank + n + k], scales[kScaleC]);
+  }
+  for (int64_t c = 0; c < d; ++c) {
+    const float dt = scan_delta(delta[c], delta_bias[c], scales);
+    const float ut = dequantize_int8(u[c], scales[kScaleU]);
+    const float dt_u = dt * ut;
+    float* __restrict h = state + c * n;
+    const float* __restrict Ac = A + c * n;
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) h[k] = scan_state_update(h[k], dt, Ac[k], dt_u, Bf[k]);
+    float h_dot_C = 0.0f;
+#pragma omp simd reduction(+ : h_dot_C)
+    for (int64_t k = 0; k < n; ++k) h_dot_C += h[k] * Cf[k];
+    y[c] = scan_output(h_dot_C, ut, D[c], z[c], scales);
+  }
+}
+
+// y Mᵀ with M = (H_K ⊗ H_m) / sqrt(n), then int8: csrc/cpu/ops_cpu.cpp's hadamard_quantize for one row.
+void hadamard_quantize_row(const float* y, int64_t n, const int8_t* H, int64_t K, float scale, float* X,
+                           int8_t* out) {
+  const int64_t m = n / K;
+  const float root_n = sqrtf(static_cast<float>(n));
+  std::copy(y, y + n, X);
+  for (int64_t h = 1; h < m; h *= 2)
+    for (int64_t blk = 0; blk < K; ++blk)
+      for (int64_t i = 0; i < m; i += 2 * h)
+        for (int64_t j = i; j < i + h; ++j) butterfly(X[blk * m + j], X[blk * m + j + h]);
+  for (int64_t row = 0; row < K; ++row)
+    for (int64_t j = 0; j < m; ++j) {
+      float acc = 0.0f;
+      for (int64_t col = 0; col < K; ++col) acc += static_cast<float>(H[row * K + col]) * X[col * m + j];
+      out[row * m + j] = quantize_int8(acc / root_n, scale);
+    }
+}
+
+void copy_trace(int8_t* dst, const int8_t* src, int64_t batch, int64_t width, int64_t src_stride) {
+  if (dst == nullptr) return;
+  for (int64_t b = 0; b < batch; ++b) std::copy(src + b * src_stride, src + b * src_stride + width, dst + b * width);
+}
+
+}  // namespace
+
+Decoder::Linear Decoder::pack(const LinearSpec& s, int64_t chunk) {
+  require(s.weight != nullptr && s.scale != nullptr && s.n > 0 && s.k > 0, "a linear layer is missing");
+  Linear l;
+  l.n = s.n;
+  l.k = s.k;
+  l.n_pad = pad_n(s.n);
+  l.k_pad = pad_k(s.k);
+  l.w = Buffer<int8_t>(l.n_pad * l.k_pad);
+  pack_s8(s.weight, s.n, s.k, chunk, l.w.data());
+  l.row_sum = Buffer<int32_t>(l.n_pad);
+  for (int64_t j = 0; j < l.n; ++j) {
+    int32_t sum = 0;
+    for (int64_t i = 0; i < l.k; ++i) sum += s.weight[j * l.k + i];
+    l.row_sum[j] = sum;
+  }
+  l.scale.assign(s.scale, s.scale + s.n);
+  if (s.bias != nullptr) l.bias.assign(s.bias, s.bias + s.n);
+  l.out_scale = s.out_scale;
+  return l;
+}
+
+Decoder::Decoder(const ModelSpec& spec, Isa isa)
+    : kernels_(kernels(isa)),
+      d_model_(spec.d_model),
+      d_inner_(spec.d_inner),
+      d_state_(spec.d_state),
+      d_conv_(spec.d_conv),
+      rank_(spec.rank),
+      vocab_(spec.vocab),
+      embedding_(spec.embedding),
+      norm_f_eps_(spec.norm_f_eps),
+      head_kind_(spec.head),
+      head_in_scale_(spec.head_in_scale) {
+  require(d_model_ > 0 && d_inner_ > 0 && d_state_ > 0 && d_conv_ >= 2 && rank_ > 0 && vocab_ > 0,
+          "every dimension must be positive and d_conv >= 2");
+  require(d_state_ <= kMaxDState, "d_state above kMaxDState");
+  require(embedding_ != nullptr && spec.norm_f_weight != nullptr, "embedding and norm_f weight are required");
+  norm_f_weight_.assign(spec.norm_f_weight, spec.norm_f_weight + d_model_);
+  const int64_t d = d_inner_, n = d_state_;
+  for (const LayerSpec& s : spec.layers) {
+    Layer L;
+    require(s.norm_weight != nullptr, "layer norm weight missing");
+    L.norm_weight.assign(s.norm_weight, s.norm_weight + d_model_);
+    L.norm_eps = s.norm_eps;
+    L.norm_scale = s.norm_scale;
+    require(s.in_proj.n == 2 * d && s.in_proj.k == d_model_ && s.in_proj.out_scale > 0, "in_proj is not (2d, d_model) int8-out");
+    require(s.x_proj.n == rank_ + 2 * n && s.x_proj.k == d && s.x_proj.out_scale > 0, "x_proj is not (r + 2n, d) int8-out");
+    require(s.dt_proj.n == d && s.dt_proj.k == rank_ && s.dt_proj.out_scale > 0, "dt_proj is not (d, r) int8-out");
+    require(s.out_proj.n == d_model_ && s.out_proj.k == d && s.out_proj.out_scale == 0, "out_proj is not (d_model, d) fp32-out");
+    L.in_proj = pack(s.in_proj, kernels_.chunk);
+    L.x_proj = pack(s.x_proj, kernels_.chunk);
+    L.dt_proj = pack(s.dt_proj, kernels_.chunk);
+    L.out_proj = pack(s.out_proj, kernels_.chunk);
+    require(s.conv_weight && s.conv_scale && s.conv_bias && s.A_log && s.D && s.delta_bias, "conv or scan tensors missing");
+    L.conv_weight.assign(s.conv_weight, s.conv_weight + d * d_conv_);
+    L.conv_scale.assign(s.conv_scale, s.conv_scale + d);
+    L.conv_bias.assign(s.conv_bias, s.conv_bias + d);
+    L.u_scale = s.u_scale;
+    std::copy(s.scan_scales, s.scan_scales + kNumScanScales, L.scan_scales);
+    L.A = Buffer<float>(d * n);
+    for (int64_t i = 0; i < d * n; ++i) L.A[i] = scan_A(s.A_log[i], L.scan_scales);
+    L.D.assign(s.D, s.D + d);
+    L.delta_bias.assign(s.delta_bias, s.delta_bias + d);
+    L.K = s.hadamard_K != nullptr ? s.K : 0;
+    if (L.K > 0) {
+      require(d % L.K == 0 && is_power_of_two(d / L.K), "d_inner is not K * 2^k for the given H_K");
+      L.hadamard_K.assign(s.hadamard_K, s.hadamard_K + L.K * L.K);
+    }
+    L.y_scale = s.y_scale;
+    layers_.push_back(std::move(L));
+  }
+  require(!layers_.empty(), "no layers");
+  if (head_kind_ == HeadKind::kF16 || head_kind_ == HeadKind::kBF16) {
+    std::vector<uint16_t> converted(vocab_ * d_model_);
+    const bool half = head_kind_ == HeadKind::kF16;
+    for (int64_t i = 0; i < vocab_ * d_model_; ++i)
+      converted[i] = half ? float_to_half(embedding_[i]) : float_to_bf16(embedding_[i]);
+    head16_ = Buffer<uint16_t>(pad_n(vocab_) * pad8(d_model_));
+    pack_16(converted.data(), vocab_, d_model_, head16_.data());
+  } else if (head_kind_ == HeadKind::kInt8) {
+    require(spec.int8_head.n == vocab_ && spec.int8_head.k == d_model_ && spec.int8_head.out_scale == 0,
+            "int8 head is not (vocab, d_model) fp32-out");
+    head8_ = pack(spec.int8_head, kernels_.chunk);
+  }
+  ensure_batch(1);
+}
+
+int64_t Decoder::packed_bytes() const {
+  auto lin = [](const Linear& l) { return l.n_pad * l.k_pad + 4 * l.n * (2 + (l.bias.empty() ? 0 : 1)); };
+  int64_t total = head16_.size() * 2 + (head8_.n ? lin(head8_) : 0);
+  for (const Layer& L : layers_)
+    total += lin(L.in_proj) + lin(L.x_proj) + lin(L.dt_proj) + lin(L.out_proj) + L.A.size() * 4 +
+             static_cast<int64_t>(L.conv_weight.size()) + 8 * d_inner_;
+  return total;
+}
+
+void Decoder::ensure_batch(int64_t batch) {
+  if (batch <= batch_) return;
+  const int64_t d = d_inner_;
+  const Layer& L = layers_.front();
+  xn_ = Buffer<int8_t>(batch * L.in_proj.k_pad);
+  u_ = Buffer<int8_t>(batch * L.x_proj.k_pad);
+  dt_ = Buffer<int8_t>(batch * L.dt_proj.k_pad);
+  yq_ = Buffer<int8_t>(batch * L.out_proj.k_pad);
+  hq_ = Buffer<int8_t>(batch * pad_k(d_model_));
+  xz_ = Buffer<int8_t>(batch * 2 * d);
+  dbc_ = Buffer<int8_t>(batch * L.x_proj.n);
+  delta_ = Buffer<int8_t>(batch * d);
+  const int64_t widest = std::max({L.in_proj.n_pad, L.out_proj.n_pad, L.x_proj.n_pad, L.dt_proj.n_pad,
+                                   head_kind_ == HeadKind::kInt8 ? head8_.n_pad : 0});
+  acc_ = Buffer<int32_t>(widest);
+  y_ = Buffer<float>(batch * d);
+  rot_ = Buffer<float>(d);
+  h_ = Buffer<float>(batch * d_model_);
+  normed_ = Buffer<float>(batch * pad8(d_model_));  // rows zero-padded for the 16-bit head
+  head_out_ = Buffer<float>(pad_n(vocab_));
+  const int64_t widest_k = std::max({L.in_proj.k_pad, L.x_proj.k_pad, L.dt_proj.k_pad, L.out_proj.k_pad,
+                                     pad_k(d_model_)});
+  gemv_scratch_ = Buffer<uint8_t>(2 * widest_k);
+  batch_ = batch;
+}
+
+void Decoder::gemv(const Linear& l, const int8_t* x, int32_t* acc) {
+  kernels_.gemv_s8(l.w.data(), l.row_sum.data(), l.n_pad, l.k_pad, x, gemv_scratch_.data(), acc);
+}
+
+void Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state, float* ssm_state, const Trace* trace) {
+  require(i >= 0 && i < n_layer(), "layer index out of range");
+  ensure_batch(batch);
+  Layer& L = layers_[i];
+  const int64_t d = d_inner_, n = d_state_, k = d_conv_, dm = d_model_;
+  const int64_t nx = L.x_proj.n;
+  int32_t* acc = acc_.data();
+  for (int64_t b = 0; b < batch; ++b) {
+    float* hb = h + b * dm;
+    // RMSNorm + quantize -> xn
+    int8_t* xn = xn_.data() + b * L.in_proj.k_pad;
+    const float inv = rms_inverse_of(hb, dm, L.norm_eps);
+    for (int64_t c = 0; c < dm; ++c) xn[c] = rmsnorm_element(hb[c], inv, L.norm_weight[c], L.norm_scale);
+    // in_proj -> xz (x and z share one scale)
+    int8_t* xz = xz_.data() + b * 2 * d;
+    gemv(L.in_proj, xn, acc);
+    const Linear& ip = L.in_proj;
+    if (ip.bias.empty()) {
+      for (int64_t j = 0; j < ip.n; ++j) xz[j] = quantize_int8(static_cast<float>(acc[j]) * ip.scale[j], ip.out_scale);
+    } else {
+      for (int64_t j = 0; j < ip.n; ++j)
+        xz[j] = quantize_int8(static_cast<float>(acc[j]) * ip.scale[j] + ip.bias[j], ip.out_scale);
+    }
+    // causal conv step + SiLU + requantize -> u; the state (d, k-1) shifts in place
+    int8_t* u = u_.data() + b * L.x_proj.k_pad;
+    int8_t* cs = conv_state + b * d * (k - 1);
+    for (int64_t c = 0; c < d; ++c) {
+      int8_t* st = cs + c * (k - 1);
+      const int8_t* w = L.conv_weight.data() + c * k;
+      int32_t a = 0;
+      for (int64_t j = 0; j < k - 1; ++j) a += int32_t(w[j]) * int32_t(st[j]);
+      a += int32_t(w[k - 1]) * int32_t(xz[c]);
+      u[c] = conv_silu_quantize(a, L.conv_scale[c], L.conv_bias[c], L.u_scale);
+      for (int64_t j = 0; j + 1 < k - 1; ++j) st[j] = st[j + 1];
+      st[k - 2] = xz[c];
+    }
+    // x_proj -> dt, B, C (one scale)
+    int8_t* dbc = dbc_.data() + b * nx;
+    gemv(L.x_proj, u, acc);
+    for (int64_t j = 0; j < nx; ++j)
+      dbc[j] = quantize_int8(static_cast<float>(acc[j]) * L.x_proj.scale[j], L.x_proj.out_scale);
+    // dt_proj (no bias: it moved into the scan) -> delta
+    int8_t* dt = dt_.data() + b * L.dt_proj.k_pad;
+    std::copy(dbc, dbc + rank_, dt);
+    int8_t* delta = delta_.data() + b * d;
+    gemv(L.dt_proj, dt, acc);
+    for (int64_t j = 0; j < d; ++j)
+      delta[j] = quantize_int8(static_cast<float>(acc[j]) * L.dt_proj.scale[j], L.dt_proj.out_scale);
+    // the scan step of every channel, gated by SiLU(z); the state (d, n) in place
+    float* y = y_.data() + b * d;
+    const auto scan = n == 16 ? scan_step<16> : scan_step<0>;
+    scan(d, n, u, delta, dbc, rank_, xz + d, L.A.data(), L.D.data(), L.delta_bias.data(), L.scan_scales,
+         ssm_state + b * d * n, y);
+    // Hadamard + quantize -> yq
+    int8_t* yq = yq_.data() + b * L.out_proj.k_pad;
+    if (L.K > 0) {
+      hadamard_quantize_row(y, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq);
+    } else {
+      for (int64_t c = 0; c < d; ++c) yq[c] = quantize_int8(y[c], L.y_scale);
+    }
+    // out_proj (fp32 out) + residual
+    gemv(L.out_proj, yq, acc);
+    const Linear& op = L.out_proj;
+    for (int64_t j = 0; j < dm; ++j) {
+      float o = static_cast<float>(acc[j]) * op.scale[j];
+      if (!op.bias.empty()) o = o + op.bias[j];
+      hb[j] = hb[j] + o;
+    }
+  }
+  if (trace != nullptr) {
+    copy_trace(trace->xn, xn_.data(), batch, dm, L.in_proj.k_pad);
+    copy_trace(trace->xz, xz_.data(), batch, 2 * d, 2 * d);
+    copy_trace(trace->u, u_.data(), batch, d, L.x_proj.k_pad);
+    copy_trace(trace->dbc, dbc_.data(), batch, nx, nx);
+    copy_trace(trace->delta, delta_.data(), batch, d, d);
+    copy_trace(trace->y, yq_.data(), batch, d, L.out_proj.k_pad);
+  }
+}
+
+void Decoder::head(const float* h, int64_t batch, float* logits) {
+  ensure_batch(batch);
+  const int64_t dm = d_model_, dm8 = pad8(dm), vocab_pad = pad_n(vocab_);
+  for (int64_t b = 0; b < batch; ++b) {
+    const float* hb = h + b * dm;
+    float* x = normed_.data() + b * dm8;
+    const float inv = rms_inverse_of(hb, dm, norm_f_eps_);
+    for (int64_t c = 0; c < dm; ++c) x[c] = hb[c] * inv * norm_f_weight_[c];
+    float* out = logits + b * vocab_;
+    // the packed heads write vocab_pad outputs: straight into the logits when that is the vocabulary
+    float* padded_out = vocab_pad == vocab_ ? out : head_out_.data();
+    switch (head_kind_) {
+      case HeadKind::kF32:
+        kernels_.gemv_f32(embedding_, vocab_, dm, x, out);
+        break;
+      case HeadKind::kF16:
+        kernels_.gemv_f16(head16_.data(), vocab_pad, dm8, x, padded_out);
+        break;
+      case HeadKind::kBF16:
+        kernels_.gemv_bf16(head16_.data(), vocab_pad, dm8, x, padded_out);
+        break;
+      case HeadKind::kInt8: {
+        int8_t* xq = hq_.data() + b * pad_k(dm);
+        for (int64_t c = 0; c < dm; ++c) xq[c] = quantize_int8(x[c], head_in_scale_);
+        int32_t* acc = acc_.data();
+        gemv(head8_, xq, acc);
+        for (int64_t j = 0; j < vocab_; ++j) out[j] = static_cast<float>(acc[j]) * head8_.scale[j];
+        break;
+      }
+    }
+    if ((head_kind_ == HeadKind::kF16 || head_kind_ == HeadKind::kBF16) && padded_out != out)
+      std::copy(padded_out, padded_out + vocab_, out);
+  }
+}
+
+void Decoder::step(const int64_t* ids, int64_t batch, int8_t* conv_state, float* ssm_state, float* logits,
+                   const Trace* traces) {
+  ensure_batch(batch);
+  const int64_t dm = d_model_;
+  float* h = h_.data();
+  for (int64_t b = 0; b < batch; ++b) {
+    if (ids[b] < 0 || ids[b] >= vocab_)
+      throw std::invalid_argument("native decoder: token id " + std::to_string(ids[b]) + " outside the vocabulary");
+    std::copy(embedding_ + ids[b] * dm, embedding_ + (ids[b] + 1) * dm, h + b * dm);
+  }
+  const int64_t conv_stride = batch * d_inner_ * (d_conv_ - 1), ssm_stride = batch * d_inner_ * d_state_;
+  for (int64_t i = 0; i < n_layer(); ++i)
+    layer(i, h, batch, conv_state + i * conv_stride, ssm_state + i * ssm_stride,
+          traces != nullptr ? traces + i : nullptr);
+  head(h, batch, logits);
+}
+
+}  // namespace native
+}  // namespace quamba_edge

@@ -1,0 +1,168 @@
+// The native CPU decode step of a Quamba W8A8 Mamba-1 LM: one call runs one token of every sequence in the
+// batch through the whole model (embedding row, every layer, final norm and head), with weights packed once
+// at construction, states updated in place and no allocation per token. Plain C++ (no torch): the torch
+// binding (bindings.cpp) and the standalone test (test_native.cpp) both drive it.
+//
+// One layer, per sequence (q: int8, s: per-tensor scale; shapes for one sequence; the formulas are
+// kernel_math.h's and quamba_edge/quant/quamba.py's, operation for operation):
+//   xn   (d_model)   = quantize(RMSNorm(h), s_norm)                        fused RMSNorm + quantize
+//   xz   (2 d)       = quantize(int32(W_in xn) * (s_norm s_Win) + b, s_xz)  int8 GEMV + requantize epilogue
+//   u    (d)         = quantize(SiLU(conv(state, x) * s_xz s_wc + bias), s_u); state shifted in place
+//   dbc  (r + 2n)    = quantize(int32(W_x u) * (s_u s_Wx), s_dbc)
+//   delta(d)         = quantize(int32(W_dt dbc[:r]) * (s_dbc s_Wdt), s_delta)
+//   y    (d, fp32)   = scan step of every channel (state (d, n) fp32 in place), gated by SiLU(z)
+//   yq   (d)         = quantize(y Mᵀ, s_y)                                   fused Hadamard + quantize
+//   h   += int32(W_out yq) * (s_y s_Wout) + b                                fp32 residual
+// then logits = head(RMSNorm_f(h)): fp32, fp16 or bf16 weights (fp32 accumulate) or int8 (per-channel).
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "isa.h"
+
+namespace quamba_edge {
+namespace native {
+
+// A 64-byte aligned, zero-initialised array (the packed weights, the per-token scratch).
+template <class T>
+class Buffer {
+ public:
+  Buffer() = default;
+  explicit Buffer(int64_t n) : n_(n) {
+    const size_t bytes = (static_cast<size_t>(n) * sizeof(T) + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, bytes ? bytes : 64);
+    if (p == nullptr) throw std::bad_alloc();
+    std::memset(p, 0, bytes ? bytes : 64);
+    p_.reset(static_cast<T*>(p));
+  }
+  T* data() { return p_.get(); }
+  const T* data() const { return p_.get(); }
+  int64_t size() const { return n_; }
+  T& operator[](int64_t i) { return p_.get()[i]; }
+  const T& operator[](int64_t i) const { return p_.get()[i]; }
+
+ private:
+  struct Free {
+    void operator()(T* p) const { std::free(p); }
+  };
+  std::unique_ptr<T, Free> p_;
+  int64_t n_ = 0;
+};
+
+// Views of the quantized model's tensors (row-major, host memory) handed to the constructor.
+struct LinearSpec {
+  const int8_t* weight = nullptr;  // (n, k) int8
+  int64_t n = 0, k = 0;
+  const float* scale = nullptr;  // (n): in_scale * weight_scale[j], the fp32 product the reference forms
+  const float* bias = nullptr;   // (n) fp32, or nullptr
+  float out_scale = 0.0f;        // > 0: the output is int8 with this scale; 0: the output stays fp32
+};
+
+struct LayerSpec {
+  const float* norm_weight = nullptr;  // (d_model)
+  float norm_eps = 1e-5f, norm_scale = 1.0f;
+  LinearSpec in_proj, x_proj, dt_proj, out_proj;  // (2d, d_model) int8 out; (r + 2n, d) int8; (d, r) int8; (d_model, d) fp32
+  const int8_t* conv_weight = nullptr;  // (d, d_conv)
+  const float* conv_scale = nullptr;    // (d): s_xz * conv weight scale (per channel or repeated)
+  const float* conv_bias = nullptr;     // (d): dequantized conv bias
+  float u_scale = 1.0f;                 // the conv's output scale (Quamba's percentile scale)
+  const int8_t* A_log = nullptr;        // (d, n)
+  const int8_t* D = nullptr;            // (d)
+  const int8_t* delta_bias = nullptr;   // (d)
+  float scan_scales[8] = {};            // kernel_math.h's ScanScale order: u, delta, B, C, z, A_log, D, delta_bias
+  const int8_t* hadamard_K = nullptr;   // (K, K) ±1, or nullptr: no rotation of y
+  int64_t K = 1;
+  float y_scale = 1.0f;                 // out_proj's input scale
+};
+
+constexpr int64_t kMaxDState = 256;  // the scan's B and C rows live on the stack
+
+enum class HeadKind : int { kF32 = 0, kF16, kBF16, kInt8 };
+
+struct ModelSpec {
+  int64_t d_model = 0, d_inner = 0, d_state = 0, d_conv = 0, rank = 0, vocab = 0;
+  const float* embedding = nullptr;  // (vocab, d_model) fp32; the tied head of kF32 reads it in place
+  const float* norm_f_weight = nullptr;
+  float norm_f_eps = 1e-5f;
+  HeadKind head = HeadKind::kF32;
+  LinearSpec int8_head;  // kInt8: (vocab, d_model) per-channel int8, fp32 out
+  float head_in_scale = 1.0f;
+  std::vector<LayerSpec> layers;
+};
+
+// Where a traced step copies each layer's int8 intermediates (each (batch, width), or nullptr to skip).
+struct Trace {
+  int8_t *xn = nullptr, *xz = nullptr, *u = nullptr, *dbc = nullptr, *delta = nullptr, *y = nullptr;
+};
+
+class Decoder {
+ public:
+  // Packs every weight in the layout of `isa`'s kernels (the embedding of kF32 is used in place and must outlive the decoder).
+  Decoder(const ModelSpec& spec, Isa isa);
+
+  // One token per sequence: ids (batch) -> logits (batch, vocab) fp32. conv_state (n_layer, batch, d, d_conv-1)
+  // int8 and ssm_state (n_layer, batch, d, n) fp32 are read and updated in place. traces: n_layer entries or
+  // nullptr. Scratch grows on the first call with a larger batch, never afterwards.
+  void step(const int64_t* ids, int64_t batch, int8_t* conv_state, float* ssm_state, float* logits,
+            const Trace* traces = nullptr);
+  // One layer on h (batch, d_model) fp32 in place, with that layer's states (batch, d, d_conv-1), (batch, d, n).
+  void layer(int64_t i, float* h, int64_t batch, int8_t* conv_state, float* ssm_state, const Trace* trace = nullptr);
+  // Final RMSNorm and head: h (batch, d_model) -> logits (batch, vocab).
+  void head(const float* h, int64_t batch, float* logits);
+
+  Isa isa() const { return kernels_.isa; }
+  int64_t n_layer() const { return static_cast<int64_t>(layers_.size()); }
+  int64_t packed_bytes() const;  // weight bytes this decoder owns (packed int8, 16-bit head, scales)
+
+ private:
+  struct Linear {
+    Buffer<int8_t> w;  // (n_pad, k_pad) in the path's packed layout (isa.h: pack_s8)
+    Buffer<int32_t> row_sum;  // (n_pad)
+    std::vector<float> scale, bias;
+    int64_t n = 0, k = 0, n_pad = 0, k_pad = 0;
+    float out_scale = 0.0f;
+  };
+  struct Layer {
+    std::vector<float> norm_weight;
+    float norm_eps, norm_scale;
+    Linear in_proj, x_proj, dt_proj, out_proj;
+    std::vector<int8_t> conv_weight;
+    std::vector<float> conv_scale, conv_bias;
+    float u_scale;
+    Buffer<float> A;  // (d, n) = -exp(dequant(A_log)), computed once with kernel_math's scan_A
+    std::vector<int8_t> D, delta_bias, hadamard_K;
+    float scan_scales[8];
+    int64_t K;
+    float y_scale;
+  };
+
+  static Linear pack(const LinearSpec& s, int64_t chunk);
+  void gemv(const Linear& l, const int8_t* x, int32_t* acc);
+  void ensure_batch(int64_t batch);
+
+  DotKernels kernels_;
+  int64_t d_model_, d_inner_, d_state_, d_conv_, rank_, vocab_;
+  const float* embedding_;
+  std::vector<float> norm_f_weight_;
+  float norm_f_eps_;
+  HeadKind head_kind_;
+  Buffer<uint16_t> head16_;  // kF16 / kBF16: the tied matrix converted once (round to nearest even), pack_16
+  Linear head8_;
+  float head_in_scale_;
+  std::vector<Layer> layers_;
+
+  // Per-token scratch, sized for `batch_` sequences; padded int8 inputs keep zeros past their width.
+  int64_t batch_ = 0;
+  Buffer<int8_t> xn_, u_, dt_, yq_, hq_, xz_, dbc_, delta_;
+  Buffer<int32_t> acc_;
+  Buffer<float> y_, rot_, h_, normed_, head_out_;
+  Buffer<uint8_t> gemv_scratch_;
+};
+
+}  // namespace native
+}  // namespace quamba_edge

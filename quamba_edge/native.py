@@ -1,0 +1,244 @@
+"""The native CPU decode path (issue 17): a Quamba W8A8 Mamba-1 LM's whole decode step as one C++ call.
+
+`NativeDecoder(qmodel)` packs a `QuantizedMambaLM`'s weights once into the kernels' layout (int8 rows
+zero-padded to 64 bytes, per-row scales, A = -exp(A_log) precomputed) and then runs one token of every
+sequence per `step(token_ids)`: embedding row, every layer (RMSNorm + quantize, in_proj, conv step + SiLU +
+requantize, x_proj, dt_proj, scan step, gate, Hadamard + quantize, out_proj, residual), final RMSNorm and
+head, with the states updated in place and no allocation per token. The C++ is csrc/cpu/native/ (plain
+C++, shares csrc/include/quamba_edge/kernel_math.h with the CUDA kernels and the CPU twins).
+
+The int8 x int8 -> int32 products run on the fastest exact path the CPU has, chosen at run time:
+avx512vnni, avxvnni, avx2 (int8 widened to int16, never the saturating vpmaddubsw), neon (ARMv8.2 sdot)
+or scalar. `QUAMBA_EDGE_ISA=scalar|avx2|avxvnni|avx512vnni|neon` forces one (unset or `auto`: the best).
+Every path gives the same int8 intermediates, states and residual stream bit for bit (the integer products
+are exact and the float code is shared), so agreement with the PyTorch reference is DESIGN.md's: int8 equal
+except at rounding ties, fp32 within 1e-5 relative.
+
+Heads (`head=`): `fp32` (the tied embedding read in place: the reference's numbers), `fp16` / `bf16` (the
+tied matrix converted once, round to nearest even, fp32 accumulation: the paper keeps the head 16-bit; half
+the bytes of fp32), `int8` (the recipe's `--int8-head` per-channel int8 head). Default: `int8` when the
+model has one, else `fp32`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from quamba_edge.kernels.build import CSRC
+from quamba_edge.paths import cache_dir
+from quamba_edge.quant.hadamard import factor, small_hadamard
+from quamba_edge.quant.int8 import QLinear, dequantize
+from quamba_edge.quant.quamba import QResidualBlock, QuantizedMambaLM
+
+NATIVE_DIR = CSRC / "cpu" / "native"
+# The torch module (bindings.cpp) and the plain C++ it drives; test_native.cpp is the standalone test's main.
+SOURCES = ("bindings.cpp", "decoder.cpp", "dispatch.cpp", "dot_scalar.cpp", "dot_avx2.cpp", "dot_vnni.cpp",
+           "dot_neon.cpp")
+CORE_SOURCES = SOURCES[1:]
+# No -march: the baseline ISA for the shared float code, target attributes for each path's kernels.
+# -ffp-contract=off: a * b + c rounds twice, as the PyTorch reference's separate ops do (no FMA contraction);
+# no -ffast-math: the int8 rounding must match the reference.
+CXX_FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
+HEADS = ("fp32", "fp16", "bf16", "int8")
+ISAS = ("scalar", "avx2", "avxvnni", "avx512vnni", "neon")
+# Per-layer tensors handed to the C++ constructor, in bindings.cpp's LayerTensor order.
+LAYER_TENSORS = ("norm_weight", "in_weight", "in_scale", "in_bias", "x_weight", "x_scale", "dt_weight", "dt_scale",
+                 "out_weight", "out_scale", "out_bias", "conv_weight", "conv_scale", "conv_bias", "A_log", "D",
+                 "delta_bias", "scan_scales", "hadamard_K")
+LAYER_FLOATS = ("norm_eps", "norm_scale", "in_out_scale", "x_out_scale", "dt_out_scale", "u_scale", "y_scale")
+# One layer's int8 intermediates, as a traced step returns them (each (batch, width)).
+TRACE_POINTS = ("xn", "xz", "u", "dbc", "delta", "y")
+
+_MODULE = None
+
+
+def _digest() -> str:
+    """Build directory name from the module's sources and flags: an edited kernel never loads a stale library."""
+    h = hashlib.sha256()
+    paths = [NATIVE_DIR / s for s in SOURCES] + list(NATIVE_DIR.glob("*.h")) + list((CSRC / "include").rglob("*.h"))
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    h.update(" ".join(CXX_FLAGS).encode())
+    return h.hexdigest()[:12]
+
+
+def load(verbose: bool = False):
+    """Build (once per source digest, cached under the quamba-edge cache; ~1 min on 2 cores) and import the
+    extension module. Raises on a compiler error: there is no silent fallback for a native decoder."""
+    global _MODULE
+    if _MODULE is None:
+        from torch.utils.cpp_extension import load as cpp_load
+
+        name = f"quamba_edge_native_{_digest()}"
+        build_dir = cache_dir() / "kernels" / name
+        build_dir.mkdir(parents=True, exist_ok=True)
+        _MODULE = cpp_load(name=name, sources=[str(NATIVE_DIR / s) for s in SOURCES],
+                           extra_include_paths=[str(CSRC / "include")], extra_cflags=CXX_FLAGS,
+                           build_directory=str(build_dir), is_python_module=True, verbose=verbose)
+    return _MODULE
+
+
+def supported_isas() -> list[str]:
+    """The paths this CPU can run (scalar first), e.g. ['scalar', 'avx2']."""
+    return list(load().supported_isas())
+
+
+def isa() -> str:
+    """The path a new decoder uses: QUAMBA_EDGE_ISA if set (raises if this CPU cannot run it), else the best."""
+    return load().select_isa()
+
+
+def _linear_scale(lin: QLinear) -> Tensor:
+    """(n,) fp32: in_scale * weight_scale, the same fp32 product QLinear.forward multiplies the int32 by."""
+    s = (lin.in_scale * lin.weight_scale.reshape(-1)).float()
+    return s.expand(lin.out_features).contiguous()
+
+
+def _empty(dtype: torch.dtype) -> Tensor:
+    return torch.empty(0, dtype=dtype)
+
+
+def pack_layer(block: QResidualBlock) -> tuple[list[Tensor], list[float]]:
+    """One block's tensors (LAYER_TENSORS) and floats (LAYER_FLOATS), computed with the reference's own
+    torch expressions so every scale product is the same fp32 number."""
+    m = block.mixer
+    conv, scan, d = m.conv1d, m.scan, m.cfg.d_inner
+    conv_scale = (conv.in_scale * conv.weight_scale).reshape(-1).float().expand(d).contiguous()
+    conv_bias = dequantize(conv.bias, conv.bias_scale).contiguous()
+    scan_scales = torch.stack([s.reshape(()).float() for s in (
+        scan.u_scale, scan.delta_scale, scan.dbc_scale, scan.dbc_scale, scan.z_scale, scan.A_log_scale,
+        scan.D_scale, scan.delta_bias_scale)]).contiguous()
+    H = (small_hadamard(factor(d)[0]).to(torch.int8).contiguous() if m.rotate.rotate_output
+         else _empty(torch.int8))
+
+    def bias(lin: QLinear) -> Tensor:
+        return lin.bias.detach().float().contiguous() if lin.bias is not None else _empty(torch.float32)
+
+    tensors = [
+        block.norm.norm.weight.detach().float().contiguous(),
+        m.in_proj.weight.contiguous(), _linear_scale(m.in_proj), bias(m.in_proj),
+        m.x_proj.weight.contiguous(), _linear_scale(m.x_proj),
+        m.dt_proj.weight.contiguous(), _linear_scale(m.dt_proj),
+        m.out_proj.weight.contiguous(), _linear_scale(m.out_proj), bias(m.out_proj),
+        conv.weight.contiguous(), conv_scale, conv_bias,
+        scan.A_log.contiguous(), scan.D.contiguous(), scan.delta_bias.contiguous(), scan_scales, H,
+    ]
+    floats = [float(block.norm.norm.eps), float(block.norm.out_scale), float(m.in_proj.out_scale),
+              float(m.x_proj.out_scale), float(m.dt_proj.out_scale), float(conv.out_scale),
+              float(m.rotate.out_scale)]
+    return tensors, floats
+
+
+class NativeDecoder:
+    """Decode-only runner of a `QuantizedMambaLM` (CPU, any batch). Owns the states: conv_state
+    (n_layer, batch, d_inner, d_conv - 1) int8 and ssm_state (n_layer, batch, d_inner, d_state) fp32, the
+    layout `QuantizedMambaLM.empty_state` uses, updated in place by every step.
+
+        dec = NativeDecoder(qmodel)                    # packs once (seconds at mamba-130m)
+        logits = dec.prefill(prompt_ids)               # (batch, vocab): token by token through step
+        logits = dec.step(next_ids)                    # (batch,) int64 -> (batch, vocab) fp32
+
+    `step` returns the decoder's own logits buffer (overwritten by the next step: clone to keep it).
+    `isa=None` takes QUAMBA_EDGE_ISA or the best path; `head=None` the model's (module docstring).
+    """
+
+    def __init__(self, qmodel: QuantizedMambaLM, head: str | None = None, isa: str | None = None,
+                 batch: int = 1):
+        if not isinstance(qmodel, QuantizedMambaLM):
+            raise TypeError(f"NativeDecoder runs a QuantizedMambaLM (a quantized model), not {type(qmodel).__name__}")
+        head = head or ("int8" if qmodel.head is not None else "fp32")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, not {head!r}")
+        if head == "int8" and qmodel.head is None:
+            raise ValueError("head='int8' needs a model quantized with --int8-head (recipe int8_head=True)")
+        if isa is not None and isa not in ISAS:
+            raise ValueError(f"isa must be one of {ISAS} or None, not {isa!r}")
+        cfg = self.cfg = qmodel.cfg
+        self.head_kind = head
+        mod = load()
+        packed = [pack_layer(block) for block in qmodel.layers]
+        self._embedding = qmodel.embedding.weight.detach().float().contiguous()  # read in place by the fp32 head
+        if head == "int8":
+            h = qmodel.head
+            head_w, head_s, head_in = h.weight.contiguous(), _linear_scale(h), float(h.in_scale)
+        else:
+            head_w, head_s, head_in = _empty(torch.int8), _empty(torch.float32), 1.0
+        dims = [cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.rank, cfg.vocab_size]
+        self._dec = mod.Decoder(dims, self._embedding, qmodel.norm_f.weight.detach().float().contiguous(),
+                                float(qmodel.norm_f.eps), head, head_w, head_s, head_in,
+                                [t for t, _ in packed], [f for _, f in packed], isa or "")
+        self.reset(batch)
+
+    @property
+    def isa(self) -> str:
+        """The path this decoder runs: scalar, avx2, avxvnni, avx512vnni or neon."""
+        return self._dec.isa
+
+    @property
+    def packed_bytes(self) -> int:
+        """Bytes of weights the decoder holds besides the model's fp32 embedding (packed int8, 16-bit head)."""
+        return self._dec.packed_bytes
+
+    def reset(self, batch: int = 1) -> None:
+        """Zero states for `batch` sequences (allocates; a step never does)."""
+        cfg = self.cfg
+        self.batch = batch
+        self.conv_state = torch.zeros(cfg.n_layer, batch, cfg.d_inner, cfg.d_conv - 1, dtype=torch.int8)
+        self.ssm_state = torch.zeros(cfg.n_layer, batch, cfg.d_inner, cfg.d_state, dtype=torch.float32)
+        self.logits = torch.zeros(batch, cfg.vocab_size, dtype=torch.float32)
+        self._ids = torch.zeros(batch, dtype=torch.int64)
+
+    def load_state(self, conv_state: Tensor, ssm_state: Tensor) -> None:
+        """Continue from states a prefill elsewhere produced (e.g. `QuantizedMambaLM.step` on the prompt)."""
+        if conv_state.shape[1] != self.batch:
+            self.reset(conv_state.shape[1])
+        self.conv_state.copy_(conv_state)
+        self.ssm_state.copy_(ssm_state)
+
+    def step(self, token_ids: Tensor, traces: list[list[Tensor]] | None = None) -> Tensor:
+        """token_ids (batch,) or (batch, 1) int -> logits (batch, vocab) fp32; the states advance one token.
+
+        traces: per layer six int8 tensors (TRACE_POINTS, each (batch, width)) that receive the layer's
+        int8 intermediates (the tests compare them with the reference's)."""
+        ids = token_ids.reshape(-1)
+        if ids.numel() != self.batch:
+            raise ValueError(f"{ids.numel()} token ids for a decoder of batch {self.batch}: call reset(batch)")
+        self._ids.copy_(ids)
+        self._dec.step(self._ids, self.conv_state, self.ssm_state, self.logits, traces or [])
+        return self.logits
+
+    def prefill(self, input_ids: Tensor) -> Tensor:
+        """input_ids (batch, length) from zero states, one step per token -> logits of the last (batch, vocab)."""
+        self.reset(input_ids.shape[0])
+        for t in range(input_ids.shape[1]):
+            self.step(input_ids[:, t])
+        return self.logits
+
+    def trace_buffers(self) -> list[list[Tensor]]:
+        """Fresh int8 tensors for `step(traces=...)`: per layer xn (b, d_model), xz (b, 2d), u (b, d),
+        dbc (b, r + 2n), delta (b, d), y (b, d)."""
+        cfg, b = self.cfg, self.batch
+        widths = (cfg.d_model, 2 * cfg.d_inner, cfg.d_inner, cfg.rank + 2 * cfg.d_state, cfg.d_inner, cfg.d_inner)
+        return [[torch.zeros(b, w, dtype=torch.int8) for w in widths] for _ in range(cfg.n_layer)]
+
+    def layer(self, i: int, h: Tensor, conv_state: Tensor, ssm_state: Tensor,
+              trace: list[Tensor] | None = None) -> None:
+        """Layer i alone on h (batch, d_model) fp32 and that layer's states (batch, d, k-1), (batch, d, n),
+        all updated in place (the tests feed it the reference's inputs, layer by layer)."""
+        self._dec.layer(i, h, conv_state, ssm_state, trace or [])
+
+    def head(self, h: Tensor) -> Tensor:
+        """Final RMSNorm and head on h (batch, d_model) fp32 -> new logits (batch, vocab) fp32."""
+        out = torch.empty(h.shape[0], self.cfg.vocab_size, dtype=torch.float32)
+        self._dec.head(h.contiguous(), out)
+        return out
+
+
+def source_files() -> list[Path]:
+    """The C++ sources of the native path (for the standalone test's build)."""
+    return [NATIVE_DIR / s for s in CORE_SOURCES]

@@ -1,0 +1,272 @@
+"""The native CPU decoder (csrc/cpu/native, quamba_edge/native.py) against the PyTorch quantized reference.
+
+On every instruction-set path this machine can execute (forced with QUAMBA_EDGE_ISA), on fresh random
+inputs, with DESIGN.md's contract: int8 intermediates equal except at rounding ties, fp32 states, residual
+stream and logits within 1e-5 relative. The reference is `QuantizedMambaLM` itself: its blocks run one by
+one, with `quantize` wrapped to record each int8 tensor's value before rounding (for the tie test).
+
+The standalone C++ test (csrc/cpu/native/test_native.cpp: each path's GEMVs against a 64-bit loop,
+including the extremes where a saturating 16-bit multiply-add would be wrong, and the whole decoder on
+every path against the scalar one) runs natively here, and cross-compiled for aarch64 under qemu-aarch64
+for the NEON dot-product path (correctness, not speed).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import quamba_edge.quant.int8 as int8_mod
+import quamba_edge.quant.quamba as quamba_mod
+from quamba_edge import native
+from quamba_edge.models.mamba import MambaConfig
+from quamba_edge.quant.quamba import calibrate
+from quamba_edge.quant.recipes import make_recipe
+
+from .conftest import make_model, rel_close
+
+ALL_ISAS = native.ISAS
+CXX_FLAGS = ["-std=c++17", "-O2", "-ffp-contract=off", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
+             "-Wall", "-Wextra", "-Werror"]
+
+
+@pytest.fixture(scope="module")
+def supported() -> list[str]:
+    return native.supported_isas()  # builds the extension: a compiler error fails here, never skips
+
+
+def isa_param(isa: str, supported: list[str]) -> None:
+    if isa not in supported:
+        pytest.skip(f"this CPU cannot run the {isa} path (it runs {', '.join(supported)})")
+
+
+def quantized(cfg: MambaConfig, recipe, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    batches = [torch.randint(0, cfg.vocab_size, (2, 48), generator=gen) for _ in range(3)]
+    qmodel, _ = calibrate(make_model(cfg, seed), batches, recipe)
+    return qmodel
+
+
+CONFIGS = {  # d_inner 128 = 1 * 2^7 and d_state 16 (the specialised scan); d_inner 96 = 12 * 8, generic scan
+    "k1-n16": MambaConfig(d_model=64, n_layer=2, vocab_size=256, d_state=16),
+    "k12-n8-bias": MambaConfig(d_model=48, n_layer=2, vocab_size=256, d_state=8, proj_bias=True),
+}
+RECIPES = {
+    "quamba": make_recipe("quamba"),
+    "no-hadamard": make_recipe("quamba", hadamard=False),
+    "naive-channel": make_recipe("naive", weight_granularity="channel"),
+    "int8-head": make_recipe("quamba", int8_head=True),
+}
+
+
+class QuantizeRecorder:
+    """Wraps the reference's `quantize` (both modules that call it) to record, in call order, x / scale
+    before rounding and the int8 result; the wrapped function still computes every value."""
+
+    def __init__(self, monkeypatch):
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+        original = int8_mod.quantize
+
+        def recording(x, scale):
+            q = original(x, scale)
+            self.calls.append((x.float() / torch.as_tensor(scale, dtype=torch.float32), q))
+            return q
+
+        monkeypatch.setattr(int8_mod, "quantize", recording)
+        monkeypatch.setattr(quamba_mod, "quantize", recording)
+
+
+def assert_int8_except_ties(actual: torch.Tensor, expected: torch.Tensor, pre_round: torch.Tensor, what: str,
+                            tol: float = 1e-4) -> int:
+    """Equal, except off by one where the reference's value before rounding is within `tol` of x.5 (of the
+    int8 step); returns how many tie flips there were."""
+    actual, expected, pre_round = actual.reshape(expected.shape), expected, pre_round.reshape(expected.shape)
+    diff = (actual.int() - expected.int()).abs()
+    near_tie = ((pre_round - pre_round.floor()) - 0.5).abs() < tol
+    bad = (diff > 1) | ((diff == 1) & ~near_tie)
+    assert not bad.any(), f"{what}: {int(bad.sum())} of {bad.numel()} int8 values differ away from a rounding tie"
+    return int((diff == 1).sum())
+
+
+def reference_decode_inputs(qmodel, batch: int, prompt: int, gen: torch.Generator):
+    """Random prompt through the reference (prefill), then the ids of a few decode steps."""
+    ids = torch.randint(0, qmodel.cfg.vocab_size, (batch, prompt + 4), generator=gen)
+    with torch.no_grad():
+        _, conv, ssm = qmodel.step(ids[:, :prompt])
+    return ids[:, prompt:], conv, ssm
+
+
+@pytest.mark.parametrize("isa", ALL_ISAS)
+@pytest.mark.parametrize("recipe", list(RECIPES))
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_each_layer_matches_the_reference_on_its_inputs(isa, recipe, config, supported, monkeypatch):
+    """Layer by layer on the reference's own inputs and states: every int8 intermediate equal except at ties,
+    the residual stream and the SSM state within 1e-5 relative, the conv state equal; then the head."""
+    isa_param(isa, supported)
+    monkeypatch.setenv("QUAMBA_EDGE_ISA", isa)
+    qmodel = quantized(CONFIGS[config], RECIPES[recipe])
+    dec = native.NativeDecoder(qmodel, batch=2)
+    assert dec.isa == isa and native.isa() == isa
+    gen = torch.Generator().manual_seed(random.randrange(2**31))  # fresh inputs every run
+    steps, conv, ssm = reference_decode_inputs(qmodel, 2, 24, gen)
+    rec = QuantizeRecorder(monkeypatch)
+    flips = 0
+    with torch.no_grad():
+        for t in range(steps.shape[1]):
+            h = qmodel.embed(steps[:, t:t + 1])
+            for i, block in enumerate(qmodel.layers):
+                h_n, conv_n, ssm_n = h[:, 0].clone(), conv[i].clone(), ssm[i].clone()
+                trace = dec.trace_buffers()[i]
+                dec.layer(i, h_n, conv_n, ssm_n, trace)
+                rec.calls.clear()
+                h, c, s = block(h, conv[i], ssm[i])
+                assert len(rec.calls) == len(native.TRACE_POINTS)
+                layer_flips = sum(assert_int8_except_ties(got, q.reshape(2, -1), pre, f"step {t} layer {i} {point}")
+                                  for point, got, (pre, q) in zip(native.TRACE_POINTS, trace, rec.calls))
+                if layer_flips == 0:  # a flipped tie moves everything after it in the layer
+                    rel_close(h_n, h[:, 0])
+                    rel_close(ssm_n, s)
+                    assert torch.equal(conv_n, c)
+                flips += layer_flips
+                conv[i], ssm[i] = c, s
+            rel_close(dec.head(h[:, 0].contiguous()), qmodel.logits(h)[:, 0])
+    assert flips <= 2, f"{flips} rounding ties went the other way: more than chance allows"
+
+
+@pytest.mark.parametrize("isa", ALL_ISAS)
+@pytest.mark.parametrize("recipe", ["quamba", "int8-head"])
+def test_fused_decode_steps_match_the_reference(isa, recipe, supported, monkeypatch):
+    """The one-call step, token after token from the reference's prefill state: logits and both states
+    within 1e-5 relative of `QuantizedMambaLM.step` (states updated in place, the logits buffer reused)."""
+    isa_param(isa, supported)
+    monkeypatch.setenv("QUAMBA_EDGE_ISA", isa)
+    qmodel = quantized(CONFIGS["k1-n16"], RECIPES[recipe], seed=1)
+    dec = native.NativeDecoder(qmodel)
+    gen = torch.Generator().manual_seed(random.randrange(2**31))
+    steps, conv, ssm = reference_decode_inputs(qmodel, 2, 32, gen)
+    dec.load_state(conv, ssm)
+    conv_ptr, ssm_ptr, logits_ptr = dec.conv_state.data_ptr(), dec.ssm_state.data_ptr(), dec.logits.data_ptr()
+    traces = dec.trace_buffers()
+    rec = QuantizeRecorder(monkeypatch)
+    compared = 0
+    with torch.no_grad():
+        for t in range(steps.shape[1]):
+            rec.calls.clear()
+            ref_logits, conv, ssm = qmodel.step(steps[:, t:t + 1], conv, ssm)
+            logits = dec.step(steps[:, t], traces)
+            flips = sum(assert_int8_except_ties(got, q.reshape(2, -1), pre, f"step {t} layer {i // 6}")
+                        for i, (got, (pre, q)) in enumerate(zip((x for layer in traces for x in layer), rec.calls)))
+            if flips:  # a tie went the other way: continue from the reference's state (the rest is unbounded)
+                dec.load_state(conv, ssm)
+                continue
+            rel_close(logits, ref_logits[:, 0])
+            rel_close(dec.ssm_state, ssm)
+            assert torch.equal(dec.conv_state, conv)
+            compared += 1
+    assert compared >= steps.shape[1] - 1, "rounding ties flipped in most steps: more than chance allows"
+    assert (dec.conv_state.data_ptr(), dec.ssm_state.data_ptr(), dec.logits.data_ptr()) == (conv_ptr, ssm_ptr,
+                                                                                               logits_ptr)
+
+
+def test_every_path_gives_the_same_bits(supported):
+    """Exact integer products and one copy of the float code: states, int8 intermediates and (int8 head)
+    logits identical on every path this CPU runs; fp32-head logits within 1e-5 (summation order)."""
+    qmodel = quantized(CONFIGS["k12-n8-bias"], RECIPES["int8-head"], seed=2)
+    ids = torch.randint(0, 256, (3, 12), generator=torch.Generator().manual_seed(random.randrange(2**31)))
+    runs = {}
+    for isa in supported:
+        for head in ("int8", "fp32"):
+            dec = native.NativeDecoder(qmodel, head=head, isa=isa, batch=3)
+            traces = dec.trace_buffers()
+            for t in range(ids.shape[1]):
+                dec.step(ids[:, t], traces)
+            runs[isa, head] = (dec.logits.clone(), dec.conv_state.clone(), dec.ssm_state.clone(),
+                               torch.cat([x for layer in traces for x in layer], 1))
+    for (isa, head), (logits, conv, ssm, trace) in runs.items():
+        ref_logits, ref_conv, ref_ssm, ref_trace = runs["scalar", head]
+        assert torch.equal(conv, ref_conv) and torch.equal(ssm, ref_ssm) and torch.equal(trace, ref_trace), isa
+        if head == "int8":
+            assert torch.equal(logits, ref_logits), isa
+        else:
+            rel_close(logits, ref_logits)
+
+
+@pytest.mark.parametrize("head,dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
+def test_16_bit_heads_accumulate_in_fp32(head, dtype, supported):
+    """The 16-bit head equals the tied matrix rounded to fp16 / bf16 (round to nearest even) times the final
+    norm's output, summed in fp32 (1e-5 relative), on every path."""
+    qmodel = quantized(CONFIGS["k1-n16"], RECIPES["quamba"])
+    h = torch.randn(3, qmodel.cfg.d_model, generator=torch.Generator().manual_seed(random.randrange(2**31)))
+    expected = F.linear(qmodel.norm_f(h), qmodel.embedding.weight.detach().to(dtype).float())
+    fp32 = F.linear(qmodel.norm_f(h), qmodel.embedding.weight.detach())
+    for isa in supported:
+        got = native.NativeDecoder(qmodel, head=head, isa=isa).head(h)
+        rel_close(got, expected)
+        assert not torch.equal(got, fp32)  # the rounding happened
+
+
+def test_prefill_by_steps_matches_the_reference_prefill(supported):
+    qmodel = quantized(CONFIGS["k1-n16"], RECIPES["quamba"], seed=3)
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(random.randrange(2**31)))
+    dec = native.NativeDecoder(qmodel)
+    logits = dec.prefill(ids)
+    with torch.no_grad():
+        ref_logits, _, ref_ssm = qmodel.step(ids)
+    rel_close(logits, ref_logits[:, -1], rtol=1e-4)  # 16 steps: a tie may flip on the way; bounded, not exact
+    rel_close(dec.ssm_state, ref_ssm, rtol=1e-4)
+
+
+def test_bad_choices_are_refused_with_the_fix(supported, monkeypatch):
+    qmodel = quantized(CONFIGS["k1-n16"], RECIPES["quamba"])
+    foreign = "neon" if "neon" not in supported else "avx2"
+    monkeypatch.setenv("QUAMBA_EDGE_ISA", foreign)
+    with pytest.raises(RuntimeError, match=f"QUAMBA_EDGE_ISA={foreign} cannot run on this CPU; it can run: scalar"):
+        native.NativeDecoder(qmodel)
+    monkeypatch.setenv("QUAMBA_EDGE_ISA", "sse9")
+    with pytest.raises(ValueError, match="unknown ISA 'sse9'"):
+        native.isa()
+    monkeypatch.delenv("QUAMBA_EDGE_ISA")
+    with pytest.raises(ValueError, match="needs a model quantized with --int8-head"):
+        native.NativeDecoder(qmodel, head="int8")
+    dec = native.NativeDecoder(qmodel)
+    with pytest.raises(ValueError, match="call reset"):
+        dec.step(torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        dec.step(torch.tensor([256]))
+
+
+# ------------------------------------------------------------------------------ standalone C++ test
+
+
+def _build_and_run(compiler: str, out, extra: list[str], runner: list[str]) -> str:
+    sources = [str(native.NATIVE_DIR / "test_native.cpp"), *map(str, native.source_files())]
+    build = subprocess.run([compiler, *CXX_FLAGS, *extra, "-I", str(native.CSRC / "include"), *sources, "-o", str(out)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    seed = str(random.randrange(2**31))
+    result = subprocess.run([*runner, str(out), seed], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"seed {seed}:\n{result.stdout[-3000:]}{result.stderr[-2000:]}"
+    return result.stdout
+
+
+def test_standalone_cpp_test_on_every_path_here(tmp_path, supported):
+    out = _build_and_run(os.environ.get("CXX", "g++"), tmp_path / "test_native", [], [])
+    assert out.split("tested:")[1].split() == supported
+
+
+AARCH64_CXX = shutil.which("aarch64-linux-gnu-g++")
+QEMU = shutil.which("qemu-aarch64")
+
+
+@pytest.mark.skipif(AARCH64_CXX is None or QEMU is None,
+                    reason="needs g++-aarch64-linux-gnu and qemu-user (apt-get install both)")
+def test_neon_dotprod_path_under_qemu(tmp_path):
+    """The ARM build (the Jetson's CPU path): vdotq_s32 GEMVs exact, decoder bit-identical to scalar."""
+    out = _build_and_run(AARCH64_CXX, tmp_path / "test_native_a64", ["-static"], [QEMU, "-cpu", "max"])
+    assert out.split("tested:")[1].split() == ["scalar", "neon"]
