@@ -9,7 +9,7 @@ a --prompt-len prompt is prefilled by the reference, and then each system decode
 a time from that state (greedy: each next id is the argmax of the logits). A row's decode tok/s is
 gen-len / (time of those steps), the median over --repeats. Systems:
 
-- native-<head>: quamba_edge.native.NativeDecoder, one C++ call a token, on the path QUAMBA_EDGE_ISA or the
+- native-<head>: quamba_edge.kernels.native.NativeDecoder, one C++ call a token, on the path QUAMBA_EDGE_ISA or the
   CPU picks (`isa` column; every path the CPU runs with --all-isas), head fp32 / fp16 / int8;
 - pytorch-int8: QuantizedMambaLM.step, the reference (eager int8 emulation);
 - ort-int8, ort-int8-head: the engines `quamba-edge build-engine` writes (--no-ort skips the build, minutes).
@@ -33,9 +33,9 @@ from cpu_decode import MAMBA_130M_SHAPE, mamba_130m_shape
 from rich.console import Console
 from rich.table import Table
 
-from quamba_edge import native
 from quamba_edge.bench.report import machine
 from quamba_edge.io import atomic_write_json
+from quamba_edge.kernels import native
 from quamba_edge.quant.quamba import calibrate
 from quamba_edge.quant.recipes import make_recipe
 

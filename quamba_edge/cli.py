@@ -193,6 +193,9 @@ def generate(
     seed: int = 0,
     threads: Threads = 0,
     tokenizer: TokenizerOpt = None,
+    backend: Annotated[str, typer.Option(help="auto (the native CPU decoder for int8 artifacts where it builds, "
+                                              "else PyTorch) | native | pytorch. The last line says which ran.")
+                       ] = "auto",
 ):
     """Continue a prompt (prefill once, then decode from the explicit state), for a person to read."""
     from quamba_edge.evaluate import generate as generate_tokens
@@ -209,11 +212,31 @@ def generate(
         ids = tok.encode(prompt)
         if len(ids) == 0:
             raise QuambaEdgeError("the prompt is empty; pass some text with --prompt.")
+        runners, runs_on = _fastest(loaded, backend)
         start = time.perf_counter()
-        out = generate_tokens(loaded.model, ids, max_new_tokens, temperature, seed)
+        out = generate_tokens(runners, ids, max_new_tokens, temperature, seed) if max_new_tokens else []
         seconds = time.perf_counter() - start
     console.print(f"[bold]{escape(prompt)}[/]{escape(tok.decode(out))}", highlight=False)
-    err_console.print(f"[dim]{len(out)} tokens in {seconds:.2f} s ({loaded.label})[/]")
+    err_console.print(f"[dim]{len(out)} tokens in {seconds:.2f} s ({loaded.label}; {runs_on})[/]")
+
+
+def _fastest(loaded, backend: str) -> tuple[dict, str]:
+    """generate's runners: `auto` takes the native CPU decoder for an int8 model whose family has one (falling
+    back to PyTorch, with the reason, when it cannot build here), else the PyTorch model."""
+    family, reason = loaded.family, None
+    if backend in ("auto", "native") and "native" in family.backends and loaded.recipe.quantize:
+        try:
+            runners, _, detail = family.native(loaded.model, None)
+            return runners, f"decode: native {detail}; prefill: PyTorch"
+        except Exception as exc:  # a compiler problem here: PyTorch gives the same tokens, slower
+            if backend == "native":
+                raise QuambaEdgeError(f"the native decoder could not be used ({exc}). Fix: install a C++ "
+                                      "compiler and ninja, or pass --backend pytorch.") from exc
+            reason = f"native decoder unavailable: {str(exc).strip().splitlines()[-1][:120]}"
+    elif backend == "native":
+        raise QuambaEdgeError("--backend native decodes int8 artifacts of the families that have it. Fix: "
+                              "calibrate first, or pass --backend pytorch.")
+    return family.reference(loaded.model), "PyTorch" + (f" ({reason})" if reason else "")
 
 
 def _board_budget(target: str) -> tuple[str, float] | None:
@@ -227,7 +250,9 @@ def _board_budget(target: str) -> tuple[str, float] | None:
 @app.command("build-engine")
 def build_engine_cmd(
     model: Annotated[str, typer.Argument(help="A calibrated artifact (int8), or `default` / a checkpoint (fp).")],
-    backend: Annotated[str, typer.Option(help="ort (ONNX Runtime) | tensorrt (TensorRT 10).")] = "ort",
+    backend: Annotated[str, typer.Option(help="ort (ONNX Runtime) | tensorrt (TensorRT 10) | native (int8 Mamba "
+                                              "decode on csrc/cpu/native: this CPU's exact int8 path, AVX-512 VNNI, "
+                                              "AVX-VNNI, AVX2, NEON or scalar; QUAMBA_EDGE_ISA forces one).")] = "ort",
     target: Annotated[str, typer.Option(help="ort: cpu | cuda.  tensorrt: cuda or a Jetson profile "
                                              "(orin-nano-8gb, ...).")] = "cpu",
     precision: Annotated[str | None, typer.Option(help="fp32 | fp16 for fp models; int8 artifacts stay int8.")] = None,
@@ -243,6 +268,8 @@ def build_engine_cmd(
                                               "built.")] = "auto",
     max_clip_s: Annotated[float, typer.Option(min=0.01, help="Speech models: longest clip (seconds) the engine "
                                                              "accepts.")] = 2.0,
+    head: Annotated[str | None, typer.Option(help="--backend native: the lm_head's weights, fp32 | fp16 | bf16 | "
+                                                  "int8 (default: int8 if the artifact has one, else fp32).")] = None,
 ):
     """Export the model's graphs, build the engine, and check it against PyTorch.
 
@@ -259,6 +286,7 @@ def build_engine_cmd(
         with err_console.status("building") as status:
             build = build_engine(model, out, backend=backend, target=target, precision=precision, threads=threads,
                                  plugins=plugins, progress=status.update, memory_budget=_board_budget(target),
+                                 head=head,
                                  max_batch=max_batch, max_prompt=max_prompt, max_clip_s=max_clip_s)
         seconds = time.perf_counter() - start
     if json_out:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +48,11 @@ EXTERNAL_DATA_BYTES = 64 << 20  # past this, weights.data: one copy for both gra
 WEIGHTS_DATA = "weights.data"
 BUILD_FORMAT_VERSION = 2  # v2: one layout for every family ("limits" replaces "profile"; plan sidecars hold shapes)
 BUILD_JSON = "build.json"
-BACKENDS = ("ort", "tensorrt")
+BACKENDS = ("ort", "tensorrt", "native")
 TARGETS = {"ort": ("cpu", "cuda"), "tensorrt": ("cuda", "orin-nano-4gb", "orin-nano-8gb", "orin-nano-super",
-                                                "orin-nx-16gb", "agx-orin-64gb")}
+                                                "orin-nx-16gb", "agx-orin-64gb"), "native": ("cpu",)}
+ARTIFACT_DIR = "artifact"  # a native engine runs the artifact itself: a copy (hard links where possible) lives here
+NATIVE_TOLERANCE = 1e-2  # one decode step on the reference's own state: int8 ties only (backends/compare.py)
 PLUGIN_MODES = ("auto", "on", "off")
 
 
@@ -78,7 +82,9 @@ def _check_request(family: Family, backend: str, target: str, plugins: str) -> N
     if plugins not in PLUGIN_MODES:
         raise QuambaEdgeError(f"--plugins must be one of {', '.join(PLUGIN_MODES)}, not {plugins!r}.")
     if backend not in family.backends:
-        raise QuambaEdgeError(family.no_tensorrt)
+        known = " or ".join(family.backends)
+        raise QuambaEdgeError(family.no_tensorrt if backend == "tensorrt" else
+                              f"{family.name} models build for --backend {known}, not {backend}.")
 
 
 def _plugin_library(mode: str, backend: str, precision: str, family: Family) -> Path | None:
@@ -113,7 +119,7 @@ def weight_bytes(model, precision: str | None = None) -> int:
 def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", target: str = "cpu",
                  precision: str | None = None, threads: int = 1, plugins: str = "auto", progress=None,
                  external_data: bool | None = None, memory_budget: tuple[str, float] | None = None,
-                 **limits) -> dict:
+                 head: str | None = None, **limits) -> dict:
     """Export the family's graphs, build them for the backend, check them against the PyTorch reference and
     write the engine directory. `limits` are the family's profile options (Mamba: max_batch, max_prompt,
     opt_prompt; keyword spotters: max_batch, max_clip_s; set models: max_batch).
@@ -123,6 +129,10 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
     external_data: store the graphs' weights in one shared file beside them (`weights.data`, ONNX external
     data: prefill and decode share every tensor, and no graph meets protobuf's 2 GiB limit); None: when
     the weights pass EXTERNAL_DATA_BYTES (64 MiB: every public Mamba size; small test models stay inline).
+
+    backend "native" (CPU; int8 artifacts of families that have it): no graphs; the engine holds a copy of the
+    artifact, decode runs on csrc/cpu/native (its lm_head in `head`: fp32 | fp16 | bf16 | int8), and parity is
+    judged on every decode step at NATIVE_TOLERANCE.
 
     Raises QuambaEdgeError for a request the family or backend cannot build, ParityError (nothing written)
     when the engine disagrees with the reference beyond DESIGN.md's tolerances.
@@ -143,8 +153,19 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
     activations = ort_backend.activation_encoding(backend, target)
     out = Path(out).resolve()
     if external_data is None:
-        external_data = weight_bytes(model, precision) > EXTERNAL_DATA_BYTES
+        external_data = backend != "native" and weight_bytes(model, precision) > EXTERNAL_DATA_BYTES
     with staged_dir(out, ours=lambda d: (d / BUILD_JSON).exists(), what="an engine directory") as tmp:
+        if backend == "native":
+            step("parity check of the native decoder against the PyTorch reference")
+            runners, _, detail = family.native(model, head)
+            report = check(runners, family.parity(model, precision, limits, tolerance=NATIVE_TOLERANCE), precision)
+            if not report.passed:
+                raise ParityError(report.failure() + " The engine was not written.")
+            shutil.copytree(loaded.directory, tmp / ARTIFACT_DIR, copy_function=_link_or_copy)
+            build = _build_json(family, loaded, backend, target, precision, limits, report, tmp,
+                                native={"head": runners["decode"].decoder.head_kind, "isa_at_build": detail})
+            atomic_write_json(tmp / BUILD_JSON, build)
+            return build
         layer_by_layer = int8 and backend == "ort"  # the probe graphs: int8 parity is judged layer by layer
         weights = WeightFile(tmp / WEIGHTS_DATA) if external_data else None
         try:
@@ -179,22 +200,39 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
         kernels = {}
         if backend == "ort" and target == "cpu":
             kernels = {g: ort_backend.kernel_report(p, int8, activations) for g, p in paths.items()}
-        build = {
-            "format_version": BUILD_FORMAT_VERSION, "toolkit_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "family": family.name, "backend": backend, "target": target, "precision": precision,
-            "int8_activations": activations if int8 else None,
-            "recipe": loaded.label, "model_config": cfg.to_dict(), "source": str(loaded.directory),
-            "source_manifest_sha256": sha256_file(loaded.directory / MANIFEST) if loaded.manifest else None,
-            "limits": limits, "versions": _versions(backend), "machine": platform.machine(),
-            "external_data": WEIGHTS_DATA if external_data else None,
-            "tensorrt": plans or None, "parity": report.to_dict(), "ort_kernels": kernels or None,
-            "plugins": {"library": str(plugin_lib), "sha256": sha256_file(plugin_lib)} if plugin_lib else None,
-            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
-        }
-        build["build_sha256"] = _digest(build)
+        build = _build_json(
+            family, loaded, backend, target, precision, limits, report, tmp,
+            int8_activations=activations if int8 else None, external_data=WEIGHTS_DATA if external_data else None,
+            tensorrt=plans or None, ort_kernels=kernels or None,
+            plugins={"library": str(plugin_lib), "sha256": sha256_file(plugin_lib)} if plugin_lib else None)
         atomic_write_json(tmp / BUILD_JSON, build)
     return build
+
+
+def _build_json(family: Family, loaded: Loaded, backend: str, target: str, precision: str, limits: dict,
+                report, directory: Path, **sections) -> dict:
+    """build.json: what was built from what, with which versions, its parity and the sha256 of every file
+    (its own sha256 last, over all of that)."""
+    build = {
+        "format_version": BUILD_FORMAT_VERSION, "toolkit_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "family": family.name, "backend": backend, "target": target, "precision": precision,
+        "recipe": loaded.label, "model_config": loaded.cfg.to_dict(), "source": str(loaded.directory),
+        "source_manifest_sha256": sha256_file(loaded.directory / MANIFEST) if loaded.manifest else None,
+        "limits": limits, "versions": _versions(backend), "machine": platform.machine(),
+        "parity": report.to_dict(), **sections,
+        "files": {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file()},
+    }
+    build["build_sha256"] = _digest(build)
+    return build
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link where the file system allows one (no second copy of the weights on disk), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _check_fit(loaded: Loaded, precision: str, limits: dict, device: str, usable: float) -> None:
@@ -279,6 +317,17 @@ class Engine:
         backend, target = build["backend"], build["target"]
         tag = family.tag(self.cfg, build["recipe"], self.precision)
         label = f"{backend}-{self.precision}" + (f" ({tag})" if tag else "")
+        if backend == "native":
+            if device != "cpu":
+                raise QuambaEdgeError(f"{self.directory} is a native CPU engine; it runs on --device cpu.")
+            artifact = self.directory / ARTIFACT_DIR
+            if sha256_file(artifact / MANIFEST) != build["source_manifest_sha256"]:
+                raise QuambaEdgeError(f"{artifact / MANIFEST} is not the artifact this engine was built from "
+                                      f"(sha256 mismatch). Fix: rebuild it: `quamba-edge build-engine "
+                                      f"{build['source']} --backend native --out {self.directory}`.")
+            runners, step_bytes, detail = family.native(load(artifact).model, build["native"]["head"])
+            return System(runners, f"native-int8 ({tag}, {detail})", backend, self.precision, self.cfg, family,
+                          build["limits"], step_bytes)
         if backend == "ort":
             wanted = "cpu" if device == "cpu" else "cuda"
             if target != wanted:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -42,18 +43,22 @@ def evaluate_lm(
 
 
 @torch.no_grad()
-def generate(model: nn.Module, prompt_ids: Tensor, max_new_tokens: int, temperature: float = 0.0,
+def generate(runners: dict[str, Callable], prompt_ids: Tensor, max_new_tokens: int, temperature: float = 0.0,
              seed: int = 0) -> list[int]:
-    """Prefill the prompt once, then decode token by token from the explicit state."""
+    """Prefill the prompt (ids (l,) int64) once, then decode token by token from the explicit state.
+
+    runners: a generating family's `prefill` and `decode` (feeds -> outputs, as family.reference(model) or a
+    System's runners): logits (1, vocab) of the last position and the states the next step takes."""
     gen = torch.Generator().manual_seed(seed)
-    logits, conv, ssm = model.step(prompt_ids[None])
-    out: list[int] = []
-    for _ in range(max_new_tokens):
-        last = logits[0, -1].float()
+    out = runners["prefill"]({"input_ids": prompt_ids[None].numpy()})
+    tokens: list[int] = []
+    while True:
+        last = torch.as_tensor(out["logits"][0]).float()
         if temperature > 0:
-            nxt = int(torch.multinomial(torch.softmax(last / temperature, -1), 1, generator=gen))
+            tokens.append(int(torch.multinomial(torch.softmax(last / temperature, -1), 1, generator=gen)))
         else:
-            nxt = int(last.argmax())
-        out.append(nxt)
-        logits, conv, ssm = model.step(torch.tensor([[nxt]]), conv, ssm)
-    return out
+            tokens.append(int(last.argmax()))
+        if len(tokens) >= max_new_tokens:
+            return tokens[:max_new_tokens]
+        out = runners["decode"]({"input_ids": np.array([[tokens[-1]]], dtype=np.int64),
+                                 "conv_state_in": out["conv_state"], "ssm_state_in": out["ssm_state"]})

@@ -144,7 +144,7 @@ class Family(Protocol):
     name: str  # key in config.json / manifest.json / build.json
     graphs: tuple[str, ...]  # ("prefill", "decode") or ("model",)
     precisions: tuple[str, ...]  # what an fp model builds in (a quantized one builds int8)
-    backends: tuple[str, ...]  # "ort", and "tensorrt" where its build has a profile
+    backends: tuple[str, ...]  # "ort"; "tensorrt" where its build has a profile; "native" where it has `native`
     no_tensorrt: str  # why not, where TensorRT is not among the backends
     generates: bool  # a language model: generate, the roofline estimate and --plot apply
     scales_title: str  # what calibrate's table of scales shows
@@ -163,6 +163,8 @@ class Family(Protocol):
     def export(self, model: nn.Module, graph: str, precision: str, activations: str, probes: bool = False,
                weights: Any = None) -> Any: ...  # onnx.ModelProto; weights: an export.graph.WeightFile
     def parity(self, model: nn.Module, precision: str, limits: dict) -> Iterator[Case]: ...
+    # backend "native" only: (runners, bytes one decode step reads, label detail)
+    def native(self, model: nn.Module, head: str | None) -> tuple[dict, int, str]: ...
     def layer_parity(self, model: nn.Module) -> Iterator[Case] | None: ...  # int8, on the probe graphs
     def limits(self, cfg: Any, **options: Any) -> dict: ...  # the engine's profile (build.json)
     def profile(self, graph: str, cfg: Any, limits: dict) -> dict | None: ...  # TensorRT shapes; None: no TRT

@@ -17,6 +17,8 @@ from torch import nn
 from quamba_edge import kernels as kernel_ops
 from quamba_edge.backends.base import System
 from quamba_edge.backends.compare import LAYER_TOLERANCE, TOLERANCE, Case, compare
+from quamba_edge.backends.native import NativeDecodeRunner
+from quamba_edge.backends.torch import TorchRunner
 from quamba_edge.checkpoints.common import checkpoint_family
 from quamba_edge.checkpoints.mamba import load_mamba
 from quamba_edge.data.text import load_windows, read_text, take_windows
@@ -28,6 +30,8 @@ from quamba_edge.export.mamba import export_mamba
 from quamba_edge.export.plugins import rewrite
 from quamba_edge.families.base import Calibration, Column, Compute, Loaded, Progress, median_range
 from quamba_edge.kernels.mamba import KernelMambaLM
+from quamba_edge.kernels.native import HEADS as NATIVE_HEADS
+from quamba_edge.kernels.native import NativeDecoder
 from quamba_edge.models.mamba import MambaConfig, MambaLM
 from quamba_edge.quant.quamba import QuantizedMambaLM
 from quamba_edge.quant.quantize import quantize
@@ -36,7 +40,7 @@ from quamba_edge.quant.recipes import Fp, Quamba, Recipe, make_recipe
 name = "mamba"
 graphs = ("prefill", "decode")
 precisions = ("fp32", "fp16")  # what an fp model builds in; a quantized one is int8
-backends = ("ort", "tensorrt")
+backends = ("ort", "tensorrt", "native")
 generates = True  # the roofline estimate and --plot apply
 scales_title = "activation scales; int8 step = scale"
 plugin_pass = rewrite  # TensorRT: conv and scan regions -> csrc/ plugin nodes
@@ -143,14 +147,40 @@ def kernels(model: nn.Module, device: str) -> tuple[nn.Module, str]:
     return KernelMambaLM(model), f"kernels-{kernel_ops.backend(device)}"
 
 
+def native(model: nn.Module, head: str | None = None) -> tuple[dict, int, str]:
+    """The native CPU backend's runners (decode on csrc/cpu/native, prefill on the PyTorch quantized model),
+    the bytes one decode step reads (packed weights, and the fp32 embedding when the head reads it) and a
+    label. `head`: fp32 | fp16 | bf16 | int8 (None: int8 if the artifact has one, else fp32)."""
+    if not isinstance(model, QuantizedMambaLM):
+        raise QuambaEdgeError("--backend native runs int8 artifacts; this model is fp32. Fix: `quamba-edge "
+                              "calibrate` first, then build from its --out directory.")
+    if model.head is not None and head not in (None, "int8"):
+        raise QuambaEdgeError(f"this artifact was calibrated with an int8 lm_head (--int8-head); --head {head} "
+                              "would run another head than the calibrated one. Fix: drop --head (or --head int8), "
+                              "or calibrate with --fp-head for a 16-bit head.")
+    if head is not None and head not in NATIVE_HEADS:
+        raise QuambaEdgeError(f"unknown --head {head!r}; known: {', '.join(NATIVE_HEADS)}.")
+    if head == "int8" and model.head is None:
+        raise QuambaEdgeError("--head int8 needs an artifact calibrated with --int8-head. Fix: calibrate with "
+                              "--int8-head, or choose --head fp16 (the paper's 16-bit head).")
+    decoder = NativeDecoder(model, head=head)
+    step_bytes = decoder.packed_bytes + (model.embedding.weight.nbytes if decoder.head_kind == "fp32" else 0)
+    runners = {"prefill": TorchRunner("prefill", reference(model)["prefill"], backend="native"),
+               "decode": NativeDecodeRunner(decoder)}
+    return runners, step_bytes, f"{decoder.isa}, {decoder.head_kind} head"
+
+
 def parity(model: nn.Module, precision: str, limits: dict | None = None, *, seed: int = 0, batch: int = 2,
-           lengths: tuple[int, ...] = (7, 33), decode_steps: int = 2) -> Iterator[Case]:
+           lengths: tuple[int, ...] = (7, 33), decode_steps: int = 2, tolerance: float | None = None
+           ) -> Iterator[Case]:
     """Prefill on fresh random prompts, then decode steps that start from the reference state, so each
     step is compared on equal inputs. fp16 graphs are compared with the model's weights rounded to fp16
-    and run in fp32 (PyTorch's fp16 CPU kernels are slower and less exact than that)."""
+    and run in fp32 (PyTorch's fp16 CPU kernels are slower and less exact than that). int8 is recorded, not
+    judged (graphs are judged layer by layer instead), unless `tolerance` is given (the native backend:
+    one step on the reference's own state)."""
     gen = torch.Generator().manual_seed(seed)
     ref_model = copy.deepcopy(model).half().float() if precision == "fp16" else model
-    tol = None if precision == "int8" else TOLERANCE[precision]  # int8: judged layer by layer instead
+    tol = tolerance if tolerance is not None else None if precision == "int8" else TOLERANCE[precision]
 
     def judge(case: str, refs: tuple):
         return lambda out: [compare(case, n, out[n], r, tol) for n, r in zip(("logits", "conv_state", "ssm_state"),
