@@ -6,7 +6,7 @@ export QUAMBA_EDGE_CACHE ?= $(CURDIR)/.cache
 # Torch threads for the demo and the quality table (benchmarks that time things use one thread).
 THREADS ?= 2
 
-.PHONY: venv corpus demo test lint quality peers-wheel bench-cpu bench-peers bench-kernels bench-scale bench-adapool speech pretrain kws bench-speech trt-plugins jetson-image jetson-bench clean
+.PHONY: venv corpus demo test lint quality peers-wheel bench-cpu bench-native bench-peers bench-kernels bench-scale bench-adapool speech pretrain kws bench-speech trt-plugins jetson-image jetson-bench clean
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -65,7 +65,11 @@ peers-wheel: venv
 bench-cpu: corpus
 	$(BIN)/python benchmarks/cpu_decode.py --out benchmarks/results/cpu_decode.json
 
-# Ours against llama.cpp (q8_0 and f32) on the same mamba-130m-shaped weights, one thread.
+# The native CPU decoder (csrc/cpu/native) against ONNX Runtime and PyTorch, every head and ISA path here.
+bench-native: venv
+	cd benchmarks && ../$(BIN)/python native_decode.py --all-isas --out results/native_decode.json
+
+# Ours (ONNX Runtime and native) against llama.cpp (q8_0 and f32) on the same mamba-130m-shaped weights, one thread.
 bench-peers: corpus peers-wheel
 	$(BIN)/python benchmarks/peers.py --llama-src $(PEERS_DIR)/src --out benchmarks/results/peers.json
 

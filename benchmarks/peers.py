@@ -6,7 +6,8 @@
 The model is the mamba-130m shape with random weights (seed 0; see cpu_decode.py for why a shape).
 It is written once as a mamba-ssm checkpoint; llama.cpp's own converter (convert_hf_to_gguf.py from
 the llama-cpp-python sdist, with its bundled gguf-py) turns it into f32 and q8_0 gguf files, and
-quamba-edge builds its fp32 and Quamba int8 ONNX Runtime engines from the same checkpoint. Every
+quamba-edge builds its fp32 and Quamba int8 ONNX Runtime engines and its native CPU engines (Quamba with
+the paper's 16-bit head; --int8-head with the int8 head) from the same checkpoint. Every
 system is timed by quamba-edge's bench loop (prompt, then greedy decode one token at a time), with
 llama.cpp driven through llama-cpp-python's `eval` at n_threads = n_threads_batch = 1.
 
@@ -39,6 +40,7 @@ from quamba_edge.bench.systems import open_system
 from quamba_edge.engine import build_engine
 from quamba_edge.families import mamba
 from quamba_edge.io import atomic_write_json
+from quamba_edge.kernels import native
 
 
 def llama_cpp_system(gguf: Path, quant: str, cfg, max_tokens: int) -> System:
@@ -105,6 +107,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             eng = root / f"engine-{label}"
             build_engine(src, eng, precision="fp32" if label == "fp32" else None, max_prompt=args.prompt_len)
             systems.append(open_system(str(eng), device="cpu", threads=1))
+        names = {}
+        for label, head in (("quamba", "fp16"), ("quamba-int8-head", "int8")):  # the native CPU decoder
+            eng = root / f"native-{label}"
+            build_engine(artifacts[label], eng, backend="native", head=head, max_prompt=args.prompt_len)
+            systems.append(open_system(str(eng), device="cpu", threads=1))
+            names[id(systems[-1])] = f"quamba-edge-native-int8-{head}-head ({native.isa()})"
         systems.append(open_system(str(fp_dir), device="cpu", threads=1))
         for quant in ("q8_0", "f32"):
             console.print(f"converting to gguf {quant} with llama.cpp's converter")
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             console.print(f"timing {system.label}")
             work = mamba.workload(cfg, batch=1, prompt_len=args.prompt_len, gen_len=args.gen_len)
             m = measure(system, work, repeats=args.repeats, threads=1)
-            name = system.label if system.backend == "llama.cpp" else _system_name(m)
+            name = names.get(id(system)) or (system.label if system.backend == "llama.cpp" else _system_name(m))
             row = {**m, "system": name, "model": "mamba-130m-shape"}
             row.pop("tpot_curve_ms")
             rows.append(row)
