@@ -1,16 +1,19 @@
-"""Decode speed of the native CPU path (issue 17) against the PyTorch quantized reference and ONNX Runtime
-int8, one thread, at the mamba-130m shape (24 layers, d_model 768, vocabulary 50280; random weights: speed
-does not depend on their values, see cpu_decode.py).
+"""Prefill and decode speed of the native CPU path (issue 17) against the PyTorch quantized reference and ONNX
+Runtime int8, one thread, at the mamba-130m shape (24 layers, d_model 768, vocabulary 50280; random weights:
+speed does not depend on their values, see cpu_decode.py).
 
     python benchmarks/native_decode.py --out benchmarks/results/native_decode.json
 
 The model is calibrated with Quamba on random token ids (twice: the paper's fp32 head, and --int8-head),
 a --prompt-len prompt is prefilled by the reference, and then each system decodes --gen-len tokens one at
 a time from that state (greedy: each next id is the argmax of the logits). A row's decode tok/s is
-gen-len / (time of those steps), the median over --repeats. Systems:
+gen-len / (time of those steps), the median over --repeats. A row's prompt tok/s is --prefill-len / (time of
+one prefill of a --prefill-len prompt from zero states, to the last position's logits), the median over
+--prefill-repeats (after a warm-up): the time to first token of that prompt. Systems:
 
-- native-<head>: quamba_edge.kernels.native.NativeDecoder, one C++ call a token, on the path QUAMBA_EDGE_ISA or the
-  CPU picks (`isa` column; every path the CPU runs with --all-isas), head fp32 / fp16 / int8;
+- native-<head>: quamba_edge.kernels.native.NativeDecoder, one C++ call a token (decode) or a prompt (prefill,
+  layer-major int8 GEMMs over the prompt), on the path QUAMBA_EDGE_ISA or the CPU picks (`isa` column; every
+  path the CPU runs with --all-isas), head fp32 / fp16 / int8;
 - pytorch-int8: QuantizedMambaLM.step, the reference (eager int8 emulation);
 - ort-int8, ort-int8-head: the engines `quamba-edge build-engine` writes (--no-ort skips the build, minutes).
 
@@ -60,7 +63,23 @@ def time_decode(step, first_id: int, gen_len: int, repeats: int, restart) -> lis
     return times[1:]
 
 
-def native_rows(qmodel, conv0, ssm0, heads, isas, first_id, args) -> list[dict]:
+def time_prefill(prefill, repeats: int) -> list[float]:
+    """Seconds for one prefill() (a whole prompt to its last logits), per repeat after a warm-up."""
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        prefill()
+        times.append(time.perf_counter() - t0)
+    return times[1:]
+
+
+def add_prefill(r: dict, times: list[float], length: int) -> dict:
+    med = statistics.median(times)
+    r.update(prefill_tok_s=length / med, ttft_ms=1e3 * med, prefill_repeats_s=times)
+    return r
+
+
+def native_rows(qmodel, conv0, ssm0, heads, isas, first_id, args, long_prompt) -> list[dict]:
     rows = []
     for isa in isas:
         for head in heads:
@@ -74,7 +93,9 @@ def native_rows(qmodel, conv0, ssm0, heads, isas, first_id, args) -> list[dict]:
             times = time_decode(step, first_id, args.gen_len, args.repeats, lambda d=dec: d.load_state(conv0, ssm0))
             head_bytes = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}[head] * qmodel.cfg.vocab_size * qmodel.cfg.d_model
             layer_bytes = dec.packed_bytes - (head_bytes if head != "fp32" else 0)
-            rows.append(row(f"native-{head}", isa, times, args.gen_len, layer_bytes + head_bytes))
+            r = row(f"native-{head}", isa, times, args.gen_len, layer_bytes + head_bytes)
+            rows.append(add_prefill(r, time_prefill(lambda d=dec: d.prefill(long_prompt), args.prefill_repeats),
+                                    long_prompt.shape[1]))
     return rows
 
 
@@ -88,7 +109,7 @@ def row(system: str, isa: str, times: list[float], gen_len: int, step_bytes: int
     return r
 
 
-def pytorch_row(qmodel, conv0, ssm0, first_id, args) -> dict:
+def pytorch_row(qmodel, conv0, ssm0, first_id, args, long_prompt) -> dict:
     state = {}
 
     def restart():
@@ -100,10 +121,17 @@ def pytorch_row(qmodel, conv0, ssm0, first_id, args) -> dict:
         return logits[:, -1]
 
     label = "pytorch-int8" + ("-head" if qmodel.head is not None else "")
-    return row(label, "torch", time_decode(step, first_id, args.gen_len, args.repeats, restart), args.gen_len, None)
+    r = row(label, "torch", time_decode(step, first_id, args.gen_len, args.repeats, restart), args.gen_len, None)
+
+    @torch.no_grad()
+    def prefill():
+        return qmodel.step(long_prompt)[0][:, -1]
+
+    return add_prefill(r, time_prefill(prefill, args.prefill_repeats), long_prompt.shape[1])
 
 
-def ort_rows(qmodels: dict, calibs: dict, prompt: torch.Tensor, first_id: int, args, console) -> list[dict]:
+def ort_rows(qmodels: dict, calibs: dict, prompt: torch.Tensor, first_id: int, args, console,
+             long_prompt: torch.Tensor) -> list[dict]:
     from quamba_edge.artifact import save_artifact
     from quamba_edge.bench.systems import open_system
     from quamba_edge.engine import build_engine
@@ -115,7 +143,7 @@ def ort_rows(qmodels: dict, calibs: dict, prompt: torch.Tensor, first_id: int, a
                                 source={"model": "mamba-130m-shape"}, calibration=None, scales=calibs[label].scales)
             eng = Path(tmp) / f"engine-{label}"
             console.print(f"  building the ORT engine for {label}")
-            build_engine(art, eng, threads=1, max_prompt=args.prompt_len)
+            build_engine(art, eng, threads=1, max_prompt=max(args.prompt_len, args.prefill_len))
             system = open_system(str(eng), device="cpu", threads=1)
             out0 = system["prefill"].infer({"input_ids": prompt.numpy()})
             state: dict = {}
@@ -130,8 +158,10 @@ def ort_rows(qmodels: dict, calibs: dict, prompt: torch.Tensor, first_id: int, a
                 return out["logits"]
 
             name = "ort-int8" + ("-head" if qmodel.head is not None else "")
-            rows.append(row(name, "ort", time_decode(step, first_id, args.gen_len, args.repeats, restart),
-                            args.gen_len, None))
+            r = row(name, "ort", time_decode(step, first_id, args.gen_len, args.repeats, restart), args.gen_len, None)
+            feeds = {"input_ids": long_prompt.numpy()}
+            rows.append(add_prefill(r, time_prefill(lambda s=system, f=feeds: s["prefill"].infer(f),
+                                                    args.prefill_repeats), long_prompt.shape[1]))
     return rows
 
 
@@ -140,6 +170,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--gen-len", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--prefill-len", type=int, default=512, help="prompt tokens of the timed prefill (TTFT)")
+    ap.add_argument("--prefill-repeats", type=int, default=3)
     ap.add_argument("--calib-samples", type=int, default=8)
     ap.add_argument("--calib-seq-len", type=int, default=64)
     ap.add_argument("--all-isas", action="store_true", help="time every path this CPU runs, not only the chosen one")
@@ -157,33 +189,41 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with torch.no_grad():
         logits, conv0, ssm0 = q.step(prompt)
     first_id = int(logits[0, -1].argmax())
+    long_prompt = torch.randint(0, MAMBA_130M_SHAPE.vocab_size, (1, args.prefill_len),
+                                generator=torch.Generator().manual_seed(2))
     isas = native.supported_isas() if args.all_isas else [native.isa()]
     console.print(f"native decoder on {', '.join(isas)} (this CPU runs {', '.join(native.supported_isas())})")
-    rows = native_rows(q, conv0, ssm0, ("fp32", "fp16"), isas, first_id, args)
-    rows += native_rows(q8, conv0, ssm0, ("int8",), isas, first_id, args)
+    rows = native_rows(q, conv0, ssm0, ("fp32", "fp16"), isas, first_id, args, long_prompt)
+    rows += native_rows(q8, conv0, ssm0, ("int8",), isas, first_id, args, long_prompt)
     if not args.no_pytorch:
         console.print("timing the PyTorch reference")
-        rows += [pytorch_row(m, conv0, ssm0, first_id, args) for m in (q, q8)]
+        rows += [pytorch_row(m, conv0, ssm0, first_id, args, long_prompt) for m in (q, q8)]
     if not args.no_ort:
         rows += ort_rows({"quamba": q, "quamba-int8-head": q8}, {"quamba": c, "quamba-int8-head": c8}, prompt,
-                         first_id, args, console)
+                         first_id, args, console, long_prompt)
     ref = next((r for r in rows if r["system"] == "pytorch-int8"), None)
     for r in rows:
         if ref:
             r["decode_vs_pytorch_int8"] = r["decode_tok_s"] / ref["decode_tok_s"]
-    table = Table(title=f"one thread, mamba-130m shape, decode {args.gen_len} tokens after {args.prompt_len} "
+            r["prefill_vs_pytorch_int8"] = r["prefill_tok_s"] / ref["prefill_tok_s"]
+    table = Table(title=f"one thread, mamba-130m shape: prefill of {args.prefill_len} tokens (median of "
+                        f"{args.prefill_repeats}); decode {args.gen_len} tokens after {args.prompt_len} "
                         f"(median of {args.repeats})")
-    for col in ("system", "isa", "decode tok/s", "TPOT ms", "GB/s", "vs pytorch-int8"):
+    for col in ("system", "isa", "prompt tok/s", "TTFT ms", "decode tok/s", "TPOT ms", "GB/s", "vs pytorch-int8"):
         table.add_column(col, justify="left" if col in ("system", "isa") else "right", no_wrap=True)
     for r in rows:
-        table.add_row(r["system"], r["isa"], f"{r['decode_tok_s']:.1f}", f"{r['tpot_ms']:.2f}",
+        table.add_row(r["system"], r["isa"], f"{r['prefill_tok_s']:.1f}", f"{r['ttft_ms']:.0f}",
+                      f"{r['decode_tok_s']:.1f}", f"{r['tpot_ms']:.2f}",
                       f"{r['achieved_gb_s']:.1f}" if "achieved_gb_s" in r else "",
-                      f"{r['decode_vs_pytorch_int8']:.2f}x" if "decode_vs_pytorch_int8" in r else "")
+                      f"{r['prefill_vs_pytorch_int8']:.2f}x / {r['decode_vs_pytorch_int8']:.2f}x"
+                      if "decode_vs_pytorch_int8" in r else "")
     console.print(table)
     if args.out:
         atomic_write_json(args.out, {"command": "python " + " ".join(sys.argv), "machine": machine("cpu"),
                                      "model": "mamba-130m-shape", "prompt_len": args.prompt_len,
-                                     "gen_len": args.gen_len, "repeats": args.repeats, "rows": rows,
+                                     "gen_len": args.gen_len, "repeats": args.repeats,
+                                     "prefill_len": args.prefill_len, "prefill_repeats": args.prefill_repeats,
+                                     "rows": rows,
                                      "date": time.strftime("%Y-%m-%d")})
         console.print(f"wrote {args.out}")
     return rows

@@ -1,5 +1,6 @@
-"""The public Mamba sizes through the user's commands: calibrate, build-engine (int8; fp16 up to --fp16-max)
-and bench, each stage a separate `quamba-edge` process whose peak resident memory is read from the kernel
+"""The public Mamba sizes through the user's commands: calibrate, build-engine (int8 ONNX Runtime; the native CPU
+decoder with the paper's fp16 head; fp16 up to --fp16-max) and bench,
+each stage a separate `quamba-edge` process whose peak resident memory is read from the kernel
 (wait4's rusage), with the artifact or engine size beside it.
 
 Weights are random at the public shapes (state-spaces/mamba-130m ... -2.8b: speed and memory do not depend
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                 "--out", root / "int8", "--threads", args.threads, "--json"], root / "int8"),
                  ("build-engine int8", ["build-engine", root / "int8", "--out", root / "engine-int8", "--max-prompt",
                                         args.prompt_len, "--threads", args.threads, "--json"], root / "engine-int8")]
+        steps.append(("build-engine native", ["build-engine", root / "int8", "--backend", "native", "--head", "fp16",
+                                              "--out", root / "engine-native", "--json"], root / "engine-native"))
         if order.index(shape) <= order.index(args.fp16_max):
             steps.append(("build-engine fp16", ["build-engine", ckpt, "--precision", "fp16", "--out",
                                                 root / "engine-fp16", "--max-prompt", args.prompt_len, "--threads",
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             atomic_write_json(args.out, {**meta, "rows": rows})
             if not rows[-1]["ok"] and stage == "calibrate":
                 break
-        engines = [e for e in ("int8", "fp16") if (root / f"engine-{e}" / "build.json").exists()]
+        engines = [e for e in ("int8", "native", "fp16") if (root / f"engine-{e}" / "build.json").exists()]
         for engine in engines:
             bench_json = root / f"bench-{engine}.json"
             console.print(f"  bench {engine}")

@@ -227,7 +227,7 @@ def _fastest(loaded, backend: str) -> tuple[dict, str]:
     if backend in ("auto", "native") and "native" in family.backends and loaded.recipe.quantize:
         try:
             runners, _, detail = family.native(loaded.model, None)
-            return runners, f"decode: native {detail}; prefill: PyTorch"
+            return runners, f"native {detail}"
         except Exception as exc:  # a compiler problem here: PyTorch gives the same tokens, slower
             if backend == "native":
                 raise QuambaEdgeError(f"the native decoder could not be used ({exc}). Fix: install a C++ "

@@ -131,8 +131,8 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
     the weights pass EXTERNAL_DATA_BYTES (64 MiB: every public Mamba size; small test models stay inline).
 
     backend "native" (CPU; int8 artifacts of families that have it): no graphs; the engine holds a copy of the
-    artifact, decode runs on csrc/cpu/native (its lm_head in `head`: fp32 | fp16 | bf16 | int8), and parity is
-    judged on every decode step at NATIVE_TOLERANCE.
+    artifact, prefill and decode run on csrc/cpu/native (its lm_head in `head`: fp32 | fp16 | bf16 | int8), and
+    parity is judged on every prefill and decode case at NATIVE_TOLERANCE.
 
     Raises QuambaEdgeError for a request the family or backend cannot build, ParityError (nothing written)
     when the engine disagrees with the reference beyond DESIGN.md's tolerances.

@@ -63,6 +63,21 @@ def test_a_failed_parity_check_writes_nothing(int8_artifact, tmp_path, monkeypat
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("switches", [{"weight_granularity": "channel"}, {"int8_head": True}])
+def test_per_channel_weights_build_and_pass_parity(tmp_path, switches):
+    """Per-output-channel weight scales (the channel ablation, the int8 head): the per-axis DequantizeLinear
+    takes a zero point per channel, which ONNX Runtime requires (a scalar one failed at the first run)."""
+    from .conftest import make_model
+
+    model = make_model()
+    batches = [torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(5))]
+    qmodel, calib = calibrate(model, batches, make_recipe("quamba", **switches))
+    art = save_artifact(qmodel, tmp_path / "art", family="mamba", recipe=qmodel.recipe, source={"model": "tiny"},
+                        calibration={}, scales=calib.scales)
+    build = build_engine(art, tmp_path / "eng")
+    assert build["parity"]["passed"] and build["recipe"] == qmodel.recipe.label
+
+
 def test_estimate_of_an_int8_engine_reads_its_real_bytes(int8_engine, tmp_path):
     """bench --estimate on an int8 engine: the int8 row's weight traffic is the engine's decode graph and
     weights on disk (not the shape's count); the fp16 row, which was not built, is counted from the shape."""

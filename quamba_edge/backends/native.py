@@ -1,8 +1,8 @@
-"""The native CPU backend as Runners: decode on csrc/cpu/native (kernels/native.py's NativeDecoder, one C++
-call a token on the fastest exact int8 path of this CPU), prefill on the PyTorch quantized model.
+"""The native CPU backend as Runners on csrc/cpu/native (kernels/native.py's NativeDecoder, on the fastest exact
+int8 path of this CPU): prefill (one C++ call for the whole prompt, layer-major) and decode (one call a token).
 
-The decode runner keeps the states in the decoder: fed the states it returned last, it steps them in place
-(no copy per token); fed any other states (a prefill's, a parity case's) it copies them in first.
+Both runners share one decoder and its states: the prefill leaves them in the decoder and returns them (no copy),
+so the decode that follows steps them in place; fed any other states (a parity case's), decode copies them in.
 """
 
 from __future__ import annotations
@@ -31,4 +31,21 @@ class NativeDecodeRunner(Runner):
         if conv is not dec.conv_state or ssm is not dec.ssm_state:
             dec.load_state(torch.as_tensor(conv), torch.as_tensor(ssm))
         dec.step(torch.as_tensor(feeds["input_ids"]).reshape(-1))
+        return {"logits": dec.logits.numpy().copy(), "conv_state": dec.conv_state, "ssm_state": dec.ssm_state}
+
+
+class NativePrefillRunner(Runner):
+    """The `prefill` graph: feeds input_ids (b, l) int64 -> logits (b, vocab) fp32 of the last position (a numpy
+    copy), conv_state (n_layer, b, d_inner, d_conv - 1) int8 and ssm_state (n_layer, b, d_inner, d_state) fp32
+    (the decoder's own tensors, which a NativeDecodeRunner on the same decoder continues from in place)."""
+
+    backend = "native"
+
+    def __init__(self, decoder: NativeDecoder):
+        super().__init__("prefill")
+        self.decoder = decoder
+
+    def _infer(self, feeds: Feeds) -> dict[str, Any]:
+        dec = self.decoder
+        dec.prefill(torch.as_tensor(feeds["input_ids"]))
         return {"logits": dec.logits.numpy().copy(), "conv_state": dec.conv_state, "ssm_state": dec.ssm_state}

@@ -122,16 +122,18 @@ class GraphBuilder:
         """value broadcast to (batch, *tail)."""
         return self.op("Expand", [value, self.op("Concat", [batch, self.const(tail, np.int64)], axis=0)])
 
-    def _zero_point(self, weight: bool) -> str:
+    def _zero_point(self, weight: bool, channels: int | None = None) -> str:
         if weight:  # one per weight: ORT's x86 u8u8 pass rewrites each weight's zero point in place
-            return self.initializer("w_zero_point", np.zeros((), np.int8))
+            # per-axis DQ takes a zero point per channel (a 1-D tensor as long as the scale), per-tensor a scalar
+            return self.initializer("w_zero_point", np.zeros(() if channels is None else (channels,), np.int8))
         return self.const(0, np.int8) if self.activation_type == np.int8 else self.const(128, np.uint8)
 
     def quantize(self, x: str, scale: str, to_int8: bool = False) -> str:
         return self.op("QuantizeLinear", [x, scale, self._zero_point(to_int8)])
 
-    def dequantize(self, q: str, scale: str, axis: int | None = None, weight: bool = False) -> str:
-        return self.op("DequantizeLinear", [q, scale, self._zero_point(weight)], axis=axis)  # axis None: none
+    def dequantize(self, q: str, scale: str, axis: int | None = None, weight: bool = False,
+                   channels: int | None = None) -> str:
+        return self.op("DequantizeLinear", [q, scale, self._zero_point(weight, channels)], axis=axis)  # None: none
 
     def int8_weight(self, hint: str, q: torch.Tensor, scale: torch.Tensor, axis: int = 1) -> str:
         """DQ of an int8 weight with a per-tensor or per-output-channel scale. axis 1: an (out, in) matrix,
@@ -139,7 +141,8 @@ class GraphBuilder:
         wq = self.initializer(f"{hint}_q", q.t().contiguous() if axis == 1 else q)
         if scale.numel() == 1:
             return self.dequantize(wq, self.const(float(scale), np.float32), weight=True)
-        return self.dequantize(wq, self.initializer(f"{hint}_scale", scale.reshape(-1).float()), axis=axis, weight=True)
+        return self.dequantize(wq, self.initializer(f"{hint}_scale", scale.reshape(-1).float()), axis=axis, weight=True,
+                               channels=scale.numel())
 
     def qdq(self, x: str, scale: str) -> str:
         """Fake-quantize: the int8 value exists between the two nodes, where engines fuse."""

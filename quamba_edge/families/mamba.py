@@ -17,8 +17,7 @@ from torch import nn
 from quamba_edge import kernels as kernel_ops
 from quamba_edge.backends.base import System
 from quamba_edge.backends.compare import LAYER_TOLERANCE, TOLERANCE, Case, compare
-from quamba_edge.backends.native import NativeDecodeRunner
-from quamba_edge.backends.torch import TorchRunner
+from quamba_edge.backends.native import NativeDecodeRunner, NativePrefillRunner
 from quamba_edge.checkpoints.common import checkpoint_family
 from quamba_edge.checkpoints.mamba import load_mamba
 from quamba_edge.data.text import load_windows, read_text, take_windows
@@ -148,8 +147,8 @@ def kernels(model: nn.Module, device: str) -> tuple[nn.Module, str]:
 
 
 def native(model: nn.Module, head: str | None = None) -> tuple[dict, int, str]:
-    """The native CPU backend's runners (decode on csrc/cpu/native, prefill on the PyTorch quantized model),
-    the bytes one decode step reads (packed weights, and the fp32 embedding when the head reads it) and a
+    """The native CPU backend's runners (prefill and decode on csrc/cpu/native, sharing one decoder and its
+    states), the bytes one decode step reads (packed weights, and the fp32 embedding when the head reads it) and a
     label. `head`: fp32 | fp16 | bf16 | int8 (None: int8 if the artifact has one, else fp32)."""
     if not isinstance(model, QuantizedMambaLM):
         raise QuambaEdgeError("--backend native runs int8 artifacts; this model is fp32. Fix: `quamba-edge "
@@ -165,8 +164,7 @@ def native(model: nn.Module, head: str | None = None) -> tuple[dict, int, str]:
                               "--int8-head, or choose --head fp16 (the paper's 16-bit head).")
     decoder = NativeDecoder(model, head=head)
     step_bytes = decoder.packed_bytes + (model.embedding.weight.nbytes if decoder.head_kind == "fp32" else 0)
-    runners = {"prefill": TorchRunner("prefill", reference(model)["prefill"], backend="native"),
-               "decode": NativeDecodeRunner(decoder)}
+    runners = {"prefill": NativePrefillRunner(decoder), "decode": NativeDecodeRunner(decoder)}
     return runners, step_bytes, f"{decoder.isa}, {decoder.head_kind} head"
 
 

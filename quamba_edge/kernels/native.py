@@ -4,7 +4,9 @@
 zero-padded to 64 bytes, per-row scales, A = -exp(A_log) precomputed) and then runs one token of every
 sequence per `step(token_ids)`: embedding row, every layer (RMSNorm + quantize, in_proj, conv step + SiLU +
 requantize, x_proj, dt_proj, scan step, gate, Hadamard + quantize, out_proj, residual), final RMSNorm and
-head, with the states updated in place and no allocation per token. The C++ is csrc/cpu/native/ (plain
+head, with the states updated in place and no allocation per token; `prefill(input_ids)` runs a whole
+(batch, length) prompt in one call, layer-major (each projection an int8 GEMM over the prompt's tokens, the
+conv and the scan along time, the head on the last position). The C++ is csrc/cpu/native/ (plain
 C++, shares csrc/include/quamba_edge/kernel_math.h with the CUDA kernels and the CPU twins).
 
 The int8 x int8 -> int32 products run on the fastest exact path the CPU has, chosen at run time:
@@ -135,12 +137,12 @@ def pack_layer(block: QResidualBlock) -> tuple[list[Tensor], list[float]]:
 
 
 class NativeDecoder:
-    """Decode-only runner of a `QuantizedMambaLM` (CPU, any batch). Owns the states: conv_state
+    """Prefill and decode runner of a `QuantizedMambaLM` (CPU, any batch). Owns the states: conv_state
     (n_layer, batch, d_inner, d_conv - 1) int8 and ssm_state (n_layer, batch, d_inner, d_state) fp32, the
     layout `QuantizedMambaLM.empty_state` uses, updated in place by every step.
 
         dec = NativeDecoder(qmodel)                    # packs once (seconds at mamba-130m)
-        logits = dec.prefill(prompt_ids)               # (batch, vocab): token by token through step
+        logits = dec.prefill(prompt_ids)               # (batch, length) -> (batch, vocab): one layer-major call
         logits = dec.step(next_ids)                    # (batch,) int64 -> (batch, vocab) fp32
 
     `step` returns the decoder's own logits buffer (overwritten by the next step: clone to keep it).
@@ -212,19 +214,29 @@ class NativeDecoder:
         self._dec.step(self._ids, self.conv_state, self.ssm_state, self.logits, traces or [])
         return self.logits
 
-    def prefill(self, input_ids: Tensor) -> Tensor:
-        """input_ids (batch, length) from zero states, one step per token -> logits of the last (batch, vocab)."""
-        self.reset(input_ids.shape[0])
-        for t in range(input_ids.shape[1]):
-            self.step(input_ids[:, t])
+    def prefill(self, input_ids: Tensor, traces: list[list[Tensor]] | None = None) -> Tensor:
+        """input_ids (batch, length) int from zero states -> logits of the last position (batch, vocab) fp32 (the
+        decoder's own buffer, as `step`'s); conv_state / ssm_state then hold the states after the prompt, from
+        which `step` continues. One C++ call, layer-major over the prompt (int8 GEMMs over the tokens, the conv
+        and scan along time, the head on the last position only): the same states as stepping token by token.
+
+        traces: per layer six int8 tensors (TRACE_POINTS, each (batch, length, width); `trace_buffers(length)`)
+        that receive every position's int8 intermediates."""
+        ids = torch.as_tensor(input_ids)
+        if ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
+            raise ValueError(f"prefill takes token ids (batch, length) with both >= 1, got shape {tuple(ids.shape)}")
+        self.reset(ids.shape[0])
+        self._dec.prefill(ids.to(torch.int64).contiguous(), self.conv_state, self.ssm_state, self.logits,
+                          traces or [])
         return self.logits
 
-    def trace_buffers(self) -> list[list[Tensor]]:
+    def trace_buffers(self, length: int | None = None) -> list[list[Tensor]]:
         """Fresh int8 tensors for `step(traces=...)`: per layer xn (b, d_model), xz (b, 2d), u (b, d),
-        dbc (b, r + 2n), delta (b, d), y (b, d)."""
+        dbc (b, r + 2n), delta (b, d), y (b, d); with `length`, for `prefill(traces=...)`: each (b, length, width)."""
         cfg, b = self.cfg, self.batch
         widths = (cfg.d_model, 2 * cfg.d_inner, cfg.d_inner, cfg.rank + 2 * cfg.d_state, cfg.d_inner, cfg.d_inner)
-        return [[torch.zeros(b, w, dtype=torch.int8) for w in widths] for _ in range(cfg.n_layer)]
+        lead = (b,) if length is None else (b, length)
+        return [[torch.zeros(*lead, w, dtype=torch.int8) for w in widths] for _ in range(cfg.n_layer)]
 
     def layer(self, i: int, h: Tensor, conv_state: Tensor, ssm_state: Tensor,
               trace: list[Tensor] | None = None) -> None:

@@ -138,6 +138,22 @@ class PyDecoder {
     }
   }
 
+  // ids (batch, length) int64; states as step (read, then advanced over the whole prompt); logits (batch, vocab)
+  // of the last position; traces: per layer six int8 tensors of (batch, length, width), or none.
+  void prefill(const at::Tensor& ids, at::Tensor conv_state, at::Tensor ssm_state, at::Tensor logits,
+               const std::vector<std::vector<at::Tensor>>& traces) {
+    check(ids, at::kLong, -1, "token ids (batch, length)");
+    TORCH_CHECK(ids.dim() == 2 && ids.size(0) > 0 && ids.size(1) > 0, "native decoder: prefill takes token ids "
+                "(batch, length) with batch, length >= 1, got shape ", ids.sizes());
+    const int64_t b = ids.size(0), length = ids.size(1);
+    check_states(b, conv_state, ssm_state, n_layer_);
+    check(logits, at::kFloat, b * dims_[5], "logits (batch, vocab)");
+    std::vector<Trace> tr = make_traces(traces, b * length);
+    pybind11::gil_scoped_release nogil;
+    dec_->prefill(ids.data_ptr<int64_t>(), b, length, conv_state.data_ptr<int8_t>(), ssm_state.data_ptr<float>(),
+                  logits.data_ptr<float>(), tr.empty() ? nullptr : tr.data());
+  }
+
   void layer(int64_t i, at::Tensor h, at::Tensor conv_state, at::Tensor ssm_state,
              const std::vector<at::Tensor>& trace) {
     TORCH_CHECK(i >= 0 && i < n_layer_, "native decoder: layer ", i, " out of range");
@@ -171,7 +187,8 @@ class PyDecoder {
     check(ssm, at::kFloat, layers * b * d * dims_[2], "ssm_state (n_layer, batch, d_inner, d_state)");
   }
 
-  // Six int8 tensors per layer: xn (b, d_model), xz (b, 2d), u (b, d), dbc (b, r + 2n), delta (b, d), y (b, d).
+  // Six int8 tensors per layer: xn (b, d_model), xz (b, 2d), u (b, d), dbc (b, r + 2n), delta (b, d), y (b, d)
+  // (b: the number of rows, batch * length for a prefill).
   std::vector<Trace> make_traces(const std::vector<std::vector<at::Tensor>>& traces, int64_t b) const {
     std::vector<Trace> out;
     if (traces.empty()) return out;
@@ -211,6 +228,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           at::Tensor, double, std::vector<std::vector<at::Tensor>>, std::vector<std::vector<double>>,
                           const std::string&>())
       .def("step", &PyDecoder::step)
+      .def("prefill", &PyDecoder::prefill)
       .def("layer", &PyDecoder::layer)
       .def("head", &PyDecoder::head)
       .def_property_readonly("isa", &PyDecoder::isa)

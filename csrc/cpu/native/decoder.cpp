@@ -20,6 +20,23 @@ void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("native decoder: " + what);
 }
 
+// kernel_math.h's quantize_int8, rmsnorm_element and conv_silu_quantize with the clamp written as compares
+// (maxss / minss; on the baseline ISA fminf / fmaxf are libm calls, which also kept the epilogue loops from
+// vectorizing): the same int8 for every input, a NaN included (-128 in both), the same float expressions.
+inline int8_t quantize_s8(float x, float scale) {
+  float q = rintf(x / scale);
+  q = q > kQMin ? q : kQMin;
+  q = q < kQMax ? q : kQMax;
+  return static_cast<int8_t>(q);
+}
+inline int8_t rmsnorm_s8(float x, float inv_rms, float weight, float out_scale) {
+  return quantize_s8(x * inv_rms * weight, out_scale);
+}
+inline int8_t conv_silu_s8(int32_t acc, float in_times_weight_scale, float bias, float out_scale) {
+  const float y = static_cast<float>(acc) * in_times_weight_scale + bias;
+  return quantize_s8(silu(y), out_scale);
+}
+
 // RMSNorm of one row: x * (1 / sqrt(mean(x^2) + eps)) * w, as models/mamba.py's RMSNorm.
 float rms_inverse_of(const float* x, int64_t d, float eps) {
   float sum = 0.0f;
@@ -28,30 +45,80 @@ float rms_inverse_of(const float* x, int64_t d, float eps) {
   return rms_inverse(sum, static_cast<int>(d), eps);
 }
 
-// One channel block of the scan step: channels [0, d) of one sequence. kN > 0 fixes d_state.
+// T tokens of one sequence through the scan (the decode step is T = 1), channel by channel so that a channel's
+// state stays in registers along time. Token t reads u[t ldu + c], delta[t ldd + c], dbc[t ldbc + ...],
+// z[t ldz + c] and writes y[t ldy + c]; state (d, n) fp32 in place; BC: scratch of 2 T n floats. Every
+// operation is kernel_math.h's, in the reference's order, and <h, C> is summed in a fixed order (eight
+// elementwise partial sums, then a fixed tree), so the result is the same whatever vector width the compiler
+// uses: scan_avx2 (8 lanes) gives the baseline build's bits. kN > 0 fixes d_state.
 template <int kN>
-void scan_step(int64_t d, int64_t n_rt, const int8_t* u, const int8_t* delta, const int8_t* dbc, int64_t rank,
-               const int8_t* z, const float* A, const int8_t* D, const int8_t* delta_bias, const float* scales,
-               float* state, float* y) {
-  const int64_t n = kN > 0 ? kN : n_rt;
-  alignas(64) float Bf[kN > 0 ? kN : kMaxDState], Cf[kN > 0 ? kN : kMaxDState];
-  for (int64_t k = 0; k < n; ++k) {
-    Bf[k] = dequantize_int8(dbc[rank + k], scales[kScaleB]);
-    Cf[k] = dequantize_int8(dbc[rank + n + k], scales[kScaleC]);
-  }
+__attribute__((always_inline)) inline void scan_body(int64_t d, int64_t n_rt, int64_t T, const int8_t* u,
+                                                     int64_t ldu, const int8_t* delta, int64_t ldd, const int8_t* dbc,
+                                                     int64_t ldbc, int64_t rank, const int8_t* z, int64_t ldz,
+                                                     const float* A, const int8_t* D, const int8_t* delta_bias,
+                                                     const float* scales, float* state, float* y, int64_t ldy,
+                                                     float* BC) {
+  const int64_t n = kN > 0 ? kN : n_rt, n8 = n / 8 * 8;
+  float* Bf = BC;
+  float* Cf = BC + T * n;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t k = 0; k < n; ++k) {
+      Bf[t * n + k] = dequantize_int8(dbc[t * ldbc + rank + k], scales[kScaleB]);
+      Cf[t * n + k] = dequantize_int8(dbc[t * ldbc + rank + n + k], scales[kScaleC]);
+    }
   for (int64_t c = 0; c < d; ++c) {
-    const float dt = scan_delta(delta[c], delta_bias[c], scales);
-    const float ut = dequantize_int8(u[c], scales[kScaleU]);
-    const float dt_u = dt * ut;
-    float* __restrict h = state + c * n;
+    alignas(64) float h[kN > 0 ? kN : kMaxDState];
+    float* st = state + c * n;
+    std::copy(st, st + n, h);
     const float* __restrict Ac = A + c * n;
+    for (int64_t t = 0; t < T; ++t) {
+      const float dt = scan_delta(delta[t * ldd + c], delta_bias[c], scales);
+      const float ut = dequantize_int8(u[t * ldu + c], scales[kScaleU]);
+      const float dt_u = dt * ut;
+      const float* __restrict Bt = Bf + t * n;
+      const float* __restrict Ct = Cf + t * n;
 #pragma omp simd
-    for (int64_t k = 0; k < n; ++k) h[k] = scan_state_update(h[k], dt, Ac[k], dt_u, Bf[k]);
-    float h_dot_C = 0.0f;
-#pragma omp simd reduction(+ : h_dot_C)
-    for (int64_t k = 0; k < n; ++k) h_dot_C += h[k] * Cf[k];
-    y[c] = scan_output(h_dot_C, ut, D[c], z[c], scales);
+      for (int64_t k = 0; k < n; ++k) h[k] = scan_state_update(h[k], dt, Ac[k], dt_u, Bt[k]);
+      alignas(32) float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int64_t k0 = 0; k0 < n8; k0 += 8)
+        for (int l = 0; l < 8; ++l) part[l] += h[k0 + l] * Ct[k0 + l];
+      for (int64_t k = n8; k < n; ++k) part[k - n8] += h[k] * Ct[k];
+      const float h_dot_C = ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]));
+      y[t * ldy + c] = scan_output(h_dot_C, ut, D[c], z[t * ldz + c], scales);
+    }
+    std::copy(h, h + n, st);
   }
+}
+
+#define QE_SCAN_ARGS                                                                                              \
+  int64_t d, int64_t n_rt, int64_t T, const int8_t *u, int64_t ldu, const int8_t *delta, int64_t ldd,             \
+      const int8_t *dbc, int64_t ldbc, int64_t rank, const int8_t *z, int64_t ldz, const float *A, const int8_t *D, \
+      const int8_t *delta_bias, const float *scales, float *state, float *y, int64_t ldy, float *BC
+#define QE_SCAN_PASS d, n_rt, T, u, ldu, delta, ldd, dbc, ldbc, rank, z, ldz, A, D, delta_bias, scales, state, y, ldy, BC
+
+template <int kN>
+void scan_base(QE_SCAN_ARGS) {
+  scan_body<kN>(QE_SCAN_PASS);
+}
+
+using ScanFn = void (*)(QE_SCAN_ARGS);
+
+#if defined(__x86_64__) || defined(_M_X64)
+// The same code with 8-lane AVX vectors (no FMA: -ffp-contract=off and no "fma" target), for the x86 paths
+// that have AVX2; its float results are the baseline's bit for bit (elementwise operations, fixed-order sums).
+template <int kN>
+__attribute__((target("avx2"))) void scan_avx2(QE_SCAN_ARGS) {
+  scan_body<kN>(QE_SCAN_PASS);
+}
+#endif
+
+ScanFn scan_for(Isa isa, int64_t n) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (isa == Isa::kAvx2 || isa == Isa::kAvxVnni || isa == Isa::kAvx512Vnni)
+    return n == 16 ? scan_avx2<16> : scan_avx2<0>;
+#endif
+  (void)isa;
+  return n == 16 ? scan_base<16> : scan_base<0>;
 }
 
 // y Mᵀ with M = (H_K ⊗ H_m) / sqrt(n), then int8: csrc/cpu/ops_cpu.cpp's hadamard_quantize for one row.
@@ -68,13 +135,24 @@ void hadamard_quantize_row(const float* y, int64_t n, const int8_t* H, int64_t K
     for (int64_t j = 0; j < m; ++j) {
       float acc = 0.0f;
       for (int64_t col = 0; col < K; ++col) acc += static_cast<float>(H[row * K + col]) * X[col * m + j];
-      out[row * m + j] = quantize_int8(acc / root_n, scale);
+      out[row * m + j] = quantize_s8(acc / root_n, scale);
     }
 }
 
 void copy_trace(int8_t* dst, const int8_t* src, int64_t batch, int64_t width, int64_t src_stride) {
   if (dst == nullptr) return;
   for (int64_t b = 0; b < batch; ++b) std::copy(src + b * src_stride, src + b * src_stride + width, dst + b * width);
+}
+
+// Prefill rows (b T + t, stride src_stride) into a (batch, length, width) trace at time t0.
+void copy_trace_rows(int8_t* dst, const int8_t* src, int64_t batch, int64_t T, int64_t t0, int64_t length,
+                     int64_t width, int64_t src_stride) {
+  if (dst == nullptr) return;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      const int8_t* row = src + (b * T + t) * src_stride;
+      std::copy(row, row + width, dst + (b * length + t0 + t) * width);
+    }
 }
 
 }  // namespace
@@ -134,6 +212,9 @@ Decoder::Decoder(const ModelSpec& spec, Isa isa)
     L.out_proj = pack(s.out_proj, kernels_.chunk);
     require(s.conv_weight && s.conv_scale && s.conv_bias && s.A_log && s.D && s.delta_bias, "conv or scan tensors missing");
     L.conv_weight.assign(s.conv_weight, s.conv_weight + d * d_conv_);
+    L.conv_weight_t.resize(d_conv_ * d);
+    for (int64_t c = 0; c < d; ++c)
+      for (int64_t j = 0; j < d_conv_; ++j) L.conv_weight_t[j * d + c] = L.conv_weight[c * d_conv_ + j];
     L.conv_scale.assign(s.conv_scale, s.conv_scale + d);
     L.conv_bias.assign(s.conv_bias, s.conv_bias + d);
     L.u_scale = s.u_scale;
@@ -163,6 +244,7 @@ Decoder::Decoder(const ModelSpec& spec, Isa isa)
             "int8 head is not (vocab, d_model) fp32-out");
     head8_ = pack(spec.int8_head, kernels_.chunk);
   }
+  scan_bc_ = Buffer<float>(2 * kPrefillChunk * d_state_);
   ensure_batch(1);
 }
 
@@ -201,6 +283,37 @@ void Decoder::ensure_batch(int64_t batch) {
   batch_ = batch;
 }
 
+void Decoder::ensure_prefill(int64_t batch) {
+  if (batch <= prefill_batch_) return;
+  const int64_t d = d_inner_, rows = batch * kPrefillChunk;
+  const Layer& L = layers_.front();
+  p_h_ = Buffer<float>(rows * d_model_);
+  p_y_ = Buffer<float>(rows * d);
+  p_xn_ = Buffer<int8_t>(rows * L.in_proj.k_pad);
+  p_xz_ = Buffer<int8_t>(rows * 2 * d);
+  p_u_ = Buffer<int8_t>(rows * L.x_proj.k_pad);
+  p_dbc_ = Buffer<int8_t>(rows * L.x_proj.n);
+  p_dt_ = Buffer<int8_t>(rows * L.dt_proj.k_pad);
+  p_delta_ = Buffer<int8_t>(rows * d);
+  p_yq_ = Buffer<int8_t>(rows * L.out_proj.k_pad);
+  p_xpad_ = Buffer<int8_t>((d_conv_ - 1 + kPrefillChunk) * d);
+  p_acc_ = Buffer<int32_t>(kGemmRows * std::max({L.in_proj.n_pad, L.out_proj.n_pad, L.x_proj.n_pad, L.dt_proj.n_pad}));
+  gemm_scratch_ = Buffer<uint8_t>(
+      gemm_scratch_bytes(std::max({L.in_proj.k_pad, L.x_proj.k_pad, L.dt_proj.k_pad, L.out_proj.k_pad})));
+  prefill_batch_ = batch;
+}
+
+template <class Epilogue>
+void Decoder::gemm(const Linear& l, const int8_t* X, int64_t ldx, int64_t M, Epilogue&& epilogue) {
+  int32_t* acc = p_acc_.data();
+  for (int64_t m0 = 0; m0 < M; m0 += kGemmRows) {
+    const int64_t mt = std::min(kGemmRows, M - m0);
+    kernels_.gemm_s8(l.w.data(), l.row_sum.data(), l.n_pad, l.k_pad, X + m0 * ldx, ldx, mt, gemm_scratch_.data(), acc,
+                     l.n_pad);
+    for (int64_t m = 0; m < mt; ++m) epilogue(m0 + m, acc + m * l.n_pad);
+  }
+}
+
 void Decoder::gemv(const Linear& l, const int8_t* x, int32_t* acc) {
   kernels_.gemv_s8(l.w.data(), l.row_sum.data(), l.n_pad, l.k_pad, x, gemv_scratch_.data(), acc);
 }
@@ -217,16 +330,16 @@ void Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state, floa
     // RMSNorm + quantize -> xn
     int8_t* xn = xn_.data() + b * L.in_proj.k_pad;
     const float inv = rms_inverse_of(hb, dm, L.norm_eps);
-    for (int64_t c = 0; c < dm; ++c) xn[c] = rmsnorm_element(hb[c], inv, L.norm_weight[c], L.norm_scale);
+    for (int64_t c = 0; c < dm; ++c) xn[c] = rmsnorm_s8(hb[c], inv, L.norm_weight[c], L.norm_scale);
     // in_proj -> xz (x and z share one scale)
     int8_t* xz = xz_.data() + b * 2 * d;
     gemv(L.in_proj, xn, acc);
     const Linear& ip = L.in_proj;
     if (ip.bias.empty()) {
-      for (int64_t j = 0; j < ip.n; ++j) xz[j] = quantize_int8(static_cast<float>(acc[j]) * ip.scale[j], ip.out_scale);
+      for (int64_t j = 0; j < ip.n; ++j) xz[j] = quantize_s8(static_cast<float>(acc[j]) * ip.scale[j], ip.out_scale);
     } else {
       for (int64_t j = 0; j < ip.n; ++j)
-        xz[j] = quantize_int8(static_cast<float>(acc[j]) * ip.scale[j] + ip.bias[j], ip.out_scale);
+        xz[j] = quantize_s8(static_cast<float>(acc[j]) * ip.scale[j] + ip.bias[j], ip.out_scale);
     }
     // causal conv step + SiLU + requantize -> u; the state (d, k-1) shifts in place
     int8_t* u = u_.data() + b * L.x_proj.k_pad;
@@ -237,7 +350,7 @@ void Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state, floa
       int32_t a = 0;
       for (int64_t j = 0; j < k - 1; ++j) a += int32_t(w[j]) * int32_t(st[j]);
       a += int32_t(w[k - 1]) * int32_t(xz[c]);
-      u[c] = conv_silu_quantize(a, L.conv_scale[c], L.conv_bias[c], L.u_scale);
+      u[c] = conv_silu_s8(a, L.conv_scale[c], L.conv_bias[c], L.u_scale);
       for (int64_t j = 0; j + 1 < k - 1; ++j) st[j] = st[j + 1];
       st[k - 2] = xz[c];
     }
@@ -245,25 +358,25 @@ void Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state, floa
     int8_t* dbc = dbc_.data() + b * nx;
     gemv(L.x_proj, u, acc);
     for (int64_t j = 0; j < nx; ++j)
-      dbc[j] = quantize_int8(static_cast<float>(acc[j]) * L.x_proj.scale[j], L.x_proj.out_scale);
+      dbc[j] = quantize_s8(static_cast<float>(acc[j]) * L.x_proj.scale[j], L.x_proj.out_scale);
     // dt_proj (no bias: it moved into the scan) -> delta
     int8_t* dt = dt_.data() + b * L.dt_proj.k_pad;
     std::copy(dbc, dbc + rank_, dt);
     int8_t* delta = delta_.data() + b * d;
     gemv(L.dt_proj, dt, acc);
     for (int64_t j = 0; j < d; ++j)
-      delta[j] = quantize_int8(static_cast<float>(acc[j]) * L.dt_proj.scale[j], L.dt_proj.out_scale);
+      delta[j] = quantize_s8(static_cast<float>(acc[j]) * L.dt_proj.scale[j], L.dt_proj.out_scale);
     // the scan step of every channel, gated by SiLU(z); the state (d, n) in place
     float* y = y_.data() + b * d;
-    const auto scan = n == 16 ? scan_step<16> : scan_step<0>;
-    scan(d, n, u, delta, dbc, rank_, xz + d, L.A.data(), L.D.data(), L.delta_bias.data(), L.scan_scales,
-         ssm_state + b * d * n, y);
+    const ScanFn scan_fn = scan_for(kernels_.isa, n);
+    scan_fn(d, n, 1, u, 0, delta, 0, dbc, 0, rank_, xz + d, 0, L.A.data(), L.D.data(), L.delta_bias.data(),
+            L.scan_scales, ssm_state + b * d * n, y, 0, scan_bc_.data());
     // Hadamard + quantize -> yq
     int8_t* yq = yq_.data() + b * L.out_proj.k_pad;
     if (L.K > 0) {
       hadamard_quantize_row(y, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq);
     } else {
-      for (int64_t c = 0; c < d; ++c) yq[c] = quantize_int8(y[c], L.y_scale);
+      for (int64_t c = 0; c < d; ++c) yq[c] = quantize_s8(y[c], L.y_scale);
     }
     // out_proj (fp32 out) + residual
     gemv(L.out_proj, yq, acc);
@@ -307,7 +420,7 @@ void Decoder::head(const float* h, int64_t batch, float* logits) {
         break;
       case HeadKind::kInt8: {
         int8_t* xq = hq_.data() + b * pad_k(dm);
-        for (int64_t c = 0; c < dm; ++c) xq[c] = quantize_int8(x[c], head_in_scale_);
+        for (int64_t c = 0; c < dm; ++c) xq[c] = quantize_s8(x[c], head_in_scale_);
         int32_t* acc = acc_.data();
         gemv(head8_, xq, acc);
         for (int64_t j = 0; j < vocab_; ++j) out[j] = static_cast<float>(acc[j]) * head8_.scale[j];
@@ -334,6 +447,124 @@ void Decoder::step(const int64_t* ids, int64_t batch, int8_t* conv_state, float*
     layer(i, h, batch, conv_state + i * conv_stride, ssm_state + i * ssm_stride,
           traces != nullptr ? traces + i : nullptr);
   head(h, batch, logits);
+}
+
+void Decoder::prefill_layer(int64_t i, int64_t batch, int64_t T, int64_t t0, int64_t length, int8_t* conv_state,
+                            float* ssm_state, const Trace* trace) {
+  Layer& L = layers_[i];
+  const int64_t d = d_inner_, n = d_state_, k = d_conv_, dm = d_model_, nx = L.x_proj.n, rows = batch * T;
+  const int64_t ld_xn = L.in_proj.k_pad, ld_u = L.x_proj.k_pad, ld_dt = L.dt_proj.k_pad, ld_yq = L.out_proj.k_pad;
+  float *h = p_h_.data(), *y = p_y_.data();
+  int8_t *xn = p_xn_.data(), *xz = p_xz_.data(), *u = p_u_.data(), *dbc = p_dbc_.data(), *dt = p_dt_.data();
+  int8_t *delta = p_delta_.data(), *yq = p_yq_.data();
+  // RMSNorm + quantize -> xn, row by row
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* hr = h + r * dm;
+    const float inv = rms_inverse_of(hr, dm, L.norm_eps);
+    for (int64_t c = 0; c < dm; ++c) xn[r * ld_xn + c] = rmsnorm_s8(hr[c], inv, L.norm_weight[c], L.norm_scale);
+  }
+  // in_proj -> xz
+  const Linear& ip = L.in_proj;
+  gemm(ip, xn, ld_xn, rows, [&](int64_t r, const int32_t* acc) {
+    int8_t* out = xz + r * 2 * d;
+    if (ip.bias.empty()) {
+      for (int64_t j = 0; j < ip.n; ++j) out[j] = quantize_s8(static_cast<float>(acc[j]) * ip.scale[j], ip.out_scale);
+    } else {
+      for (int64_t j = 0; j < ip.n; ++j)
+        out[j] = quantize_s8(static_cast<float>(acc[j]) * ip.scale[j] + ip.bias[j], ip.out_scale);
+    }
+  });
+  // causal conv along time + SiLU + requantize -> u: the k-1 state columns, then the chunk's x, as rows by time
+  int8_t* xpad = p_xpad_.data();
+  const int32_t* wt = L.conv_weight_t.data();
+  for (int64_t b = 0; b < batch; ++b) {
+    int8_t* cs = conv_state + b * d * (k - 1);
+    for (int64_t j = 0; j < k - 1; ++j)
+      for (int64_t c = 0; c < d; ++c) xpad[j * d + c] = cs[c * (k - 1) + j];
+    for (int64_t t = 0; t < T; ++t) std::copy(xz + (b * T + t) * 2 * d, xz + (b * T + t) * 2 * d + d, xpad + (k - 1 + t) * d);
+    for (int64_t t = 0; t < T; ++t) {
+      int8_t* ut = u + (b * T + t) * ld_u;
+      for (int64_t c = 0; c < d; ++c) {
+        int32_t a = 0;
+        for (int64_t j = 0; j < k; ++j) a += wt[j * d + c] * int32_t(xpad[(t + j) * d + c]);
+        ut[c] = conv_silu_s8(a, L.conv_scale[c], L.conv_bias[c], L.u_scale);
+      }
+    }
+    for (int64_t c = 0; c < d; ++c)
+      for (int64_t j = 0; j < k - 1; ++j) cs[c * (k - 1) + j] = xpad[(T + j) * d + c];
+  }
+  // x_proj -> dt, B, C; dt_proj -> delta
+  gemm(L.x_proj, u, ld_u, rows, [&](int64_t r, const int32_t* acc) {
+    int8_t* out = dbc + r * nx;
+    for (int64_t j = 0; j < nx; ++j)
+      out[j] = quantize_s8(static_cast<float>(acc[j]) * L.x_proj.scale[j], L.x_proj.out_scale);
+    std::copy(out, out + rank_, dt + r * ld_dt);
+  });
+  gemm(L.dt_proj, dt, ld_dt, rows, [&](int64_t r, const int32_t* acc) {
+    for (int64_t j = 0; j < d; ++j)
+      delta[r * d + j] = quantize_s8(static_cast<float>(acc[j]) * L.dt_proj.scale[j], L.dt_proj.out_scale);
+  });
+  // the scan along time, gated by SiLU(z); each sequence's state (d, n) in place
+  const ScanFn scan_fn = scan_for(kernels_.isa, n);
+  for (int64_t b = 0; b < batch; ++b)
+    scan_fn(d, n, T, u + b * T * ld_u, ld_u, delta + b * T * d, d, dbc + b * T * nx, nx, rank_, xz + b * T * 2 * d + d,
+            2 * d, L.A.data(), L.D.data(), L.delta_bias.data(), L.scan_scales, ssm_state + b * d * n, y + b * T * d, d,
+            scan_bc_.data());
+  // Hadamard + quantize -> yq
+  for (int64_t r = 0; r < rows; ++r) {
+    if (L.K > 0) {
+      hadamard_quantize_row(y + r * d, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq + r * ld_yq);
+    } else {
+      for (int64_t c = 0; c < d; ++c) yq[r * ld_yq + c] = quantize_s8(y[r * d + c], L.y_scale);
+    }
+  }
+  // out_proj (fp32 out) + residual
+  const Linear& op = L.out_proj;
+  gemm(op, yq, ld_yq, rows, [&](int64_t r, const int32_t* acc) {
+    float* hr = h + r * dm;
+    for (int64_t j = 0; j < dm; ++j) {
+      float o = static_cast<float>(acc[j]) * op.scale[j];
+      if (!op.bias.empty()) o = o + op.bias[j];
+      hr[j] = hr[j] + o;
+    }
+  });
+  if (trace != nullptr) {
+    copy_trace_rows(trace->xn, xn, batch, T, t0, length, dm, ld_xn);
+    copy_trace_rows(trace->xz, xz, batch, T, t0, length, 2 * d, 2 * d);
+    copy_trace_rows(trace->u, u, batch, T, t0, length, d, ld_u);
+    copy_trace_rows(trace->dbc, dbc, batch, T, t0, length, nx, nx);
+    copy_trace_rows(trace->delta, delta, batch, T, t0, length, d, d);
+    copy_trace_rows(trace->y, yq, batch, T, t0, length, d, ld_yq);
+  }
+}
+
+void Decoder::prefill(const int64_t* ids, int64_t batch, int64_t length, int8_t* conv_state, float* ssm_state,
+                      float* logits, const Trace* traces) {
+  require(batch > 0 && length > 0, "a prefill needs at least one sequence of at least one token");
+  for (int64_t i = 0; i < batch * length; ++i)
+    if (ids[i] < 0 || ids[i] >= vocab_)
+      throw std::invalid_argument("native decoder: token id " + std::to_string(ids[i]) + " outside the vocabulary");
+  ensure_batch(batch);
+  ensure_prefill(batch);
+  const int64_t dm = d_model_;
+  const int64_t conv_stride = batch * d_inner_ * (d_conv_ - 1), ssm_stride = batch * d_inner_ * d_state_;
+  float* h = p_h_.data();
+  for (int64_t t0 = 0; t0 < length; t0 += kPrefillChunk) {
+    const int64_t T = std::min(kPrefillChunk, length - t0);
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t id = ids[b * length + t0 + t];
+        std::copy(embedding_ + id * dm, embedding_ + (id + 1) * dm, h + (b * T + t) * dm);
+      }
+    for (int64_t i = 0; i < n_layer(); ++i)
+      prefill_layer(i, batch, T, t0, length, conv_state + i * conv_stride, ssm_state + i * ssm_stride,
+                    traces != nullptr ? traces + i : nullptr);
+    if (t0 + T == length) {  // only the last position goes through the head
+      for (int64_t b = 0; b < batch; ++b)
+        std::copy(h + (b * T + T - 1) * dm, h + (b * T + T) * dm, h_.data() + b * dm);
+      head(h_.data(), batch, logits);
+    }
+  }
 }
 
 }  // namespace native

@@ -14,6 +14,12 @@
 //   yq   (d)         = quantize(y Mᵀ, s_y)                                   fused Hadamard + quantize
 //   h   += int32(W_out yq) * (s_y s_Wout) + b                                fp32 residual
 // then logits = head(RMSNorm_f(h)): fp32, fp16 or bf16 weights (fp32 accumulate) or int8 (per-channel).
+//
+// Prefill runs the same formulas layer-major over a whole (batch, length) prompt, kPrefillChunk tokens of every
+// sequence at a time: each projection is one int8 GEMM over all those rows (gemm_s8: each packed weight block
+// read once and reused from L1 against a few rows in registers), the conv and the scan run along time per
+// channel, and only the last position goes through the head. The integers and every float operation are the
+// step's, in the same order, so a prefill leaves the same states (bit for bit) as stepping token by token.
 #pragma once
 
 #include <cstdint>
@@ -80,7 +86,8 @@ struct LayerSpec {
   float y_scale = 1.0f;                 // out_proj's input scale
 };
 
-constexpr int64_t kMaxDState = 256;  // the scan's B and C rows live on the stack
+constexpr int64_t kMaxDState = 256;  // the scan's per-channel state lives on the stack
+constexpr int64_t kPrefillChunk = 64;  // tokens of each sequence a prefill carries through all layers at once
 
 enum class HeadKind : int { kF32 = 0, kF16, kBF16, kInt8 };
 
@@ -110,6 +117,12 @@ class Decoder {
   // nullptr. Scratch grows on the first call with a larger batch, never afterwards.
   void step(const int64_t* ids, int64_t batch, int8_t* conv_state, float* ssm_state, float* logits,
             const Trace* traces = nullptr);
+  // A whole prompt per sequence: ids (batch, length) row-major -> logits (batch, vocab) fp32 of the last
+  // position; conv_state and ssm_state as `step` (the states before the prompt, usually zeros) are advanced
+  // over all `length` tokens in place. traces: n_layer entries whose pointers are (batch, length, width) int8
+  // (the same widths as step's), or nullptr. Scratch grows with batch, not with length.
+  void prefill(const int64_t* ids, int64_t batch, int64_t length, int8_t* conv_state, float* ssm_state,
+               float* logits, const Trace* traces = nullptr);
   // One layer on h (batch, d_model) fp32 in place, with that layer's states (batch, d, d_conv-1), (batch, d, n).
   void layer(int64_t i, float* h, int64_t batch, int8_t* conv_state, float* ssm_state, const Trace* trace = nullptr);
   // Final RMSNorm and head: h (batch, d_model) -> logits (batch, vocab).
@@ -131,7 +144,8 @@ class Decoder {
     std::vector<float> norm_weight;
     float norm_eps, norm_scale;
     Linear in_proj, x_proj, dt_proj, out_proj;
-    std::vector<int8_t> conv_weight;
+    std::vector<int8_t> conv_weight;  // (d, d_conv)
+    std::vector<int32_t> conv_weight_t;  // (d_conv, d): the taps by time, for the prefill's conv along time
     std::vector<float> conv_scale, conv_bias;
     float u_scale;
     Buffer<float> A;  // (d, n) = -exp(dequant(A_log)), computed once with kernel_math's scan_A
@@ -143,7 +157,14 @@ class Decoder {
 
   static Linear pack(const LinearSpec& s, int64_t chunk);
   void gemv(const Linear& l, const int8_t* x, int32_t* acc);
+  // X (M, ldx) int8 rows through l, kGemmRows at a time; epilogue(row, acc) gets each row's n_pad int32.
+  template <class Epilogue>
+  void gemm(const Linear& l, const int8_t* X, int64_t ldx, int64_t M, Epilogue&& epilogue);
+  // One layer over rows = batch * T tokens (row b * T + t is token t0 + t of sequence b) of the prefill buffers.
+  void prefill_layer(int64_t i, int64_t batch, int64_t T, int64_t t0, int64_t length, int8_t* conv_state,
+                     float* ssm_state, const Trace* trace);
   void ensure_batch(int64_t batch);
+  void ensure_prefill(int64_t batch);
 
   DotKernels kernels_;
   int64_t d_model_, d_inner_, d_state_, d_conv_, rank_, vocab_;
@@ -162,6 +183,14 @@ class Decoder {
   Buffer<int32_t> acc_;
   Buffer<float> y_, rot_, h_, normed_, head_out_;
   Buffer<uint8_t> gemv_scratch_;
+  Buffer<float> scan_bc_;  // (2, kPrefillChunk, d_state): a scan's B and C rows, dequantized
+
+  // Prefill scratch for `prefill_batch_` sequences of kPrefillChunk tokens (rows), the step's layouts by row.
+  int64_t prefill_batch_ = 0;
+  Buffer<float> p_h_, p_y_;  // (rows, d_model) residual stream; (rows, d) scan output
+  Buffer<int8_t> p_xn_, p_xz_, p_u_, p_dbc_, p_dt_, p_delta_, p_yq_, p_xpad_;
+  Buffer<int32_t> p_acc_;  // (kGemmRows, widest n_pad)
+  Buffer<uint8_t> gemm_scratch_;
 };
 
 }  // namespace native

@@ -49,6 +49,42 @@ QE_AVX2 void gemv_s8(const int8_t* W, const int32_t*, int64_t n_pad, int64_t k_p
   }
 }
 
+// kT activation rows (int16, row stride k_pad) against one packed block of kRowBlock weight rows: kT x 4
+// accumulators stay in registers (12 + one widened weight chunk at kT = 3; the activations are memory operands),
+// each weight chunk is widened once for kT rows.
+template <int kT>
+QE_AVX2 inline void gemm_block(const int8_t* w, int64_t k_pad, const int16_t* x16, int32_t* out, int64_t ldo) {
+  __m256i acc[kT][kRowBlock];
+  for (int t = 0; t < kT; ++t)
+    for (int r = 0; r < kRowBlock; ++r) acc[t][r] = _mm256_setzero_si256();
+  for (int64_t i = 0; i < k_pad; i += kChunk, w += kRowBlock * kChunk) {
+    for (int r = 0; r < kRowBlock; ++r) {
+      const __m256i w16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + r * kChunk)));
+      for (int t = 0; t < kT; ++t)
+        acc[t][r] = _mm256_add_epi32(
+            acc[t][r], _mm256_madd_epi16(w16, _mm256_load_si256(reinterpret_cast<const __m256i*>(x16 + t * k_pad + i))));
+    }
+  }
+  for (int t = 0; t < kT; ++t)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + t * ldo), hsum4_epi32(acc[t][0], acc[t][1], acc[t][2], acc[t][3]));
+}
+
+QE_AVX2 void gemm_s8(const int8_t* W, const int32_t*, int64_t n_pad, int64_t k_pad, const int8_t* X, int64_t ldx,
+                     int64_t M, void* scratch, int32_t* out, int64_t ldo) {
+  int16_t* x16 = static_cast<int16_t*>(scratch);  // every row widened once (M * k_pad int16)
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t i = 0; i < k_pad; i += 16)
+      _mm256_store_si256(reinterpret_cast<__m256i*>(x16 + m * k_pad + i),
+                         _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(X + m * ldx + i))));
+  for (int64_t j = 0; j < n_pad; j += kRowBlock) {
+    const int8_t* w = W + j * k_pad;
+    int64_t m = 0;
+    for (; m + 3 <= M; m += 3) gemm_block<3>(w, k_pad, x16 + m * k_pad, out + m * ldo + j, ldo);
+    if (M - m == 2) gemm_block<2>(w, k_pad, x16 + m * k_pad, out + m * ldo + j, ldo);
+    if (M - m == 1) gemm_block<1>(w, k_pad, x16 + m * k_pad, out + m * ldo + j, ldo);
+  }
+}
+
 QE_AVX2 inline float hsum_ps(__m256 a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -126,7 +162,7 @@ QE_AVX2 void gemv_bf16(const uint16_t* W, int64_t n_pad, int64_t k_pad8, const f
   gemv_packed16<true>(W, n_pad, k_pad8, x, out);
 }
 
-const DotKernels kAvx2{Isa::kAvx2, kChunk, gemv_s8, gemv_f32, gemv_f16, gemv_bf16};
+const DotKernels kAvx2{Isa::kAvx2, kChunk, gemv_s8, gemv_f32, gemv_f16, gemv_bf16, gemm_s8};
 
 }  // namespace
 

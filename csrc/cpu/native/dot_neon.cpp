@@ -35,6 +35,36 @@ QE_DOTPROD void gemv_s8(const int8_t* W, const int32_t*, int64_t n_pad, int64_t 
   }
 }
 
+// kT activation rows (row stride k_pad) against one packed block of kRowBlock weight rows: 16 accumulators and
+// the block's four weight chunks in registers at kT = 4 (32 q registers).
+template <int kT>
+QE_DOTPROD inline void gemm_block(const int8_t* w, int64_t k_pad, const int8_t* x, int64_t ldx, int32_t* out,
+                                  int64_t ldo) {
+  int32x4_t acc[kT][kRowBlock];
+  for (int t = 0; t < kT; ++t)
+    for (int r = 0; r < kRowBlock; ++r) acc[t][r] = vdupq_n_s32(0);
+  for (int64_t i = 0; i < k_pad; i += kChunk, w += kRowBlock * kChunk) {
+    int8x16_t wv[kRowBlock];
+    for (int r = 0; r < kRowBlock; ++r) wv[r] = vld1q_s8(w + r * kChunk);
+    for (int t = 0; t < kT; ++t) {
+      const int8x16_t xv = vld1q_s8(x + t * ldx + i);
+      for (int r = 0; r < kRowBlock; ++r) acc[t][r] = vdotq_s32(acc[t][r], wv[r], xv);
+    }
+  }
+  for (int t = 0; t < kT; ++t)
+    vst1q_s32(out + t * ldo, vpaddq_s32(vpaddq_s32(acc[t][0], acc[t][1]), vpaddq_s32(acc[t][2], acc[t][3])));
+}
+
+QE_DOTPROD void gemm_s8(const int8_t* W, const int32_t*, int64_t n_pad, int64_t k_pad, const int8_t* X, int64_t ldx,
+                        int64_t M, void*, int32_t* out, int64_t ldo) {
+  for (int64_t j = 0; j < n_pad; j += kRowBlock) {
+    const int8_t* w = W + j * k_pad;
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) gemm_block<4>(w, k_pad, X + m * ldx, ldx, out + m * ldo + j, ldo);
+    for (; m < M; ++m) gemm_block<1>(w, k_pad, X + m * ldx, ldx, out + m * ldo + j, ldo);
+  }
+}
+
 void gemv_f32(const float* W, int64_t n, int64_t k, const float* x, float* out) {
   const int64_t k4 = k / 4 * 4;
   for (int64_t j = 0; j < n; ++j) {
@@ -93,7 +123,7 @@ void gemv_bf16(const uint16_t* W, int64_t n_pad, int64_t k_pad8, const float* x,
   gemv_packed16<true>(W, n_pad, k_pad8, x, out);
 }
 
-const DotKernels kNeon{Isa::kNeon, kChunk, gemv_s8, gemv_f32, gemv_f16, gemv_bf16};
+const DotKernels kNeon{Isa::kNeon, kChunk, gemv_s8, gemv_f32, gemv_f16, gemv_bf16, gemm_s8};
 
 }  // namespace
 

@@ -96,6 +96,12 @@ void gemv_s8(const int8_t* W, const int32_t*, int64_t n_pad, int64_t k_pad, cons
   }
 }
 
+// Row by row: the plain path has no registers to reuse a weight block in.
+void gemm_s8(const int8_t* W, const int32_t* row_sum, int64_t n_pad, int64_t k_pad, const int8_t* X, int64_t ldx,
+             int64_t M, void* scratch, int32_t* out, int64_t ldo) {
+  for (int64_t m = 0; m < M; ++m) gemv_s8(W, row_sum, n_pad, k_pad, X + m * ldx, scratch, out + m * ldo);
+}
+
 void gemv_f32(const float* W, int64_t n, int64_t k, const float* x, float* out) {
   for (int64_t j = 0; j < n; ++j) {
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // eight partial sums, as the vector paths keep
@@ -130,7 +136,7 @@ void gemv_bf16(const uint16_t* W, int64_t n, int64_t k, const float* x, float* o
   gemv_packed16<bf16_to_float>(W, n, k, x, out);
 }
 
-const DotKernels kScalar{Isa::kScalar, kChunk, gemv_s8, gemv_f32, gemv_f16, gemv_bf16};
+const DotKernels kScalar{Isa::kScalar, kChunk, gemv_s8, gemv_f32, gemv_f16, gemv_bf16, gemm_s8};
 
 }  // namespace
 

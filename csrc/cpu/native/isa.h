@@ -61,7 +61,19 @@ struct DotKernels {
   // The same over a pack_16 matrix of IEEE fp16 or bf16 bits: n_pad outputs, x k_pad8 long (zero-padded).
   void (*gemv_f16)(const uint16_t* W, int64_t n_pad, int64_t k_pad8, const float* x, float* out);
   void (*gemv_bf16)(const uint16_t* W, int64_t n_pad, int64_t k_pad8, const float* x, float* out);
+  // The GEMV for M activation rows at once (prefill): out[m * ldo + j] = sum_i W[j, i] * X[m * ldx + i] for
+  // m in [0, M), j in [0, n_pad), exact int32, the same integers gemv_s8 gives row by row. Each packed block of
+  // kRowBlock weight rows is read from memory once and reused, from L1, against a few activation rows at a time
+  // (held in registers). X: M rows of k_pad int8 (padding zero), row stride ldx; 1 <= M <= kGemmRows;
+  // scratch: at least gemm_scratch_bytes(k_pad) bytes, 64-byte aligned, overwritten.
+  void (*gemm_s8)(const int8_t* W, const int32_t* row_sum, int64_t n_pad, int64_t k_pad, const int8_t* X,
+                  int64_t ldx, int64_t M, void* scratch, int32_t* out, int64_t ldo);
 };
+
+// The most activation rows one gemm_s8 call takes (its scratch holds them widened to 16 bits: 2 * kGemmRows *
+// k_pad bytes, 192 KiB at k_pad 1536, within a core's L2).
+constexpr int64_t kGemmRows = 64;
+inline int64_t gemm_scratch_bytes(int64_t k_pad) { return 2 * kGemmRows * k_pad; }
 
 // The kernel table of each path; nullptr where this build has no such path (e.g. neon on x86).
 const DotKernels* scalar_kernels();

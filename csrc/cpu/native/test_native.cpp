@@ -1,8 +1,9 @@
 // Standalone test of the native decoder's kernels and of the whole decode step on every path this CPU can
-// run (no torch): each path's int8 GEMV against a plain 64-bit loop (exact, including the extremes where a
-// 16-bit saturating multiply-add would be wrong), its float head GEMVs against a double-precision sum, and
+// run (no torch): each path's int8 GEMV and GEMM against a plain 64-bit loop (exact, including the extremes
+// where a 16-bit saturating multiply-add would be wrong), its float head GEMVs against a double-precision sum,
 // a random small model decoded on every path against the scalar path: int8 intermediates, states and the
-// residual stream bit-identical, logits identical for the int8 head and within 1e-5 relative for float heads.
+// residual stream bit-identical, logits identical for the int8 head and within 1e-5 relative for float heads;
+// and the layer-major prefill on every path against stepping the same tokens: bit-identical.
 //
 //   g++ -std=c++17 -O2 -ffp-contract=off -I csrc/include csrc/cpu/native/{test_native,decoder,dispatch,dot_*}.cpp
 //   ./a.out [seed]            # prints "tested: scalar avx2 ..." and exits 0, or names the first failure
@@ -71,6 +72,34 @@ void test_gemv(Isa isa, std::mt19937& g) {
                " row " + std::to_string(j) + ": " + std::to_string(out[j]) + " != " + std::to_string(ref));
           break;
         }
+      }
+      // gemm_s8 on M rows (every remainder of the kernels' row blocks, and the most one call takes), the first
+      // row being x: each output against the 64-bit loop; rows strided past k_pad, outputs past n_pad
+      for (int64_t M : {int64_t(1), int64_t(2), int64_t(3), int64_t(5), int64_t(7), kGemmRows}) {
+        const int64_t ldx = kp + 64, ldo = pad_n(n) + 4;
+        std::vector<int8_t> X = rand_s8(g, M * k);
+        if (extreme == 1) X.assign(M * k, -128);
+        if (extreme == 2)
+          for (auto& e : X) e = (g() & 1) ? -128 : 127;
+        std::copy(x.begin(), x.end(), X.begin());
+        Buffer<int8_t> Xp(M * ldx);
+        for (int64_t m = 0; m < M; ++m) std::copy(X.begin() + m * k, X.begin() + (m + 1) * k, Xp.data() + m * ldx);
+        Buffer<uint8_t> gscratch(gemm_scratch_bytes(kp));
+        std::vector<int32_t> gout(M * ldo, 0x5A5A5A5A);
+        K.gemm_s8(Wp.data(), row_sum.data(), pad_n(n), kp, Xp.data(), ldx, M, gscratch.data(), gout.data(), ldo);
+        bool ok = true;
+        for (int64_t m = 0; m < M && ok; ++m)
+          for (int64_t j = 0; j < pad_n(n) && ok; ++j) {
+            int64_t ref = 0;
+            for (int64_t i = 0; j < n && i < k; ++i) ref += int64_t(W[j * k + i]) * int64_t(X[m * k + i]);
+            if (gout[m * ldo + j] != ref) {
+              fail(std::string(isa_name(isa)) + " gemm_s8 M=" + std::to_string(M) + " n=" + std::to_string(n) +
+                   " k=" + std::to_string(k) + " row " + std::to_string(m) + " col " + std::to_string(j));
+              ok = false;
+            }
+          }
+        for (int64_t m = 0; m < M && ok; ++m)
+          if (gout[m * ldo + pad_n(n)] != 0x5A5A5A5A) fail(std::string(isa_name(isa)) + " gemm_s8 wrote past n_pad");
       }
       // float heads: fp32 (row-major), fp16 and bf16 (pack_16) against a double sum of the same weights
       std::vector<float> Wf = rand_f(g, n * k, -1.0f, 1.0f), xf = rand_f(g, k, -2.0f, 2.0f);
@@ -211,6 +240,60 @@ Run decode(const ModelSpec& spec, Isa isa, int64_t batch, int steps, uint32_t se
   return r;
 }
 
+// The layer-major prefill of a (batch, length) prompt against `steps` of the same tokens on the same path: the
+// same states bit for bit, the same int8 intermediates at every position, the same last logits.
+void test_prefill(const ModelSpec& spec, Isa isa, int64_t batch, int64_t length, uint32_t seed,
+                  const std::string& what) {
+  Decoder dec(spec, isa);
+  const int64_t L = spec.layers.size(), d = spec.d_inner, dm = spec.d_model, nx = spec.rank + 2 * spec.d_state;
+  const int64_t widths[6] = {dm, 2 * d, d, nx, d, d};
+  std::mt19937 g(seed);
+  std::vector<int64_t> ids(batch * length);
+  for (auto& id : ids) id = g() % spec.vocab;
+  const int64_t conv_n = L * batch * d * (spec.d_conv - 1), ssm_n = L * batch * d * spec.d_state;
+  // prefill, tracing every position: per layer six (batch, length, width) arrays
+  std::vector<int8_t> conv(conv_n, 0), trace_p;
+  std::vector<float> ssm(ssm_n, 0.0f), logits(batch * spec.vocab);
+  std::vector<std::vector<int8_t>> store(L * 6);
+  std::vector<Trace> traces(L);
+  for (int64_t i = 0; i < L; ++i) {
+    int8_t* p[6];
+    for (int q = 0; q < 6; ++q) p[q] = (store[i * 6 + q] = std::vector<int8_t>(batch * length * widths[q])).data();
+    traces[i] = Trace{p[0], p[1], p[2], p[3], p[4], p[5]};
+  }
+  dec.prefill(ids.data(), batch, length, conv.data(), ssm.data(), logits.data(), traces.data());
+  // the same tokens one step at a time, on a fresh decoder
+  Decoder ref(spec, isa);
+  std::vector<int8_t> conv_s(conv_n, 0);
+  std::vector<float> ssm_s(ssm_n, 0.0f), logits_s(batch * spec.vocab);
+  std::vector<std::vector<int8_t>> step_store(L * 6);
+  std::vector<Trace> step_traces(L);
+  for (int64_t i = 0; i < L; ++i) {
+    int8_t* p[6];
+    for (int q = 0; q < 6; ++q) p[q] = (step_store[i * 6 + q] = std::vector<int8_t>(batch * widths[q])).data();
+    step_traces[i] = Trace{p[0], p[1], p[2], p[3], p[4], p[5]};
+  }
+  std::vector<int64_t> step_ids(batch);
+  bool traces_equal = true;
+  for (int64_t t = 0; t < length; ++t) {
+    for (int64_t b = 0; b < batch; ++b) step_ids[b] = ids[b * length + t];
+    ref.step(step_ids.data(), batch, conv_s.data(), ssm_s.data(), logits_s.data(), step_traces.data());
+    for (int64_t i = 0; i < L * 6; ++i)
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t w = widths[i % 6];
+        if (!std::equal(step_store[i].begin() + b * w, step_store[i].begin() + (b + 1) * w,
+                        store[i].begin() + (b * length + t) * w))
+          traces_equal = false;
+      }
+  }
+  const std::string at = std::string(isa_name(isa)) + " prefill " + what + " b=" + std::to_string(batch) +
+                         " l=" + std::to_string(length);
+  if (!traces_equal) fail(at + ": int8 intermediates differ from stepping");
+  if (conv != conv_s) fail(at + ": conv state differs from stepping");
+  if (ssm != ssm_s) fail(at + ": ssm state differs from stepping");
+  if (logits != logits_s) fail(at + ": logits differ from stepping");
+}
+
 void test_decoder(const std::vector<Isa>& isas, std::mt19937& g, uint32_t seed) {
   struct Shape {
     int64_t dm, d, n, K;
@@ -224,6 +307,9 @@ void test_decoder(const std::vector<Isa>& isas, std::mt19937& g, uint32_t seed) 
       for (int8_t v : ref.trace) nonzero += v != 0 && v != 127 && v != -128;
       if (nonzero < static_cast<int>(ref.trace.size()) / 2) fail("degenerate test model: int8 values mostly 0 or clipped");
       const std::string what = "decoder d_model=" + std::to_string(sh.dm) + " head=" + std::to_string(int(head));
+      for (Isa isa : isas)  // lengths: one token, a partial chunk, past one chunk (kPrefillChunk 64)
+        for (auto [batch, length] : {std::pair<int64_t, int64_t>{1, 1}, {2, 7}, {2, kPrefillChunk + 5}})
+          test_prefill(model->spec, isa, batch, length, seed + 1, what);
       for (Isa isa : isas) {
         if (isa == Isa::kScalar) continue;
         const Run r = decode(model->spec, isa, 2, 6, seed);
