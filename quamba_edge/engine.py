@@ -30,7 +30,7 @@ from quamba_edge import __version__
 from quamba_edge.artifact import MANIFEST
 from quamba_edge.backends import ort as ort_backend
 from quamba_edge.backends.base import System
-from quamba_edge.backends.compare import ParityError, check
+from quamba_edge.backends.compare import INT8_END_TO_END, ParityError, check
 from quamba_edge.backends.tensorrt import (
     WORKSPACE_BYTES,
     TensorRTRunner,
@@ -52,7 +52,10 @@ BACKENDS = ("ort", "tensorrt", "native")
 TARGETS = {"ort": ("cpu", "cuda"), "tensorrt": ("cuda", "orin-nano-4gb", "orin-nano-8gb", "orin-nano-super",
                                                 "orin-nx-16gb", "agx-orin-64gb"), "native": ("cpu",)}
 ARTIFACT_DIR = "artifact"  # a native engine runs the artifact itself: a copy (hard links where possible) lives here
-NATIVE_TOLERANCE = 1e-2  # one decode step on the reference's own state: int8 ties only (backends/compare.py)
+# The native decoder end to end, like bench --check's int8 rule: a rounding tie resolved differently in one layer
+# moves the later layers (at the mamba-130m shape: conv state off by up to 3 steps in 11% of places after a 7-token
+# prefill), a wrong scale or layout is off by order 1; its exactness is tested layer by layer (tests/test_native.py).
+NATIVE_TOLERANCE = INT8_END_TO_END
 PLUGIN_MODES = ("auto", "on", "off")
 
 
