@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -63,15 +62,28 @@ def checkpoint(shape: str, root: Path, tokenizer: Path) -> Path:
     return out
 
 
+# Forks the command from a fresh, small interpreter and prints its peak RSS (KiB) on the last line of stderr. Linux
+# records the pre-exec memory of a forked child in its ru_maxrss, so a child forked straight from this script
+# (which holds a whole checkpoint when it made one) would report at least this script's RSS.
+PEAK_RSS = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(usage.ru_maxrss, file=sys.stderr)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run(stage: str, shape: str, args: list[str], size_of: Path | None) -> dict:
-    """One CLI process: wall seconds, its own peak RSS (wait4), exit status, the output's size on disk."""
+    """One CLI process: wall seconds, its own peak RSS (wait4, measured from a small parent), exit status, the
+    output's size on disk."""
     start = time.perf_counter()
-    proc = subprocess.Popen([CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS, CLI, *map(str, args)], capture_output=True, text=True)
+    *err, peak_kib = proc.stderr.strip().splitlines() or ["0"]
+    output = proc.stdout + "\n".join(err)
     row = {"shape": shape, "stage": stage, "seconds": round(time.perf_counter() - start, 1),
-           "peak_rss_mb": round(usage.ru_maxrss / 1024), "ok": proc.returncode == 0,
+           "peak_rss_mb": round(int(peak_kib) / 1024), "ok": proc.returncode == 0,
            "command": "quamba-edge " + " ".join(map(str, args))}
     if size_of is not None and size_of.exists():
         row["size_mb"] = round(sum(f.stat().st_size for f in size_of.rglob("*") if f.is_file()) / 2**20)
@@ -103,7 +115,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     meta = {"command": "python " + " ".join(sys.argv), "machine": machine("cpu"), "samples": args.samples,
             "seq_len": args.seq_len, "prompt_len": args.prompt_len, "gen_len": args.gen_len,
             "threads": args.threads, "tokenizer_sha256": sha256_file(tokenizer),
-            "note": "random weights at the public shapes; calibration on few samples (see samples, seq_len)"}
+            "note": "random weights at the public shapes; calibration on few samples (see samples, seq_len); peak RSS "
+                    "of each CLI process, forked from a small parent (earlier runs forked from this script and "
+                    "reported at least its own RSS)"}
     order = list(PUBLIC_SHAPES)
     for shape in args.shapes:
         root = args.work / shape
