@@ -75,7 +75,7 @@ def load_weights(structure: Callable[[], torch.nn.Module], path: Path, manifest:
         raise QuambaEdgeError(f"the weights in {path} do not match its manifest's model (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}). Fix: re-run "
                               "`quamba-edge calibrate`.")
-    return adopt(structure, state)
+    return adopt(empty, state)
 
 
 def _write_weights(state: dict[str, torch.Tensor], directory: Path) -> list[str]:

@@ -15,15 +15,26 @@ from quamba_edge.backends.base import Feeds, Runner
 from quamba_edge.kernels.native import NativeDecoder
 
 
-class NativeDecodeRunner(Runner):
-    """The `decode` graph: feeds input_ids (b, 1) int64, conv_state_in (n_layer, b, d_inner, d_conv - 1) int8,
-    ssm_state_in (n_layer, b, d_inner, d_state) fp32 -> logits (b, vocab) fp32 and the states after the step."""
+class _NativeRunner(Runner):
+    """One graph of a NativeDecoder; its outputs are the decoder's logits (a numpy copy) and its own states."""
 
     backend = "native"
 
-    def __init__(self, decoder: NativeDecoder):
-        super().__init__("decode")
+    def __init__(self, name: str, decoder: NativeDecoder):
+        super().__init__(name)
         self.decoder = decoder
+
+    def _outputs(self) -> dict[str, Any]:
+        dec = self.decoder
+        return {"logits": dec.logits.numpy().copy(), "conv_state": dec.conv_state, "ssm_state": dec.ssm_state}
+
+
+class NativeDecodeRunner(_NativeRunner):
+    """The `decode` graph: feeds input_ids (b, 1) int64, conv_state_in (n_layer, b, d_inner, d_conv - 1) int8,
+    ssm_state_in (n_layer, b, d_inner, d_state) fp32 -> logits (b, vocab) fp32 and the states after the step."""
+
+    def __init__(self, decoder: NativeDecoder):
+        super().__init__("decode", decoder)
 
     def _infer(self, feeds: Feeds) -> dict[str, Any]:
         dec = self.decoder
@@ -31,21 +42,17 @@ class NativeDecodeRunner(Runner):
         if conv is not dec.conv_state or ssm is not dec.ssm_state:
             dec.load_state(torch.as_tensor(conv), torch.as_tensor(ssm))
         dec.step(torch.as_tensor(feeds["input_ids"]).reshape(-1))
-        return {"logits": dec.logits.numpy().copy(), "conv_state": dec.conv_state, "ssm_state": dec.ssm_state}
+        return self._outputs()
 
 
-class NativePrefillRunner(Runner):
+class NativePrefillRunner(_NativeRunner):
     """The `prefill` graph: feeds input_ids (b, l) int64 -> logits (b, vocab) fp32 of the last position (a numpy
     copy), conv_state (n_layer, b, d_inner, d_conv - 1) int8 and ssm_state (n_layer, b, d_inner, d_state) fp32
     (the decoder's own tensors, which a NativeDecodeRunner on the same decoder continues from in place)."""
 
-    backend = "native"
-
     def __init__(self, decoder: NativeDecoder):
-        super().__init__("prefill")
-        self.decoder = decoder
+        super().__init__("prefill", decoder)
 
     def _infer(self, feeds: Feeds) -> dict[str, Any]:
-        dec = self.decoder
-        dec.prefill(torch.as_tensor(feeds["input_ids"]))
-        return {"logits": dec.logits.numpy().copy(), "conv_state": dec.conv_state, "ssm_state": dec.ssm_state}
+        self.decoder.prefill(torch.as_tensor(feeds["input_ids"]))
+        return self._outputs()

@@ -9,7 +9,6 @@ family understands lives in its own module: mamba.py, wav2vec2.py, adapool.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -111,16 +110,13 @@ def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     )
 
 
-def adopt(build: Callable[[], nn.Module], state: dict[str, torch.Tensor], dtype: torch.dtype | None = None
-          ) -> nn.Module:
-    """`build()` run on the meta device, then given `state`'s tensors as its own (load_state_dict with
-    assign=True): no random initialisation and no second copy of the weights. Tensors read by safetensors stay
-    memory-mapped (copy-on-write) until written, so an fp32 checkpoint calibrated in fp32 costs page cache, not
-    anonymous memory. Floating tensors are cast to `dtype` one at a time (peak: the model in `dtype` plus one
-    tensor). Tied parameters stay tied. The caller checks names and shapes first; a tensor `state` lacks is
-    a ValueError (it would stay on the meta device)."""
-    with torch.device("meta"):
-        model = build()
+def adopt(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> nn.Module:
+    """`model`, built on the meta device (`with torch.device("meta"):`), given `state`'s tensors as its own
+    (load_state_dict with assign=True): no random initialisation and no second copy of the weights. Tensors
+    read by safetensors stay memory-mapped (copy-on-write) until written, so an fp32 checkpoint calibrated in
+    fp32 costs page cache, not anonymous memory. Floating tensors are cast to `dtype` one at a time (peak: the
+    model in `dtype` plus one tensor). Tied parameters stay tied. The caller checks names and shapes first; a
+    tensor `state` lacks is a ValueError (it would stay on the meta device)."""
     canonical: dict[int, str] = {}
     ties = {}  # alias name -> the name of the parameter it is
     for name, param in model.named_parameters(remove_duplicate=False):

@@ -216,7 +216,8 @@ def load_mamba(spec: str | Path, dtype: torch.dtype = torch.float32) -> MambaLM:
     state = _canonical_keys(load_state_dict(model_dir))
     _require_tied_head(raw, state, model_dir)
     with torch.device("meta"):
-        expected = MambaLM(cfg).state_dict()  # names and shapes, no memory
+        empty = MambaLM(cfg)  # names and shapes, no memory
+    expected = empty.state_dict()
     state.setdefault("lm_head.weight", state.get("backbone.embedding.weight"))
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -228,7 +229,7 @@ def load_mamba(spec: str | Path, dtype: torch.dtype = torch.float32) -> MambaLM:
             if keys
         )
         raise QuambaEdgeError(f"the weights in {model_dir} do not match its config.json ({detail}).")
-    return adopt(lambda: MambaLM(cfg), state, dtype).eval()
+    return adopt(empty, state, dtype).eval()
 
 
 def mamba_ssm_config(cfg: MambaConfig) -> dict:

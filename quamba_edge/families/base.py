@@ -75,7 +75,9 @@ class Compute:
         dtype = DTYPES[self.dtype]
         state = {name: t.detach().to(self.device, dtype if t.is_floating_point() else t.dtype)
                  for name, t in (*model.named_parameters(), *model.named_buffers())}
-        return adopt(lambda: type(model)(model.cfg), state).eval()
+        with torch.device("meta"):
+            empty = type(model)(model.cfg)
+        return adopt(empty, state).eval()
 
     def require_default(self, family: str) -> None:
         """Families whose models are small calibrate on the CPU in fp32 only; anything else is refused."""

@@ -33,24 +33,29 @@ def sources(cuda: bool) -> list[Path]:
     return paths
 
 
-def _digest(paths: list[Path]) -> str:
-    """Build directory name from the sources' content: an edited kernel never loads a stale library."""
+def compile_extension(prefix: str, paths: list[Path], cflags: list[str], *, python_module: bool = False,
+                      cuda: bool = False, verbose: bool = False):
+    """Compile (or reuse) a torch extension from `paths` into the cache, in a directory named by `prefix` and a
+    digest of the sources, every csrc/ header and the flags: an edited kernel never loads a stale library.
+    Returns (build directory, the module when `python_module`, else None). Raises on a compiler error."""
+    from torch.utils.cpp_extension import load
+
     h = hashlib.sha256()
-    for p in sorted(paths + list((CSRC / "include").rglob("*.h")) + list((CSRC / "torch").glob("*.h"))):
+    headers = list(CSRC.rglob("*.h"))
+    for p in sorted(set(paths + headers)):
         h.update(p.name.encode())
         h.update(p.read_bytes())
-    return h.hexdigest()[:12]
+    h.update(" ".join(cflags).encode())
+    name = f"{prefix}_{h.hexdigest()[:12]}"
+    build_dir = cache_dir() / "kernels" / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    module = load(name=name, sources=[str(p) for p in paths], extra_include_paths=[str(CSRC / "include")],
+                  extra_cflags=cflags, extra_cuda_cflags=NVCC_FLAGS if cuda else None,
+                  build_directory=str(build_dir), is_python_module=python_module, with_cuda=cuda, verbose=verbose)
+    return build_dir, module if python_module else None
 
 
 def build_and_load(cuda: bool, verbose: bool = False) -> Path:
     """Compile (or reuse) and load the extension; its TORCH_LIBRARY_IMPL blocks register the kernels."""
-    from torch.utils.cpp_extension import load
-
-    paths = sources(cuda)
-    name = f"quamba_edge_{'cuda' if cuda else 'cpu'}_{_digest(paths)}"
-    build_dir = cache_dir() / "kernels" / name
-    build_dir.mkdir(parents=True, exist_ok=True)
-    load(name=name, sources=[str(p) for p in paths], extra_include_paths=[str(CSRC / "include")],
-         extra_cflags=CXX_FLAGS, extra_cuda_cflags=NVCC_FLAGS if cuda else None, build_directory=str(build_dir),
-         is_python_module=False, with_cuda=cuda, verbose=verbose)
-    return build_dir
+    return compile_extension(f"quamba_edge_{'cuda' if cuda else 'cpu'}", sources(cuda), CXX_FLAGS, cuda=cuda,
+                             verbose=verbose)[0]

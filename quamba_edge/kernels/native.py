@@ -24,14 +24,12 @@ model has one, else `fp32`.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from quamba_edge.kernels.build import CSRC
-from quamba_edge.paths import cache_dir
+from quamba_edge.kernels.build import CSRC, compile_extension
 from quamba_edge.quant.hadamard import factor, small_hadamard
 from quamba_edge.quant.int8 import QLinear, dequantize
 from quamba_edge.quant.quamba import QResidualBlock, QuantizedMambaLM
@@ -58,30 +56,13 @@ TRACE_POINTS = ("xn", "xz", "u", "dbc", "delta", "y")
 _MODULE = None
 
 
-def _digest() -> str:
-    """Build directory name from the module's sources and flags: an edited kernel never loads a stale library."""
-    h = hashlib.sha256()
-    paths = [NATIVE_DIR / s for s in SOURCES] + list(NATIVE_DIR.glob("*.h")) + list((CSRC / "include").rglob("*.h"))
-    for p in sorted(paths):
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    h.update(" ".join(CXX_FLAGS).encode())
-    return h.hexdigest()[:12]
-
-
 def load(verbose: bool = False):
     """Build (once per source digest, cached under the quamba-edge cache; ~1 min on 2 cores) and import the
     extension module. Raises on a compiler error: there is no silent fallback for a native decoder."""
     global _MODULE
     if _MODULE is None:
-        from torch.utils.cpp_extension import load as cpp_load
-
-        name = f"quamba_edge_native_{_digest()}"
-        build_dir = cache_dir() / "kernels" / name
-        build_dir.mkdir(parents=True, exist_ok=True)
-        _MODULE = cpp_load(name=name, sources=[str(NATIVE_DIR / s) for s in SOURCES],
-                           extra_include_paths=[str(CSRC / "include")], extra_cflags=CXX_FLAGS,
-                           build_directory=str(build_dir), is_python_module=True, verbose=verbose)
+        _MODULE = compile_extension("quamba_edge_native", [NATIVE_DIR / s for s in SOURCES], CXX_FLAGS,
+                                    python_module=True, verbose=verbose)[1]
     return _MODULE
 
 
