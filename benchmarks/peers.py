@@ -43,12 +43,12 @@ from quamba_edge.io import atomic_write_json
 from quamba_edge.kernels import native
 
 
-def llama_cpp_system(gguf: Path, quant: str, cfg, max_tokens: int) -> System:
+def llama_cpp_system(gguf: Path, quant: str, cfg, max_tokens: int, threads: int = 1) -> System:
     """llama.cpp as a System with Mamba's two graphs (batch 1, greedy): its state lives inside the context,
     so the state outputs are None and the bench loop passes them back unused."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(gguf), n_threads=1, n_threads_batch=1, n_ctx=max_tokens + 16,
+    llm = Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=max_tokens + 16,
                 n_batch=max_tokens + 16, logits_all=False, verbose=False)
     n_vocab = llm.n_vocab()
 
@@ -82,6 +82,22 @@ def convert(llama_src: Path, checkpoint: Path, outtype: str, out: Path) -> Path:
     return out
 
 
+def time_gguf(args) -> dict:
+    """One llama.cpp system (args.gguf at args.shape, args.threads threads) timed by the same loop as ours."""
+    from quamba_edge.models.mamba import public_shape
+
+    cfg = public_shape(args.shape)
+    quant = args.gguf.stem.rsplit("-", 1)[-1]
+    system = llama_cpp_system(args.gguf, quant, cfg, args.prompt_len + args.gen_len, threads=args.threads)
+    work = mamba.workload(cfg, batch=1, prompt_len=args.prompt_len, gen_len=args.gen_len)
+    row = measure(system, work, repeats=args.repeats, threads=args.threads)
+    row.pop("tpot_curve_ms", None)
+    row.update(system=f"llama.cpp-{quant}", model=args.shape, gguf_mb=args.gguf.stat().st_size / 2**20)
+    if args.out:
+        atomic_write_json(args.out, row)
+    return row
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llama-src", type=Path, default=Path(".cache/peers/src"))
@@ -90,7 +106,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--calib-samples", type=int, default=64)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--gguf", type=Path, help="time only this gguf file (benchmarks/scale.py): one JSON row to --out")
+    ap.add_argument("--shape", default="mamba-130m", help="with --gguf: its public shape (models/mamba.PUBLIC_SHAPES)")
+    ap.add_argument("--threads", type=int, default=1, help="with --gguf: llama.cpp's threads")
     args = ap.parse_args(argv)
+    if args.gguf:
+        return [time_gguf(args)]
     torch.set_num_threads(1)
     console = Console(width=140)
     rows = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -75,16 +76,48 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def run(stage: str, shape: str, args: list[str], size_of: Path | None) -> dict:
-    """One CLI process: wall seconds, its own peak RSS (wait4, measured from a small parent), exit status, the
-    output's size on disk."""
+def llama_rows(shape: str, ckpt: Path, root: Path, args) -> list[dict]:
+    """llama.cpp q8_0 on the same weights (converted by llama.cpp's own converter, which uses its built-in
+    GPT-NeoX vocabulary when the checkpoint has no tokenizer.json), timed by benchmarks/peers.py --gguf in a
+    process of its own: one thread, then every core."""
+    from peers import convert
+
+    bare = root / "ckpt-llama"
+    bare.mkdir(exist_ok=True)
+    config = json.loads((ckpt / "config.json").read_text())
+    (bare / "config.json").write_text(json.dumps({**config, "architectures": ["MambaLMHeadModel"]}))
+    for f in ckpt.glob("*.safetensors"):
+        (bare / f.name).unlink(missing_ok=True)
+        (bare / f.name).symlink_to(f.resolve())
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", PEAK_RSS, CLI, *map(str, args)], capture_output=True, text=True)
+    gguf = convert(args.llama_src, bare, "q8_0", root / "model-q8_0.gguf")
+    rows = [{"shape": shape, "stage": "convert llama.cpp q8_0", "seconds": round(time.perf_counter() - start, 1),
+             "ok": True, "size_mb": round(gguf.stat().st_size / 2**20)}]
+    for threads in sorted({1, os.cpu_count() or 1}):
+        out = root / f"llama-{threads}.json"
+        cmd = [sys.executable, str(Path(__file__).parent / "peers.py"), "--gguf", gguf, "--shape", shape,
+               "--threads", threads, "--prompt-len", args.prompt_len, "--gen-len", args.gen_len, "--repeats", 1,
+               "--out", out]
+        row = run(f"bench llama.cpp q8_0, {threads} thread{'s' if threads > 1 else ''}", shape, cmd, None, cli=False)
+        if row["ok"]:
+            result = json.loads(out.read_text())
+            row.update({k: result.get(k) for k in ("decode_tok_s", "prompt_tok_s", "rss_mb")})
+            row["weights_mb"] = row["size_mb"] = round(result["gguf_mb"])
+        rows.append(row)
+    return rows
+
+
+def run(stage: str, shape: str, args: list, size_of: Path | None, cli: bool = True) -> dict:
+    """One CLI process (`quamba-edge ARGS`, or ARGS as a command with cli=False): wall seconds, its own peak RSS
+    (wait4, measured from a small parent), exit status, the output's size on disk."""
+    start = time.perf_counter()
+    command = [CLI, *map(str, args)] if cli else list(map(str, args))
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS, *command], capture_output=True, text=True)
     *err, peak_kib = proc.stderr.strip().splitlines() or ["0"]
     output = proc.stdout + "\n".join(err)
     row = {"shape": shape, "stage": stage, "seconds": round(time.perf_counter() - start, 1),
            "peak_rss_mb": round(int(peak_kib) / 1024), "ok": proc.returncode == 0,
-           "command": "quamba-edge " + " ".join(map(str, args))}
+           "command": " ".join(["quamba-edge"] * cli + list(map(str, args)))}
     if size_of is not None and size_of.exists():
         row["size_mb"] = round(sum(f.stat().st_size for f in size_of.rglob("*") if f.is_file()) / 2**20)
     if proc.returncode != 0:
@@ -103,6 +136,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fp16-max", default="mamba-790m", help="largest shape also built as an fp16 engine")
     ap.add_argument("--keep", action="store_true", help="keep checkpoints, artifacts and engines")
+    ap.add_argument("--llama-shapes", nargs="*", default=["mamba-130m", "mamba-2.8b"],
+                    help="shapes also timed in llama.cpp q8_0 (benchmarks/peers.py's peer), one thread and all")
+    ap.add_argument("--llama-src", type=Path, default=Path(".cache/peers/src"), help="from `make peers-wheel`")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
     ap.add_argument("--markdown", action="store_true", help="print --out's rows as a markdown table and exit")
     args = ap.parse_args(argv)
@@ -139,41 +175,59 @@ def main(argv: list[str] | None = None) -> list[dict]:
             atomic_write_json(args.out, {**meta, "rows": rows})
             if not rows[-1]["ok"] and stage == "calibrate":
                 break
-        engines = [e for e in ("int8", "native", "fp16") if (root / f"engine-{e}" / "build.json").exists()]
-        for engine in engines:
-            bench_json = root / f"bench-{engine}.json"
+        for row in rows:
+            if row["shape"] == shape and row["stage"].startswith("build-engine") and row.get("size_mb"):
+                row["peak_over_size"] = round(row["peak_rss_mb"] / row["size_mb"], 2)
+        kinds = (("int8", []), ("int8 low-memory", ["--low-memory"]), ("native", []), ("fp16", []))
+        benches = [(e, flags) for e, flags in kinds if (root / f"engine-{e.split()[0]}" / "build.json").exists()]
+        for engine, flags in benches:
+            bench_json = root / f"bench-{engine.replace(' ', '-')}.json"
             console.print(f"  bench {engine}")
-            row = run(f"bench {engine}", shape, ["bench", root / f"engine-{engine}", "--prompt-len", args.prompt_len,
-                                                 "--gen-len", args.gen_len, "--repeats", 1, "--threads", 1,
-                                                 "--json", bench_json], None)
+            row = run(f"bench {engine}", shape, ["bench", root / f"engine-{engine.split()[0]}", "--prompt-len",
+                                                 args.prompt_len, "--gen-len", args.gen_len, "--repeats", 1,
+                                                 "--threads", 1, *flags, "--json", bench_json], None)
             if row["ok"]:
                 result = json.loads(bench_json.read_text())["results"][0]
                 row.update({k: result.get(k) for k in ("decode_tok_s", "prompt_tok_s", "decode_weights_gb_s",
-                                                       "rss_mb")})
+                                                       "rss_mb", "baseline_rss_mb", "weights_mb")})
+                if row.get("weights_mb"):  # the budget: resident above the interpreter's own, over the weights
+                    row["resident_over_weights"] = round((row["peak_rss_mb"] - row["baseline_rss_mb"])
+                                                         / row["weights_mb"], 2)
             rows.append(row)
+            atomic_write_json(args.out, {**meta, "rows": rows})
+        if shape in args.llama_shapes:
+            rows.extend(llama_rows(shape, ckpt, root, args))
             atomic_write_json(args.out, {**meta, "rows": rows})
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     table = Table(title="the public Mamba shapes through calibrate, build-engine and bench (random weights)")
-    for col in ("shape", "stage", "ok", "seconds", "peak RSS MB", "size MB", "decode tok/s", "GB/s"):
+    for col in ("shape", "stage", "ok", "seconds", "peak RSS MB", "size MB", "budget ratio", "decode tok/s", "GB/s"):
         table.add_column(col, justify="left" if col in ("shape", "stage") else "right")
     for r in rows:
         table.add_row(r["shape"], r["stage"], "yes" if r["ok"] else "[red]no[/]", f"{r['seconds']:.0f}",
-                      str(r["peak_rss_mb"]), str(r.get("size_mb", "-")),
+                      str(r.get("peak_rss_mb", "-")), str(r.get("size_mb", "-")), _ratio(r),
                       f"{r['decode_tok_s']:.1f}" if r.get("decode_tok_s") else "-",
                       f"{r['decode_weights_gb_s']:.1f}" if r.get("decode_weights_gb_s") else "-")
     console.print(table)
     return rows
 
 
+def _ratio(r: dict) -> str:
+    """build-engine: peak over the engine's size (budget 2.5x); bench: resident above the interpreter's
+    baseline over the weights (budget 1.25x)."""
+    value = r.get("peak_over_size") or r.get("resident_over_weights")
+    return f"{value:.2f}x" if value else "-"
+
+
 def markdown(rows: list[dict]) -> str:
-    lines = ["| shape | stage | ok | seconds | peak RSS MB | size MB | decode tok/s | weights GB/s |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| shape | stage | ok | seconds | peak RSS MB | size MB | budget ratio | decode tok/s | prompt tok/s | "
+             "weights GB/s |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         tok = f"{r['decode_tok_s']:.1f}" if r.get("decode_tok_s") else "-"
+        ptok = f"{r['prompt_tok_s']:.1f}" if r.get("prompt_tok_s") else "-"
         gbs = f"{r['decode_weights_gb_s']:.1f}" if r.get("decode_weights_gb_s") else "-"
         lines.append(f"| {r['shape']} | {r['stage']} | {'yes' if r['ok'] else 'no'} | {r['seconds']:.0f} | "
-                     f"{r['peak_rss_mb']} | {r.get('size_mb', '-')} | {tok} | {gbs} |")
+                     f"{r.get('peak_rss_mb', '-')} | {r.get('size_mb', '-')} | {_ratio(r)} | {tok} | {ptok} | {gbs} |")
     return "\n".join(lines)
 
 

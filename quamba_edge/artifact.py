@@ -17,12 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from quamba_edge import __version__
 from quamba_edge.checkpoints.common import adopt
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.io import atomic_write_json, sha256_file, staged_dir
+from quamba_edge.mapped import map_safetensors
 from quamba_edge.quant import recipes
 from quamba_edge.quant.recipes import Recipe
 
@@ -64,7 +65,7 @@ def load_weights(structure: Callable[[], torch.nn.Module], path: Path, manifest:
     Any other missing or unexpected name is a QuambaEdgeError."""
     state: dict[str, torch.Tensor] = {}
     for name in weight_files(manifest):
-        state.update(load_file(str(Path(path) / name)))
+        state.update(map_safetensors(Path(path) / name))
     with torch.device("meta"):
         empty = structure()
     expected = empty.state_dict()

@@ -43,9 +43,10 @@ from quamba_edge.export.graph import WeightFile
 from quamba_edge.families.base import Family, Loaded
 from quamba_edge.families.registry import by_name, load
 from quamba_edge.io import atomic_write_json, sha256_file, staged_dir
+from quamba_edge.mapped import release_pages
 
 EXTERNAL_DATA_BYTES = 64 << 20  # past this, weights.data: one copy for both graphs (and protobuf stops at 2 GiB)
-WEIGHTS_DATA = "weights.data"
+WEIGHTS_DATA = ort_backend.WEIGHTS_DATA
 BUILD_FORMAT_VERSION = 2  # v2: one layout for every family ("limits" replaces "profile"; plan sidecars hold shapes)
 BUILD_JSON = "build.json"
 BACKENDS = ("ort", "tensorrt", "native")
@@ -200,6 +201,7 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
         if not report.passed:
             raise ParityError(report.failure() + " The engine was not written. This is a bug in the export or the "
                               "backend: please report it with build.json's parity section.")
+        release_pages(model.state_dict().values())  # the reference is done: its mapped pages can go
         kernels = {}
         if backend == "ort" and target == "cpu":
             kernels = {g: ort_backend.kernel_report(p, int8, activations) for g, p in paths.items()}

@@ -21,6 +21,7 @@ from quamba_edge.backends.base import Runner
 from quamba_edge.errors import QuambaEdgeError
 
 DISABLED_FOR_INT8 = ["QDQPropagationTransformer"]
+WEIGHTS_DATA = "weights.data"  # an engine's ONNX external data, beside its graphs
 INTEGER_KERNELS = {"QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
                    "QLinearConv", "ConvInteger", "QGemm", "QAttention"}
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -37,7 +38,8 @@ def session_options(threads: int, int8: bool, optimized_path: Path | None = None
         # int8 activations (zero point 0): by default ORT fuses int8 Q/DQ into integer kernels only on ARM.
         opts.add_session_config_entry("session.qdqisint8allowed", "1")
         # uint8-coded activations on x86: AVX2's u8 x s8 multiply-add saturates at 16 bits (a 255 x 127 pair
-        # overflows), which breaks exactness; this makes ORT shift the weights to uint8 (u8 x u8, exact).
+        # overflows), which breaks exactness. The uint8 coding stores weights as uint8 already (u8 x u8: exact,
+        # no copy); for an int8 weight this makes ORT write a uint8 copy of it (one per session).
         if activations == "uint8":
             opts.add_session_config_entry("session.x64quantprecision", "1")
     if optimized_path is not None:
@@ -126,10 +128,13 @@ def kernel_report(graph: Path | bytes, int8: bool, activations: str) -> dict:
 
 
 def optimized_op_counts(graph: Path | bytes, *, int8: bool, activations: str = "int8") -> Counter:
-    """Op types of the graph after ONNX Runtime's CPU optimizations, counted (Scan bodies included)."""
+    """Op types of the graph after ONNX Runtime's CPU optimizations, counted (Scan bodies included). A graph
+    with external data reads its weights from the mapped file and skips pre-packing (the census is the same)."""
+    data = Path(graph).parent / WEIGHTS_DATA if isinstance(graph, Path) else None
+    shared = SharedWeights(data) if data is not None and data.exists() else None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "optimized.onnx"
-        make_session(graph, int8=int8, activations=activations, optimized_path=out)
+        make_session(graph, int8=int8, activations=activations, optimized_path=out, shared=shared, prepack=False)
         model = onnx.load(str(out), load_external_data=False)
     counts: Counter = Counter()
     graphs = [model.graph]

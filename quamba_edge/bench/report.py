@@ -17,7 +17,7 @@ from quamba_edge import __version__
 from quamba_edge.backends.base import System
 from quamba_edge.backends.compare import check_against
 from quamba_edge.bench.devices import USABLE_FRACTION, DeviceProfile, jetson_model, this_jetson
-from quamba_edge.bench.measure import measure
+from quamba_edge.bench.measure import measure, rss_mb
 from quamba_edge.bench.power import PowerSampler
 from quamba_edge.bench.roofline import estimate
 from quamba_edge.bench.systems import open_system, precision_and_config
@@ -55,6 +55,7 @@ def measure_system(spec: str, device: str, threads: int, repeats: int, *, on_rep
     clip_s, each family taking the ones it knows); with `power`, also board power and energy per unit of work;
     with `against` = (first system, its workload, that workload's outputs on it), row["check"]: this system's
     outputs against those (`bench --check`). Returns the row, the workload (whose columns print it), the system."""
+    baseline = rss_mb()  # the interpreter, its libraries and any system opened before this one
     system = open_system(spec, device=device, threads=threads, kernels=kernels, prepack=prepack)
     work = system.family.workload(system.cfg, **workload)
     if against is not None:
@@ -73,7 +74,7 @@ def measure_system(spec: str, device: str, threads: int, repeats: int, *, on_rep
         watts = sampler.average_w()
         row.update(avg_power_w=watts, energy_j=sampler.energy_j(), power_samples=len(sampler.samples),
                    **work.energy(row, watts))
-    row["source"] = spec
+    row.update(source=spec, baseline_rss_mb=baseline, weights_mb=system.weight_bytes / 2**20 or None)
     if against is not None:
         row["check"] = check
     return row, work, system

@@ -27,7 +27,10 @@ OPSET = 17  # TensorRT 10's parser and ONNX Runtime both support it; ReduceMean 
 # int8 activations are symmetric int8 with zero point 0 (DESIGN.md; TensorRT accepts nothing else).
 # "uint8" stores the same numbers as q + 128 (zero point 128): clamp(round(x/s), -128, 127) + 128 ==
 # clamp(round(x/s) + 128, 0, 255), so the values are identical; it exists because ONNX Runtime's x86 CPU
-# kernels are fast for uint8 x int8 and slow for int8 x int8. Weights are int8 either way.
+# kernels are fast for uint8 activations and slow for int8 ones. Weights are coded the same way (q + 128, zero
+# point 128): uint8 x uint8 is the x86 kernel that is both fast and exact (AVX2's uint8 x int8 multiply-add
+# saturates at 16 bits), and a weight stored as uint8 runs on it as is, where an int8 one would be rewritten
+# into a uint8 copy in every session (session.x64quantprecision: one more copy of the weights per session).
 ACTIVATION_TYPES = {"int8": np.int8, "uint8": np.uint8}
 
 
@@ -122,23 +125,33 @@ class GraphBuilder:
         """value broadcast to (batch, *tail)."""
         return self.op("Expand", [value, self.op("Concat", [batch, self.const(tail, np.int64)], axis=0)])
 
-    def _zero_point(self, weight: bool, channels: int | None = None) -> str:
-        if weight:  # one per weight: ORT's x86 u8u8 pass rewrites each weight's zero point in place
-            # per-axis DQ takes a zero point per channel (a 1-D tensor as long as the scale), per-tensor a scalar
-            return self.initializer("w_zero_point", np.zeros(() if channels is None else (channels,), np.int8))
+    def _zero_point(self, weight: bool = False, channels: int | None = None, int8: bool = False) -> str:
+        """The zero point of an activation (0 int8 or 128 uint8: the coding), of an int8 tensor whatever the coding
+        (`int8`: a state at the graph boundary) or of a weight (coded like activations; per-axis DQ takes one per
+        channel, a 1-D tensor as long as the scale)."""
+        if int8:
+            return self.initializer("w_zero_point", np.zeros((), np.int8))
+        if weight:
+            uint8 = self.activation_type == np.uint8
+            return self.initializer("w_zero_point", np.full(() if channels is None else (channels,),
+                                                            128 if uint8 else 0, self.activation_type))
         return self.const(0, np.int8) if self.activation_type == np.int8 else self.const(128, np.uint8)
 
     def quantize(self, x: str, scale: str, to_int8: bool = False) -> str:
-        return self.op("QuantizeLinear", [x, scale, self._zero_point(to_int8)])
+        return self.op("QuantizeLinear", [x, scale, self._zero_point(int8=to_int8)])
 
     def dequantize(self, q: str, scale: str, axis: int | None = None, weight: bool = False,
-                   channels: int | None = None) -> str:
-        return self.op("DequantizeLinear", [q, scale, self._zero_point(weight, channels)], axis=axis)  # None: none
+                   channels: int | None = None, int8: bool = False) -> str:
+        """DQ of an activation, a weight (`weight`) or an int8 tensor whatever the coding (`int8`)."""
+        return self.op("DequantizeLinear", [q, scale, self._zero_point(weight, channels, int8)], axis=axis)
 
     def int8_weight(self, hint: str, q: torch.Tensor, scale: torch.Tensor, axis: int = 1) -> str:
         """DQ of an int8 weight with a per-tensor or per-output-channel scale. axis 1: an (out, in) matrix,
         stored transposed for MatMul; axis 0: a conv kernel (out, in, k), stored as is."""
-        wq = self.initializer(f"{hint}_q", q.t().contiguous() if axis == 1 else q)
+        q = q.t().contiguous() if axis == 1 else q
+        if self.activation_type == np.uint8:  # the uint8 coding codes weights alike (see ACTIVATION_TYPES)
+            q = (q.to(torch.int16) + 128).to(torch.uint8)
+        wq = self.initializer(f"{hint}_q", q)
         if scale.numel() == 1:
             return self.dequantize(wq, self.const(float(scale), np.float32), weight=True)
         return self.dequantize(wq, self.initializer(f"{hint}_scale", scale.reshape(-1).float()), axis=axis, weight=True,

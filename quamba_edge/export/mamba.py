@@ -150,7 +150,7 @@ class _MambaGraph:
         if self.kind == "prefill":  # a float zero state, quantized here: TensorRT wants int8 only out of Q nodes
             conv_in = g.quantize(conv_in, s_xz)
         elif g.activation_type == np.uint8:  # the state stays int8 at the graph boundary: re-encode, exactly
-            conv_in = g.quantize(g.dequantize(conv_in, s_xz, weight=True), s_xz)
+            conv_in = g.quantize(g.dequantize(conv_in, s_xz, int8=True), s_xz)
         x_pad_q = g.op("Concat", [conv_in, g.op("Transpose", [x_q], perm=[0, 2, 1])], axis=2)
         conv_out = g.slice(x_pad_q, 1 - cfg.d_conv, 2**62, 2)
         if g.activation_type == np.uint8:

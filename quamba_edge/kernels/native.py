@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from quamba_edge.kernels.build import CSRC, compile_extension
+from quamba_edge.mapped import release_pages
 from quamba_edge.quant.hadamard import factor, small_hadamard
 from quamba_edge.quant.int8 import QLinear, dequantize
 from quamba_edge.quant.quamba import QResidualBlock, QuantizedMambaLM
@@ -132,6 +133,8 @@ class NativeDecoder:
 
     def __init__(self, qmodel: QuantizedMambaLM, head: str | None = None, isa: str | None = None,
                  batch: int = 1):
+        """Packs qmodel's weights (a model loaded from an artifact is memory-mapped: quamba_edge.mapped; its
+        pages are released as they are packed and fault back in if the model is used again)."""
         if not isinstance(qmodel, QuantizedMambaLM):
             raise TypeError(f"NativeDecoder runs a QuantizedMambaLM (a quantized model), not {type(qmodel).__name__}")
         head = head or ("int8" if qmodel.head is not None else "fp32")
@@ -144,8 +147,8 @@ class NativeDecoder:
         cfg = self.cfg = qmodel.cfg
         self.head_kind = head
         mod = load()
-        packed = [pack_layer(block) for block in qmodel.layers]
-        self._embedding = qmodel.embedding.weight.detach().float().contiguous()  # read in place by the fp32 head
+        # read in place: the rows a step looks up, and the whole matrix by the fp32 head
+        self._embedding = qmodel.embedding.weight.detach().float().contiguous()
         if head == "int8":
             h = qmodel.head
             head_w, head_s, head_in = h.weight.contiguous(), _linear_scale(h), float(h.in_scale)
@@ -153,8 +156,14 @@ class NativeDecoder:
             head_w, head_s, head_in = _empty(torch.int8), _empty(torch.float32), 1.0
         dims = [cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.rank, cfg.vocab_size]
         self._dec = mod.Decoder(dims, self._embedding, qmodel.norm_f.weight.detach().float().contiguous(),
-                                float(qmodel.norm_f.eps), head, head_w, head_s, head_in,
-                                [t for t, _ in packed], [f for _, f in packed], isa or "")
+                                float(qmodel.norm_f.eps), head, head_w, head_s, head_in, isa or "")
+        if head != "fp32":  # packed (int8) or converted (fp16, bf16): the source pages can go
+            release_pages([self._embedding, head_w])
+        # One layer at a time, its memory-mapped source pages released once packed (quamba_edge.mapped): the peak
+        # holds the packed weights and one layer, not the packed weights and the whole artifact.
+        for block in qmodel.layers:
+            self._dec.add_layer(*pack_layer(block))
+            release_pages([*block.parameters(), *block.buffers()])
         self.reset(batch)
 
     @property

@@ -38,14 +38,12 @@ class PyDecoder {
  public:
   PyDecoder(std::vector<int64_t> dims, at::Tensor embedding, at::Tensor norm_f_weight, double norm_f_eps,
             const std::string& head, at::Tensor head_weight, at::Tensor head_scale, double head_in_scale,
-            std::vector<std::vector<at::Tensor>> layers, std::vector<std::vector<double>> layer_floats,
             const std::string& isa) {
     TORCH_CHECK(dims.size() == 6, "dims: [d_model, d_inner, d_state, d_conv, rank, vocab]");
-    TORCH_CHECK(layers.size() == layer_floats.size() && !layers.empty(), "one tensor list and float list per layer");
     ModelSpec s;
     s.d_model = dims[0], s.d_inner = dims[1], s.d_state = dims[2], s.d_conv = dims[3], s.rank = dims[4];
     s.vocab = dims[5];
-    const int64_t dm = s.d_model, d = s.d_inner, n = s.d_state, r = s.rank;
+    const int64_t dm = s.d_model;
     check(embedding, at::kFloat, s.vocab * dm, "embedding (vocab, d_model)");
     check(norm_f_weight, at::kFloat, dm, "norm_f weight");
     s.embedding = embedding.data_ptr<float>();
@@ -67,61 +65,62 @@ class PyDecoder {
     } else {
       TORCH_CHECK(false, "native decoder: head must be fp32, fp16, bf16 or int8, not '", head, "'");
     }
-    for (size_t i = 0; i < layers.size(); ++i) {
-      const auto& t = layers[i];
-      const auto& f = layer_floats[i];
-      const std::string at = "layer " + std::to_string(i) + " ";
-      TORCH_CHECK(t.size() == kNumLayerTensors && f.size() == kNumLayerFloats, at, "has the wrong number of entries");
-      check(t[kNormW], at::kFloat, dm, at + "norm weight");
-      check(t[kInW], at::kChar, 2 * d * dm, at + "in_proj weight");
-      check(t[kXW], at::kChar, (r + 2 * n) * d, at + "x_proj weight");
-      check(t[kDtW], at::kChar, d * r, at + "dt_proj weight");
-      check(t[kOutW], at::kChar, dm * d, at + "out_proj weight");
-      for (auto [k, size] : {std::pair{kInScale, 2 * d}, {kXScale, r + 2 * n}, {kDtScale, d}, {kOutScale, dm}})
-        check(t[k], at::kFloat, size, at + "linear scale");
-      check(t[kInBias], at::kFloat, t[kInBias].numel() ? 2 * d : 0, at + "in_proj bias");
-      check(t[kOutBias], at::kFloat, t[kOutBias].numel() ? dm : 0, at + "out_proj bias");
-      check(t[kConvW], at::kChar, d * s.d_conv, at + "conv weight");
-      check(t[kConvScale], at::kFloat, d, at + "conv scale");
-      check(t[kConvBias], at::kFloat, d, at + "conv bias");
-      check(t[kALog], at::kChar, d * n, at + "A_log");
-      check(t[kD], at::kChar, d, at + "D");
-      check(t[kDeltaBias], at::kChar, d, at + "delta_bias");
-      check(t[kScanScales], at::kFloat, 8, at + "scan scales");
-      check(t[kHadamardK], at::kChar, -1, at + "hadamard_K");
-      LayerSpec L;
-      L.norm_weight = t[kNormW].data_ptr<float>();
-      L.norm_eps = static_cast<float>(f[kNormEps]);
-      L.norm_scale = static_cast<float>(f[kNormScale]);
-      L.in_proj = {t[kInW].data_ptr<int8_t>(), 2 * d, dm, t[kInScale].data_ptr<float>(), optional_ptr<float>(t[kInBias]),
-                   static_cast<float>(f[kInOut])};
-      L.x_proj = {t[kXW].data_ptr<int8_t>(), r + 2 * n, d, t[kXScale].data_ptr<float>(), nullptr,
-                  static_cast<float>(f[kXOut])};
-      L.dt_proj = {t[kDtW].data_ptr<int8_t>(), d, r, t[kDtScale].data_ptr<float>(), nullptr, static_cast<float>(f[kDtOut])};
-      L.out_proj = {t[kOutW].data_ptr<int8_t>(), dm, d, t[kOutScale].data_ptr<float>(), optional_ptr<float>(t[kOutBias]),
-                    0.0f};
-      L.conv_weight = t[kConvW].data_ptr<int8_t>();
-      L.conv_scale = t[kConvScale].data_ptr<float>();
-      L.conv_bias = t[kConvBias].data_ptr<float>();
-      L.u_scale = static_cast<float>(f[kUScale]);
-      L.A_log = t[kALog].data_ptr<int8_t>();
-      L.D = t[kD].data_ptr<int8_t>();
-      L.delta_bias = t[kDeltaBias].data_ptr<int8_t>();
-      std::copy(t[kScanScales].data_ptr<float>(), t[kScanScales].data_ptr<float>() + 8, L.scan_scales);
-      if (t[kHadamardK].numel() > 0) {
-        TORCH_CHECK(t[kHadamardK].dim() == 2 && t[kHadamardK].size(0) == t[kHadamardK].size(1), at,
-                    "hadamard_K must be (K, K)");
-        L.hadamard_K = t[kHadamardK].data_ptr<int8_t>();
-        L.K = t[kHadamardK].size(0);
-      }
-      L.y_scale = static_cast<float>(f[kYScale]);
-      s.layers.push_back(L);
-    }
     const Isa chosen = isa.empty() ? select_isa() : parse_isa(isa);
     TORCH_CHECK(isa_supported(chosen), "native decoder: ISA ", isa, " cannot run on this CPU");
-    dec_ = std::make_unique<Decoder>(s, chosen);  // packs (copies) every layer tensor; the embedding stays shared
+    dec_ = std::make_unique<Decoder>(s, chosen);  // packs the head; the embedding stays shared
     dims_ = dims;
-    n_layer_ = static_cast<int64_t>(layers.size());
+  }
+
+  // Packs (copies) layer n_layer(): the tensors may be released when this returns.
+  void add_layer(const std::vector<at::Tensor>& t, const std::vector<double>& f) {
+    const int64_t dm = dims_[0], d = dims_[1], n = dims_[2], d_conv = dims_[3], r = dims_[4];
+    const std::string at = "layer " + std::to_string(n_layer_) + " ";
+    TORCH_CHECK(t.size() == kNumLayerTensors && f.size() == kNumLayerFloats, at, "has the wrong number of entries");
+    check(t[kNormW], at::kFloat, dm, at + "norm weight");
+    check(t[kInW], at::kChar, 2 * d * dm, at + "in_proj weight");
+    check(t[kXW], at::kChar, (r + 2 * n) * d, at + "x_proj weight");
+    check(t[kDtW], at::kChar, d * r, at + "dt_proj weight");
+    check(t[kOutW], at::kChar, dm * d, at + "out_proj weight");
+    for (auto [k, size] : {std::pair{kInScale, 2 * d}, {kXScale, r + 2 * n}, {kDtScale, d}, {kOutScale, dm}})
+      check(t[k], at::kFloat, size, at + "linear scale");
+    check(t[kInBias], at::kFloat, t[kInBias].numel() ? 2 * d : 0, at + "in_proj bias");
+    check(t[kOutBias], at::kFloat, t[kOutBias].numel() ? dm : 0, at + "out_proj bias");
+    check(t[kConvW], at::kChar, d * d_conv, at + "conv weight");
+    check(t[kConvScale], at::kFloat, d, at + "conv scale");
+    check(t[kConvBias], at::kFloat, d, at + "conv bias");
+    check(t[kALog], at::kChar, d * n, at + "A_log");
+    check(t[kD], at::kChar, d, at + "D");
+    check(t[kDeltaBias], at::kChar, d, at + "delta_bias");
+    check(t[kScanScales], at::kFloat, 8, at + "scan scales");
+    check(t[kHadamardK], at::kChar, -1, at + "hadamard_K");
+    LayerSpec L;
+    L.norm_weight = t[kNormW].data_ptr<float>();
+    L.norm_eps = static_cast<float>(f[kNormEps]);
+    L.norm_scale = static_cast<float>(f[kNormScale]);
+    L.in_proj = {t[kInW].data_ptr<int8_t>(), 2 * d, dm, t[kInScale].data_ptr<float>(), optional_ptr<float>(t[kInBias]),
+                 static_cast<float>(f[kInOut])};
+    L.x_proj = {t[kXW].data_ptr<int8_t>(), r + 2 * n, d, t[kXScale].data_ptr<float>(), nullptr,
+                static_cast<float>(f[kXOut])};
+    L.dt_proj = {t[kDtW].data_ptr<int8_t>(), d, r, t[kDtScale].data_ptr<float>(), nullptr, static_cast<float>(f[kDtOut])};
+    L.out_proj = {t[kOutW].data_ptr<int8_t>(), dm, d, t[kOutScale].data_ptr<float>(), optional_ptr<float>(t[kOutBias]),
+                  0.0f};
+    L.conv_weight = t[kConvW].data_ptr<int8_t>();
+    L.conv_scale = t[kConvScale].data_ptr<float>();
+    L.conv_bias = t[kConvBias].data_ptr<float>();
+    L.u_scale = static_cast<float>(f[kUScale]);
+    L.A_log = t[kALog].data_ptr<int8_t>();
+    L.D = t[kD].data_ptr<int8_t>();
+    L.delta_bias = t[kDeltaBias].data_ptr<int8_t>();
+    std::copy(t[kScanScales].data_ptr<float>(), t[kScanScales].data_ptr<float>() + 8, L.scan_scales);
+    if (t[kHadamardK].numel() > 0) {
+      TORCH_CHECK(t[kHadamardK].dim() == 2 && t[kHadamardK].size(0) == t[kHadamardK].size(1), at,
+                  "hadamard_K must be (K, K)");
+      L.hadamard_K = t[kHadamardK].data_ptr<int8_t>();
+      L.K = t[kHadamardK].size(0);
+    }
+    L.y_scale = static_cast<float>(f[kYScale]);
+    dec_->add_layer(L);
+    ++n_layer_;
   }
 
   void step(const at::Tensor& ids, at::Tensor conv_state, at::Tensor ssm_state, at::Tensor logits,
@@ -225,8 +224,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "quamba-edge native CPU decoder (csrc/cpu/native)";
   pybind11::class_<PyDecoder>(m, "Decoder")
       .def(pybind11::init<std::vector<int64_t>, at::Tensor, at::Tensor, double, const std::string&, at::Tensor,
-                          at::Tensor, double, std::vector<std::vector<at::Tensor>>, std::vector<std::vector<double>>,
-                          const std::string&>())
+                          at::Tensor, double, const std::string&>())
+      .def("add_layer", &PyDecoder::add_layer)
       .def("step", &PyDecoder::step)
       .def("prefill", &PyDecoder::prefill)
       .def("layer", &PyDecoder::layer)

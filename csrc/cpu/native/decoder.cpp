@@ -195,57 +195,63 @@ Decoder::Decoder(const ModelSpec& spec, Isa isa)
   require(d_state_ <= kMaxDState, "d_state above kMaxDState");
   require(embedding_ != nullptr && spec.norm_f_weight != nullptr, "embedding and norm_f weight are required");
   norm_f_weight_.assign(spec.norm_f_weight, spec.norm_f_weight + d_model_);
-  const int64_t d = d_inner_, n = d_state_;
-  for (const LayerSpec& s : spec.layers) {
-    Layer L;
-    require(s.norm_weight != nullptr, "layer norm weight missing");
-    L.norm_weight.assign(s.norm_weight, s.norm_weight + d_model_);
-    L.norm_eps = s.norm_eps;
-    L.norm_scale = s.norm_scale;
-    require(s.in_proj.n == 2 * d && s.in_proj.k == d_model_ && s.in_proj.out_scale > 0, "in_proj is not (2d, d_model) int8-out");
-    require(s.x_proj.n == rank_ + 2 * n && s.x_proj.k == d && s.x_proj.out_scale > 0, "x_proj is not (r + 2n, d) int8-out");
-    require(s.dt_proj.n == d && s.dt_proj.k == rank_ && s.dt_proj.out_scale > 0, "dt_proj is not (d, r) int8-out");
-    require(s.out_proj.n == d_model_ && s.out_proj.k == d && s.out_proj.out_scale == 0, "out_proj is not (d_model, d) fp32-out");
-    L.in_proj = pack(s.in_proj, kernels_.chunk);
-    L.x_proj = pack(s.x_proj, kernels_.chunk);
-    L.dt_proj = pack(s.dt_proj, kernels_.chunk);
-    L.out_proj = pack(s.out_proj, kernels_.chunk);
-    require(s.conv_weight && s.conv_scale && s.conv_bias && s.A_log && s.D && s.delta_bias, "conv or scan tensors missing");
-    L.conv_weight.assign(s.conv_weight, s.conv_weight + d * d_conv_);
-    L.conv_weight_t.resize(d_conv_ * d);
-    for (int64_t c = 0; c < d; ++c)
-      for (int64_t j = 0; j < d_conv_; ++j) L.conv_weight_t[j * d + c] = L.conv_weight[c * d_conv_ + j];
-    L.conv_scale.assign(s.conv_scale, s.conv_scale + d);
-    L.conv_bias.assign(s.conv_bias, s.conv_bias + d);
-    L.u_scale = s.u_scale;
-    std::copy(s.scan_scales, s.scan_scales + kNumScanScales, L.scan_scales);
-    L.A = Buffer<float>(d * n);
-    for (int64_t i = 0; i < d * n; ++i) L.A[i] = scan_A(s.A_log[i], L.scan_scales);
-    L.D.assign(s.D, s.D + d);
-    L.delta_bias.assign(s.delta_bias, s.delta_bias + d);
-    L.K = s.hadamard_K != nullptr ? s.K : 0;
-    if (L.K > 0) {
-      require(d % L.K == 0 && is_power_of_two(d / L.K), "d_inner is not K * 2^k for the given H_K");
-      L.hadamard_K.assign(s.hadamard_K, s.hadamard_K + L.K * L.K);
-    }
-    L.y_scale = s.y_scale;
-    layers_.push_back(std::move(L));
-  }
-  require(!layers_.empty(), "no layers");
+  for (const LayerSpec& s : spec.layers) add_layer(s);
   if (head_kind_ == HeadKind::kF16 || head_kind_ == HeadKind::kBF16) {
-    std::vector<uint16_t> converted(vocab_ * d_model_);
+    // Converted and packed a block of rows at a time (pack_16 is block-local): no second full-size copy.
     const bool half = head_kind_ == HeadKind::kF16;
-    for (int64_t i = 0; i < vocab_ * d_model_; ++i)
-      converted[i] = half ? float_to_half(embedding_[i]) : float_to_bf16(embedding_[i]);
-    head16_ = Buffer<uint16_t>(pad_n(vocab_) * pad8(d_model_));
-    pack_16(converted.data(), vocab_, d_model_, head16_.data());
+    const int64_t rows = 64 * kRowBlock, k_pad = pad8(d_model_);
+    head16_ = Buffer<uint16_t>(pad_n(vocab_) * k_pad);
+    std::vector<uint16_t> converted(rows * d_model_);
+    for (int64_t r0 = 0; r0 < vocab_; r0 += rows) {
+      const int64_t m = std::min(rows, vocab_ - r0);
+      const float* src = embedding_ + r0 * d_model_;
+      for (int64_t i = 0; i < m * d_model_; ++i) converted[i] = half ? float_to_half(src[i]) : float_to_bf16(src[i]);
+      pack_16(converted.data(), m, d_model_, head16_.data() + r0 * k_pad);
+    }
   } else if (head_kind_ == HeadKind::kInt8) {
     require(spec.int8_head.n == vocab_ && spec.int8_head.k == d_model_ && spec.int8_head.out_scale == 0,
             "int8 head is not (vocab, d_model) fp32-out");
     head8_ = pack(spec.int8_head, kernels_.chunk);
   }
   scan_bc_ = Buffer<float>(2 * kPrefillChunk * d_state_);
-  ensure_batch(1);
+}
+
+void Decoder::add_layer(const LayerSpec& s) {
+  const int64_t d = d_inner_, n = d_state_;
+  Layer L;
+  require(s.norm_weight != nullptr, "layer norm weight missing");
+  L.norm_weight.assign(s.norm_weight, s.norm_weight + d_model_);
+  L.norm_eps = s.norm_eps;
+  L.norm_scale = s.norm_scale;
+  require(s.in_proj.n == 2 * d && s.in_proj.k == d_model_ && s.in_proj.out_scale > 0, "in_proj is not (2d, d_model) int8-out");
+  require(s.x_proj.n == rank_ + 2 * n && s.x_proj.k == d && s.x_proj.out_scale > 0, "x_proj is not (r + 2n, d) int8-out");
+  require(s.dt_proj.n == d && s.dt_proj.k == rank_ && s.dt_proj.out_scale > 0, "dt_proj is not (d, r) int8-out");
+  require(s.out_proj.n == d_model_ && s.out_proj.k == d && s.out_proj.out_scale == 0, "out_proj is not (d_model, d) fp32-out");
+  L.in_proj = pack(s.in_proj, kernels_.chunk);
+  L.x_proj = pack(s.x_proj, kernels_.chunk);
+  L.dt_proj = pack(s.dt_proj, kernels_.chunk);
+  L.out_proj = pack(s.out_proj, kernels_.chunk);
+  require(s.conv_weight && s.conv_scale && s.conv_bias && s.A_log && s.D && s.delta_bias, "conv or scan tensors missing");
+  L.conv_weight.assign(s.conv_weight, s.conv_weight + d * d_conv_);
+  L.conv_weight_t.resize(d_conv_ * d);
+  for (int64_t c = 0; c < d; ++c)
+    for (int64_t j = 0; j < d_conv_; ++j) L.conv_weight_t[j * d + c] = L.conv_weight[c * d_conv_ + j];
+  L.conv_scale.assign(s.conv_scale, s.conv_scale + d);
+  L.conv_bias.assign(s.conv_bias, s.conv_bias + d);
+  L.u_scale = s.u_scale;
+  std::copy(s.scan_scales, s.scan_scales + kNumScanScales, L.scan_scales);
+  L.A = Buffer<float>(d * n);
+  for (int64_t i = 0; i < d * n; ++i) L.A[i] = scan_A(s.A_log[i], L.scan_scales);
+  L.D.assign(s.D, s.D + d);
+  L.delta_bias.assign(s.delta_bias, s.delta_bias + d);
+  L.K = s.hadamard_K != nullptr ? s.K : 0;
+  if (L.K > 0) {
+    require(d % L.K == 0 && is_power_of_two(d / L.K), "d_inner is not K * 2^k for the given H_K");
+    L.hadamard_K.assign(s.hadamard_K, s.hadamard_K + L.K * L.K);
+  }
+  L.y_scale = s.y_scale;
+  layers_.push_back(std::move(L));
+  batch_ = prefill_batch_ = 0;  // the scratch is sized from the layers: made again at the next call
 }
 
 int64_t Decoder::packed_bytes() const {
@@ -259,6 +265,7 @@ int64_t Decoder::packed_bytes() const {
 
 void Decoder::ensure_batch(int64_t batch) {
   if (batch <= batch_) return;
+  require(!layers_.empty(), "no layers (add_layer first)");
   const int64_t d = d_inner_;
   const Layer& L = layers_.front();
   xn_ = Buffer<int8_t>(batch * L.in_proj.k_pad);

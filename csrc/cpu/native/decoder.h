@@ -109,8 +109,11 @@ struct Trace {
 
 class Decoder {
  public:
-  // Packs every weight in the layout of `isa`'s kernels (the embedding of kF32 is used in place and must outlive the decoder).
+  // Packs every weight in the layout of `isa`'s kernels (the embedding is used in place for the rows a step looks
+  // up and, by kF32, as the head: it must outlive the decoder). spec.layers may be empty: add_layer then.
   Decoder(const ModelSpec& spec, Isa isa);
+  // Packs (copies) one more layer: its source tensors may be released once this returns.
+  void add_layer(const LayerSpec& s);
 
   // One token per sequence: ids (batch) -> logits (batch, vocab) fp32. conv_state (n_layer, batch, d, d_conv-1)
   // int8 and ssm_state (n_layer, batch, d, n) fp32 are read and updated in place. traces: n_layer entries or
