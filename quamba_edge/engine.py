@@ -20,7 +20,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
@@ -114,6 +114,24 @@ def _runners(paths: dict[str, Path | bytes], backend: str, target: str, int8: bo
     return {g: TensorRTRunner(Path(p).with_suffix(".plan"), name=g) for g, p in paths.items()}
 
 
+def _one_copy(cases, model, runners: dict):
+    """The parity cases, with the reference's mapped pages released once it has computed a case (before the
+    engine runs it) and the engine's once it has run (before the judge, which may run the reference): the peak
+    holds one copy of the weights at a time, not the artifact's and the engine's."""
+
+    def engine_released(judge):
+        def judged(outputs):
+            for runner in runners.values():
+                if getattr(runner, "shared", None) is not None:
+                    runner.shared.release()
+            return judge(outputs)
+        return judged
+
+    for case in cases:
+        release_pages(model.state_dict().values())
+        yield replace(case, judge=engine_released(case.judge))
+
+
 def weight_bytes(model, precision: str | None = None) -> int:
     """Bytes of a model's tensors, or of an engine's weights built from it at `precision` (fp16 halves them)."""
     total = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -162,7 +180,8 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
         if backend == "native":
             step("parity check of the native decoder against the PyTorch reference")
             runners, _, detail = family.native(model, head)
-            report = check(runners, family.parity(model, precision, limits, tolerance=NATIVE_TOLERANCE), precision)
+            report = check(runners, _one_copy(family.parity(model, precision, limits, tolerance=NATIVE_TOLERANCE),
+                                              model, runners), precision)
             if not report.passed:
                 raise ParityError(report.failure() + " The engine was not written.")
             shutil.copytree(loaded.directory, tmp / ARTIFACT_DIR, copy_function=_link_or_copy)
@@ -191,13 +210,14 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
                                           plugins=plugin_lib)
         step("parity check against the PyTorch reference")
         # parity runs a few tokens: sessions without ORT's pre-packed weight copies keep build-engine's peak down
-        report = check(_runners(paths, backend, target, int8, threads, activations, prepack=False),
-                       family.parity(model, precision, limits), precision)
+        runners = _runners(paths, backend, target, int8, threads, activations, prepack=False)
+        report = check(runners, _one_copy(family.parity(model, precision, limits), model, runners), precision)
         if layer_by_layer:
-            check(_runners(probes, backend, target, int8, threads, activations, prepack=False),
-                  family.layer_parity(model) or (), precision, report)
+            runners = _runners(probes, backend, target, int8, threads, activations, prepack=False)
+            check(runners, _one_copy(family.layer_parity(model) or (), model, runners), precision, report)
             for path in probes.values():
                 path.unlink()
+        del runners
         if not report.passed:
             raise ParityError(report.failure() + " The engine was not written. This is a bug in the export or the "
                               "backend: please report it with build.json's parity section.")

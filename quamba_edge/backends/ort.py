@@ -8,6 +8,7 @@ as they are, so the int8 sessions disable that one pass; every other optimizatio
 
 from __future__ import annotations
 
+import mmap
 import platform
 import tempfile
 from collections import Counter
@@ -80,8 +81,15 @@ class SharedWeights:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._data = np.memmap(self.path, dtype=np.uint8, mode="r")
+        with open(self.path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._data = np.frombuffer(self._map, dtype=np.uint8)
         self._values: dict[tuple, object] = {}
+
+    def release(self) -> None:
+        """Drop the pages read so far from this process's resident set (the next run faults them back in from
+        the page cache): build-engine's parity holds the engine's weights or the reference's, not both."""
+        self._map.madvise(mmap.MADV_DONTNEED)
 
     def register(self, opts, graph: Path) -> None:
         """Add every initializer `graph` keeps in this file to the session options."""
