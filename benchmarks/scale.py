@@ -112,6 +112,8 @@ def run(stage: str, shape: str, args: list, size_of: Path | None, cli: bool = Tr
     (wait4, measured from a small parent), exit status, the output's size on disk."""
     start = time.perf_counter()
     command = [CLI, *map(str, args)] if cli else list(map(str, args))
+    if not cli and command[0].endswith(".py"):
+        command.insert(0, sys.executable)
     proc = subprocess.run([sys.executable, "-c", PEAK_RSS, *command], capture_output=True, text=True)
     *err, peak_kib = proc.stderr.strip().splitlines() or ["0"]
     output = proc.stdout + "\n".join(err)
@@ -138,6 +140,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--keep", action="store_true", help="keep checkpoints, artifacts and engines")
     ap.add_argument("--llama-shapes", nargs="*", default=["mamba-130m", "mamba-2.8b"],
                     help="shapes also timed in llama.cpp q8_0 (benchmarks/peers.py's peer), one thread and all")
+    ap.add_argument("--trt-parse", action=argparse.BooleanOptionalAction, default=True,
+                    help="parse the int8 graphs (TensorRT form, external data) with TensorRT's parser (trt_parse.py)")
     ap.add_argument("--llama-src", type=Path, default=Path(".cache/peers/src"), help="from `make peers-wheel`")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
     ap.add_argument("--markdown", action="store_true", help="print --out's rows as a markdown table and exit")
@@ -175,6 +179,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
             atomic_write_json(args.out, {**meta, "rows": rows})
             if not rows[-1]["ok"] and stage == "calibrate":
                 break
+        if args.trt_parse and (root / "int8" / "manifest.json").exists():  # TensorRT's parser on the int8 graphs
+            console.print("  tensorrt-rtx parse")
+            trt_json = root / "trt-parse.json"
+            row = run("tensorrt-rtx parse int8", shape, [Path(__file__).parent / "trt_parse.py", root / "int8",
+                                                         "--out", trt_json], None, cli=False)
+            if row["ok"]:
+                parsed = json.loads(trt_json.read_text())
+                row.update(tensorrt=f"{parsed['tensorrt_module']} {parsed['tensorrt_version']}",
+                           size_mb=round(parsed["weights_data_mb"]),
+                           layers={r["graph"]: r["layers"] for r in parsed["rows"] if r["stage"] == "parse"})
+            rows.append(row)
+            atomic_write_json(args.out, {**meta, "rows": rows})
         for row in rows:
             if row["shape"] == shape and row["stage"].startswith("build-engine") and row.get("size_mb"):
                 row["peak_over_size"] = round(row["peak_rss_mb"] / row["size_mb"], 2)

@@ -108,9 +108,12 @@ def _runners(paths: dict[str, Path | bytes], backend: str, target: str, int8: bo
         first = next(iter(paths.values()))
         data = Path(first).parent / WEIGHTS_DATA if isinstance(first, Path) else None
         shared = ort_backend.SharedWeights(data) if data is not None and data.exists() else None
-        return {g: ort_backend.OrtRunner(p, name=g, threads=threads, int8=int8, target=target,
-                                         activations=activations, shared=shared, prepack=prepack)
-                for g, p in paths.items()}
+        runners = {g: ort_backend.OrtRunner(p, name=g, threads=threads, int8=int8, target=target,
+                                            activations=activations, shared=shared, prepack=prepack)
+                   for g, p in paths.items()}
+        if shared is not None and prepack:  # the pages the sessions read to pre-pack; what runs faults back in
+            shared.release()
+        return runners
     return {g: TensorRTRunner(Path(p).with_suffix(".plan"), name=g) for g, p in paths.items()}
 
 
