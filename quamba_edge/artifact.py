@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from quamba_edge import __version__
-from quamba_edge.checkpoints.common import adopt
+from quamba_edge.checkpoints.common import adopt, on_meta
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.io import atomic_write_json, sha256_file, staged_dir
 from quamba_edge.mapped import map_safetensors
@@ -66,7 +66,7 @@ def load_weights(structure: Callable[[], torch.nn.Module], path: Path, manifest:
     state: dict[str, torch.Tensor] = {}
     for name in weight_files(manifest):
         state.update(map_safetensors(Path(path) / name))
-    with torch.device("meta"):
+    with on_meta():
         empty = structure()
     expected = empty.state_dict()
     missing = sorted(set(expected) - set(state) - tied_names(empty))

@@ -8,6 +8,7 @@ family understands lives in its own module: mamba.py, wav2vec2.py, adapool.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -108,6 +109,27 @@ def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     raise QuambaEdgeError(
         f"{model_dir} has config.json but no weights (model.safetensors or pytorch_model.bin)."
     )
+
+
+INITIALISERS = ("normal_", "uniform_", "trunc_normal_", "constant_", "zeros_", "ones_", "kaiming_uniform_",
+                 "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "orthogonal_")
+
+
+@contextlib.contextmanager
+def on_meta():
+    """Build modules on the meta device (names and shapes, no memory) with torch.nn.init's initialisers turned off
+    (as transformers' no_init_weights does): on meta tensors they run through torch's Python reference ops, which
+    import torch._dynamo and sympy (about 80 MB resident and a second per process) to fill values adopt()
+    replaces anyway."""
+    saved = {name: getattr(nn.init, name) for name in INITIALISERS}
+    try:
+        for name in INITIALISERS:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        with torch.device("meta"):
+            yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
 
 
 def adopt(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> nn.Module:

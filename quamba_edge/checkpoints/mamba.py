@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from quamba_edge.checkpoints.common import adopt, load_state_dict, read_config, resolve_model_dir
+from quamba_edge.checkpoints.common import adopt, load_state_dict, on_meta, read_config, resolve_model_dir
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.io import atomic_write, atomic_write_json
 from quamba_edge.models.mamba import MambaConfig, MambaLM
@@ -215,7 +215,7 @@ def load_mamba(spec: str | Path, dtype: torch.dtype = torch.float32) -> MambaLM:
     cfg = config_from_raw(raw)
     state = _canonical_keys(load_state_dict(model_dir))
     _require_tied_head(raw, state, model_dir)
-    with torch.device("meta"):
+    with on_meta():
         empty = MambaLM(cfg)  # names and shapes, no memory
     expected = empty.state_dict()
     state.setdefault("lm_head.weight", state.get("backbone.embedding.weight"))

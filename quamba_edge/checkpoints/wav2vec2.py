@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from quamba_edge.checkpoints.common import checkpoint_family, load_state_dict, read_safetensors
+from quamba_edge.checkpoints.common import checkpoint_family, load_state_dict, on_meta, read_safetensors
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.io import staged_dir
 from quamba_edge.models.kws import KeywordSpotter, KwsConfig
@@ -511,7 +511,7 @@ def load_wav2vec2(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple
     A checkpoint without a mask embedding (HF models saved with masking disabled) keeps a fresh random
     one: it only matters when the caller masks frames."""
     ckpt = _read_any(path)
-    with torch.device("meta"):  # skip the random init that the checkpoint overwrites (~1 s for BASE)
+    with on_meta():  # skip the random init that the checkpoint overwrites (~1 s for BASE)
         model = Wav2Vec2Encoder(ckpt.cfg)
     model = model.to_empty(device="cpu")
     if "mask_emb" not in ckpt.encoder:

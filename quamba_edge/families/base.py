@@ -18,7 +18,7 @@ from torch import nn
 
 from quamba_edge.backends.base import System
 from quamba_edge.backends.compare import Case
-from quamba_edge.checkpoints.common import adopt
+from quamba_edge.checkpoints.common import adopt, on_meta
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.quant.recipes import Recipe
 
@@ -75,7 +75,7 @@ class Compute:
         dtype = DTYPES[self.dtype]
         state = {name: t.detach().to(self.device, dtype if t.is_floating_point() else t.dtype)
                  for name, t in (*model.named_parameters(), *model.named_buffers())}
-        with torch.device("meta"):
+        with on_meta():
             empty = type(model)(model.cfg)
         return adopt(empty, state).eval()
 

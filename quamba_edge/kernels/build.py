@@ -7,8 +7,11 @@ when torch has CUDA and nvcc is found: the same call on a GPU machine or in the 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from pathlib import Path
+
+import torch
 
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.paths import PACKAGE_DIR, cache_dir
@@ -37,10 +40,11 @@ def compile_extension(prefix: str, paths: list[Path], cflags: list[str], *, pyth
                       cuda: bool = False, verbose: bool = False):
     """Compile (or reuse) a torch extension from `paths` into the cache, in a directory named by `prefix` and a
     digest of the sources, every csrc/ header and the flags: an edited kernel never loads a stale library.
-    Returns (build directory, the module when `python_module`, else None). Raises on a compiler error."""
-    from torch.utils.cpp_extension import load
+    Returns (build directory, the module when `python_module`, else None). Raises on a compiler error.
 
-    h = hashlib.sha256()
+    A library already in the cache is loaded directly: torch.utils.cpp_extension (which imports setuptools and
+    sympy: about 80 MB and a second per process) is only imported to compile."""
+    h = hashlib.sha256(torch.__version__.encode())
     headers = list(CSRC.rglob("*.h"))
     for p in sorted(set(paths + headers)):
         h.update(p.name.encode())
@@ -49,10 +53,29 @@ def compile_extension(prefix: str, paths: list[Path], cflags: list[str], *, pyth
     name = f"{prefix}_{h.hexdigest()[:12]}"
     build_dir = cache_dir() / "kernels" / name
     build_dir.mkdir(parents=True, exist_ok=True)
+    library = build_dir / f"{name}.so"
+    if library.exists():
+        try:
+            return build_dir, _load_library(name, library, python_module)
+        except (ImportError, OSError):
+            pass  # e.g. a library cut short: compile it again below
+    from torch.utils.cpp_extension import load
+
     module = load(name=name, sources=[str(p) for p in paths], extra_include_paths=[str(CSRC / "include")],
                   extra_cflags=cflags, extra_cuda_cflags=NVCC_FLAGS if cuda else None,
                   build_directory=str(build_dir), is_python_module=python_module, with_cuda=cuda, verbose=verbose)
     return build_dir, module if python_module else None
+
+
+def _load_library(name: str, library: Path, python_module: bool):
+    """Import a compiled extension (its PyInit is `name`, as torch's load built it) or load an op library."""
+    if not python_module:
+        torch.ops.load_library(str(library))
+        return None
+    spec = importlib.util.spec_from_file_location(name, library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def build_and_load(cuda: bool, verbose: bool = False) -> Path:
