@@ -98,3 +98,17 @@ def _whole_characters(raw: bytes) -> bool:
         return True
     except UnicodeDecodeError:
         return False
+
+
+def test_a_long_text_is_encoded_in_pieces_to_the_same_ids(tmp_path):
+    """Byte-level BPE encodes a long text piecewise (cut before " word" after a non-space), to the very ids of one
+    encode of the whole text: a cut in the wrong place (inside a word, or between two spaces) would change
+    them, so the text has double spaces, newlines, digits and non-ASCII; the sentencepiece layout is never cut."""
+    text = (ASCII.replace("a man", "a  man").replace(". ", ".\n\n") + MIXED + " 1234 _x") * 3
+    bpe = HFTokenizer(byte_level_bpe(tmp_path / "bpe.json"), vocab_size=304)
+    whole = torch.tensor(bpe._tok.encode(text).ids)
+    assert bpe._byte_level and torch.equal(bpe.encode(text, chunk_chars=97), whole)
+    cut_anywhere = torch.cat([bpe.encode(text[i : i + 97], chunk_chars=1 << 20) for i in range(0, len(text), 97)])
+    assert not torch.equal(cut_anywhere, whole)  # naive fixed-size pieces do change the ids
+    sp = HFTokenizer(sentencepiece_bpe(tmp_path / "sp.json"), vocab_size=400)
+    assert not sp._byte_level and torch.equal(sp.encode(text, chunk_chars=97), torch.tensor(sp._tok.encode(text).ids))

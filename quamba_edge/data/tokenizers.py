@@ -38,6 +38,10 @@ class ByteTokenizer:
         return torch.ones(256)
 
 
+# Where a long text may be cut for byte-level BPE: before " x" (x a letter, digit or _) that follows a non-space.
+_CUT = re.compile(r"(?<=\S)(?= \w)")
+
+
 class HFTokenizer:
     """A `tokenizer.json` read with the `tokenizers` library (installed with transformers)."""
 
@@ -54,9 +58,29 @@ class HFTokenizer:
                                   "Fix: copy the model's tokenizer.json again.") from exc
         self.vocab_size = vocab_size
         self._lengths: Tensor | None = None
+        pre = self._spec.get("pre_tokenizer") or {}
+        post = self._spec.get("post_processor") or {}
+        # chunked encoding is exact for GPT-2's regex under ByteLevel and no special tokens added per call
+        self._byte_level = (pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+                            and post.get("type") in (None, "ByteLevel"))
 
-    def encode(self, text: str) -> Tensor:
-        return torch.tensor(self._tok.encode(text).ids, dtype=torch.long)
+    def encode(self, text: str, chunk_chars: int = 1 << 18) -> Tensor:
+        """(n,) int64 token ids. A long text under a byte-level BPE (GPT-2's pre-tokenizer regex, as the GPT-NeoX
+        tokenizer of the public Mamba models) is encoded in pieces of about `chunk_chars` characters, each cut
+        before a space that follows a non-space and precedes a letter, digit or underscore: that regex ends a
+        pre-token there and starts " word" as the next, and BPE merges never cross pre-tokens, so the ids equal one
+        encode of the whole text, without the library's per-token offsets and strings for all of it at once (about
+        380 bytes a token: 380 MB for the default corpus)."""
+        if len(text) <= 2 * chunk_chars or not self._byte_level:
+            return torch.tensor(self._tok.encode(text).ids, dtype=torch.long)
+        pieces, start = [], 0
+        while start < len(text):
+            cut = _CUT.search(text, start + chunk_chars) if start + chunk_chars < len(text) else None
+            end = cut.start() if cut else len(text)
+            ids = self._tok.encode(text[start:end], add_special_tokens=start == 0 and end == len(text)).ids
+            pieces.append(np.asarray(ids, dtype=np.int64))
+            start = end
+        return torch.from_numpy(np.concatenate(pieces))
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode([int(i) for i in ids])
