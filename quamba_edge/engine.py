@@ -118,9 +118,9 @@ def _runners(paths: dict[str, Path | bytes], backend: str, target: str, int8: bo
 
 
 def _one_copy(cases, model, runners: dict):
-    """The parity cases, with the reference's mapped pages released once it has computed a case (before the
-    engine runs it) and the engine's once it has run (before the judge, which may run the reference): the peak
-    holds one copy of the weights at a time, not the artifact's and the engine's."""
+    """The parity cases, with the reference's mapped pages released module by module as it runs (forward hooks)
+    and the engine's once it has run a case (before the judge, which may run the reference): the peak holds the
+    engine's weights and one layer of the reference's, not the artifact's and the engine's."""
 
     def engine_released(judge):
         def judged(outputs):
@@ -130,9 +130,18 @@ def _one_copy(cases, model, runners: dict):
             return judge(outputs)
         return judged
 
-    for case in cases:
-        release_pages(model.state_dict().values())
-        yield replace(case, judge=engine_released(case.judge))
+    def reference_released(module, inputs, output):  # each module's pages, as soon as it has run
+        release_pages([*module.parameters(recurse=False), *module.buffers(recurse=False)])
+
+    hooks = [m.register_forward_hook(reference_released) for m in model.modules()
+             if next(m.parameters(recurse=False), None) is not None or next(m.buffers(recurse=False), None) is not None]
+    try:
+        for case in cases:
+            release_pages(model.state_dict().values())
+            yield replace(case, judge=engine_released(case.judge))
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def weight_bytes(model, precision: str | None = None) -> int:
