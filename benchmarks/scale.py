@@ -95,7 +95,7 @@ def llama_rows(shape: str, ckpt: Path, root: Path, args) -> list[dict]:
              "ok": True, "size_mb": round(gguf.stat().st_size / 2**20)}]
     for threads in sorted({1, os.cpu_count() or 1}):
         out = root / f"llama-{threads}.json"
-        cmd = [sys.executable, str(Path(__file__).parent / "peers.py"), "--gguf", gguf, "--shape", shape,
+        cmd = [Path(__file__).parent / "peers.py", "--gguf", gguf, "--shape", shape,
                "--threads", threads, "--prompt-len", args.prompt_len, "--gen-len", args.gen_len, "--repeats", 1,
                "--out", out]
         row = run(f"bench llama.cpp q8_0, {threads} thread{'s' if threads > 1 else ''}", shape, cmd, None, cli=False)

@@ -105,9 +105,7 @@ def _plugin_library(mode: str, backend: str, precision: str, family: Family) -> 
 def _runners(paths: dict[str, Path | bytes], backend: str, target: str, int8: bool, threads: int,
              activations: str, prepack: bool = True) -> dict:
     if backend == "ort":
-        first = next(iter(paths.values()))
-        data = Path(first).parent / WEIGHTS_DATA if isinstance(first, Path) else None
-        shared = ort_backend.SharedWeights(data) if data is not None and data.exists() else None
+        shared = ort_backend.SharedWeights.beside(next(iter(paths.values())))
         runners = {g: ort_backend.OrtRunner(p, name=g, threads=threads, int8=int8, target=target,
                                             activations=activations, shared=shared, prepack=prepack)
                    for g, p in paths.items()}
@@ -120,7 +118,8 @@ def _runners(paths: dict[str, Path | bytes], backend: str, target: str, int8: bo
 def _one_copy(cases, model, runners: dict):
     """The parity cases, with the reference's mapped pages released module by module as it runs (forward hooks)
     and the engine's once it has run a case (before the judge, which may run the reference): the peak holds the
-    engine's weights and one layer of the reference's, not the artifact's and the engine's."""
+    engine's weights and one layer of the reference's, not the artifact's and the engine's. When the cases are
+    done, all of the reference's pages go (the model is not needed again by build-engine)."""
 
     def engine_released(judge):
         def judged(outputs):
@@ -142,6 +141,7 @@ def _one_copy(cases, model, runners: dict):
     finally:
         for hook in hooks:
             hook.remove()
+        release_pages(model.state_dict().values())
 
 
 def weight_bytes(model, precision: str | None = None) -> int:
@@ -233,7 +233,6 @@ def build_engine(model_spec: str | Path, out: Path, *, backend: str = "ort", tar
         if not report.passed:
             raise ParityError(report.failure() + " The engine was not written. This is a bug in the export or the "
                               "backend: please report it with build.json's parity section.")
-        release_pages(model.state_dict().values())  # the reference is done: its mapped pages can go
         kernels = {}
         if backend == "ort" and target == "cpu":
             kernels = {g: ort_backend.kernel_report(p, int8, activations) for g, p in paths.items()}

@@ -86,6 +86,12 @@ class SharedWeights:
         self._data = np.frombuffer(self._map, dtype=np.uint8)
         self._values: dict[tuple, object] = {}
 
+    @classmethod
+    def beside(cls, graph: Path | bytes) -> SharedWeights | None:
+        """The engine's weights.data next to `graph` (a path), mapped; None for bytes or a graph without one."""
+        data = Path(graph).parent / WEIGHTS_DATA if isinstance(graph, Path) else None
+        return cls(data) if data is not None and data.exists() else None
+
     def release(self) -> None:
         """Drop the pages read so far from this process's resident set (the next run faults them back in from
         the page cache): build-engine's parity holds the engine's weights or the reference's, not both."""
@@ -138,8 +144,7 @@ def kernel_report(graph: Path | bytes, int8: bool, activations: str) -> dict:
 def optimized_op_counts(graph: Path | bytes, *, int8: bool, activations: str = "int8") -> Counter:
     """Op types of the graph after ONNX Runtime's CPU optimizations, counted (Scan bodies included). A graph
     with external data reads its weights from the mapped file and skips pre-packing (the census is the same)."""
-    data = Path(graph).parent / WEIGHTS_DATA if isinstance(graph, Path) else None
-    shared = SharedWeights(data) if data is not None and data.exists() else None
+    shared = SharedWeights.beside(graph)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "optimized.onnx"
         make_session(graph, int8=int8, activations=activations, optimized_path=out, shared=shared, prepack=False)

@@ -77,8 +77,7 @@ class HFTokenizer:
         while start < len(text):
             cut = _CUT.search(text, start + chunk_chars) if start + chunk_chars < len(text) else None
             end = cut.start() if cut else len(text)
-            ids = self._tok.encode(text[start:end], add_special_tokens=start == 0 and end == len(text)).ids
-            pieces.append(np.asarray(ids, dtype=np.int64))
+            pieces.append(np.asarray(self._tok.encode(text[start:end]).ids, dtype=np.int64))
             start = end
         return torch.from_numpy(np.concatenate(pieces))
 

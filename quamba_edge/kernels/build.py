@@ -58,7 +58,7 @@ def compile_extension(prefix: str, paths: list[Path], cflags: list[str], *, pyth
         try:
             return build_dir, _load_library(name, library, python_module)
         except (ImportError, OSError):
-            pass  # e.g. a library cut short: compile it again below
+            pass  # e.g. a library cut short: torch's load below rebuilds it if ninja finds it stale, else raises
     from torch.utils.cpp_extension import load
 
     module = load(name=name, sources=[str(p) for p in paths], extra_include_paths=[str(CSRC / "include")],
