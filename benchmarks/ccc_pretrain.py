@@ -29,15 +29,27 @@ from rich.console import Console
 from rich.table import Table
 
 from quamba_edge.checkpoints.wav2vec2 import load_wav2vec2
+from quamba_edge.data import asterisk
 from quamba_edge.data.speech import load_pretrain_clips
 from quamba_edge.io import atomic_write_json
 from quamba_edge.train.pretrain import PretrainConfig, Pretrainer, frame_similarity
 
 
-def run(objective: str, steps: int, out: Path, seed: int, batch_size: int, max_minutes: float | None) -> dict:
+def speech(data: str) -> tuple[list, list]:
+    """(held-out, training) clips. `synthetic`: the TTS sentences, the first 100 held out. `asterisk`: the
+    real prompts of all five languages (English digits excluded: a test set), every tenth held out; the
+    FSDD speakers are not used, so one encoder serves every leave-one-speaker-out fold."""
+    if data == "synthetic":
+        clips = load_pretrain_clips()
+        return clips[:100], clips[100:]
+    clips = asterisk.prompts(tuple(asterisk.PACKAGES), min_s=1.0)
+    return clips[::10], [c for i, c in enumerate(clips) if i % 10]
+
+
+def run(objective: str, steps: int, out: Path, seed: int, batch_size: int, max_minutes: float | None,
+        data: str = "synthetic") -> dict:
     torch.set_num_threads(1)
-    clips = load_pretrain_clips()
-    held_out, train = clips[:100], clips[100:]  # the first 100 sentences are never trained on
+    held_out, train = speech(data)
     cfg = PretrainConfig(objective=objective, steps=steps, seed=seed, batch_size=batch_size, max_minutes=max_minutes)
     trainer = Pretrainer(cfg)
     log = out / f"{objective}.log"
@@ -51,7 +63,7 @@ def run(objective: str, steps: int, out: Path, seed: int, batch_size: int, max_m
         history = trainer.train(train, on_step)
     result = {"objective": objective, "config": cfg.to_dict(), "steps_done": len(history),
               "train_seconds": time.perf_counter() - start, "train_clips": len(train), "held_out_clips": len(held_out),
-              "final_train": history[-1], **trainer.evaluate(held_out, batches=12),
+              "data": data, "final_train": history[-1], **trainer.evaluate(held_out, batches=12),
               "command": "python " + " ".join(sys.argv)}
     trainer.save(out / objective)
     atomic_write_json(out / f"{objective}.json", result)
@@ -61,13 +73,14 @@ def run(objective: str, steps: int, out: Path, seed: int, batch_size: int, max_m
 def summarize(out: Path, json_path: Path | None) -> list[dict]:
     torch.set_num_threads(1)
     rows = [json.loads((out / f"{o}.json").read_text()) for o in ("wav2vec2", "ccc") if (out / f"{o}.json").exists()]
-    held_out = load_pretrain_clips()[:100]
+    held_out = speech(rows[0].get("data", "synthetic") if rows else "synthetic")[0]
     for r in rows:  # how far the encoder's output frames are from one constant vector (1.0 = collapsed)
         r["held_out_frame_similarity"] = frame_similarity(load_wav2vec2(out / r["objective"])[0], held_out)
     torch.manual_seed(0)
     rows.append({"objective": "untrained (same init)", "steps_done": 0, "train_seconds": 0.0,
                  "held_out_frame_similarity": frame_similarity(Pretrainer(PretrainConfig()).encoder, held_out)})
-    table = Table(title="pre-training on synthetic speech (tiny encoder, one thread each)")
+    data = rows[0].get("data", "synthetic") if rows else "no"
+    table = Table(title=f"pre-training on {data} speech (tiny encoder, one thread each)")
     for col in ("objective", "steps", "minutes", "train loss", "held-out contrastive", "held-out accuracy",
                 "frame similarity"):
         table.add_column(col, justify="left" if col == "objective" else "right")
@@ -90,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", choices=("synthetic", "asterisk"), default="synthetic",
+                    help="synthetic: the TTS sentences; asterisk: real prompts in five languages")
     ap.add_argument("--out", type=Path, default=Path("out/pretrain"))
     ap.add_argument("--summarize", type=Path, default=None, help="print the table of the runs under this directory")
     ap.add_argument("--json", type=Path, default=None)
@@ -97,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.summarize:
         summarize(args.summarize, args.json)
     elif args.objective:
-        print(json.dumps(run(args.objective, args.steps, args.out, args.seed, args.batch_size, args.max_minutes)))
+        print(json.dumps(run(args.objective, args.steps, args.out, args.seed, args.batch_size, args.max_minutes,
+                             args.data)))
     else:
         ap.error("give --objective or --summarize")
 

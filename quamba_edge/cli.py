@@ -150,38 +150,54 @@ def calibrate(
 
 @app.command("eval")
 def eval_cmd(
-    model: Annotated[str, typer.Argument(help="An artifact directory, `default`, a checkpoint dir or a hub id.")],
+    models: Annotated[list[str], typer.Argument(help="Artifact directories, `default`, checkpoint dirs or hub ids; "
+                                                     "several digit spotters (one per held-out speaker) also get "
+                                                     "the leave-one-speaker-out table.")],
     data: Annotated[str, typer.Option(help="Evaluation text; `default-heldout` is Persuasion, never used "
-                                           "for training or calibration.")] = "default-heldout",
+                                           "for training or calibration. Digit spotters: `fsdd` (every FSDD "
+                                           "speaker the model never heard + the Asterisk speaker), "
+                                           "`fsdd:NAME`, `asterisk-en`.")] = "default-heldout",
     seq_len: Annotated[int, typer.Option(min=2, help="Tokens per evaluation window.")] = 512,
-    max_samples: Annotated[int, typer.Option(min=0, help="Evaluate at most this many windows (0: all).")] = 0,
+    max_samples: Annotated[int, typer.Option(min=0, help="Evaluate at most this many windows (0: all; speech: "
+                                                         "trials per condition).")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 8,
     threads: Threads = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     tokenizer: TokenizerOpt = None,
 ):
     """Measure bits per byte and next-token accuracy on held-out text (set models: MSE on an .npz of sets;
-    keyword spotters: accuracy on the real recordings at every SNR, --max-samples trials each)."""
+    keyword spotters: accuracy at every SNR and noise on real speakers they never heard)."""
     from quamba_edge import pipeline
     from quamba_edge.families.registry import load
 
     _threads(threads)
-    with user_errors():
-        loaded = load(model)
-        loaded.tokenizer = tokenizer
-        with _progress() as progress:
-            task = progress.add_task(f"evaluating ({loaded.label})", total=None)
-            result = pipeline.evaluate(loaded, data, seq_len, max_samples or None, batch_size,
-                              on_batch=lambda n: progress.advance(task, n))
-    result["model"] = str(model)
+    results, family = [], None
+    for model in models:
+        with user_errors():
+            loaded = load(model)
+            loaded.tokenizer = tokenizer
+            family = loaded.family
+            with _progress() as progress:
+                task = progress.add_task(f"evaluating ({loaded.label})", total=None)
+                result = pipeline.evaluate(loaded, data, seq_len, max_samples or None,
+                                           batch_size, on_batch=lambda n, task=task: progress.advance(task, n))
+        result["model"] = str(model)
+        results.append(result)
+        if not json_out:
+            console.print(_table(f"quality of {model}", [col.header for col in family.eval_columns],
+                                 ([col.cell(row) for col in family.eval_columns] for row in family.eval_rows(result))))
+            if "data" in result and all(col.key != "data" for col in family.eval_columns):
+                console.print(f"data: {result['data']}")
+    summary = getattr(family, "eval_summary", lambda results: None)(results)
     if json_out:
-        print(json.dumps(result, indent=2))
-        return
-    family = loaded.family
-    console.print(_table(f"quality of {model}", [col.header for col in family.eval_columns],
-                         ([col.cell(row) for col in family.eval_columns] for row in family.eval_rows(result))))
-    if "data" in result and all(col.key != "data" for col in family.eval_columns):
-        console.print(f"data: {result['data']}")
+        payload = results[0] if len(results) == 1 else {"results": results}
+        if summary:
+            payload = {**payload, "summary": {"title": summary[0], "rows": summary[1]}}
+        print(json.dumps(payload, indent=2))
+    elif summary:
+        title, rows = summary
+        console.print(_table(title, [col.header for col in family.eval_columns],
+                             ([col.cell(row) for col in family.eval_columns] for row in rows)))
 
 
 @app.command()
@@ -268,6 +284,8 @@ def build_engine_cmd(
                                               "built.")] = "auto",
     max_clip_s: Annotated[float, typer.Option(min=0.01, help="Speech models: longest clip (seconds) the engine "
                                                              "accepts.")] = 2.0,
+    max_set_size: Annotated[int, typer.Option(min=1, help="Set models: largest set the engine accepts (its "
+                                                          "TensorRT profile).")] = 512,
     head: Annotated[str | None, typer.Option(help="--backend native: the lm_head's weights, fp32 | fp16 | bf16 | "
                                                   "int8 (default: int8 if the artifact has one, else fp32).")] = None,
 ):
@@ -287,7 +305,8 @@ def build_engine_cmd(
             build = build_engine(model, out, backend=backend, target=target, precision=precision, threads=threads,
                                  plugins=plugins, progress=status.update, memory_budget=_board_budget(target),
                                  head=head,
-                                 max_batch=max_batch, max_prompt=max_prompt, max_clip_s=max_clip_s)
+                                 max_batch=max_batch, max_prompt=max_prompt, max_clip_s=max_clip_s,
+                                 max_set_size=max_set_size)
         seconds = time.perf_counter() - start
     if json_out:
         print(json.dumps(build, indent=2))

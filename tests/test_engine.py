@@ -134,7 +134,9 @@ def test_bad_build_requests(int8_artifact, tmp_path):
     assert (keep / "notes.txt").read_text() == "mine"
 
 
-def test_tensorrt_backend_without_tensorrt_says_what_to_install(int8_artifact, tmp_path):
+@pytest.mark.parametrize("family", ["mamba", "wav2vec2"])
+def test_tensorrt_backend_without_tensorrt_says_what_to_install(family, int8_artifact, tmp_path):
+    """Every family builds for TensorRT (a keyword spotter too, no longer refused): without it, the fix is named."""
     pytest.importorskip("onnx")
     try:
         import tensorrt  # noqa: F401
@@ -142,6 +144,10 @@ def test_tensorrt_backend_without_tensorrt_says_what_to_install(int8_artifact, t
         pytest.skip("TensorRT is installed here; this test covers machines without it")
     except ImportError:
         pass
+    if family == "wav2vec2":
+        from .test_trt_onegraph import tiny_kws_artifact
+
+        int8_artifact = tiny_kws_artifact(tmp_path / "kws")
     with pytest.raises(QuambaEdgeError, match="TensorRT is not installed.*pip install tensorrt.*--backend ort"):
         build_engine(int8_artifact, tmp_path / "trt", backend="tensorrt", target="orin-nano-8gb")
     assert not (tmp_path / "trt").exists()

@@ -1,10 +1,11 @@
 """TensorRT 10 engines from the portable ONNX graphs (explicit quantization, strongly typed).
 
 The Q/DQ graph already says which tensors are int8, so the network is built strongly typed (the INT8/FP16
-builder flags are deprecated in TensorRT 10 and gone in 11). One optimization profile per graph covers batch
-and prompt length; a timing cache beside the plans makes rebuilds fast. Each plan's sidecar
-`<graph>.engine.json` records the TensorRT version and the GPU's compute capability: TensorRT plans are not
-portable between either, so loading refuses a plan built for another.
+builder flags are deprecated in TensorRT 10 and gone in 11). One optimization profile per graph (the family's
+`profile`) covers batch and its length axis (prompt tokens, clip samples, set size); a timing cache beside the
+plans makes rebuilds fast. Each plan's sidecar `<graph>.engine.json` records the TensorRT version, the GPU's
+compute capability and the profile's shapes: TensorRT plans are not portable between versions or GPUs, so
+loading refuses a plan built for another, whatever the family.
 
 `tensorrt` is imported lazily. CI parses the graphs with `tensorrt-rtx` (tests marked `tensorrt`); engines
 are built on the Jetson (Dockerfile.jetson) or a GPU machine.
@@ -139,6 +140,7 @@ class TensorRTRunner(Runner):
         trt = import_tensorrt()
         meta = json.loads(plan_path.with_suffix(".engine.json").read_text())
         check_plan_compatible(meta, trt.__version__, gpu_compute_capability(), plan_path)
+        self.plan_path, self.shapes = plan_path, meta.get("shapes", {})
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         if meta.get("plugins"):  # the plan holds plugin nodes: the same library must be registered first
             library = plugin_library(required=True)
@@ -158,7 +160,12 @@ class TensorRTRunner(Runner):
     def _infer(self, feeds) -> dict:
         inputs = {name: torch.as_tensor(array).cuda() for name, array in feeds.items()}  # alive through the run
         for name, tensor in inputs.items():
-            self.context.set_input_shape(name, tuple(tensor.shape))
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                lo, _opt, hi = self.shapes.get(name, ((), (), ()))
+                raise QuambaEdgeError(f"{name} of shape {tuple(tensor.shape)} is outside {self.plan_path.name}'s "
+                                      f"optimization profile (from {tuple(lo)} to {tuple(hi)}). Fix: rebuild the "
+                                      "engine with larger limits (build-engine --max-batch, ...), or run smaller "
+                                      "inputs.")
             self.context.set_tensor_address(name, tensor.data_ptr())
         outputs = {name: torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device="cuda")
                    for name, dtype in self.outputs.items()}

@@ -1,7 +1,8 @@
 """ONNX graph of a keyword spotter (wav2vec 2.0 encoder + KWS head): audio (batch, samples) -> logits.
 
 fp32, or int8 with Q/DQ around every linear and conv layer where the quantized PyTorch model quantizes
-(quant/static.py; ONNX Runtime: QLinearConv, MatMulInteger). Norms, GELU, softmax and the residual stream stay
+(quant/static.py; ONNX Runtime: QLinearConv, MatMulInteger; TensorRT: activations "int8", symmetric Q/DQ with
+zero point 0 and float biases, its explicit quantization). Norms, GELU, softmax and the residual stream stay
 float. Windows are unpadded: every clip in a batch has the engine's length, as the KWS windows do.
 """
 
@@ -133,6 +134,7 @@ class _SpeechGraph(LayerGraph):
 @torch.no_grad()
 def export_keyword_spotter(model: KeywordSpotter, activations: str = "int8", probes: bool = False,
                            weights: WeightFile | None = None) -> onnx.ModelProto:
-    """activations "uint8" stores the same int8 numbers as q + 128 (ONNX Runtime's fast x86 path); probes
-    adds the intermediates the layer-by-layer parity check reads (a separate graph from the shipped one)."""
+    """activations "int8": symmetric Q/DQ (TensorRT, ARM, CUDA); "uint8" stores the same int8 numbers as q + 128
+    (ONNX Runtime's fast x86 path, its convs as ConvInteger); probes adds the intermediates the layer-by-layer
+    parity check reads (a separate graph from the shipped one)."""
     return _SpeechGraph(model.eval(), activations, probes, weights).build()

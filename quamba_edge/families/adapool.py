@@ -26,11 +26,10 @@ from quamba_edge.quant.quantize import quantize
 from quamba_edge.quant.recipes import Recipe
 
 name = FAMILY
-no_tensorrt = "set models build for ONNX Runtime only so far (--backend ort); the TensorRT path is written for Mamba."
 detect, structure = onegraph.detector(FAMILY), onegraph.structurer(SetModel)
 load_checkpoint, config = load_set_checkpoint, config_from_dict
 graphs, precisions, backends, generates, scales_title, plugin_pass = onegraph.TRAITS
-quant_config, tag, extra_files, profile, state_bytes = onegraph.SHARED
+quant_config, tag, extra_files, state_bytes = onegraph.SHARED
 reference, _case = onegraph.one_call(("sets", "mask"), "output")
 
 
@@ -53,8 +52,23 @@ def export(model: nn.Module, graph: str, precision: str, activations: str, probe
     return export_set_model(model, activations, weights)
 
 
-def limits(cfg: SetModelConfig, *, max_batch: int = 8, **_) -> dict:
-    return {"max_batch": max_batch}
+def limits(cfg: SetModelConfig, *, max_batch: int = 8, max_set_size: int = 512, opt_set_size: int = 128,
+           **_) -> dict:
+    """The engine's profile: up to `max_batch` sets of up to `max_set_size` elements (TensorRT tunes for
+    `opt_set_size`, bench's default; capped at the max). Raises QuambaEdgeError for a size below 1."""
+    if min(max_batch, max_set_size, opt_set_size) < 1:
+        raise QuambaEdgeError(f"max_batch, max_set_size and opt_set_size must be at least 1 (got {max_batch}, "
+                              f"{max_set_size}, {opt_set_size}).")
+    return {"max_batch": max_batch, "max_set_size": max_set_size, "opt_set_size": min(opt_set_size, max_set_size)}
+
+
+def profile(graph: str, cfg: SetModelConfig, limits: dict) -> dict[str, tuple]:
+    """TensorRT's (min, opt, max) shapes of `sets` (batch, n, d_in) and `mask` (batch, n): batch 1..max_batch
+    (opt 1), set size n 1..max_set_size (opt opt_set_size); both inputs share batch and n."""
+    b_min, b_opt, b_max = onegraph.batch_range(limits)
+    n_opt, n_max = limits["opt_set_size"], limits["max_set_size"]
+    return {"sets": ((b_min, 1, cfg.d_in), (b_opt, n_opt, cfg.d_in), (b_max, n_max, cfg.d_in)),
+            "mask": ((b_min, 1), (b_opt, n_opt), (b_max, n_max))}
 
 
 def parity(model: nn.Module, precision: str, limits: dict | None = None, *, seed: int = 0,
@@ -62,7 +76,9 @@ def parity(model: nn.Module, precision: str, limits: dict | None = None, *, seed
     """Random sets, the first one padded (masked elements must change nothing). int8 is judged too, at the
     int8 tolerance: a set model has no recurrence to accumulate rounding."""
     gen = torch.Generator().manual_seed(seed)
-    for batch, n in shapes:
+    limits = limits or {}
+    for batch, n in shapes:  # held to the engine's profile (a TensorRT engine refuses larger inputs)
+        batch, n = min(batch, limits.get("max_batch", batch)), min(n, limits.get("max_set_size", n))
         x = torch.randn(batch, n, model.cfg.d_in, generator=gen)
         mask = torch.ones(batch, n, dtype=torch.bool)
         mask[0, n // 2 + 1 :] = False

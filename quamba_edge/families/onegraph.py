@@ -43,12 +43,19 @@ def structurer(build: Callable) -> Callable:
     return lambda cfg, recipe, manifest: static.structure(build(cfg), recipe) if recipe.quantize else build(cfg)
 
 
-# What both families are, in the order they unpack it: one fp32 graph `model` on ONNX Runtime without plugins;
+# What both families are, in the order they unpack it: one fp32 graph `model` on ONNX Runtime or TensorRT (its
+# int8 form is the symmetric Q/DQ graph TensorRT reads; each family's `profile` gives the shapes), no plugins;
 # recipes meaning static W8A8; labels adding the pooling (the axis these families are compared on); no extra
-# files, no TensorRT profile, no recurrent state.
-TRAITS = (("model",), ("fp32",), ("ort",), False, "largest |input| of each linear layer; int8 step = amax / 127", None)
+# files, no recurrent state.
+TRAITS = (("model",), ("fp32",), ("ort", "tensorrt"), False, "largest |input| of each linear layer; int8 step = "
+          "amax / 127", None)
 SHARED = (quant_config, lambda cfg, recipe_label, precision: cfg.pool, lambda loaded: {},
-          lambda graph, cfg, limits: None, lambda cfg, limits, precision: 0)
+          lambda cfg, limits, precision: 0)
+
+
+def batch_range(limits: dict) -> tuple[int, int, int]:
+    """The TensorRT profile's (min, opt, max) batch: 1, 1 (one request at a time, as on a Jetson), max_batch."""
+    return 1, 1, limits["max_batch"]
 
 
 def one_call(inputs: tuple[str, ...], output: str) -> tuple[Callable, Callable]:

@@ -30,9 +30,11 @@ class KwsConfig:
     sample_rate: int = 16000
     window_s: float = 1.5  # the clip length it was trained on; shorter clips are padded to it
     encoder: dict | None = None  # the encoder's Wav2Vec2Config, filled in by KeywordSpotter
+    trained_on: dict | None = None  # e.g. {"dataset": "fsdd", "speakers": [...]}: what eval must not score it on
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "labels": list(self.labels)}
+        return {k: v for k, v in {**asdict(self), "labels": list(self.labels)}.items()
+                if v is not None or k != "trained_on"}
 
     @classmethod
     def from_dict(cls, values: dict) -> KwsConfig:

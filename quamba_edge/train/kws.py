@@ -37,6 +37,7 @@ class FinetuneConfig:
     encoder_lr: float = 1e-4  # 0: the whole encoder stays frozen and only the KWS head trains
     train_conv: bool = False  # True: end to end, the conv stack too; `features` are then the raw windows
     seed: int = 0
+    window_s: float = 1.5  # the window the features were cut from (KwsConfig.window_s)
 
 
 def training_windows(clips: Mapping[str, Sequence[np.ndarray]], n: int, seed: int,
@@ -72,7 +73,7 @@ def finetune(encoder: Wav2Vec2Encoder, labels: tuple[str, ...], features: Tensor
     """`features`: the conv stack's output (encoder_lr > 0), the frozen encoder's output (encoder_lr 0), or
     the audio windows themselves (train_conv: every step runs the whole model, ~5x the cost on a CPU)."""
     torch.manual_seed(cfg.seed)
-    model = KeywordSpotter(encoder, KwsConfig(labels=labels, pool=cfg.pool))
+    model = KeywordSpotter(encoder, KwsConfig(labels=labels, pool=cfg.pool, window_s=cfg.window_s))
     frozen = cfg.encoder_lr == 0
     if frozen and cfg.train_conv:
         raise ValueError("train_conv needs encoder_lr > 0")

@@ -1,0 +1,217 @@
+"""The digit spotter on real speech (issue 18): 12 classes (ten digits, silence, unknown) trained on four FSDD
+speakers and tested on the fifth (leave-one-speaker-out), and on the Asterisk English speaker, in clean audio
+and white, pink and babble noise at 20, 10, 5 and 0 dB, fp32 and int8, every pooling, several seeds.
+
+    make digits      # everything below, then --merge into benchmarks/results/kws.json and kws.png
+
+    python benchmarks/digits.py features --encoder ccc=out/pretrain-asterisk/ccc        # windows + cached features
+    python benchmarks/digits.py grid --encoder ccc=out/pretrain-asterisk/ccc --protocol frozen \
+        --pools adapool cls --seeds 0 1 2 --out out/digits/grid-a.json
+    python benchmarks/digits.py few --encoder wav2vec2=out/pretrain-asterisk/wav2vec2 --labels 5 20 \
+        --out out/digits/few-wav2vec2.json
+    python benchmarks/digits.py merge out/digits/*.json --json benchmarks/results/kws.json \
+        --plot benchmarks/results/kws.png
+
+Data (quamba_edge/data/digits.py): per FSDD speaker, every take twice at a random offset in a 1 s window,
+in a condition drawn from clean (a fifth) and the 12 noisy ones, plus silence and unknown windows (French
+and Italian Asterisk words) as frequent as one digit; test trials are fixed per speaker and condition:
+`--trials` per condition for an FSDD speaker (unknown words in Russian), 500 for the Asterisk speaker (her
+own words as unknown). Nothing of a test speaker is seen in training, calibration or pre-training.
+
+Protocols: `frozen` trains the KWS head (one transformer layer, the pooling, the classifier) on the frozen
+encoder's output, computed once per window; `fine-tune` also trains the transformer (the conv feature
+encoder frozen, as in wav2vec 2.0's fine-tuning; its output is computed once per window). int8 is the
+default speech recipe (static W8A8 of every linear layer and the positional conv; the conv feature encoder
+stays float, so the cached conv output is exactly what the int8 model computes), calibrated on 256 training
+windows of the fold, run in PyTorch: the int8 reference every engine is checked against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quamba_edge.bench.report import machine
+from quamba_edge.checkpoints.wav2vec2 import load_wav2vec2, save_kws
+from quamba_edge.data import digits
+from quamba_edge.io import atomic_write_json
+from quamba_edge.models.pooling import POOLS
+from quamba_edge.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
+from quamba_edge.quant.recipes import StaticW8A8
+from quamba_edge.quant.static import quantize_static
+from quamba_edge.train.kws import FinetuneConfig, accuracy_with_ci, conv_features, encoder_states, finetune
+
+OUT = Path("out/digits")
+COPIES = 2  # training windows per take
+TRAIN_SEED = 11
+EPOCHS = {"frozen": 20, "fine-tune": 8}
+LR = {"frozen": 2e-3, "fine-tune": 1e-3}
+
+
+def load_encoder(spec: str) -> Wav2Vec2Encoder:
+    """A pre-trained encoder directory, or `scratch`: the tiny config, initialised with seed 0."""
+    if spec == "scratch":
+        torch.manual_seed(0)
+        return Wav2Vec2Encoder(Wav2Vec2Config.tiny()).eval()
+    return load_wav2vec2(spec)[0].eval()
+
+
+def build_windows(trials: int, asterisk_trials: int = 500, copies: int = COPIES) -> dict:
+    """Training windows per FSDD speaker and the test trials of every speaker (a pure function of the seeds)."""
+    data: dict = {"train": {}, "test": {}}
+    for i, speaker in enumerate(digits.speakers()):
+        audio, labels, takes = digits.training_windows(digits.train_sources(speaker), copies, TRAIN_SEED + i)
+        data["train"][speaker] = {"audio": audio, "labels": labels, "takes": takes}
+    for speaker in (*digits.speakers(), digits.ASTERISK_SPEAKER):
+        n = asterisk_trials if speaker == digits.ASTERISK_SPEAKER else trials
+        data["test"][speaker] = digits.test_sets(speaker, n)
+    return data
+
+
+def features(name: str, spec: str, trials: int, log, asterisk_trials: int = 500, copies: int = COPIES) -> dict:
+    """Windows, their conv features and the frozen encoder's output, computed once per encoder and cached
+    under out/digits/features-<name>.pt (about 1 GB)."""
+    path = OUT / f"features-{name}-{trials}-{asterisk_trials}-{copies}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)  # our own cache of numpy arrays and tensors
+    start = time.perf_counter()
+    data = build_windows(trials, asterisk_trials, copies)
+    log(f"windows in {time.perf_counter() - start:.0f} s")
+    encoder = load_encoder(spec)
+    for part in data["train"].values():
+        part["conv"] = conv_features(encoder, part["audio"])
+        part["states"] = encoder_states(encoder, part["conv"])
+    for speaker, sets in data["test"].items():
+        data["test"][speaker] = [{"trials": t, "conv": (c := conv_features(encoder, t.audio)),
+                                  "states": encoder_states(encoder, c)} for t in sets]
+        log(f"features of {speaker}'s tests in {time.perf_counter() - start:.0f} s")
+    OUT.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(data, tmp)
+    tmp.replace(path)
+    return data
+
+
+def fold_data(data: dict, held_out: str, key: str, labels_per_class: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    parts = [p for s, p in data["train"].items() if s != held_out]
+    keep = [np.ones(len(p["labels"]), bool) if labels_per_class is None else p["takes"] < labels_per_class
+            for p in parts]
+    x = torch.cat([p[key][torch.from_numpy(k)] for p, k in zip(parts, keep)])
+    y = torch.cat([torch.from_numpy(p["labels"][k]) for p, k in zip(parts, keep)])
+    return x, y
+
+
+@torch.no_grad()
+def logits_of(model, conv: torch.Tensor, states: torch.Tensor | None, batch: int = 128) -> np.ndarray:
+    out = []
+    for i in range(0, len(conv), batch):
+        h = states[i:i + batch] if states is not None else model.encoder.contextualize(conv[i:i + batch]).hidden
+        out.append(model.head(h).argmax(-1).numpy())
+    return np.concatenate(out)
+
+
+def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: int, held_out: str,
+            labels_per_class: int | None, int8: bool, log, save: Path | None = None) -> list[dict]:
+    """Train one spotter on the four speakers other than `held_out`; score it on `held_out` and the Asterisk
+    speaker, every condition, fp32 (and int8)."""
+    frozen = protocol == "frozen"
+    x, y = fold_data(data, held_out, "states" if frozen else "conv", labels_per_class)
+    cfg = FinetuneConfig(pool=pool, epochs=EPOCHS[protocol], lr=LR[protocol], encoder_lr=0 if frozen else 1e-3,
+                         seed=seed, window_s=digits.WINDOW_S, batch_size=64)
+    start = time.perf_counter()
+    model = finetune(load_encoder(spec), digits.LABELS, x, y, cfg)
+    train_s = time.perf_counter() - start
+    speakers = [s for s in digits.speakers() if s != held_out]
+    model.cfg.trained_on = {"dataset": "fsdd", "speakers": speakers, "labels_per_class": labels_per_class or 50}
+    if save is not None:
+        save_kws(model, save, {"training": {"encoder": spec, "pretraining": name, "protocol": protocol,
+                                            "seed": seed, "epochs": cfg.epochs, "lr": cfg.lr,
+                                            "windows": len(y), "command": "python " + " ".join(sys.argv)}})
+    models = {"fp32": model}
+    if int8:
+        parts = [data["train"][s]["audio"][:64] for s in speakers]
+        calib = torch.from_numpy(np.concatenate(parts))
+        qmodel, _ = quantize_static(model, [(w,) for w in calib.split(32)], StaticW8A8(), data="audio")
+        probe = data["test"][held_out][0]
+        full = qmodel(torch.from_numpy(probe["trials"].audio[:8]))
+        cached = qmodel.head(qmodel.encoder.contextualize(probe["conv"][:8]).hidden)
+        assert torch.allclose(full, cached, atol=1e-5), "int8 conv features must be the float ones"
+        models["int8"] = qmodel
+    rows = []
+    for speaker in (held_out, digits.ASTERISK_SPEAKER):
+        for part in data["test"][speaker]:
+            t = part["trials"]
+            for precision, m in models.items():
+                pred = logits_of(m, part["conv"], part["states"] if frozen and precision == "fp32" else None)
+                acc, lo, hi = accuracy_with_ci(pred == t.labels)
+                rows.append({"speaker": speaker, "fold": held_out, "pooling": pool, "precision": precision,
+                             "snr_db": "clean" if t.snr_db is None else t.snr_db, "noise": t.noise, "seed": seed,
+                             "accuracy": acc, "ci95": [lo, hi], "trials": len(t.labels), "encoder": "tiny",
+                             "pretraining": name, "protocol": protocol,
+                             "labels_per_class": labels_per_class or 50, "train_seconds": round(train_s, 1)})
+    clean = [r["accuracy"] for r in rows if r["speaker"] == held_out and r["snr_db"] == "clean"]
+    log(f"[{name}/{protocol}/{pool}/seed {seed}/{held_out}/{labels_per_class or 50} takes] "
+        f"clean fp32 {clean[0]:.3f}{f' int8 {clean[1]:.3f}' if int8 else ''} ({train_s:.0f} s)")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=("features", "grid", "few", "merge"))
+    ap.add_argument("inputs", nargs="*", type=Path, help="merge: run files")
+    ap.add_argument("--encoder", default="scratch=scratch", help="NAME=DIR of a pre-trained encoder, or NAME=scratch")
+    ap.add_argument("--protocol", choices=("frozen", "fine-tune"), default="frozen")
+    ap.add_argument("--pools", nargs="+", default=list(POOLS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--folds", nargs="+", default=None, help="held-out FSDD speakers (default: all five)")
+    ap.add_argument("--labels", nargs="+", type=int, default=[5, 20], help="few: takes per digit per speaker")
+    ap.add_argument("--int8-seeds", nargs="*", type=int, default=None, help="seeds scored in int8 (default: all)")
+    ap.add_argument("--trials", type=int, default=200, help="test trials per condition per FSDD speaker")
+    ap.add_argument("--asterisk-trials", type=int, default=500, help="test trials per condition, Asterisk speaker")
+    ap.add_argument("--copies", type=int, default=COPIES, help="training windows per take")
+    ap.add_argument("--save", action="store_true", help="save each seed-0 model under out/digits/models/")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--plot", type=Path)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"{time.perf_counter() - start:7.0f}s {message}", flush=True)
+
+    if args.stage == "merge":
+        from digits_report import merge
+
+        merge(args.inputs, args.json, args.plot)
+        return
+    name, _, spec = args.encoder.partition("=")
+    data = features(name, spec, args.trials, log, args.asterisk_trials, args.copies)
+    if args.stage == "features":
+        return
+    folds = args.folds or list(digits.speakers())
+    rows: list[dict] = []
+
+    def save_rows() -> None:
+        if args.out:
+            atomic_write_json(args.out, {"command": "python " + " ".join(sys.argv), "machine": machine("cpu"),
+                                         "seconds": time.perf_counter() - start, "rows": rows})
+
+    jobs = ([(pool, seed, None) for pool in args.pools for seed in args.seeds] if args.stage == "grid"
+            else [(args.pools[0], args.seeds[0], k) for k in args.labels])
+    for pool, seed, k in jobs:
+        for held_out in folds:
+            where = OUT / "models" / f"{name}-{args.protocol}-{pool}-{held_out}" if args.save and seed == 0 else None
+            int8 = args.int8_seeds is None or seed in args.int8_seeds
+            rows += run_one(data, spec, name, args.protocol, pool, seed, held_out, k, int8 and k is None, log, where)
+            save_rows()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()

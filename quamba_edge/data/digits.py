@@ -1,0 +1,220 @@
+"""The 12-class digit-spotting task on real speech: the ten digits, "silence" and "unknown" (Speech Commands'
+12-class layout), evaluated on speakers the model never heard.
+
+A trial is one `WINDOW_S` window: a digit or unknown word placed at a random offset, or no word ("silence"),
+in digital silence (clean) or in white, pink or babble noise at an exact SNR (the convention of
+data/speech.py: clip power over the whole window's noise power; a silence window gets the noise level a
+median digit of that speaker set would get). Labels are drawn uniformly over the 12 classes.
+
+Sources (data/fsdd.py, data/asterisk.py): digits from the FSDD speakers (leave-one-speaker-out folds) and
+the Asterisk English speaker; unknown words from Asterisk French and Italian for training, Russian for the
+FSDD test folds, the English speaker's own words for her test; babble from the non-English prompts.
+A clip longer than the window (16 of the 2500 FSDD takes pass 1 s) keeps its middle `WINDOW_S` seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from quamba_edge.data.speech import (
+    BABBLE_TALKERS,
+    DIGITS,
+    SAMPLE_RATE,
+    KwsTrials,
+    _babble,
+    _unit_power_clips,
+    add_noise,
+    pink_noise,
+    place_in_window,
+    power,
+    white_noise,
+)
+from quamba_edge.errors import QuambaEdgeError
+
+LABELS: tuple[str, ...] = (*DIGITS, "silence", "unknown")
+SILENCE, UNKNOWN = len(DIGITS), len(DIGITS) + 1
+WINDOW_S = 1.0
+SNRS: tuple[float | None, ...] = (None, 20.0, 10.0, 5.0, 0.0)
+NOISES: tuple[str, ...] = ("white", "pink", "babble")
+CONDITIONS: tuple[tuple[float | None, str], ...] = ((None, "silence"),) + tuple(
+    (snr, noise) for snr in SNRS[1:] for noise in NOISES)
+TRAIN_CONDITIONS = CONDITIONS[:1] * 3 + CONDITIONS[1:]  # a fifth of the training windows clean
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What trials are drawn from: `digits` {digit word: clips}, `unknown` clips (other words), `babble`
+    clips (speech that noise is made of). All float32 mono at 16 kHz."""
+
+    digits: Mapping[str, Sequence[np.ndarray]]
+    unknown: Sequence[np.ndarray]
+    babble: Sequence[np.ndarray]
+
+    def __post_init__(self) -> None:
+        missing = [d for d in DIGITS if not self.digits.get(d)]
+        if missing or not self.unknown or not self.babble:
+            raise QuambaEdgeError(f"digit trials need clips of every digit (missing: {missing}), unknown words "
+                                  f"({len(self.unknown)}) and babble speech ({len(self.babble)}).")
+
+
+def fit(clip: np.ndarray, window: int) -> np.ndarray:
+    """`clip`, or its middle `window` samples when it is longer."""
+    if len(clip) <= window:
+        return clip
+    start = (len(clip) - window) // 2
+    return clip[start:start + window]
+
+
+_UNIT_BABBLE: dict[int, tuple[Sequence[np.ndarray], list[np.ndarray]]] = {}
+
+
+def _unit_babble(clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Unit-power babble clips, computed once per clip list (an hour of prompts takes a second to scale);
+    the list is kept alive beside its result so that its id is never reused."""
+    if id(clips) not in _UNIT_BABBLE:
+        _UNIT_BABBLE[id(clips)] = (clips, [c.astype(np.float32) for c in _unit_power_clips(clips)])
+    return _UNIT_BABBLE[id(clips)][1]
+
+
+class _Renderer:
+    def __init__(self, sources: Sources, window_s: float):
+        self.window = int(round(window_s * SAMPLE_RATE))
+        self.babble = _unit_babble(sources.babble)
+        self.ref_power = float(np.median([power(c) for cs in sources.digits.values() for c in cs]))
+
+    def __call__(self, clip: np.ndarray | None, snr_db: float | None, noise: str,
+                 rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """One window and the clip's offset (-1 for silence)."""
+        n = self.window
+        if clip is None:
+            offset, audio, p_signal = -1, np.zeros(n, np.float32), self.ref_power
+        else:
+            clip = fit(clip, n)
+            offset = int(rng.integers(0, n - len(clip) + 1))
+            audio, p_signal = place_in_window(clip, n, offset), power(clip)
+        if snr_db is None:
+            return audio, offset
+        background = {"white": white_noise, "pink": pink_noise}.get(noise)
+        bg = background(n, rng) if background else _babble(n, rng, self.babble, BABBLE_TALKERS)
+        return add_noise(audio, bg, snr_db, signal_power=p_signal), offset
+
+
+def trials(sources: Sources, n: int, seed: int, snr_db: float | None, noise: str,
+           window_s: float = WINDOW_S) -> KwsTrials:
+    """`n` test trials of one condition, labels uniform over the 12 classes; a pure function of its arguments.
+    `snr_db` None is clean (noise then only names the condition)."""
+    if noise not in NOISES and snr_db is not None:
+        raise QuambaEdgeError(f"unknown noise {noise!r}. Fix: use one of {', '.join(NOISES)}.")
+    render = _Renderer(sources, window_s)
+    rng = np.random.default_rng(seed)
+    audio = np.zeros((n, render.window), np.float32)
+    labels, offsets, index, lengths = np.zeros((4, n), np.int64)
+    for i in range(n):
+        k = int(rng.integers(len(LABELS)))
+        pool = sources.digits[LABELS[k]] if k < SILENCE else sources.unknown if k == UNKNOWN else None
+        j = int(rng.integers(len(pool))) if pool is not None else -1
+        clip = pool[j] if pool is not None else None
+        audio[i], offsets[i] = render(clip, snr_db, noise, rng)
+        labels[i], index[i], lengths[i] = k, j, 0 if clip is None else min(len(clip), render.window)
+    return KwsTrials(audio, labels, LABELS, offsets, index, lengths, snr_db, noise if snr_db is not None else "silence",
+                     seed)
+
+
+def training_windows(sources: Sources, copies: int, seed: int,
+                     window_s: float = WINDOW_S) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every digit clip `copies` times, each at a random offset in a condition drawn uniformly from
+    `TRAIN_CONDITIONS`, plus as many silence and unknown windows as an average digit has, shuffled:
+    (audio (m, window) float32, labels (m,) int64, takes (m,) int64: the clip's index among its digit's
+    clips, so a few-label subset keeps takes < k; for silence and unknown a running index that spreads
+    them over the same range)."""
+    render = _Renderer(sources, window_s)
+    rng = np.random.default_rng(seed)
+    items: list[tuple[int, int, np.ndarray | None]] = [(k, j, c) for k, d in enumerate(DIGITS)
+                                                        for j, c in enumerate(sources.digits[d]) for _ in range(copies)]
+    per_class = math.ceil(len(items) / len(DIGITS))
+    takes = max(len(c) for c in sources.digits.values())
+    items += [(SILENCE, i * takes // per_class, None) for i in range(per_class)]
+    items += [(UNKNOWN, i * takes // per_class, sources.unknown[int(rng.integers(len(sources.unknown)))])
+              for i in range(per_class)]
+    audio = np.zeros((len(items), render.window), np.float32)
+    labels, take = np.zeros((2, len(items)), np.int64)
+    for i in rng.permutation(len(items)):
+        k, j, clip = items[i]
+        snr, noise = TRAIN_CONDITIONS[int(rng.integers(len(TRAIN_CONDITIONS)))]
+        audio[i], _ = render(clip, snr, noise, rng)
+        labels[i], take[i] = k, j
+    order = rng.permutation(len(items))
+    return audio[order], labels[order], take[order]
+
+
+# ------------------------------------------------------------------------------ the standard sets
+
+TEST_SEED = 20261130
+ASTERISK_SPEAKER = "asterisk-en"  # the English Asterisk voice: a further unseen (female, telephone) speaker
+
+
+@functools.cache
+def _fsdd() -> dict[str, dict[str, list[np.ndarray]]]:
+    from quamba_edge.data import fsdd
+
+    return fsdd.load_speakers()
+
+
+@functools.cache
+def _words(langs: tuple[str, ...]) -> list[np.ndarray]:
+    from quamba_edge.data import asterisk
+
+    return asterisk.words(langs)
+
+
+@functools.cache
+def _babble_speech() -> list[np.ndarray]:
+    from quamba_edge.data import asterisk
+
+    return asterisk.prompts(("fr", "it", "ru", "es"), min_s=1.0)
+
+
+def speakers() -> tuple[str, ...]:
+    from quamba_edge.data import fsdd
+
+    return fsdd.SPEAKERS
+
+
+def train_sources(speaker: str) -> Sources:
+    """One FSDD speaker's digits with French and Italian unknown words (training)."""
+    return Sources(_fsdd()[speaker], _words(("fr", "it")), _babble_speech())
+
+
+def test_sources(speaker: str) -> Sources:
+    """A test speaker's digits with unknown words nobody trains on: Russian for an FSDD speaker, the English
+    Asterisk speaker's own words for her."""
+    if speaker == ASTERISK_SPEAKER:
+        from quamba_edge.data import asterisk
+
+        return Sources(asterisk.english_digits(), _words(("en",)), _babble_speech())
+    return Sources(_fsdd()[speaker], _words(("ru",)), _babble_speech())
+
+
+def test_sets(speaker: str, n: int, window_s: float = WINDOW_S,
+              conditions: Sequence[tuple[float | None, str]] = CONDITIONS) -> list[KwsTrials]:
+    """The fixed test trials of one speaker (an FSDD speaker or `ASTERISK_SPEAKER`): `n` per condition, the
+    same for every model, precision and run (seeds derive from the speaker and the condition)."""
+    every = (*speakers(), ASTERISK_SPEAKER)
+    if speaker not in every:
+        raise QuambaEdgeError(f"no test speaker {speaker!r}. Fix: use one of {', '.join(every)}.")
+    sources = test_sources(speaker)
+    return [trials(sources, n, TEST_SEED + 100 * every.index(speaker) + CONDITIONS.index(c), c[0], c[1], window_s)
+            for c in conditions]
+
+
+def calibration_windows(speakers: Sequence[str], samples: int, window_s: float = WINDOW_S) -> np.ndarray:
+    """`samples` training windows drawn evenly from `speakers` (FSDD), in a fixed order: what `calibrate`
+    uses for a digit spotter, so it never hears a speaker the model was not trained on."""
+    per = -(-samples // len(speakers))
+    parts = [training_windows(train_sources(s), 1, 7 + i, window_s)[0][:per] for i, s in enumerate(speakers)]
+    return np.concatenate(parts)[:samples]
