@@ -6,7 +6,7 @@ export QUAMBA_EDGE_CACHE ?= $(CURDIR)/.cache
 # Torch threads for the demo and the quality table (benchmarks that time things use one thread).
 THREADS ?= 2
 
-.PHONY: venv corpus demo test lint quality peers-wheel bench-cpu bench-native bench-peers bench-kernels bench-scale bench-adapool speech pretrain kws bench-speech trt-plugins jetson-image jetson-bench clean
+.PHONY: venv corpus demo test lint quality peers-wheel bench-cpu bench-native bench-peers bench-kernels bench-scale bench-adapool speech pretrain kws digits-data pretrain-real digits bench-speech trt-plugins jetson-image jetson-bench clean
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -112,7 +112,27 @@ kws: speech
 	$(BIN)/python benchmarks/kws.py $(KWS_E2E) --pools max avg --out out/kws/scratch-b.json; wait
 	$(BIN)/python benchmarks/kws.py --encoder ccc=out/pretrain/ccc $(KWS_FROZEN) --out out/kws/ccc-frozen.json
 	$(BIN)/python benchmarks/kws.py --merge out/kws/scratch-a.json out/kws/scratch-b.json out/kws/ccc-frozen.json \
-		--json benchmarks/results/kws.json --plot benchmarks/results/kws.png
+		--json benchmarks/results/kws_synthetic.json --plot benchmarks/results/kws_synthetic.png
+
+# Issue 18: the digit spotter on real speech (FSDD leave-one-speaker-out, the Asterisk English speaker), every
+# pooling x 3 seeds, fp32 and int8, and the pre-training comparison (~2.5 h on 2 cores). See benchmarks/digits.py.
+digits-data: venv
+	$(BIN)/python calib/build_digits.py
+pretrain-real: digits-data
+	$(BIN)/python benchmarks/ccc_pretrain.py --objective wav2vec2 --steps 2000 --data asterisk --out out/pretrain-asterisk & \
+	$(BIN)/python benchmarks/ccc_pretrain.py --objective ccc --steps 2000 --data asterisk --out out/pretrain-asterisk; wait
+	$(BIN)/python benchmarks/ccc_pretrain.py --summarize out/pretrain-asterisk --json benchmarks/results/ccc_pretrain_real.json
+DIGITS = $(BIN)/python benchmarks/digits.py
+digits: pretrain-real
+	$(DIGITS) features --encoder ccc=out/pretrain-asterisk/ccc & $(DIGITS) features --encoder scratch=scratch; wait
+	$(DIGITS) grid --encoder ccc=out/pretrain-asterisk/ccc --pools adapool avg --int8-seeds 0 --save \
+		--out out/digits/grid-a.json & \
+	$(DIGITS) grid --encoder ccc=out/pretrain-asterisk/ccc --pools max cls --int8-seeds 0 --save --out out/digits/grid-b.json; wait
+	$(DIGITS) few --encoder ccc=out/pretrain-asterisk/ccc --out out/digits/few-ccc.json & \
+	$(DIGITS) few --encoder scratch=scratch --out out/digits/few-scratch.json; wait
+	$(DIGITS) few --encoder wav2vec2=out/pretrain-asterisk/wav2vec2 --out out/digits/few-wav2vec2.json
+	$(DIGITS) merge out/digits/grid-*.json out/digits/few-*.json --json benchmarks/results/kws.json \
+		--plot benchmarks/results/kws.png
 
 bench-speech: venv
 	$(BIN)/python benchmarks/speech_latency.py --kws out/kws/scratch-end-to-end-adapool --out benchmarks/results/speech_latency.json

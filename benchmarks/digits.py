@@ -11,6 +11,7 @@ and white, pink and babble noise at 20, 10, 5 and 0 dB, fp32 and int8, every poo
         --out out/digits/few-wav2vec2.json
     python benchmarks/digits.py merge out/digits/*.json --json benchmarks/results/kws.json \
         --plot benchmarks/results/kws.png
+    python benchmarks/digits.py confusion out/digits/models/scratch-end-to-end-adapool-george --trials 300
 
 Data (quamba_edge/data/digits.py): per FSDD speaker, every take twice at a random offset in a 1 s window,
 in a condition drawn from clean (a fifth) and the 12 noisy ones, plus silence and unknown windows (French
@@ -20,7 +21,9 @@ own words as unknown). Nothing of a test speaker is seen in training, calibratio
 
 Protocols: `frozen` trains the KWS head (one transformer layer, the pooling, the classifier) on the frozen
 encoder's output, computed once per window; `fine-tune` also trains the transformer (the conv feature
-encoder frozen, as in wav2vec 2.0's fine-tuning; its output is computed once per window). int8 is the
+encoder frozen, as in wav2vec 2.0's fine-tuning; its output is computed once per window); `end-to-end`
+trains everything, the conv stack included (batch 32: about 10 CPU-minutes a model). Every run takes
+`STEPS` optimizer steps, whatever the number of labels. int8 is the
 default speech recipe (static W8A8 of every linear layer and the positional conv; the conv feature encoder
 stays float, so the cached conv output is exactly what the int8 model computes), calibrated on 256 training
 windows of the fold, run in PyTorch: the int8 reference every engine is checked against.
@@ -29,6 +32,7 @@ windows of the fold, run in PyTorch: the int8 reference every engine is checked 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -49,8 +53,9 @@ from quamba_edge.train.kws import FinetuneConfig, accuracy_with_ci, conv_feature
 OUT = Path("out/digits")
 COPIES = 2  # training windows per take
 TRAIN_SEED = 11
-EPOCHS = {"frozen": 20, "fine-tune": 8}
-LR = {"frozen": 2e-3, "fine-tune": 1e-3}
+STEPS = 450  # optimizer steps of BATCH windows, whatever the number of labels (few-label runs get more epochs)
+BATCH = 64
+LR = {"frozen": 2e-3, "fine-tune": 1e-3, "end-to-end": 1e-3}
 
 
 def load_encoder(spec: str) -> Wav2Vec2Encoder:
@@ -78,7 +83,7 @@ def features(name: str, spec: str, trials: int, log, asterisk_trials: int = 500,
     under out/digits/features-<name>.pt (about 1 GB)."""
     path = OUT / f"features-{name}-{trials}-{asterisk_trials}-{copies}.pt"
     if path.exists():
-        return torch.load(path, weights_only=False)  # our own cache of numpy arrays and tensors
+        return _arrays(torch.load(path, weights_only=False), np.asarray)  # our own cache
     start = time.perf_counter()
     data = build_windows(trials, asterisk_trials, copies)
     log(f"windows in {time.perf_counter() - start:.0f} s")
@@ -92,8 +97,18 @@ def features(name: str, spec: str, trials: int, log, asterisk_trials: int = 500,
         log(f"features of {speaker}'s tests in {time.perf_counter() - start:.0f} s")
     OUT.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(data, tmp)
+    torch.save(_arrays(data, torch.from_numpy), tmp)  # tensors: pickling 3 GB of numpy arrays would copy them
     tmp.replace(path)
+    return data
+
+
+def _arrays(data: dict, convert) -> dict:
+    """The cache with its audio as tensors (to save, zero-copy) or numpy arrays (to use)."""
+    for part in data["train"].values():
+        part["audio"] = convert(part["audio"])
+    for sets in data["test"].values():
+        for part in sets:
+            part["trials"] = dataclasses.replace(part["trials"], audio=convert(part["trials"].audio))
     return data
 
 
@@ -101,7 +116,7 @@ def fold_data(data: dict, held_out: str, key: str, labels_per_class: int | None)
     parts = [p for s, p in data["train"].items() if s != held_out]
     keep = [np.ones(len(p["labels"]), bool) if labels_per_class is None else p["takes"] < labels_per_class
             for p in parts]
-    x = torch.cat([p[key][torch.from_numpy(k)] for p, k in zip(parts, keep)])
+    x = torch.cat([torch.as_tensor(p[key])[torch.from_numpy(k)] for p, k in zip(parts, keep)])
     y = torch.cat([torch.from_numpy(p["labels"][k]) for p, k in zip(parts, keep)])
     return x, y
 
@@ -119,10 +134,12 @@ def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: in
             labels_per_class: int | None, int8: bool, log, save: Path | None = None) -> list[dict]:
     """Train one spotter on the four speakers other than `held_out`; score it on `held_out` and the Asterisk
     speaker, every condition, fp32 (and int8)."""
-    frozen = protocol == "frozen"
-    x, y = fold_data(data, held_out, "states" if frozen else "conv", labels_per_class)
-    cfg = FinetuneConfig(pool=pool, epochs=EPOCHS[protocol], lr=LR[protocol], encoder_lr=0 if frozen else 1e-3,
-                         seed=seed, window_s=digits.WINDOW_S, batch_size=64)
+    frozen, e2e = protocol == "frozen", protocol == "end-to-end"
+    x, y = fold_data(data, held_out, "states" if frozen else "audio" if e2e else "conv", labels_per_class)
+    batch = 32 if e2e else BATCH
+    epochs = max(1, round(STEPS * batch / len(y)))
+    cfg = FinetuneConfig(pool=pool, epochs=epochs, lr=LR[protocol], encoder_lr=0 if frozen else 1e-3,
+                         seed=seed, window_s=digits.WINDOW_S, batch_size=batch, train_conv=e2e)
     start = time.perf_counter()
     model = finetune(load_encoder(spec), digits.LABELS, x, y, cfg)
     train_s = time.perf_counter() - start
@@ -139,15 +156,18 @@ def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: in
         qmodel, _ = quantize_static(model, [(w,) for w in calib.split(32)], StaticW8A8(), data="audio")
         probe = data["test"][held_out][0]
         full = qmodel(torch.from_numpy(probe["trials"].audio[:8]))
-        cached = qmodel.head(qmodel.encoder.contextualize(probe["conv"][:8]).hidden)
+        conv = conv_features(model.encoder, probe["trials"].audio[:8]) if e2e else probe["conv"][:8]
+        cached = qmodel.head(qmodel.encoder.contextualize(conv).hidden)
         assert torch.allclose(full, cached, atol=1e-5), "int8 conv features must be the float ones"
         models["int8"] = qmodel
     rows = []
     for speaker in (held_out, digits.ASTERISK_SPEAKER):
         for part in data["test"][speaker]:
             t = part["trials"]
+            # end to end, the conv stack was trained: its output (float in the int8 model too) is this model's
+            conv = conv_features(model.encoder, t.audio) if e2e else part["conv"]
             for precision, m in models.items():
-                pred = logits_of(m, part["conv"], part["states"] if frozen and precision == "fp32" else None)
+                pred = logits_of(m, conv, part["states"] if frozen and precision == "fp32" else None)
                 acc, lo, hi = accuracy_with_ci(pred == t.labels)
                 rows.append({"speaker": speaker, "fold": held_out, "pooling": pool, "precision": precision,
                              "snr_db": "clean" if t.snr_db is None else t.snr_db, "noise": t.noise, "seed": seed,
@@ -162,10 +182,11 @@ def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: in
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=("features", "grid", "few", "merge"))
-    ap.add_argument("inputs", nargs="*", type=Path, help="merge: run files")
+    ap.add_argument("stage", choices=("features", "grid", "few", "merge", "confusion"))
+    ap.add_argument("inputs", nargs="*", type=Path, help="merge: run files; confusion: saved spotters")
+    ap.add_argument("--speaker", default=digits.ASTERISK_SPEAKER, help="confusion: the test speaker")
     ap.add_argument("--encoder", default="scratch=scratch", help="NAME=DIR of a pre-trained encoder, or NAME=scratch")
-    ap.add_argument("--protocol", choices=("frozen", "fine-tune"), default="frozen")
+    ap.add_argument("--protocol", choices=("frozen", "fine-tune", "end-to-end"), default="frozen")
     ap.add_argument("--pools", nargs="+", default=list(POOLS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--folds", nargs="+", default=None, help="held-out FSDD speakers (default: all five)")
@@ -185,6 +206,20 @@ def main(argv: list[str] | None = None) -> None:
     def log(message: str) -> None:
         print(f"{time.perf_counter() - start:7.0f}s {message}", flush=True)
 
+    if args.stage == "confusion":  # where a saved spotter's answers go on one test speaker, clean
+        from quamba_edge.checkpoints.wav2vec2 import load_kws
+        from quamba_edge.train.kws import predict
+
+        for directory in args.inputs:
+            t = digits.test_sets(args.speaker, args.trials, conditions=digits.CONDITIONS[:1])[0]
+            pred = predict(load_kws(directory), t.audio)
+            matrix = np.zeros((len(digits.LABELS),) * 2, int)
+            np.add.at(matrix, (t.labels, pred), 1)
+            share = float((pred[t.labels < digits.SILENCE] == digits.UNKNOWN).mean())
+            print(f"{directory} on {args.speaker}, clean (rows: truth, columns: answer; {', '.join(digits.LABELS)})")
+            print(matrix)
+            print(f"digits answered 'unknown': {share:.1%}")
+        return
     if args.stage == "merge":
         from digits_report import merge
 

@@ -5,7 +5,8 @@
 
     python benchmarks/kws.py --encoder scratch=scratch --train-conv --train 3000 --epochs 6 --lr 1e-3 \
         --encoder-lr 1e-3 --int8-conv --pools adapool --out out/kws/scratch-a.json
-    python benchmarks/kws.py --merge out/kws/*.json --json benchmarks/results/kws.json --plot benchmarks/results/kws.png
+    python benchmarks/kws.py --merge out/kws/*.json --json benchmarks/results/kws_synthetic.json \
+        --plot benchmarks/results/kws_synthetic.png
 
 Protocols: --encoder-lr 0 keeps the encoder frozen and trains the KWS head on its output (the
 frozen-upstream protocol that compares pre-trainings); > 0 also trains the transformer (fine-tune);

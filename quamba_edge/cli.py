@@ -113,8 +113,9 @@ def calibrate(
     """Calibrate a checkpoint and write an int8 artifact (manifest.json + weights.safetensors).
 
     The model family comes from the checkpoint: Mamba (text calibration, the recipes below); a keyword
-    spotter (--data: a directory of WAV files, or `default` for the synthetic keywords; static W8A8 of
-    every linear and conv layer); or a set model (--data SETS.npz; static W8A8 of every linear layer).
+    spotter (--data: a directory of WAV files, or `default`: a digit spotter's own FSDD training speakers,
+    the 16-keyword spotters' synthetic keywords; static W8A8 of every linear layer and the positional
+    conv); or a set model (--data SETS.npz; static W8A8 of every linear layer).
     For the last two, naive and quamba both mean static W8A8 (Quamba's switches are Mamba's).
     """
     from quamba_edge import pipeline

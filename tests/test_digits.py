@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -193,31 +192,61 @@ def test_eval_refuses_speakers_the_spotter_heard(tmp_path):
     assert "trained_on" not in KwsConfig(labels=("a",)).to_dict()  # older configs are unchanged
 
 
-def test_a_digit_spotter_scores_a_real_unseen_speaker_end_to_end(tmp_path):
-    """The eval path on the real recordings of one held-out speaker (a small random model: the figures are
-    not the point, the trials, labels and refusals are)."""
-    real_fsdd()
+def _small_digit_spotter(path: Path, speakers: list[str]) -> Path:
     from quamba_edge.checkpoints.wav2vec2 import save_kws
-    from quamba_edge.families.registry import load
     from quamba_edge.models.kws import KeywordSpotter, KwsConfig
     from quamba_edge.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
-    from quamba_edge.pipeline import evaluate
 
     torch.manual_seed(0)
     small = {**Wav2Vec2Config.tiny().to_dict(), "conv_dim": (16,) * 4, "hidden_size": 16, "num_layers": 1,
              "num_heads": 2, "ffn_dim": 32, "pos_conv_kernel": 8, "pos_conv_groups": 4}
     model = KeywordSpotter(Wav2Vec2Encoder(Wav2Vec2Config.from_dict(small)),
                            KwsConfig(labels=digits.LABELS, n_heads=2, window_s=1.0,
-                                     trained_on={"dataset": "fsdd", "speakers": ["george", "jackson", "lucas",
-                                                                                 "yweweler"]}))
-    save_kws(model, tmp_path / "kws")
+                                     trained_on={"dataset": "fsdd", "speakers": speakers}))
+    save_kws(model, path)
+    return path
+
+
+def _need_real_sets() -> None:
+    real_fsdd()
     try:
         digits.test_sources("nicolas")
     except QuambaEdgeError:
         pytest.skip("the Asterisk prompt sets are not built (calib/build_digits.py)")
-    result = evaluate(load(str(tmp_path / "kws")), "fsdd:nicolas", 0, 12, 8)
+
+
+def test_a_digit_spotter_scores_a_real_unseen_speaker_end_to_end(tmp_path):
+    """The eval path on the real recordings of one held-out speaker (a small random model: the figures are
+    not the point, the trials, labels and refusals are)."""
+    _need_real_sets()
+    from quamba_edge.families.registry import load
+    from quamba_edge.pipeline import evaluate
+
+    path = _small_digit_spotter(tmp_path / "kws", ["george", "jackson", "lucas", "yweweler"])
+    result = evaluate(load(str(path)), "fsdd:nicolas", 0, 12, 8)
     assert [c["speaker"] for c in result["conditions"]] == ["nicolas"] * len(digits.CONDITIONS)
     assert all(c["trials"] == 12 and 0 <= c["accuracy"] <= 1 for c in result["conditions"])
     with pytest.raises(QuambaEdgeError, match="trained on lucas"):
-        evaluate(load(str(tmp_path / "kws")), "fsdd:lucas", 0, 12, 8)
-    shutil.rmtree(tmp_path / "kws")
+        evaluate(load(str(path)), "fsdd:lucas", 0, 12, 8)
+
+
+def test_eval_of_one_model_per_fold_prints_the_leave_one_speaker_out_table(tmp_path):
+    """`quamba-edge eval A B --data fsdd`: each model on the FSDD speaker it never heard and on the Asterisk
+    speaker, then the held-out speakers pooled per condition."""
+    _need_real_sets()
+    from typer.testing import CliRunner
+
+    from quamba_edge.cli import app
+
+    every = list(fsdd.SPEAKERS)
+    a = _small_digit_spotter(tmp_path / "a", [s for s in every if s != "george"])
+    b = _small_digit_spotter(tmp_path / "b", [s for s in every if s != "lucas"])
+    res = CliRunner().invoke(app, ["eval", str(a), str(b), "--data", "fsdd", "--max-samples", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{"):])  # after the progress bars
+    assert [r["model"] for r in out["results"]] == [str(a), str(b)]
+    speakers = {c["speaker"] for c in out["results"][0]["conditions"]}
+    assert speakers == {"george", digits.ASTERISK_SPEAKER}
+    summary = out["summary"]["rows"]
+    assert len(summary) == len(digits.CONDITIONS)
+    assert all(r["trials"] == 6 and r["speaker"] == "george+lucas" for r in summary)

@@ -32,6 +32,7 @@ from quamba_edge.data.speech import (
     pink_noise,
     place_in_window,
     power,
+    resample,
     white_noise,
 )
 from quamba_edge.errors import QuambaEdgeError
@@ -44,6 +45,7 @@ NOISES: tuple[str, ...] = ("white", "pink", "babble")
 CONDITIONS: tuple[tuple[float | None, str], ...] = ((None, "silence"),) + tuple(
     (snr, noise) for snr in SNRS[1:] for noise in NOISES)
 TRAIN_CONDITIONS = CONDITIONS[:1] * 3 + CONDITIONS[1:]  # a fifth of the training windows clean
+SPEED = (0.85, 1.15)  # speed perturbation of training clips
 
 
 @dataclass(frozen=True)
@@ -125,9 +127,16 @@ def trials(sources: Sources, n: int, seed: int, snr_db: float | None, noise: str
                      seed)
 
 
-def training_windows(sources: Sources, copies: int, seed: int,
-                     window_s: float = WINDOW_S) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every digit clip `copies` times, each at a random offset in a condition drawn uniformly from
+def speed_perturb(clip: np.ndarray, factor: float) -> np.ndarray:
+    """`clip` played `factor` times faster (pitch and formants move with it): Kaldi-style speed perturbation,
+    the standard stand-in for other speakers' vocal tracts and speaking rates (Ko et al., Interspeech 2015)."""
+    return resample(clip, SAMPLE_RATE, int(round(SAMPLE_RATE / factor))) if factor != 1.0 else clip
+
+
+def training_windows(sources: Sources, copies: int, seed: int, window_s: float = WINDOW_S,
+                     speed: tuple[float, float] = SPEED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every digit clip `copies` times, each speed-perturbed by a factor drawn uniformly from `speed`, at a
+    random offset in a condition drawn uniformly from
     `TRAIN_CONDITIONS`, plus as many silence and unknown windows as an average digit has, shuffled:
     (audio (m, window) float32, labels (m,) int64, takes (m,) int64: the clip's index among its digit's
     clips, so a few-label subset keeps takes < k; for silence and unknown a running index that spreads
@@ -145,6 +154,8 @@ def training_windows(sources: Sources, copies: int, seed: int,
     labels, take = np.zeros((2, len(items)), np.int64)
     for i in rng.permutation(len(items)):
         k, j, clip = items[i]
+        if clip is not None:
+            clip = speed_perturb(clip, float(rng.uniform(*speed)))
         snr, noise = TRAIN_CONDITIONS[int(rng.integers(len(TRAIN_CONDITIONS)))]
         audio[i], _ = render(clip, snr, noise, rng)
         labels[i], take[i] = k, j
@@ -216,5 +227,6 @@ def calibration_windows(speakers: Sequence[str], samples: int, window_s: float =
     """`samples` training windows drawn evenly from `speakers` (FSDD), in a fixed order: what `calibrate`
     uses for a digit spotter, so it never hears a speaker the model was not trained on."""
     per = -(-samples // len(speakers))
-    parts = [training_windows(train_sources(s), 1, 7 + i, window_s)[0][:per] for i, s in enumerate(speakers)]
+    parts = [training_windows(train_sources(s), 1, 7 + i, window_s, speed=(1.0, 1.0))[0][:per]
+             for i, s in enumerate(speakers)]
     return np.concatenate(parts)[:samples]

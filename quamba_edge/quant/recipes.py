@@ -77,7 +77,7 @@ class StaticW8A8(_W8A8):
     13-36x its typical size after the first layer's per-channel norm), and one per-tensor int8 scale per layer
     then cost a keyword spotter 15-23 points on quiet input for each of conv layers 1-3 alone, with abs-max,
     percentile or MSE scales alike. With the conv stack float, int8 is within 0.6 points of fp32
-    (benchmarks/results/kws.json)."""
+    (benchmarks/results/kws_synthetic.json)."""
 
     kind: ClassVar[str] = "static_w8a8"
     quantize: ClassVar[bool] = True
