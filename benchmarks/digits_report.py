@@ -61,7 +61,13 @@ def interval(values: list[float]) -> tuple[float, float]:
 
 def merge(paths: list[Path], json_path: Path | None, plot_path: Path | None) -> dict:
     runs = [json.loads(p.read_text()) for p in paths]
-    rows = [r for run in runs for r in run["rows"]]
+    rows, seen = [], set()
+    for r in (r for run in runs for r in run["rows"]):  # a run repeated in two files (same seed, data, model)
+        key = tuple(str(r[k]) for k in ("pretraining", "protocol", "pooling", "seed", "fold", "speaker",
+                                        "precision", "snr_db", "noise", "labels_per_class"))
+        if key not in seen:
+            seen.add(key)
+            rows.append(r)
     result = {"rows": rows, "runs": [{k: v for k, v in run.items() if k != "rows"} for run in runs]}
     if json_path:
         atomic_write_json(json_path, result)
@@ -77,7 +83,7 @@ def _pct(x: float) -> str:
 
 def loso_table(rows: list[dict]) -> str:
     """Per held-out speaker (and the Asterisk speaker, scored by each fold's model), clean and the mean over
-    noises at 0 dB, fp32 and int8, one pooling, mean over seeds."""
+    noises at 0 dB, fp32 and int8, for the `rows` given (one pooling, one seed)."""
     speakers = sorted({r["fold"] for r in rows})
     out = ["| test speaker | clean fp32 | clean int8 | 0 dB fp32 (mean of 3 noises) | 0 dB int8 | trials/condition |",
            "|---|---:|---:|---:|---:|---:|"]
@@ -92,7 +98,8 @@ def loso_table(rows: list[dict]) -> str:
         n = sel[0]["trials"] if sel else 0
         out.append(f"| {s} | {cell(sel, 'clean', 'fp32')} | {cell(sel, 'clean', 'int8')} | {cell(sel, 0.0, 'fp32')} "
                    f"| {cell(sel, 0.0, 'int8')} | {n} |")
-    out.append(f"| **mean of the 5 folds** | **{cell(fsdd, 'clean', 'fp32')}** | {cell(fsdd, 'clean', 'int8')} | "
+    out.append(f"| **mean of the {len(speakers)} folds** (int8: the folds scored) | **{cell(fsdd, 'clean', 'fp32')}** "
+               f"| {cell(fsdd, 'clean', 'int8')} | "
                f"**{cell(fsdd, 0.0, 'fp32')}** | {cell(fsdd, 0.0, 'int8')} | |")
     ast = [r for r in rows if r["speaker"] != r["fold"]]
     if ast:
@@ -140,6 +147,8 @@ def difference_table(rows: list[dict], base: str = "adapool") -> str:
 def int8_table(rows: list[dict]) -> str:
     """int8 minus fp32 per pooling and condition (same models, same trials; FSDD folds pooled, seeds pooled)."""
     sel = [r for r in rows if r["speaker"] == r["fold"]]
+    scored = {(r["pooling"], r["seed"], r["fold"]) for r in sel if r["precision"] == "int8"}
+    sel = [r for r in sel if (r["pooling"], r["seed"], r["fold"]) in scored]  # fp32 of the same models only
     cells = by(sel, "pooling", "condition", "precision")
     pools = [p for p in ("adapool", "avg", "max", "cls") if (p, "clean", "int8") in cells]
     out = ["| condition | " + " | ".join(pools) + " |", "|---|" + "---:|" * len(pools)]
@@ -156,8 +165,9 @@ def int8_table(rows: list[dict]) -> str:
 
 
 def few_table(rows: list[dict]) -> str:
-    """Pre-training x labels per class: held-out FSDD speakers pooled, clean and the mean at 0 dB."""
-    sel = [r for r in rows if r["speaker"] == r["fold"] and r["precision"] == "fp32"]
+    """Pre-training x labels per class (AdaPool, seed 0): held-out FSDD speakers pooled, clean and 0 dB."""
+    sel = [r for r in rows if r["speaker"] == r["fold"] and r["precision"] == "fp32" and r["pooling"] == "adapool"
+           and r["seed"] == 0]  # what every pre-training was run with
     cells = by(sel, "pretraining", "protocol", "labels_per_class")
     out = ["| encoder | protocol | takes per digit per speaker | clean | 0 dB (mean of 3 noises) |",
            "|---|---|---:|---:|---:|"]
@@ -172,14 +182,17 @@ def report(rows: list[dict]) -> str:
     full = [r for r in rows if r["labels_per_class"] == 50]
     for key, group in sorted(by(full, "pretraining", "protocol").items()):
         pools = {r["pooling"] for r in group}
-        parts.append(f"## {key[0]} encoder, {key[1]}: leave-one-speaker-out (adapool, mean over seeds)\n")
-        parts.append(loso_table([r for r in group if r["pooling"] == "adapool"] if "adapool" in pools else group))
-        if len(pools) > 1:
-            parts += ["\n### noise sweep, fp32 (held-out speakers pooled; mean over seeds ± 95%)\n", sweep_table(group),
-                      "\n### noise sweep, int8\n", sweep_table(group, "int8"),
+        parts.append(f"## {key[0]} encoder, {key[1]}: leave-one-speaker-out (adapool, seed 0: one spotter per fold)\n")
+        parts.append(loso_table([r for r in group if r["pooling"] == "adapool" and r["seed"] == 0]))
+        if len(pools) > 1:  # the folds every pooling was run on, so that each is pooled over the same speakers
+            common = set.intersection(*({r["fold"] for r in group if r["pooling"] == p} for p in pools))
+            group = [r for r in group if r["fold"] in common]
+            folds = ", ".join(sorted(common))
+            parts += [f"\n### noise sweep, fp32 (held-out {folds} pooled; mean over seeds ± 95%)\n",
+                      sweep_table(group), "\n### noise sweep, int8\n", sweep_table(group, "int8"),
                       "\n### AdaPool minus each pooling (✓: interval above 0, ✗: below)\n", difference_table(group)]
         if any(r["precision"] == "int8" for r in group):
-            parts += ["\n### int8 minus fp32 (points)\n", int8_table(group)]
+            parts += ["\n### int8 minus fp32 (points; the models scored in both)\n", int8_table(group)]
     parts += ["\n## pre-training and labels\n", few_table(rows)]
     return "\n".join(parts)
 
