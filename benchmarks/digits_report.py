@@ -208,6 +208,9 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(len(groups), 3, figsize=(15, 4.6 * len(groups)), sharey=True, squeeze=False)
     for row_axes, group in zip(axes, groups):
         g = [r for r in sel if (r["pretraining"], r["protocol"]) == group]
+        pools = {r["pooling"] for r in g}  # the folds every pooling ran on, as in the tables
+        common = set.intersection(*({r["fold"] for r in g if r["pooling"] == p} for p in pools))
+        g = [r for r in g if r["fold"] in common]
         cells = by(g, "pooling", "precision", "noise", "snr_db", "seed")
         clean = by(g, "pooling", "precision", "snr_db", "seed")
         for ax, noise in zip(row_axes, ("white", "pink", "babble")):
