@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quamba_edge.io import atomic_write_json
+from quamba_edge.io import atomic_write, atomic_write_json
 
 ORDER = ["clean", 20.0, 10.0, 5.0, 0.0]
 T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}
@@ -235,10 +235,7 @@ def plot(rows: list[dict], path: Path) -> None:
         row_axes[0].set_ylabel("accuracy on the held-out speaker, % (12 classes)")
         row_axes[0].legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
 
 

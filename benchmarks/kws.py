@@ -40,7 +40,7 @@ import torch
 from quamba_edge.checkpoints.wav2vec2 import load_kws, load_wav2vec2, save_kws
 from quamba_edge.data.speech import load_keyword_clips, load_pretrain_clips, telephone_band
 from quamba_edge.data.speech_sets import calibration_windows, real_test_trials, snr_label
-from quamba_edge.io import atomic_write_json
+from quamba_edge.io import atomic_write, atomic_write_json
 from quamba_edge.models.pooling import POOLS
 from quamba_edge.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
 from quamba_edge.quant.recipes import StaticW8A8
@@ -163,10 +163,7 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax in axes[:, 0]:
         ax.set_ylabel("keyword accuracy (16 words, 95% CI)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
 
 
