@@ -66,26 +66,44 @@ def load_encoder(spec: str) -> Wav2Vec2Encoder:
     return load_wav2vec2(spec)[0].eval()
 
 
-def build_windows(trials: int, asterisk_trials: int = 500, copies: int = COPIES) -> dict:
-    """Training windows per FSDD speaker and the test trials of every speaker (a pure function of the seeds)."""
+def build_windows(trials: int, asterisk_trials: int = 500, copies: int = COPIES,
+                  recipe: digits.Recipe = digits.Recipe()) -> dict:
+    """Training windows per FSDD speaker (and of the synthetic voices when the recipe has them: key
+    "synthetic", in every fold's training) and the test trials of every speaker (a pure function of the seeds)."""
     data: dict = {"train": {}, "test": {}}
     for i, speaker in enumerate(digits.speakers()):
-        audio, labels, takes = digits.training_windows(digits.train_sources(speaker), copies, TRAIN_SEED + i)
+        audio, labels, takes = digits.training_windows(digits.train_sources(speaker), copies, TRAIN_SEED + i,
+                                                       recipe=recipe)
         data["train"][speaker] = {"audio": audio, "labels": labels, "takes": takes}
+    if recipe.synthetic:
+        audio, labels, takes = digits.training_windows(digits.synthetic_sources(recipe.synthetic), copies,
+                                                       TRAIN_SEED + 99, recipe=recipe)
+        data["train"]["synthetic"] = {"audio": audio, "labels": labels, "takes": takes}
     for speaker in (*digits.speakers(), digits.ASTERISK_SPEAKER):
         n = asterisk_trials if speaker == digits.ASTERISK_SPEAKER else trials
         data["test"][speaker] = digits.test_sets(speaker, n)
     return data
 
 
-def features(name: str, spec: str, trials: int, log, asterisk_trials: int = 500, copies: int = COPIES) -> dict:
-    """Windows, their conv features and the frozen encoder's output, computed once per encoder and cached
-    under out/digits/features-<name>.pt (about 1 GB)."""
-    path = OUT / f"features-{name}-{trials}-{asterisk_trials}-{copies}.pt"
+def windows(trials: int, log, asterisk_trials: int = 500, copies: int = COPIES,
+            recipe: digits.Recipe = digits.Recipe()) -> dict:
+    """The windows alone (what end to end needs: its conv stack trains), built in about a minute, not cached."""
+    start = time.perf_counter()
+    data = build_windows(trials, asterisk_trials, copies, recipe)
+    data["test"] = {s: [{"trials": t} for t in sets] for s, sets in data["test"].items()}
+    log(f"windows ({recipe.name}) in {time.perf_counter() - start:.0f} s")
+    return data
+
+
+def features(name: str, spec: str, trials: int, log, asterisk_trials: int = 500, copies: int = COPIES,
+             recipe: digits.Recipe = digits.Recipe()) -> dict:
+    """Windows, their conv features and the frozen encoder's output, computed once per encoder and recipe and
+    cached under out/digits/features-<name>-<recipe>-....pt (3.7 GB)."""
+    path = OUT / f"features-{name}-{recipe.name}-{trials}-{asterisk_trials}-{copies}.pt"
     if path.exists():
         return _arrays(torch.load(path, weights_only=False), np.asarray)  # our own cache
     start = time.perf_counter()
-    data = build_windows(trials, asterisk_trials, copies)
+    data = build_windows(trials, asterisk_trials, copies, recipe)
     log(f"windows in {time.perf_counter() - start:.0f} s")
     encoder = load_encoder(spec)
     for part in data["train"].values():
@@ -131,9 +149,10 @@ def logits_of(model, conv: torch.Tensor, states: torch.Tensor | None, batch: int
 
 
 def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: int, held_out: str,
-            labels_per_class: int | None, int8: bool, log, save: Path | None = None) -> list[dict]:
-    """Train one spotter on the four speakers other than `held_out`; score it on `held_out` and the Asterisk
-    speaker, every condition, fp32 (and int8)."""
+            labels_per_class: int | None, int8: bool, log, save: Path | None = None,
+            recipe: digits.Recipe = digits.Recipe()) -> list[dict]:
+    """Train one spotter on the four speakers other than `held_out` (and the synthetic voices when `data`
+    has them); score it on `held_out` and the Asterisk speaker, every condition, fp32 (and int8)."""
     frozen, e2e = protocol == "frozen", protocol == "end-to-end"
     x, y = fold_data(data, held_out, "states" if frozen else "audio" if e2e else "conv", labels_per_class)
     batch = 32 if e2e else BATCH
@@ -144,7 +163,8 @@ def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: in
     model = finetune(load_encoder(spec), digits.LABELS, x, y, cfg)
     train_s = time.perf_counter() - start
     speakers = [s for s in digits.speakers() if s != held_out]
-    model.cfg.trained_on = {"dataset": "fsdd", "speakers": speakers, "labels_per_class": labels_per_class or 50}
+    model.cfg.trained_on = {"dataset": "fsdd", "speakers": speakers, "labels_per_class": labels_per_class or 50,
+                            "recipe": dataclasses.asdict(recipe)}
     if save is not None:
         save_kws(model, save, {"training": {"encoder": spec, "pretraining": name, "protocol": protocol,
                                             "seed": seed, "epochs": cfg.epochs, "lr": cfg.lr,
@@ -172,10 +192,10 @@ def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: in
                 rows.append({"speaker": speaker, "fold": held_out, "pooling": pool, "precision": precision,
                              "snr_db": "clean" if t.snr_db is None else t.snr_db, "noise": t.noise, "seed": seed,
                              "accuracy": acc, "ci95": [lo, hi], "trials": len(t.labels), "encoder": "tiny",
-                             "pretraining": name, "protocol": protocol,
+                             "pretraining": name, "protocol": protocol, "recipe": recipe.name,
                              "labels_per_class": labels_per_class or 50, "train_seconds": round(train_s, 1)})
     clean = [r["accuracy"] for r in rows if r["speaker"] == held_out and r["snr_db"] == "clean"]
-    log(f"[{name}/{protocol}/{pool}/seed {seed}/{held_out}/{labels_per_class or 50} takes] "
+    log(f"[{name}/{recipe.name}/{protocol}/{pool}/seed {seed}/{held_out}/{labels_per_class or 50} takes] "
         f"clean fp32 {clean[0]:.3f}{f' int8 {clean[1]:.3f}' if int8 else ''} ({train_s:.0f} s)")
     return rows
 
@@ -195,6 +215,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trials", type=int, default=200, help="test trials per condition per FSDD speaker")
     ap.add_argument("--asterisk-trials", type=int, default=500, help="test trials per condition, Asterisk speaker")
     ap.add_argument("--copies", type=int, default=COPIES, help="training windows per take")
+    ap.add_argument("--reversed-unknown", type=float, default=digits.CHANNEL_RECIPE.reversed_unknown,
+                    help="share of unknown windows that are reversed training takes (0: Asterisk words only)")
+    ap.add_argument("--channel-eq", type=float, default=digits.CHANNEL_RECIPE.channel_eq,
+                    help="share of training clips through a random equaliser")
+    ap.add_argument("--synthetic", type=int, default=digits.CHANNEL_RECIPE.synthetic,
+                    help="synthetic (TTS) takes per digit added to every fold (0: none; needs `make speech`)")
     ap.add_argument("--save", action="store_true", help="save each seed-0 model under out/digits/models/")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--json", type=Path)
@@ -226,7 +252,11 @@ def main(argv: list[str] | None = None) -> None:
         merge(args.inputs, args.json, args.plot)
         return
     name, _, spec = args.encoder.partition("=")
-    data = features(name, spec, args.trials, log, args.asterisk_trials, args.copies)
+    recipe = digits.Recipe(args.reversed_unknown, args.channel_eq, args.synthetic)
+    if args.stage == "grid" and args.protocol == "end-to-end":
+        data = windows(args.trials, log, args.asterisk_trials, args.copies, recipe)
+    else:
+        data = features(name, spec, args.trials, log, args.asterisk_trials, args.copies, recipe)
     if args.stage == "features":
         return
     folds = args.folds or list(digits.speakers())
@@ -241,9 +271,11 @@ def main(argv: list[str] | None = None) -> None:
             else [(args.pools[0], args.seeds[0], k) for k in args.labels])
     for pool, seed, k in jobs:
         for held_out in folds:
-            where = OUT / "models" / f"{name}-{args.protocol}-{pool}-{held_out}" if args.save and seed == 0 else None
+            tag = f"{name}-{args.protocol}" if recipe == digits.Recipe() else f"{name}-{recipe.name}-{args.protocol}"
+            where = OUT / "models" / f"{tag}-{pool}-{held_out}" if args.save and seed == 0 else None
             int8 = args.int8_seeds is None or seed in args.int8_seeds
-            rows += run_one(data, spec, name, args.protocol, pool, seed, held_out, k, int8 and k is None, log, where)
+            rows += run_one(data, spec, name, args.protocol, pool, seed, held_out, k, int8 and k is None, log, where,
+                            recipe)
             save_rows()
 
 

@@ -63,7 +63,8 @@ def merge(paths: list[Path], json_path: Path | None, plot_path: Path | None) -> 
     runs = [json.loads(p.read_text()) for p in paths]
     rows, seen = [], set()
     for r in (r for run in runs for r in run["rows"]):  # a run repeated in two files (same seed, data, model)
-        key = tuple(str(r[k]) for k in ("pretraining", "protocol", "pooling", "seed", "fold", "speaker",
+        r.setdefault("recipe", "base")  # the runs before the training recipe was a choice
+        key = tuple(str(r[k]) for k in ("pretraining", "recipe", "protocol", "pooling", "seed", "fold", "speaker",
                                         "precision", "snr_db", "noise", "labels_per_class"))
         if key not in seen:
             seen.add(key)
@@ -168,6 +169,7 @@ def few_table(rows: list[dict]) -> str:
     """Pre-training x labels per class (AdaPool, seed 0): held-out FSDD speakers pooled, clean and 0 dB."""
     sel = [r for r in rows if r["speaker"] == r["fold"] and r["precision"] == "fp32" and r["pooling"] == "adapool"
            and r["seed"] == 0]  # what every pre-training was run with
+    sel = [r for r in sel if r.get("recipe", "base") == "base"]  # the comparison was run on one recipe
     cells = by(sel, "pretraining", "protocol", "labels_per_class")
     out = ["| encoder | protocol | takes per digit per speaker | clean | 0 dB (mean of 3 noises) |",
            "|---|---|---:|---:|---:|"]
@@ -180,9 +182,10 @@ def few_table(rows: list[dict]) -> str:
 def report(rows: list[dict]) -> str:
     parts = []
     full = [r for r in rows if r["labels_per_class"] == 50]
-    for key, group in sorted(by(full, "pretraining", "protocol").items()):
+    for key, group in sorted(by(full, "pretraining", "recipe", "protocol").items()):
         pools = {r["pooling"] for r in group}
-        parts.append(f"## {key[0]} encoder, {key[1]}: leave-one-speaker-out (adapool, seed 0: one spotter per fold)\n")
+        parts.append(f"## {key[0]} encoder, training recipe {key[1]}, {key[2]}: leave-one-speaker-out "
+                     "(adapool, seed 0: one spotter per fold)\n")
         parts.append(loso_table([r for r in group if r["pooling"] == "adapool" and r["seed"] == 0]))
         if len(pools) > 1:  # the folds every pooling was run on, so that each is pooled over the same speakers
             common = set.intersection(*({r["fold"] for r in group if r["pooling"] == p} for p in pools))
@@ -204,10 +207,10 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sel = [r for r in rows if r["speaker"] == r["fold"] and r["labels_per_class"] == 50]
-    groups = sorted({(r["pretraining"], r["protocol"]) for r in sel})
+    groups = sorted({(r["pretraining"], r.get("recipe", "base"), r["protocol"]) for r in sel})
     fig, axes = plt.subplots(len(groups), 3, figsize=(15, 4.6 * len(groups)), sharey=True, squeeze=False)
     for row_axes, group in zip(axes, groups):
-        g = [r for r in sel if (r["pretraining"], r["protocol"]) == group]
+        g = [r for r in sel if (r["pretraining"], r.get("recipe", "base"), r["protocol"]) == group]
         pools = {r["pooling"] for r in g}  # the folds every pooling ran on, as in the tables
         common = set.intersection(*({r["fold"] for r in g if r["pooling"] == p} for p in pools))
         g = [r for r in g if r["fold"] in common]
@@ -230,7 +233,7 @@ def plot(rows: list[dict], path: Path) -> None:
                         ax.errorbar(xs, ys, yerr=errs, linestyle=style, marker="o", capsize=3, color=f"C{colour}",
                                     label=f"{pool} ({precision})")
             ax.set_xticks(range(len(ORDER)), ["clean" if s == "clean" else f"{s:g} dB" for s in ORDER])
-            ax.set_title(f"{noise} noise: {group[0]} encoder, {group[1]}")
+            ax.set_title(f"{noise} noise: {group[0]} encoder, {group[1]}, {group[2]}", fontsize=9)
             ax.grid(alpha=0.3)
         row_axes[0].set_ylabel("accuracy on the held-out speaker, % (12 classes)")
         row_axes[0].legend(fontsize=7)

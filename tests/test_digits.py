@@ -166,6 +166,42 @@ def test_training_windows_cover_every_take_and_class_evenly():
     np.testing.assert_array_equal(labels, labels2)
 
 
+def test_reversed_unknown_windows_are_training_takes_played_backwards():
+    src = toy_sources(n_takes=4)
+    recipe = digits.Recipe(reversed_unknown=1.0)
+    audio, labels, takes = digits.training_windows(src, copies=1, seed=2, speed=(1.0, 1.0), recipe=recipe)
+    reversed_takes = [c[::-1] for cs in src.digits.values() for c in cs]
+    # most windows are noisy: find the take each unknown window holds by correlation
+    for window, take in zip(audio[labels == digits.UNKNOWN], takes[labels == digits.UNKNOWN]):
+        best = max(reversed_takes, key=lambda r: np.max(np.correlate(window, r, "valid")) / np.linalg.norm(r))
+        assert any(best is c[::-1] or np.array_equal(best, c[::-1]) for cs in src.digits.values()
+                   for c in cs[take:take + 1]), "a reversed unknown window reverses a take of its own index"
+    base = digits.training_windows(src, copies=1, seed=2, speed=(1.0, 1.0))[0]
+    assert not np.array_equal(audio[labels == digits.UNKNOWN], base[labels == digits.UNKNOWN])
+
+
+def test_random_eq_keeps_length_and_shapes_the_spectrum_within_its_bounds():
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(SAMPLE_RATE).astype(np.float32)
+    out = digits.random_eq(noise, np.random.default_rng(1))
+    assert out.dtype == np.float32 and out.shape == noise.shape
+    spread = []
+    for seed in range(20):
+        out = digits.random_eq(noise, np.random.default_rng(seed))
+        ratio_db = 20 * np.log10(np.abs(np.fft.rfft(out))[1:] / np.abs(np.fft.rfft(noise))[1:])
+        assert np.abs(ratio_db).max() < 3 * 10 + 6 * np.log10(SAMPLE_RATE / 2 / 1000) + 0.1  # bells + tilt
+        spread.append(ratio_db.max() - ratio_db.min())
+    assert np.median(spread) > 6.0  # it does shape the spectrum, by several dB
+    assert not np.array_equal(out, digits.random_eq(noise, np.random.default_rng(2)))
+
+
+def test_recipe_names_and_bounds():
+    assert digits.Recipe().name == "base"
+    assert digits.CHANNEL_RECIPE.name == "rev0.5-eq0.5-syn100"
+    with pytest.raises(QuambaEdgeError, match="shares lie in"):
+        digits.Recipe(reversed_unknown=1.5)
+
+
 def test_unknown_noise_is_refused():
     with pytest.raises(QuambaEdgeError, match="unknown noise 'brown'"):
         digits.trials(toy_sources(), 4, 0, 5.0, "brown")

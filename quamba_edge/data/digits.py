@@ -21,18 +21,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quamba_edge.data import asterisk, fsdd
 from quamba_edge.data.speech import (
     BABBLE_TALKERS,
+    COMMANDS,
     DIGITS,
     SAMPLE_RATE,
     KwsTrials,
-    _babble,
-    _unit_power_clips,
     add_noise,
+    babble_mix,
+    load_keyword_clips,
     pink_noise,
     place_in_window,
     power,
     resample,
+    unit_power_clips,
     white_noise,
 )
 from quamba_edge.errors import QuambaEdgeError
@@ -46,6 +49,62 @@ CONDITIONS: tuple[tuple[float | None, str], ...] = ((None, "silence"),) + tuple(
     (snr, noise) for snr in SNRS[1:] for noise in NOISES)
 TRAIN_CONDITIONS = CONDITIONS[:1] * 3 + CONDITIONS[1:]  # a fifth of the training windows clean
 SPEED = (0.85, 1.15)  # speed perturbation of training clips
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a fold's training windows are made of, beyond its speakers' digits and the Asterisk unknown words.
+
+    The first spotters (`Recipe()`) learned the recording channel: every unknown word was an Asterisk
+    recording and every digit an FSDD one, so a digit spoken over Asterisk's channel came out "unknown".
+    Each field takes one step against that shortcut:
+
+    * `reversed_unknown`: the share of unknown windows that are a training take played backwards, so that
+      "unknown" also sounds like the digits' own microphone, room and speaker (a reversed word keeps the
+      channel and the long-term spectrum but is no digit);
+    * `channel_eq`: the share of training clips, digits and unknown words alike, passed through a random
+      equaliser (`random_eq`), so that a spectral tilt or resonance says nothing about the class;
+    * `synthetic`: TTS takes per digit (data/speech.py's synthetic set: espeak-ng, flite and festival
+      voices, band-limited to telephone like the test speakers), added to every fold as a further training
+      "speaker" whose unknown words are the same voices saying other words: digits from a third channel.
+    """
+
+    reversed_unknown: float = 0.0
+    channel_eq: float = 0.0
+    synthetic: int = 0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.reversed_unknown <= 1 and 0 <= self.channel_eq <= 1 and self.synthetic >= 0):
+            raise QuambaEdgeError(f"bad training recipe {self}: shares lie in [0, 1], synthetic takes are >= 0.")
+
+    @property
+    def name(self) -> str:
+        """A short tag: 'base' for `Recipe()`, else e.g. 'rev0.5-eq0.5-syn100'."""
+        parts = [f"rev{self.reversed_unknown:g}" if self.reversed_unknown else "",
+                 f"eq{self.channel_eq:g}" if self.channel_eq else "", f"syn{self.synthetic}" if self.synthetic else ""]
+        return "-".join(p for p in parts if p) or "base"
+
+
+CHANNEL_RECIPE = Recipe(reversed_unknown=0.5, channel_eq=0.5, synthetic=100)  # the benchmark's default
+
+
+def random_eq(clip: np.ndarray, rng: np.random.Generator, bands: tuple[int, int] = (1, 3),
+              gain_db: float = 10.0, band_hz: tuple[float, float] = (100.0, 3800.0)) -> np.ndarray:
+    """`clip` (float32, 16 kHz) through a random zero-phase equaliser: 1-3 bell-shaped bands on a
+    log-frequency axis (centre log-uniform in `band_hz`, gain uniform in +-`gain_db` dB, width 0.3-1.5
+    octaves) plus a spectral tilt of +-6 dB per decade from 1 kHz, applied in the frequency domain: a
+    stand-in for other microphones, rooms and phone lines (the idea of audiomentations'
+    SevenBandParametricEQ, here as smooth bells on a log axis). Returns float32 of the same length."""
+    n = len(clip)
+    f = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+    octaves = np.log2(np.maximum(f, 20.0) / 1000.0)
+    db = rng.uniform(-6, 6) * octaves / np.log2(10)
+    for _ in range(int(rng.integers(bands[0], bands[1] + 1))):
+        centre = np.log2(np.exp(rng.uniform(*np.log(band_hz))) / 1000.0)
+        width = rng.uniform(0.3, 1.5)
+        db = db + rng.uniform(-gain_db, gain_db) * np.exp(-0.5 * ((octaves - centre) / (width / 2)) ** 2)
+    out = np.fft.irfft(np.fft.rfft(clip) * 10 ** (db / 20), n)
+    return out.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -79,7 +138,7 @@ def _unit_babble(clips: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Unit-power babble clips, computed once per clip list (an hour of prompts takes a second to scale);
     the list is kept alive beside its result so that its id is never reused."""
     if id(clips) not in _UNIT_BABBLE:
-        _UNIT_BABBLE[id(clips)] = (clips, [c.astype(np.float32) for c in _unit_power_clips(clips)])
+        _UNIT_BABBLE[id(clips)] = (clips, [c.astype(np.float32) for c in unit_power_clips(clips)])
     return _UNIT_BABBLE[id(clips)][1]
 
 
@@ -102,7 +161,7 @@ class _Renderer:
         if snr_db is None:
             return audio, offset
         background = {"white": white_noise, "pink": pink_noise}.get(noise)
-        bg = background(n, rng) if background else _babble(n, rng, self.babble, BABBLE_TALKERS)
+        bg = background(n, rng) if background else babble_mix(n, rng, self.babble, BABBLE_TALKERS)
         return add_noise(audio, bg, snr_db, signal_power=p_signal), offset
 
 
@@ -134,13 +193,16 @@ def speed_perturb(clip: np.ndarray, factor: float) -> np.ndarray:
 
 
 def training_windows(sources: Sources, copies: int, seed: int, window_s: float = WINDOW_S,
-                     speed: tuple[float, float] = SPEED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     speed: tuple[float, float] = SPEED,
+                     recipe: Recipe = Recipe()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every digit clip `copies` times, each speed-perturbed by a factor drawn uniformly from `speed`, at a
     random offset in a condition drawn uniformly from
     `TRAIN_CONDITIONS`, plus as many silence and unknown windows as an average digit has, shuffled:
     (audio (m, window) float32, labels (m,) int64, takes (m,) int64: the clip's index among its digit's
     clips, so a few-label subset keeps takes < k; for silence and unknown a running index that spreads
-    them over the same range)."""
+    them over the same range). `recipe` adds reversed takes to the unknown windows and a random equaliser
+    (see `Recipe`); a reversed unknown window reverses a take of its own running index, so a few-label
+    subset hears no audio of the takes it leaves out."""
     render = _Renderer(sources, window_s)
     rng = np.random.default_rng(seed)
     items: list[tuple[int, int, np.ndarray | None]] = [(k, j, c) for k, d in enumerate(DIGITS)
@@ -148,14 +210,22 @@ def training_windows(sources: Sources, copies: int, seed: int, window_s: float =
     per_class = math.ceil(len(items) / len(DIGITS))
     takes = max(len(c) for c in sources.digits.values())
     items += [(SILENCE, i * takes // per_class, None) for i in range(per_class)]
-    items += [(UNKNOWN, i * takes // per_class, sources.unknown[int(rng.integers(len(sources.unknown)))])
-              for i in range(per_class)]
+    for i in range(per_class):
+        j = i * takes // per_class
+        if rng.random() < recipe.reversed_unknown:
+            clips = sources.digits[DIGITS[int(rng.integers(len(DIGITS)))]]
+            clip = np.ascontiguousarray(clips[min(j, len(clips) - 1)][::-1])
+        else:
+            clip = sources.unknown[int(rng.integers(len(sources.unknown)))]
+        items.append((UNKNOWN, j, clip))
     audio = np.zeros((len(items), render.window), np.float32)
     labels, take = np.zeros((2, len(items)), np.int64)
     for i in rng.permutation(len(items)):
         k, j, clip = items[i]
         if clip is not None:
             clip = speed_perturb(clip, float(rng.uniform(*speed)))
+            if rng.random() < recipe.channel_eq:
+                clip = random_eq(clip, rng)
         snr, noise = TRAIN_CONDITIONS[int(rng.integers(len(TRAIN_CONDITIONS)))]
         audio[i], _ = render(clip, snr, noise, rng)
         labels[i], take[i] = k, j
@@ -171,28 +241,21 @@ ASTERISK_SPEAKER = "asterisk-en"  # the English Asterisk voice: a further unseen
 
 @functools.cache
 def _fsdd() -> dict[str, dict[str, list[np.ndarray]]]:
-    from quamba_edge.data import fsdd
-
     return fsdd.load_speakers()
 
 
 @functools.cache
 def _words(langs: tuple[str, ...]) -> list[np.ndarray]:
-    from quamba_edge.data import asterisk
-
     return asterisk.words(langs)
 
 
 @functools.cache
 def _babble_speech() -> list[np.ndarray]:
-    from quamba_edge.data import asterisk
-
     return asterisk.prompts(("fr", "it", "ru", "es"), min_s=1.0)
 
 
 def speakers() -> tuple[str, ...]:
-    from quamba_edge.data import fsdd
-
+    """The FSDD speakers, in the folds' order."""
     return fsdd.SPEAKERS
 
 
@@ -201,12 +264,27 @@ def train_sources(speaker: str) -> Sources:
     return Sources(_fsdd()[speaker], _words(("fr", "it")), _babble_speech())
 
 
+@functools.cache
+def synthetic_sources(per_digit: int) -> Sources:
+    """`per_digit` synthetic takes of each digit (data/speech.py's TTS set, `make speech`) through the
+    telephone band (8 kHz and back, as every real test speaker is), with the same set's other words
+    (hello, goodbye, record, ...) as unknown: a training "speaker" of many voices on a third channel.
+
+    Raises QuambaEdgeError when the synthetic set is missing or has fewer takes (the message names
+    `make speech`)."""
+    clips = load_keyword_clips("synth", words=(*DIGITS, *COMMANDS), max_per_word=per_digit)
+    short = {w: len(c) for w, c in clips.items() if w in DIGITS and len(c) < per_digit}
+    if short:
+        raise QuambaEdgeError(f"the synthetic set has fewer than {per_digit} takes of {short}. Fix: "
+                              f"`python calib/build_speech.py --variants {per_digit}` (or `make speech`).")
+    band = {w: [resample(resample(c, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE) for c in cs] for w, cs in clips.items()}
+    return Sources({d: band[d] for d in DIGITS}, [c for w in COMMANDS for c in band[w]], _babble_speech())
+
+
 def test_sources(speaker: str) -> Sources:
     """A test speaker's digits with unknown words nobody trains on: Russian for an FSDD speaker, the English
     Asterisk speaker's own words for her."""
     if speaker == ASTERISK_SPEAKER:
-        from quamba_edge.data import asterisk
-
         return Sources(asterisk.english_digits(), _words(("en",)), _babble_speech())
     return Sources(_fsdd()[speaker], _words(("ru",)), _babble_speech())
 

@@ -237,17 +237,21 @@ def babble_noise(n: int, rng: np.random.Generator, clips: Sequence[np.ndarray],
     """Unit-power babble: `talkers` streams, each a random sequence of `clips` (each clip first scaled to
     unit power so no talker dominates), summed. Six or more overlapping talkers are no longer followable,
     which is what makes babble the hardest of the three noises for a keyword spotter."""
-    return _babble(n, rng, _unit_power_clips(clips), talkers)
+    return babble_mix(n, rng, unit_power_clips(clips), talkers)
 
 
-def _unit_power_clips(clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+def unit_power_clips(clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The non-empty, non-silent `clips` scaled to unit mean power (float64): what `babble_mix` draws from.
+    Raises QuambaEdgeError when none is left."""
     usable = [np.asarray(c, np.float64) / math.sqrt(power(c)) for c in clips if len(c) and power(c) > 0]
     if not usable:
         raise QuambaEdgeError("babble noise needs at least one non-silent speech clip. Fix: pass babble_clips.")
     return usable
 
 
-def _babble(n: int, rng: np.random.Generator, unit_clips: list[np.ndarray], talkers: int) -> np.ndarray:
+def babble_mix(n: int, rng: np.random.Generator, unit_clips: list[np.ndarray], talkers: int) -> np.ndarray:
+    """`n` samples of babble: `talkers` streams of back-to-back `unit_clips` (from `unit_power_clips`), each
+    from a random phase, summed and scaled to unit power (float32)."""
     out = np.zeros(n, np.float64)
     for _ in range(talkers):
         start = int(rng.integers(0, max(1, n)))  # a random phase, so the streams do not start together
@@ -364,8 +368,8 @@ def kws_trials(clips: Mapping[str, Sequence[np.ndarray]], snr_db: float | None, 
     clean = snr_db is None or snr_db == math.inf
     backgrounds = {"white": white_noise, "pink": pink_noise}
     if noise == "babble" and not clean:
-        babble_src = _unit_power_clips(babble_clips if babble_clips is not None else [c[::-1] for g in pool for c in g])
-        backgrounds["babble"] = lambda n, rng: _babble(n, rng, babble_src, BABBLE_TALKERS)
+        babble_src = unit_power_clips(babble_clips if babble_clips is not None else [c[::-1] for g in pool for c in g])
+        backgrounds["babble"] = lambda n, rng: babble_mix(n, rng, babble_src, BABBLE_TALKERS)
 
     rng = np.random.default_rng(seed)
     audio = np.zeros((n_trials, window), np.float32)

@@ -29,7 +29,7 @@ from quamba_edge.models.kws import KeywordSpotter, KwsConfig, normalize_window
 from quamba_edge.models.wav2vec2 import Wav2Vec2Config
 from quamba_edge.quant.quantize import quantize
 from quamba_edge.quant.recipes import Recipe
-from quamba_edge.train.kws import accuracy_with_ci, score
+from quamba_edge.train.kws import score, wilson_interval
 
 name = FAMILY
 detect, structure = onegraph.detector(FAMILY), onegraph.structurer(KeywordSpotter.from_config)
@@ -204,7 +204,7 @@ def eval_summary(results: list[dict]) -> tuple[str, list[dict]] | None:
         sel = [c for c in held if (c["snr_db"], c["noise"]) == key]
         n = sum(c["trials"] for c in sel)
         k = round(sum(c["accuracy"] * c["trials"] for c in sel))
-        acc, lo, hi = accuracy_with_ci(np.arange(n) < k)
+        acc, lo, hi = wilson_interval(k, n)
         rows.append({"recipe": results[0]["recipe"], "speaker": "+".join(sorted({c["speaker"] for c in sel})),
                      "snr_db": key[0], "noise": key[1], "accuracy": acc, "ci95": [lo, hi], "trials": n})
     return "leave-one-speaker-out: the held-out speakers pooled", rows
@@ -238,24 +238,20 @@ def evaluate(loaded: Loaded, data: str, seq_len: int, max_samples: int | None, b
     200 by default); the older 16-keyword spotters on the Asterisk recordings (`default`, 500 trials)."""
     model = loaded.model
     if tuple(model.cfg.labels) == digits.LABELS:
-        results = []
-        for speaker in _digit_speakers(model.cfg, str(data)):
-            rows = []
-            for trials in digits.test_sets(speaker, max_samples or 200, window_s=model.cfg.window_s):
-                rows.append({"speaker": speaker, "snr_db": snr_label(trials.snr_db), "noise": trials.noise,
-                             **score(model, trials)})
-                if on_batch:
-                    on_batch(len(trials.labels))
-            results += rows
-        return {"recipe": loaded.label, "data": "FSDD speakers it never heard + the Asterisk English speaker",
-                "conditions": results, "accuracy": sum(r["accuracy"] for r in results) / len(results)}
-    if str(data) not in ("default", "default-heldout"):
+        sets = [(speaker, t) for speaker in _digit_speakers(model.cfg, str(data))
+                for t in digits.test_sets(speaker, max_samples or 200, window_s=model.cfg.window_s)]
+        described = "FSDD speakers it never heard + the Asterisk English speaker"
+    elif str(data) in ("default", "default-heldout"):
+        sets = [(ASTERISK_SPEAKER, t) for t in real_test_trials(max_samples or 500, window_s=model.cfg.window_s,
+                                                                 labels=model.cfg.labels)]
+        described = "asterisk-core-sounds-en-wav (real, one speaker)"
+    else:
         raise QuambaEdgeError("this keyword spotter is evaluated on the real recordings: pass --data default.")
     rows = []
-    for trials in real_test_trials(max_samples or 500, window_s=model.cfg.window_s, labels=model.cfg.labels):
-        rows.append({"speaker": ASTERISK_SPEAKER, "snr_db": snr_label(trials.snr_db), "noise": trials.noise,
+    for speaker, trials in sets:
+        rows.append({"speaker": speaker, "snr_db": snr_label(trials.snr_db), "noise": trials.noise,
                      **score(model, trials)})
         if on_batch:
             on_batch(len(trials.labels))
-    return {"recipe": loaded.label, "data": "asterisk-core-sounds-en-wav (real, one speaker)", "conditions": rows,
+    return {"recipe": loaded.label, "data": described, "conditions": rows,
             "accuracy": sum(r["accuracy"] for r in rows) / len(rows)}

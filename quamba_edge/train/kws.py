@@ -133,8 +133,14 @@ def predict(model: KeywordSpotter, audio: np.ndarray, batch_size: int = 64,
 
 
 def accuracy_with_ci(correct: np.ndarray) -> tuple[float, float, float]:
-    """Accuracy and its 95% Wilson score interval (sound near 0 and 1, where the normal one is not)."""
-    n, k, z = len(correct), int(np.sum(correct)), 1.959964
+    """Accuracy of a boolean array of trial outcomes and its 95% Wilson score interval."""
+    return wilson_interval(int(np.sum(correct)), len(correct))
+
+
+def wilson_interval(k: int, n: int) -> tuple[float, float, float]:
+    """`k` correct of `n` trials: the accuracy and its 95% Wilson score interval (sound near 0 and 1, where
+    the normal one is not; Wilson, JASA 1927)."""
+    z = 1.959964
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
