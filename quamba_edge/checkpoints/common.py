@@ -23,6 +23,8 @@ from quamba_edge.paths import DEFAULT_MODEL_DIR, looks_like_hub_id
 WEIGHT_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin",
                    "tokenizer.json", "tokenizer_config.json"]
 CONFIG_FILE = "config.json"
+# Keys a converter may add to any config.json; they describe the file, not the model.
+METADATA_FIELDS = {"architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "_name_or_path"}
 
 
 def resolve_model_dir(spec: str | Path) -> Path:
@@ -157,3 +159,30 @@ def adopt(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype |
     if left:
         raise ValueError(f"no tensor given for {left[:4]}")
     return model
+
+
+# ------------------------------------------------- config.json fields, checked (errors name the field)
+
+def config_int(raw: dict, field: str, default: int | None = None, label: str | None = None) -> int:
+    """raw[field] (or `default`) as a positive integer; QuambaEdgeError naming `label or field` otherwise."""
+    value = raw.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise QuambaEdgeError(f"config.json has `{label or field}: {json.dumps(value)}`; it must be a positive "
+                              "integer. Fix: correct config.json (the weights' shapes tell the value).")
+    return value
+
+
+def config_flag(raw: dict, field: str, default: bool, label: str | None = None) -> bool:
+    """raw[field] (or `default`) as a bool; QuambaEdgeError naming `label or field` otherwise."""
+    value = raw.get(field, default)
+    if not isinstance(value, bool):
+        raise QuambaEdgeError(f"config.json has `{label or field}: {json.dumps(value)}`; it must be true or false.")
+    return value
+
+
+def config_eps(raw: dict, field: str) -> float:
+    """raw[field] (default 1e-5) as a norm epsilon in (0, 1); QuambaEdgeError naming the field otherwise."""
+    value = raw.get(field, 1e-5)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise QuambaEdgeError(f"config.json has `{field}: {json.dumps(value)}`; it must be a small positive number.")
+    return float(value)

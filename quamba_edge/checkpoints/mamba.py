@@ -17,7 +17,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from quamba_edge.checkpoints.common import adopt, load_state_dict, on_meta, read_config, resolve_model_dir
+from quamba_edge.checkpoints.common import (
+    METADATA_FIELDS,
+    adopt,
+    config_eps,
+    config_flag,
+    config_int,
+    load_state_dict,
+    on_meta,
+    read_config,
+    resolve_model_dir,
+)
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.io import atomic_write, atomic_write_json
 from quamba_edge.models.mamba import MambaConfig, MambaLM
@@ -69,8 +79,6 @@ MAMBA_SSM_SSM_CFG_FIELDS: dict[str, str] = {
     "dt_scale": "ignored (init)", "dt_init_floor": "ignored (init)", "use_fast_path": "ignored (kernel choice)",
     "layer_idx": "ignored (cache bookkeeping)",
 }
-# Keys a converter may add to any config.json; they describe the file, not the model.
-_METADATA = {"architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "_name_or_path"}
 # transformers' MambaConfig (models/mamba/configuration_mamba.py). Unknown keys are not refused here: every
 # PretrainedConfig carries generic ones (output_hidden_states, id2label, ...).
 HF_MAMBA_FIELDS: dict[str, str] = {
@@ -96,21 +104,6 @@ def _refuse(field: str, value: object, why: str) -> QuambaEdgeError:
                            "no attention), as every state-spaces/mamba-* checkpoint is.")
 
 
-def _positive_int(raw: dict, field: str, default: int | None = None, label: str | None = None) -> int:
-    value = raw.get(field, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise QuambaEdgeError(f"config.json has `{label or field}: {json.dumps(value)}`; it must be a positive "
-                              "integer. Fix: correct config.json (the weights' shapes tell the value).")
-    return value
-
-
-def _flag(raw: dict, field: str, default: bool, label: str | None = None) -> bool:
-    value = raw.get(field, default)
-    if not isinstance(value, bool):
-        raise QuambaEdgeError(f"config.json has `{label or field}: {json.dumps(value)}`; it must be true or false.")
-    return value
-
-
 def _expand(raw: dict, field: str, d_model: int, label: str) -> float:
     value = raw.get(field, 2)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not int(value * d_model) >= 1:
@@ -122,7 +115,7 @@ def _expand(raw: dict, field: str, d_model: int, label: str) -> float:
 def _dt_rank(value: object, label: str) -> int:
     if value == "auto" or value is None:
         return 0
-    return _positive_int({label: value}, label)
+    return config_int({label: value}, label)
 
 
 def config_from_raw(raw: dict) -> MambaConfig:
@@ -130,7 +123,7 @@ def config_from_raw(raw: dict) -> MambaConfig:
     changes the arithmetic (the tables above). Raises QuambaEdgeError naming the field and its value."""
     layout = detect_layout(raw)
     if layout == "mamba-ssm":
-        unknown = sorted(set(raw) - set(MAMBA_SSM_FIELDS) - _METADATA)
+        unknown = sorted(set(raw) - set(MAMBA_SSM_FIELDS) - METADATA_FIELDS)
         if unknown:
             raise QuambaEdgeError(f"config.json has fields mamba-ssm's MambaConfig does not have: {unknown}. "
                                   "Fix: remove them if they are not part of the model, or use the layout that "
@@ -151,40 +144,33 @@ def config_from_raw(raw: dict) -> MambaConfig:
         if unknown:
             raise QuambaEdgeError(f"config.json's ssm_cfg has fields the Mamba-1 mixer does not take: {unknown}. "
                                   "Fix: remove them, or use a Mamba-1 checkpoint.")
-        d_model = _positive_int(raw, "d_model")
-        pad = _positive_int(raw, "pad_vocab_size_multiple", 8)
-        vocab = int(math.ceil(_positive_int(raw, "vocab_size") / pad) * pad)
+        d_model = config_int(raw, "d_model")
+        pad = config_int(raw, "pad_vocab_size_multiple", 8)
+        vocab = int(math.ceil(config_int(raw, "vocab_size") / pad) * pad)
         return MambaConfig(
-            d_model=d_model, n_layer=_positive_int(raw, "n_layer"), vocab_size=vocab,
-            d_state=_positive_int(ssm, "d_state", 16, "ssm_cfg.d_state"),
-            d_conv=_positive_int(ssm, "d_conv", 4, "ssm_cfg.d_conv"),
+            d_model=d_model, n_layer=config_int(raw, "n_layer"), vocab_size=vocab,
+            d_state=config_int(ssm, "d_state", 16, "ssm_cfg.d_state"),
+            d_conv=config_int(ssm, "d_conv", 4, "ssm_cfg.d_conv"),
             expand=_expand(ssm, "expand", d_model, "ssm_cfg.expand"),
-            dt_rank=_dt_rank(ssm.get("dt_rank", "auto"), "ssm_cfg.dt_rank"), norm_eps=_eps(raw, "norm_epsilon"),
-            conv_bias=_flag(ssm, "conv_bias", True, "ssm_cfg.conv_bias"),
-            proj_bias=_flag(ssm, "bias", False, "ssm_cfg.bias"),
+            dt_rank=_dt_rank(ssm.get("dt_rank", "auto"), "ssm_cfg.dt_rank"), norm_eps=config_eps(raw, "norm_epsilon"),
+            conv_bias=config_flag(ssm, "conv_bias", True, "ssm_cfg.conv_bias"),
+            proj_bias=config_flag(ssm, "bias", False, "ssm_cfg.bias"),
         )
     if raw.get("hidden_act", "silu") != "silu":
         raise _refuse("hidden_act", raw["hidden_act"], "an activation other than SiLU in the mixer")
-    d_model = _positive_int(raw, "hidden_size")
+    d_model = config_int(raw, "hidden_size")
     expand = _expand(raw, "expand", d_model, "expand")
     if "intermediate_size" in raw and raw["intermediate_size"] != int(expand * d_model):
         raise QuambaEdgeError(f"config.json has `intermediate_size: {json.dumps(raw['intermediate_size'])}` but "
                               f"`expand: {json.dumps(expand)}` x `hidden_size: {d_model}` gives "
                               f"{int(expand * d_model)}; transformers uses the latter. Fix: make them agree.")
     return MambaConfig(
-        d_model=d_model, n_layer=_positive_int(raw, "num_hidden_layers"), vocab_size=_positive_int(raw, "vocab_size"),
-        d_state=_positive_int(raw, "state_size", 16), d_conv=_positive_int(raw, "conv_kernel", 4), expand=expand,
+        d_model=d_model, n_layer=config_int(raw, "num_hidden_layers"), vocab_size=config_int(raw, "vocab_size"),
+        d_state=config_int(raw, "state_size", 16), d_conv=config_int(raw, "conv_kernel", 4), expand=expand,
         dt_rank=_dt_rank(raw.get("time_step_rank", "auto"), "time_step_rank"),
-        norm_eps=_eps(raw, "layer_norm_epsilon"), conv_bias=_flag(raw, "use_conv_bias", True),
-        proj_bias=_flag(raw, "use_bias", False),
+        norm_eps=config_eps(raw, "layer_norm_epsilon"), conv_bias=config_flag(raw, "use_conv_bias", True),
+        proj_bias=config_flag(raw, "use_bias", False),
     )
-
-
-def _eps(raw: dict, field: str) -> float:
-    value = raw.get(field, 1e-5)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise QuambaEdgeError(f"config.json has `{field}: {json.dumps(value)}`; it must be a small positive number.")
-    return float(value)
 
 
 def _canonical_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

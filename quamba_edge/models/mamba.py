@@ -109,10 +109,12 @@ class MambaMixer(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, cfg: MambaConfig):
+    """h + mixer(RMSNorm(h)), threading the mixer's conv and SSM states (Mamba-1's mixer unless given one)."""
+
+    def __init__(self, cfg: MambaConfig, mixer: nn.Module | None = None):
         super().__init__()
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mixer = MambaMixer(cfg)
+        self.mixer = mixer if mixer is not None else MambaMixer(cfg)
 
     def forward(self, h: Tensor, conv_state: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         out, conv_state, ssm_state = self.mixer(self.norm(h), conv_state, ssm_state)
@@ -120,10 +122,13 @@ class ResidualBlock(nn.Module):
 
 
 class Backbone(nn.Module):
-    def __init__(self, cfg: MambaConfig):
+    """Embedding, `n_layer` residual blocks around `mixer(cfg)` (Mamba-1's by default), final RMSNorm. `cfg` is
+    any config with d_model, n_layer, vocab_size and norm_eps (Mamba-2's too)."""
+
+    def __init__(self, cfg: MambaConfig, mixer: type[nn.Module] = MambaMixer):
         super().__init__()
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(ResidualBlock(cfg) for _ in range(cfg.n_layer))
+        self.layers = nn.ModuleList(ResidualBlock(cfg, mixer(cfg)) for _ in range(cfg.n_layer))
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
 
 
