@@ -1,9 +1,12 @@
-"""Train the bundled default model: a byte-level Mamba-1 on the Austen training novels.
+"""Train a bundled default model: a byte-level Mamba-1 (or, with --arch mamba2, Mamba-2) on the Austen
+training novels.
 
 Reproducible: the seed, step count, batch shape and the sha256 of the training text are written to
 `training.json` beside the weights. The held-out novel is only used to report bits/byte.
 
     QUAMBA_EDGE_CACHE=.cache python calib/train_default.py --steps 1500 --out quamba_edge/assets/default
+    QUAMBA_EDGE_CACHE=.cache python calib/train_default.py --arch mamba2 --steps 600 --threads 1 \
+        --out quamba_edge/assets/default-mamba2
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from quamba_edge.checkpoints.mamba import save_checkpoint
+from quamba_edge.checkpoints import mamba as mamba_ckpt
+from quamba_edge.checkpoints import mamba2 as mamba2_ckpt
 from quamba_edge.data.austen import heldout_text_file, train_text_files
-from quamba_edge.models.mamba import MambaConfig, MambaLM, init_weights
+from quamba_edge.models import mamba, mamba2
 
 
 def load_bytes(paths: list[Path]) -> tuple[torch.Tensor, str]:
@@ -28,8 +32,9 @@ def load_bytes(paths: list[Path]) -> tuple[torch.Tensor, str]:
 
 
 @torch.no_grad()
-def heldout_bits_per_byte(model: MambaLM, data: torch.Tensor, seq_len: int, max_windows: int) -> float:
-    model.set_train_scan(False)
+def heldout_bits_per_byte(model: torch.nn.Module, data: torch.Tensor, seq_len: int, max_windows: int) -> float:
+    train_scan = getattr(model, "set_train_scan", lambda enabled: None)  # Mamba-1's hand-differentiated scan
+    train_scan(False)
     model.eval()
     windows = data[: (len(data) - 1) // seq_len * seq_len + 1]
     nll, count = 0.0, 0
@@ -39,7 +44,7 @@ def heldout_bits_per_byte(model: MambaLM, data: torch.Tensor, seq_len: int, max_
         nll += F.cross_entropy(logits[0], chunk[1:], reduction="sum").item()
         count += seq_len
     model.train()
-    model.set_train_scan(True)
+    train_scan(True)
     return nll / count / math.log(2)
 
 
@@ -52,6 +57,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--d-model", type=int, default=384)
     ap.add_argument("--n-layer", type=int, default=6)
+    ap.add_argument("--arch", choices=("mamba", "mamba2"), default="mamba")
+    ap.add_argument("--d-state", type=int, default=None, help="default: 16 (Mamba-1), 64 (Mamba-2)")
+    ap.add_argument("--headdim", type=int, default=64, help="Mamba-2 head dimension")
+    ap.add_argument("--ngroups", type=int, default=1, help="Mamba-2 groups of B and C")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--out", type=Path, default=Path("quamba_edge/assets/default"))
@@ -61,10 +70,16 @@ def main() -> None:
     torch.manual_seed(args.seed)
     train, train_sha = load_bytes(train_text_files())
     heldout, heldout_sha = load_bytes([heldout_text_file()])
-    cfg = MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=256)
-    model = MambaLM(cfg)
-    init_weights(model, args.seed)
-    model.set_train_scan(True)
+    if args.arch == "mamba2":
+        cfg = mamba2.Mamba2Config(d_model=args.d_model, n_layer=args.n_layer, vocab_size=256,
+                                  d_state=args.d_state or 64, headdim=args.headdim, ngroups=args.ngroups)
+        model, save_checkpoint = mamba2.Mamba2LM(cfg), mamba2_ckpt.save_checkpoint
+        mamba2.init_weights(model, args.seed)
+    else:
+        cfg = mamba.MambaConfig(d_model=args.d_model, n_layer=args.n_layer, vocab_size=256, d_state=args.d_state or 16)
+        model, save_checkpoint = mamba.MambaLM(cfg), mamba_ckpt.save_checkpoint
+        mamba.init_weights(model, args.seed)
+        model.set_train_scan(True)
     decay = [p for n, p in model.named_parameters() if p.ndim == 2 and "A_log" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim == 2 and "A_log" not in n)]
     opt = torch.optim.AdamW(

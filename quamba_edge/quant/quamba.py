@@ -128,10 +128,12 @@ class QMambaMixer(nn.Module):
 
 
 class QResidualBlock(nn.Module):
-    def __init__(self, cfg: MambaConfig, recipe: Quamba):
+    """h + mixer(int8 RMSNorm(h)): Quamba's Mamba-1 mixer unless given another (quamba2.py's)."""
+
+    def __init__(self, cfg: MambaConfig, recipe: Quamba, mixer: nn.Module | None = None):
         super().__init__()
         self.norm = QRMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mixer = QMambaMixer(cfg, recipe)
+        self.mixer = mixer if mixer is not None else QMambaMixer(cfg, recipe)
 
     def forward(self, h: Tensor, conv_state: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         out, conv_state, ssm_state = self.mixer(self.norm(h), conv_state, ssm_state)
@@ -175,6 +177,44 @@ class CalibrationResult:
     head_scale: float | None = None  # input of the int8 lm_head (recipe.int8_head only)
 
 
+class CalibrationPass:
+    """Forward hooks on an fp model's modules that hand activations to `record(layer, point, x)`, each checked for
+    NaN/Inf first (the error names the layer, the point and the batch); `run` drives the model over the batches
+    and removes the hooks. Shared by the Mamba-1 and Mamba-2 handlers."""
+
+    def __init__(self, record: Callable[[int, str, Tensor], None]):
+        self.record, self.seen, self.handles = record, 0, []
+
+    def tap(self, module: nn.Module, layer: int,
+            points: Callable[[nn.Module, tuple, Tensor], Iterable[tuple[str, Tensor]]]) -> None:
+        """After each forward of `module`, record the (point, tensor) pairs `points(module, inputs, output)` gives."""
+        def hook(m: nn.Module, inputs: tuple, output: Tensor) -> None:  # returns None: the output is not rewritten
+            for point, x in points(m, inputs, output):
+                if not torch.isfinite(x).all():
+                    bad = "NaN" if torch.isnan(x).any() else "Inf"
+                    raise QuambaEdgeError(
+                        f"{bad} in layer {layer}, tensor '{point}', during calibration batch {self.seen}. The fp "
+                        "model itself produces it: check the checkpoint (try `quamba-edge eval` with --recipe fp) "
+                        "or the data.")
+                self.record(layer, point, x)
+
+        self.handles.append(module.register_forward_hook(hook))
+
+    def run(self, model: nn.Module, batches: Iterable[Tensor], on_batch: Callable[[int], None] | None) -> None:
+        """`model(batch)` for every batch, then the hooks are removed. Raises QuambaEdgeError for no batches."""
+        try:
+            for batch in batches:
+                model(batch)
+                self.seen += 1
+                if on_batch:
+                    on_batch(batch.shape[0])
+        finally:
+            for h in self.handles:
+                h.remove()
+        if self.seen == 0:
+            raise QuambaEdgeError("calibration got no data: pass at least one sample (--samples 1 or more).")
+
+
 @torch.no_grad()
 def observe_activations(model: MambaLM, batches: Iterable[Tensor], recipe: Quamba,
                         on_batch: Callable[[int], None] | None = None) -> CalibrationResult:
@@ -185,47 +225,25 @@ def observe_activations(model: MambaLM, batches: Iterable[Tensor], recipe: Quamb
         factor(d_inner)  # fail before the long pass if no rotation exists for this width
     observers: list[dict] = [{p: PercentileObserver(recipe.percentile) if p == "u" and recipe.percentile is not None
                               else AbsMaxObserver() for p in ACTIVATION_POINTS} for _ in layers]
-    seen = 0
-
     def record(layer: int, point: str, x: Tensor) -> None:
-        if not torch.isfinite(x).all():
-            bad = "NaN" if torch.isnan(x).any() else "Inf"
-            raise QuambaEdgeError(
-                f"{bad} in layer {layer}, tensor '{point}', during calibration batch {seen}. The fp model itself "
-                "produces it: check the checkpoint (try `quamba-edge eval` with --recipe fp) or the data.")
         obs = observers[layer][point]
         for sample in x if isinstance(obs, PercentileObserver) else [x]:  # the percentile per sample, as the paper
             obs.observe(sample)
 
-    taps = {  # mixer layer -> the points it sees, from its (input, output)
-        "in_proj": lambda m, x, y: (("norm", x), ("xz", y)),
-        "x_proj": lambda m, x, y: (("u", x), ("dbc", y)),
-        "dt_proj": lambda m, x, y: (("delta", y - m.bias),),
-        "out_proj": lambda m, x, y: (("y", rotate(x, d_inner) if recipe.hadamard else x),),
+    taps = {  # mixer layer -> the points it sees, from its (inputs, output); scales in fp32 whatever the dtype
+        "in_proj": lambda m, x, y: (("norm", x[0].float()), ("xz", y.float())),
+        "x_proj": lambda m, x, y: (("u", x[0].float()), ("dbc", y.float())),
+        "dt_proj": lambda m, x, y: (("delta", (y - m.bias).float()),),
+        "out_proj": lambda m, x, y: (("y", rotate(x[0].float(), d_inner) if recipe.hadamard else x[0].float()),),
     }
-    handles = []
+    calib = CalibrationPass(record)
     for i, layer in enumerate(layers):
         for name, tap in taps.items():
-            def hook(m, inp, out, i=i, tap=tap):
-                for point, x in tap(m, inp[0].float(), out.float()):  # scales in fp32 whatever the compute dtype
-                    record(i, point, x)
-
-            handles.append(getattr(layer.mixer, name).register_forward_hook(hook))
+            calib.tap(getattr(layer.mixer, name), i, tap)
     if recipe.int8_head:
         observers.append({"head": AbsMaxObserver()})
-        head = model.backbone.norm_f
-        handles.append(head.register_forward_hook(lambda m, x, y: record(len(layers), "head", y.float())))
-    try:
-        for batch in batches:
-            model(batch)
-            seen += 1
-            if on_batch:
-                on_batch(batch.shape[0])
-    finally:
-        for h in handles:
-            h.remove()
-    if seen == 0:
-        raise QuambaEdgeError("calibration got no data: pass at least one sample (--samples 1 or more).")
+        calib.tap(model.backbone.norm_f, len(layers), lambda m, x, y: (("head", y.float()),))
+    calib.run(model, batches, on_batch)
     scales = [{p: float(o.scale()) for p, o in obs.items()} for obs in observers]
     return CalibrationResult(scales[: len(layers)], scales[-1]["head"] if recipe.int8_head else None)
 

@@ -5,6 +5,9 @@ the switches that mean something to it; `quant.quantize.quantize(model, config, 
 - `Quamba` (Mamba): W8A8 at every Quamba quantization point of DESIGN.md. The paper's recipe clips the SSM
   input u at the α-percentile and Hadamard-rotates the scan output before out_proj; with both off it is the
   naive W8A8 baseline (abs-max scales everywhere, no rotation), labelled `naive`.
+- `Quamba2` (Mamba-2): W8A8 of the Mamba-2 block (quant/quamba2.py): Quamba's two ideas (percentile clip of
+  the SSM input x, Hadamard rotation before out_proj) and Quamba2's group scales (a scale per head for x, per
+  group for B and C, per segment of in_proj's output); with all three off it is the naive baseline.
 - `StaticW8A8` (set models, keyword spotters): static per-tensor W8A8 of every Linear and Conv1d layer,
   abs-max scales (Quamba's clip and rotation belong to Mamba's SSM; labelled `naive` as before).
 
@@ -70,6 +73,34 @@ class Quamba(_W8A8):
 
 
 @dataclass(frozen=True)
+class Quamba2(_W8A8):
+    """percentile: quantile of |x| (the SSM input, per head with group scales) for its scale (None: abs-max);
+    hadamard: rotate the normalised scan output before out_proj; group_scales: one scale per head for x, per
+    group for B and C, and per segment (z, x, B, C, dt) of in_proj's output, where the naive recipe has one
+    scale per tensor (Quamba2, Chiang et al., ICML 2025); weight_granularity: tensor | channel."""
+
+    kind: ClassVar[str] = "quamba2"
+    quantize: ClassVar[bool] = True
+    percentile: float | None = DEFAULT_PERCENTILE
+    hadamard: bool = True
+    group_scales: bool = True
+    weight_granularity: str = "tensor"
+
+    @property
+    def label(self) -> str:
+        """`quamba2`, `quamba2-no-hadamard`, `quamba2-no-group-scales`, `naive`, ..."""
+        if self.percentile is None and not self.hadamard and not self.group_scales:
+            parts = ["naive"]
+        else:
+            parts = ["quamba2"] + (["no-percentile"] if self.percentile is None else [])
+            if self.percentile is not None and self.percentile != DEFAULT_PERCENTILE:
+                parts.append(f"p{self.percentile}")
+            parts += (["no-hadamard"] if not self.hadamard else []) + (
+                ["no-group-scales"] if not self.group_scales else [])
+        return "-".join(parts + self._suffixes())
+
+
+@dataclass(frozen=True)
 class StaticW8A8(_W8A8):
     """weight_granularity: tensor | channel; int8_conv_features: a wav2vec 2.0 conv feature encoder int8 too.
 
@@ -94,8 +125,8 @@ class StaticW8A8(_W8A8):
         return "-".join(["naive", *self._suffixes()] + (["int8-conv"] if self.int8_conv_features else []))
 
 
-Recipe = Fp | Quamba | StaticW8A8
-KINDS: dict[str, type] = {c.kind: c for c in (Fp, Quamba, StaticW8A8)}
+Recipe = Fp | Quamba | Quamba2 | StaticW8A8
+KINDS: dict[str, type] = {c.kind: c for c in (Fp, Quamba, Quamba2, StaticW8A8)}
 NAMES = ("fp", "naive", "quamba")  # what `--recipe` takes; each family says what a name means for it
 
 
