@@ -87,7 +87,7 @@ def _check_request(family: Family, backend: str, target: str, plugins: str) -> N
         raise QuambaEdgeError(f"--plugins must be one of {', '.join(PLUGIN_MODES)}, not {plugins!r}.")
     if backend not in family.backends:
         known = " or ".join(family.backends)
-        raise QuambaEdgeError(family.no_tensorrt if backend == "tensorrt" else
+        raise QuambaEdgeError(family.no_tensorrt if backend == "tensorrt" or not family.backends else
                               f"{family.name} models build for --backend {known}, not {backend}.")
 
 

@@ -212,3 +212,71 @@ def test_mismatched_weights_and_a_falsely_tied_head_are_refused(tmp_path):
     torch.save(state, tmp_path / "pytorch_model.bin")
     with pytest.raises(QuambaEdgeError, match=r"missing: \['backbone.layers.1.mixer.D'\].*wrong shape"):
         load_mamba2(tmp_path)
+
+
+# ------------------------------------------------------------------------------------- the mamba2 family
+
+def test_the_registry_calibrates_loads_and_evaluates_a_mamba2_checkpoint(tmp_path):
+    from quamba_edge import pipeline
+    from quamba_edge.checkpoints.mamba2 import save_checkpoint
+    from quamba_edge.families.registry import load
+    from quamba_edge.quant.quamba2 import calibrate as calibrate_quamba2
+    from quamba_edge.quant.recipes import Quamba2
+
+    fp = Mamba2LM(Mamba2Config(d_model=48, n_layer=2, vocab_size=256, d_state=16, headdim=12, ngroups=2,
+                               chunk_size=16))
+    init_weights(fp, seed=4)
+    save_checkpoint(fp.eval(), tmp_path / "ckpt")
+    text = tmp_path / "text.txt"
+    text.write_text("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+                    "must be in want of a wife. " * 20)
+    loaded = load(tmp_path / "ckpt")
+    assert loaded.family.name == "mamba2" and loaded.recipe.label == "fp"
+    out, manifest = pipeline.calibrate(str(tmp_path / "ckpt"), "quamba", str(text), 4, 64, tmp_path / "q")
+    assert manifest["family"] == "mamba2" and manifest["recipe_label"] == "quamba2"
+    assert isinstance(manifest["scales"][0]["proj"], list) and len(manifest["scales"]) == 2
+    artifact = load(out)
+    ids = torch.frombuffer(bytearray(text.read_bytes()[:256]), dtype=torch.uint8).long().reshape(4, 64)
+    want, _ = calibrate_quamba2(fp, ids.split(8), Quamba2())
+    probe = tokens_for(artifact.cfg.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(artifact.model(probe), want(probe), rtol=0, atol=0)  # the artifact holds it all
+    fp_eval = pipeline.evaluate(loaded, str(text), 64, 4)
+    q_eval = pipeline.evaluate(artifact, str(text), 64, 4)
+    assert q_eval["recipe"] == "quamba2" and 0 < abs(q_eval["bits_per_byte"] - fp_eval["bits_per_byte"]) < 0.1
+    naive = load(pipeline.calibrate(str(tmp_path / "ckpt"), "naive", str(text), 4, 64, tmp_path / "n")[0])
+    assert naive.recipe == Quamba2(percentile=None, hadamard=False, group_scales=False)
+
+
+def tokens_for(vocab: int) -> torch.Tensor:
+    return torch.randint(0, vocab, (2, 19), generator=torch.Generator().manual_seed(21))
+
+
+def test_build_engine_refuses_mamba2_by_name_and_the_cli_says_what_works(tmp_path):
+    from quamba_edge.checkpoints.mamba2 import save_checkpoint
+    from quamba_edge.engine import build_engine
+    from quamba_edge.errors import QuambaEdgeError
+
+    save_checkpoint(small(), tmp_path / "ckpt")
+    with pytest.raises(QuambaEdgeError, match="Mamba-2 graphs and engines are not built yet.*quamba-edge eval"):
+        build_engine(tmp_path / "ckpt", tmp_path / "engine")
+    assert not (tmp_path / "engine").exists()
+
+
+def test_the_orin_roofline_estimates_mamba2_2_7b():
+    from quamba_edge.bench.devices import PROFILES
+    from quamba_edge.bench.roofline import estimate
+    from quamba_edge.bench.systems import precision_and_config
+
+    cfg, deployed, real = precision_and_config("mamba2-2.7b")
+    assert (cfg.d_model, cfg.n_layer, cfg.nheads, cfg.d_state) == (2560, 64, 80, 128) and deployed is None
+    big, other = cfg.parameter_counts()
+    assert 2.6e9 < big + other < 2.8e9  # the public checkpoint's 2.7B parameters
+    for tied in (True, False):  # the count is the model's own
+        shape = Mamba2Config(d_model=64, n_layer=3, vocab_size=100, d_state=16, headdim=16, ngroups=2,
+                             tie_embeddings=tied)
+        with torch.device("meta"):
+            assert sum(shape.parameter_counts()) == sum(p.numel() for p in Mamba2LM(shape).parameters())
+    fp16 = estimate(cfg, "fp16", PROFILES["orin-nano-8gb"])
+    int8 = estimate(cfg, "int8", PROFILES["orin-nano-8gb"])
+    assert int8.tpot_ms < fp16.tpot_ms and int8.weight_bytes < 0.6 * fp16.weight_bytes

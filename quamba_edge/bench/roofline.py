@@ -50,11 +50,9 @@ class Estimate:
 
 
 def parameter_counts(cfg: MambaConfig) -> tuple[int, int]:
-    """(parameters of the int8-able layers, all other parameters incl. the embedding), whole model."""
-    d, D, n, r, k = cfg.d_inner, cfg.d_model, cfg.d_state, cfg.rank, cfg.d_conv
-    int8_layers = D * 2 * d + d * k + d * (r + 2 * n) + r * d + d * D
-    other = d * n + 2 * d + d + D  # A_log, D, conv bias + dt bias, norm
-    return cfg.n_layer * int8_layers, cfg.n_layer * other + cfg.vocab_size * D + D
+    """(parameters of the int8-able layers, all other parameters incl. the embedding), whole model: the
+    config's own count (Mamba-1 or Mamba-2)."""
+    return cfg.parameter_counts()
 
 
 def estimate(cfg: MambaConfig, precision: str, profile: DeviceProfile, *, batch: int = 1, prompt_len: int = 1024,
@@ -67,7 +65,8 @@ def estimate(cfg: MambaConfig, precision: str, profile: DeviceProfile, *, batch:
     source = "engine files" if weight_bytes else "shape"
     weight_bytes = weight_bytes or big * (1 if precision == "int8" else 2) + other * 2
     conv_bytes = 1 if precision == "int8" else 2
-    state_bytes = cfg.n_layer * cfg.d_inner * ((cfg.d_conv - 1) * conv_bytes + cfg.d_state * 2)
+    state_bytes = cfg.n_layer * (cfg.conv_state_channels * (cfg.d_conv - 1) * conv_bytes
+                                 + cfg.d_inner * cfg.d_state * 2)  # Mamba-2: h * p * n = d_inner * n
     per_token_flops = 2 * (big + cfg.vocab_size * cfg.d_model) + cfg.n_layer * cfg.d_inner * cfg.d_state * 7
     peak = (profile.int8_tops if precision == "int8" else profile.fp16_tflops) * 1e12
     bandwidth = profile.bandwidth_gbs * 1e9

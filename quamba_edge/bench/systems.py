@@ -12,7 +12,7 @@ from quamba_edge.backends.torch import TorchRunner
 from quamba_edge.engine import is_engine, load_engine, weight_bytes
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.families.registry import load
-from quamba_edge.models.mamba import PUBLIC_SHAPES, public_shape
+from quamba_edge.models import mamba, mamba2
 
 
 def open_system(spec: str, *, device: str, threads: int, kernels: bool = False, prepack: bool = True) -> System:
@@ -44,9 +44,11 @@ def precision_and_config(spec: str):
     """For estimates: the model config, deployment precision (fp16 | int8 | None) and the bytes one decode step
     reads (an engine's real files; None: from the shape), without opening a backend.
 
-    A public Mamba size (`mamba-2.8b`, ...) stands for its shape alone: estimates need no weights."""
-    if spec in PUBLIC_SHAPES and not Path(spec).exists():
-        return public_shape(spec), None, None
+    A public Mamba or Mamba-2 size (`mamba-2.8b`, `mamba2-2.7b`, ...) stands for its shape alone: estimates need
+    no weights."""
+    for shapes in (mamba, mamba2):
+        if spec in shapes.PUBLIC_SHAPES and not Path(spec).exists():
+            return shapes.public_shape(spec), None, None
     engine = is_engine(Path(spec))
     loaded = load_engine(Path(spec)) if engine else load(spec)
     family, cfg, precision = loaded.family, loaded.cfg, loaded.precision

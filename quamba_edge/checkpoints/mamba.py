@@ -45,8 +45,9 @@ def detect_layout(raw: dict) -> str:
     model_type = raw.get("model_type")
     if model_type in UNSUPPORTED_HF_TYPES:
         raise QuambaEdgeError(
-            f"this is a {UNSUPPORTED_HF_TYPES[model_type]} checkpoint (model_type={model_type!r}); quamba-edge "
-            "quantizes Mamba-1 (model_type='mamba') only."
+            f"this is a {UNSUPPORTED_HF_TYPES[model_type]} checkpoint (model_type={model_type!r}); this loader reads "
+            "Mamba-1 (model_type='mamba'). quamba-edge commands load Mamba-2 through checkpoints/mamba2.py; the "
+            "other architectures are not implemented."
         )
     if model_type == "mamba" or (model_type is None and {"hidden_size", "state_size"} <= raw.keys()):
         return "hf"
@@ -138,8 +139,8 @@ def config_from_raw(raw: dict) -> MambaConfig:
         if not isinstance(ssm, dict):
             raise QuambaEdgeError(f"config.json has `ssm_cfg: {json.dumps(ssm)}`; it must be an object.")
         if ssm.get("layer", "Mamba1") != "Mamba1":
-            raise QuambaEdgeError(f"config.json has `ssm_cfg.layer: {json.dumps(ssm['layer'])}`: only Mamba-1 "
-                                  "checkpoints are supported (Mamba-2 is not implemented yet).")
+            raise QuambaEdgeError(f"config.json has `ssm_cfg.layer: {json.dumps(ssm['layer'])}`: this loader reads "
+                                  "Mamba-1 (quamba-edge commands load Mamba2 layers through checkpoints/mamba2.py).")
         unknown = sorted(set(ssm) - set(MAMBA_SSM_SSM_CFG_FIELDS))
         if unknown:
             raise QuambaEdgeError(f"config.json's ssm_cfg has fields the Mamba-1 mixer does not take: {unknown}. "

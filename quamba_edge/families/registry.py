@@ -8,11 +8,12 @@ from pathlib import Path
 from quamba_edge.artifact import MANIFEST, load_weights, read_manifest
 from quamba_edge.checkpoints.common import resolve_model_dir
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.families import adapool, mamba, wav2vec2
+from quamba_edge.families import adapool, mamba, mamba2, wav2vec2
 from quamba_edge.families.base import Family, Loaded
 from quamba_edge.quant import recipes
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (mamba, wav2vec2, adapool)}
+# Detection asks in this order: Mamba-2 before Mamba-1, whose layouts carry no family key either.
+FAMILIES: dict[str, Family] = {f.name: f for f in (mamba2, mamba, wav2vec2, adapool)}
 
 
 def by_name(name: str | None, where: str = "") -> Family:
@@ -42,5 +43,6 @@ def load(spec: str | Path) -> Loaded:
     for family in FAMILIES.values():  # every family checks its own layout; Mamba's has no family key
         if family.detect(directory):
             return Loaded(family, family.load_checkpoint(directory).eval(), recipes.Fp(), directory)
-    raise QuambaEdgeError(f"{directory} holds no checkpoint quamba-edge knows (no config.json of Mamba, a keyword "
-                          "spotter or a set model). Fix: pass a checkpoint directory, an artifact or `default`.")
+    raise QuambaEdgeError(f"{directory} holds no checkpoint quamba-edge knows (no config.json of Mamba, Mamba-2, a "
+                          "keyword spotter or a set model). Fix: pass a checkpoint directory, an artifact or `default`."
+                          )

@@ -42,6 +42,18 @@ class MambaConfig:
     def rank(self) -> int:
         return self.dt_rank or math.ceil(self.d_model / 16)
 
+    @property
+    def conv_state_channels(self) -> int:
+        """Channels of the conv state (the conv runs over x alone)."""
+        return self.d_inner
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(parameters of the int8-able layers, all other parameters incl. the tied embedding), whole model."""
+        d, D, n, r, k = self.d_inner, self.d_model, self.d_state, self.rank, self.d_conv
+        int8_layers = D * 2 * d + d * k + d * (r + 2 * n) + r * d + d * D
+        other = d * n + 2 * d + d + D  # A_log, D, conv bias + dt bias, norm
+        return self.n_layer * int8_layers, self.n_layer * other + self.vocab_size * D + D
+
     def to_dict(self) -> dict:
         return asdict(self)
 

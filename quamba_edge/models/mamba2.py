@@ -65,6 +65,20 @@ class Mamba2Config:
     def conv_dim(self) -> int:
         return self.d_inner + 2 * self.ngroups * self.d_state
 
+    @property
+    def conv_state_channels(self) -> int:
+        """Channels of the conv state (the conv runs over x, B and C)."""
+        return self.conv_dim
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(parameters of the int8-able layers: in_proj, conv, out_proj; all other parameters incl. the
+        embedding and an untied head), whole model."""
+        d, D, e, h = self.d_inner, self.d_model, self.conv_dim, self.nheads
+        int8_layers = D * (d + e + h) + e * self.d_conv + d * D
+        other = 3 * h + e + d + D  # dt_bias, A_log, D; conv bias; gated norm; block norm
+        head = 0 if self.tie_embeddings else self.vocab_size * D
+        return self.n_layer * int8_layers, self.n_layer * other + self.vocab_size * D + head + D
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -239,7 +239,11 @@ def build_quantized(model: Mamba2LM, scales: list[dict[str, Tensor]], recipe: Qu
 
 
 def calibrate(model: Mamba2LM, batches: Iterable[Tensor], recipe: Quamba2,
-              on_batch: Callable[[int], None] | None = None) -> tuple[QuantizedMamba2LM, list[dict[str, Tensor]]]:
-    """The Mamba-2 handler: calibrate on `batches` (token ids (b, l)) and build the quantized model."""
-    scales = observe_activations(model, batches, recipe, on_batch)
+              on_batch: Callable[[int], None] | None = None,
+              observe_on: Mamba2LM | None = None) -> tuple[QuantizedMamba2LM, list[dict[str, Tensor]]]:
+    """The Mamba-2 handler: calibrate on `batches` (token ids (b, l)) and build the quantized model.
+    `observe_on`: a copy of `model` on another device or in another dtype that runs the calibration passes
+    (scales come back in fp32 on the CPU); the int8 weights come from `model`."""
+    scales = observe_activations(model if observe_on is None else observe_on, batches, recipe, on_batch)
+    scales = [{k: v.float().cpu() for k, v in layer.items()} for layer in scales]
     return build_quantized(model, scales, recipe), scales

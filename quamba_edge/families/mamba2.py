@@ -1,0 +1,100 @@
+"""Mamba-2 language models (issue 19): checkpoints in the mamba-ssm and transformers layouts, text calibration
+and the W8A8 recipes of quant/quamba2.py, bits per byte, generation and bench in PyTorch, and the roofline
+estimate. Graphs, kernels and engines are not built yet: build-engine refuses a Mamba-2 model by name.
+
+What a recipe name means here: `fp` the model as loaded; `naive` per-tensor abs-max W8A8, no rotation;
+`quamba` Quamba's percentile clip of the SSM input x and Hadamard rotation before out_proj, with Quamba2's
+per-head x and per-group B/C scales (--no-hadamard and --no-percentile-clip turn parts off, as for Mamba-1).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from torch import nn
+
+from quamba_edge.checkpoints.mamba2 import is_mamba2_config, load_mamba2
+from quamba_edge.data.text import load_windows
+from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.families import mamba
+from quamba_edge.families.base import Calibration, Compute, Loaded, Progress
+from quamba_edge.models.mamba2 import Mamba2Config, Mamba2LM
+from quamba_edge.quant.quamba2 import QuantizedMamba2LM
+from quamba_edge.quant.quamba2 import calibrate as calibrate_quamba2
+from quamba_edge.quant.recipes import DEFAULT_PERCENTILE, Fp, Quamba2, Recipe, check_name
+
+name = "mamba2"
+graphs = ("prefill", "decode")
+precisions = ("fp32",)
+backends: tuple[str, ...] = ()  # no engine yet
+no_tensorrt = ("Mamba-2 graphs and engines are not built yet (issue 19): build-engine takes Mamba-1, keyword "
+               "spotter and set models. Fix: run this model in PyTorch: `quamba-edge eval`, `generate` and `bench` "
+               "take the checkpoint or its calibrated artifact directly.")
+generates = True
+scales_title = "activation scales (vectors: their smallest and largest channel scale)"
+plugin_pass = None
+
+tag, tokenizer, extra_files = mamba.tag, mamba.tokenizer, mamba.extra_files
+reference, workload = mamba.reference, mamba.workload
+evaluate, eval_rows, eval_columns = mamba.evaluate, mamba.eval_rows, mamba.eval_columns
+load_checkpoint, config = load_mamba2, Mamba2Config.from_dict
+
+
+def detect(directory: Path) -> bool:
+    """A config.json that says Mamba-2 (`ssm_cfg.layer: "Mamba2"` or `model_type: "mamba2"`)."""
+    path = Path(directory) / "config.json"
+    if not path.exists():
+        return False
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False  # Mamba-1's loader names the broken file
+    return isinstance(raw, dict) and is_mamba2_config(raw)
+
+
+def structure(cfg: Mamba2Config, recipe: Recipe, manifest: dict) -> nn.Module:
+    return QuantizedMamba2LM(cfg, recipe) if recipe.quantize else Mamba2LM(cfg)
+
+
+def quant_config(recipe: str | Recipe, *, hadamard: bool = True, percentile_clip: bool = True,
+                 percentile: float = DEFAULT_PERCENTILE, weight_granularity: str = "tensor", int8_head: bool = False,
+                 **_ignored) -> Fp | Quamba2:
+    """fp | naive | quamba (see the module docstring) with the CLI's switches; a Quamba2 config as is."""
+    if not isinstance(recipe, str):
+        if not isinstance(recipe, (Fp, Quamba2)):
+            raise QuambaEdgeError(f"a {recipe.kind} recipe does not apply to Mamba-2; use --recipe naive or quamba.")
+        return recipe
+    check_name(recipe)
+    if int8_head:
+        raise QuambaEdgeError("--int8-head is not implemented for Mamba-2 (its lm_head stays fp32). Fix: drop it.")
+    if recipe == "fp":
+        return Fp()
+    if recipe == "naive":
+        return Quamba2(percentile=None, hadamard=False, group_scales=False, weight_granularity=weight_granularity)
+    return Quamba2(percentile=percentile if percentile_clip else None, hadamard=hadamard,
+                   weight_granularity=weight_granularity)
+
+
+def calibrate(loaded: Loaded, recipe: Quamba2, data: str, samples: int, seq_len: int, batch_size: int,
+              on_batch: Progress | None, compute: Compute) -> Calibration:
+    """The first `samples` windows of `seq_len` tokens of `data`, in file order (DESIGN.md). The forward passes
+    run on `compute`'s copy of the model; the int8 weights come from the loaded model's own."""
+    start = time.perf_counter()
+    windows = load_windows(data, tokenizer(loaded), samples, seq_len)
+    batches = (batch.to(compute.device) for batch in windows.tokens.split(batch_size))
+    qmodel, scales = calibrate_quamba2(loaded.model, batches, recipe, on_batch, observe_on=compute.twin(loaded.model))
+    seconds = time.perf_counter() - start
+    record = {"data": str(data), "samples": samples, "seq_len": seq_len, "digest": windows.digest,
+              "seconds": round(seconds, 2), "tokens_per_s": round(windows.tokens.numel() / seconds, 1)}
+    summary = [{k: float(v) if v.dim() == 0 else [float(v.min()), float(v.max())] for k, v in layer.items()}
+               for layer in scales]  # the exact vectors are buffers in the weights file
+    return Calibration(qmodel, record, summary)
+
+
+def _no_engine(*_, **__):
+    raise QuambaEdgeError(no_tensorrt)
+
+
+export = parity = layer_parity = native = limits = profile = state_bytes = _no_engine
