@@ -10,19 +10,15 @@ per-head x and per-group B/C scales (--no-hadamard and --no-percentile-clip turn
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from torch import nn
 
 from quamba_edge.checkpoints.mamba2 import is_mamba2_config, load_mamba2
-from quamba_edge.data.text import load_windows
 from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.families import mamba
-from quamba_edge.families.base import Calibration, Compute, Loaded, Progress
 from quamba_edge.models.mamba2 import Mamba2Config, Mamba2LM
 from quamba_edge.quant.quamba2 import QuantizedMamba2LM
-from quamba_edge.quant.quamba2 import calibrate as calibrate_quamba2
 from quamba_edge.quant.recipes import DEFAULT_PERCENTILE, Fp, Quamba2, Recipe, check_name
 
 name = "mamba2"
@@ -36,7 +32,7 @@ generates = True
 scales_title = "activation scales (vectors: their smallest and largest channel scale)"
 plugin_pass = None
 
-tag, tokenizer, extra_files = mamba.tag, mamba.tokenizer, mamba.extra_files
+tag, tokenizer, extra_files, calibrate = mamba.tag, mamba.tokenizer, mamba.extra_files, mamba.calibrate
 reference, workload = mamba.reference, mamba.workload
 evaluate, eval_rows, eval_columns = mamba.evaluate, mamba.eval_rows, mamba.eval_columns
 load_checkpoint, config = load_mamba2, Mamba2Config.from_dict
@@ -75,22 +71,6 @@ def quant_config(recipe: str | Recipe, *, hadamard: bool = True, percentile_clip
         return Quamba2(percentile=None, hadamard=False, group_scales=False, weight_granularity=weight_granularity)
     return Quamba2(percentile=percentile if percentile_clip else None, hadamard=hadamard,
                    weight_granularity=weight_granularity)
-
-
-def calibrate(loaded: Loaded, recipe: Quamba2, data: str, samples: int, seq_len: int, batch_size: int,
-              on_batch: Progress | None, compute: Compute) -> Calibration:
-    """The first `samples` windows of `seq_len` tokens of `data`, in file order (DESIGN.md). The forward passes
-    run on `compute`'s copy of the model; the int8 weights come from the loaded model's own."""
-    start = time.perf_counter()
-    windows = load_windows(data, tokenizer(loaded), samples, seq_len)
-    batches = (batch.to(compute.device) for batch in windows.tokens.split(batch_size))
-    qmodel, scales = calibrate_quamba2(loaded.model, batches, recipe, on_batch, observe_on=compute.twin(loaded.model))
-    seconds = time.perf_counter() - start
-    record = {"data": str(data), "samples": samples, "seq_len": seq_len, "digest": windows.digest,
-              "seconds": round(seconds, 2), "tokens_per_s": round(windows.tokens.numel() / seconds, 1)}
-    summary = [{k: float(v) if v.dim() == 0 else [float(v.min()), float(v.max())] for k, v in layer.items()}
-               for layer in scales]  # the exact vectors are buffers in the weights file
-    return Calibration(qmodel, record, summary)
 
 
 def _no_engine(*_, **__):
