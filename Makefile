@@ -118,8 +118,10 @@ kws: speech
 		--json benchmarks/results/kws_synthetic.json --plot benchmarks/results/kws_synthetic.png
 
 # Issue 18: the digit spotter on real speech (FSDD leave-one-speaker-out, the Asterisk English speaker): end to end
-# (17 CPU-min a fold), every pooling x 3 seeds on a frozen encoder, fp32 and int8, and the pre-training comparison
-# (~4 h on 2 cores; each features cache is 3.7 GB in out/digits). See benchmarks/digits.py.
+# with the channel recipe (reversed takes as unknown, a random equaliser, 100 synthetic takes per digit: about 20
+# CPU-min a fold) and its ablations, the first recipe ("base") end to end, every pooling x 3 seeds on a frozen
+# encoder, fp32 and int8, and the pre-training comparison (~6 h on 2 cores; each features cache is 3.7 GB in
+# out/digits). See benchmarks/digits.py.
 digits-data: venv
 	$(BIN)/python calib/build_digits.py
 pretrain-real: digits-data
@@ -127,17 +129,21 @@ pretrain-real: digits-data
 	$(BIN)/python benchmarks/ccc_pretrain.py --objective ccc --steps 2000 --data asterisk --out out/pretrain-asterisk; wait
 	$(BIN)/python benchmarks/ccc_pretrain.py --summarize out/pretrain-asterisk --json benchmarks/results/ccc_pretrain_real.json
 DIGITS = $(BIN)/python benchmarks/digits.py
+E2E = $(DIGITS) grid --protocol end-to-end --encoder scratch=scratch --pools adapool --seeds 0 --save
+BASE = --reversed-unknown 0 --channel-eq 0 --synthetic 0
 FROZEN_FOLDS = --folds george jackson lucas
-digits: pretrain-real
-	$(DIGITS) features --encoder scratch=scratch
-	$(DIGITS) features --encoder wav2vec2=out/pretrain-asterisk/wav2vec2
-	$(DIGITS) features --encoder ccc=out/pretrain-asterisk/ccc
-	$(DIGITS) grid --protocol end-to-end --encoder scratch=scratch --pools adapool --seeds 0 --save \
-		--out out/digits/e2e.json & \
-	$(DIGITS) grid --encoder scratch=scratch $(FROZEN_FOLDS) --int8-seeds 0 --save --out out/digits/grid-frozen.json; wait
-	$(DIGITS) few --encoder scratch=scratch --labels 5 20 50 --out out/digits/few-scratch.json & \
-	$(DIGITS) few --encoder wav2vec2=out/pretrain-asterisk/wav2vec2 --labels 5 20 50 --out out/digits/few-wav2vec2.json; wait
-	$(DIGITS) few --encoder ccc=out/pretrain-asterisk/ccc --labels 5 20 --out out/digits/few-ccc.json
+digits: pretrain-real speech
+	$(E2E) --folds jackson george lucas --out out/digits/e2e-channel-a.json & \
+	$(E2E) --synthetic 0 --folds jackson --out out/digits/e2e-rev-eq-jackson.json; \
+	$(E2E) --folds nicolas yweweler --out out/digits/e2e-channel-b.json; wait
+	$(E2E) $(BASE) --folds george jackson lucas yweweler --out out/digits/e2e-base.json
+	$(DIGITS) features --encoder scratch=scratch $(BASE)
+	$(DIGITS) features --encoder wav2vec2=out/pretrain-asterisk/wav2vec2 $(BASE)
+	$(DIGITS) features --encoder ccc=out/pretrain-asterisk/ccc $(BASE)
+	$(DIGITS) grid --encoder scratch=scratch $(BASE) $(FROZEN_FOLDS) --int8-seeds 0 --save --out out/digits/grid-frozen.json
+	$(DIGITS) few --encoder scratch=scratch $(BASE) --labels 5 20 50 --out out/digits/few-scratch.json & \
+	$(DIGITS) few --encoder wav2vec2=out/pretrain-asterisk/wav2vec2 $(BASE) --labels 5 20 50 --out out/digits/few-wav2vec2.json; wait
+	$(DIGITS) few --encoder ccc=out/pretrain-asterisk/ccc $(BASE) --labels 5 20 --out out/digits/few-ccc.json
 	$(DIGITS) merge out/digits/e2e*.json out/digits/grid-frozen*.json out/digits/few-*.json \
 		--json benchmarks/results/kws.json --plot benchmarks/results/kws.png
 

@@ -7,6 +7,9 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_DIR = PACKAGE_DIR / "assets" / "default"
+# The bundled models by the name a --model option takes (each trained by calib/train_default.py).
+BUNDLED_MODELS: dict[str, Path] = {"default": DEFAULT_MODEL_DIR,
+                                   "default-mamba2": PACKAGE_DIR / "assets" / "default-mamba2"}
 
 
 def looks_like_hub_id(spec: str | Path) -> bool:

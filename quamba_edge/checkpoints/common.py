@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.paths import DEFAULT_MODEL_DIR, looks_like_hub_id
+from quamba_edge.paths import BUNDLED_MODELS, looks_like_hub_id
 
 WEIGHT_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", "pytorch_model.bin",
                    "tokenizer.json", "tokenizer_config.json"]
@@ -28,15 +28,18 @@ METADATA_FIELDS = {"architectures", "model_type", "transformers_version", "torch
 
 
 def resolve_model_dir(spec: str | Path) -> Path:
-    """`default`, a local directory, or a hub id -> a local directory holding the checkpoint."""
+    """`default` or `default-mamba2` (the bundled models), a local directory, or a hub id -> a local directory
+    holding the checkpoint."""
     spec_str = str(spec)
-    if spec_str == "default":
-        if not (DEFAULT_MODEL_DIR / "config.json").exists():
+    if spec_str in BUNDLED_MODELS and not Path(spec_str).exists():
+        directory = BUNDLED_MODELS[spec_str]
+        if not (directory / "config.json").exists():
+            arch = " --arch mamba2" if spec_str == "default-mamba2" else ""
             raise QuambaEdgeError(
-                f"the bundled default model is missing from {DEFAULT_MODEL_DIR}. "
-                "Fix: reinstall quamba-edge, or train it with `python calib/train_default.py`."
+                f"the bundled model {spec_str!r} is missing from {directory}. "
+                f"Fix: reinstall quamba-edge, or train it with `python calib/train_default.py{arch} --out {directory}`."
             )
-        return DEFAULT_MODEL_DIR
+        return directory
     path = Path(spec_str).expanduser()
     if path.exists():
         if not path.is_dir():
