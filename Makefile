@@ -143,7 +143,7 @@ digits: pretrain-real speech
 	$(DIGITS) grid --encoder scratch=scratch $(BASE) $(FROZEN_FOLDS) --int8-seeds 0 --save --out out/digits/grid-frozen.json
 	$(DIGITS) few --encoder scratch=scratch $(BASE) --labels 5 20 50 --out out/digits/few-scratch.json & \
 	$(DIGITS) few --encoder wav2vec2=out/pretrain-asterisk/wav2vec2 $(BASE) --labels 5 20 50 --out out/digits/few-wav2vec2.json; wait
-	$(DIGITS) few --encoder ccc=out/pretrain-asterisk/ccc $(BASE) --labels 5 20 --out out/digits/few-ccc.json
+	$(DIGITS) few --encoder ccc=out/pretrain-asterisk/ccc $(BASE) --labels 5 20 50 --out out/digits/few-ccc.json
 	$(DIGITS) merge out/digits/e2e*.json out/digits/grid-frozen*.json out/digits/few-*.json \
 		--json benchmarks/results/kws.json --plot benchmarks/results/kws.png
 

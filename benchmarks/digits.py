@@ -150,13 +150,13 @@ def logits_of(model, conv: torch.Tensor, states: torch.Tensor | None, batch: int
 
 def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: int, held_out: str,
             labels_per_class: int | None, int8: bool, log, save: Path | None = None,
-            recipe: digits.Recipe = digits.Recipe()) -> list[dict]:
+            recipe: digits.Recipe = digits.Recipe(), steps: int = STEPS) -> list[dict]:
     """Train one spotter on the four speakers other than `held_out` (and the synthetic voices when `data`
     has them); score it on `held_out` and the Asterisk speaker, every condition, fp32 (and int8)."""
     frozen, e2e = protocol == "frozen", protocol == "end-to-end"
     x, y = fold_data(data, held_out, "states" if frozen else "audio" if e2e else "conv", labels_per_class)
     batch = 32 if e2e else BATCH
-    epochs = max(1, round(STEPS * batch / len(y)))
+    epochs = max(1, round(steps * batch / len(y)))
     cfg = FinetuneConfig(pool=pool, epochs=epochs, lr=LR[protocol], encoder_lr=0 if frozen else 1e-3,
                          seed=seed, window_s=digits.WINDOW_S, batch_size=batch, train_conv=e2e)
     start = time.perf_counter()
@@ -193,7 +193,8 @@ def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: in
                              "snr_db": "clean" if t.snr_db is None else t.snr_db, "noise": t.noise, "seed": seed,
                              "accuracy": acc, "ci95": [lo, hi], "trials": len(t.labels), "encoder": "tiny",
                              "pretraining": name, "protocol": protocol, "recipe": recipe.name,
-                             "labels_per_class": labels_per_class or 50, "train_seconds": round(train_s, 1)})
+                             "labels_per_class": labels_per_class or 50, "train_seconds": round(train_s, 1),
+                             "steps": steps})
     clean = [r["accuracy"] for r in rows if r["speaker"] == held_out and r["snr_db"] == "clean"]
     log(f"[{name}/{recipe.name}/{protocol}/{pool}/seed {seed}/{held_out}/{labels_per_class or 50} takes] "
         f"clean fp32 {clean[0]:.3f}{f' int8 {clean[1]:.3f}' if int8 else ''} ({train_s:.0f} s)")
@@ -221,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="share of training clips through a random equaliser")
     ap.add_argument("--synthetic", type=int, default=digits.CHANNEL_RECIPE.synthetic,
                     help="synthetic (TTS) takes per digit added to every fold (0: none; needs `make speech`)")
+    ap.add_argument("--steps", type=int, default=STEPS, help="optimizer steps per model (the epochs follow)")
     ap.add_argument("--save", action="store_true", help="save each seed-0 model under out/digits/models/")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--json", type=Path)
@@ -241,10 +243,12 @@ def main(argv: list[str] | None = None) -> None:
             pred = predict(load_kws(directory), t.audio)
             matrix = np.zeros((len(digits.LABELS),) * 2, int)
             np.add.at(matrix, (t.labels, pred), 1)
-            share = float((pred[t.labels < digits.SILENCE] == digits.UNKNOWN).mean())
+            is_digit = t.labels < digits.SILENCE
+            share = float((pred[is_digit] == digits.UNKNOWN).mean())
             print(f"{directory} on {args.speaker}, clean (rows: truth, columns: answer; {', '.join(digits.LABELS)})")
             print(matrix)
-            print(f"digits answered 'unknown': {share:.1%}")
+            print(f"digits named right: {(pred == t.labels)[is_digit].mean():.1%}; digits answered 'unknown': "
+                  f"{share:.1%}; unknown words rejected: {(pred == t.labels)[t.labels == digits.UNKNOWN].mean():.1%}")
         return
     if args.stage == "merge":
         from digits_report import merge
@@ -272,10 +276,11 @@ def main(argv: list[str] | None = None) -> None:
     for pool, seed, k in jobs:
         for held_out in folds:
             tag = f"{name}-{args.protocol}" if recipe == digits.Recipe() else f"{name}-{recipe.name}-{args.protocol}"
+            tag += f"-{args.steps}steps" if args.steps != STEPS else ""
             where = OUT / "models" / f"{tag}-{pool}-{held_out}" if args.save and seed == 0 else None
             int8 = args.int8_seeds is None or seed in args.int8_seeds
             rows += run_one(data, spec, name, args.protocol, pool, seed, held_out, k, int8 and k is None, log, where,
-                            recipe)
+                            recipe, args.steps)
             save_rows()
 
 

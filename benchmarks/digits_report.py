@@ -63,9 +63,10 @@ def merge(paths: list[Path], json_path: Path | None, plot_path: Path | None) -> 
     runs = [json.loads(p.read_text()) for p in paths]
     rows, seen = [], set()
     for r in (r for run in runs for r in run["rows"]):  # a run repeated in two files (same seed, data, model)
-        r.setdefault("recipe", "base")  # the runs before the training recipe was a choice
-        key = tuple(str(r[k]) for k in ("pretraining", "recipe", "protocol", "pooling", "seed", "fold", "speaker",
-                                        "precision", "snr_db", "noise", "labels_per_class"))
+        r.setdefault("recipe", "base")  # the runs before the training recipe and the step count were choices
+        r.setdefault("steps", 450)
+        key = tuple(str(r[k]) for k in ("pretraining", "recipe", "steps", "protocol", "pooling", "seed", "fold",
+                                        "speaker", "precision", "snr_db", "noise", "labels_per_class"))
         if key not in seen:
             seen.add(key)
             rows.append(r)
@@ -179,12 +180,39 @@ def few_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def recipe_table(rows: list[dict]) -> str:
+    """What each training-recipe ingredient buys, end to end (adapool, seed 0): per recipe (and step count) and
+    fold, the held-out FSDD speaker clean and at 0 dB (mean of the three noises) and the Asterisk speaker clean;
+    the means pool the folds that recipe ran on."""
+    sel = [r for r in rows if r["protocol"] == "end-to-end" and r["pooling"] == "adapool" and r["seed"] == 0
+           and r["precision"] == "fp32" and r["labels_per_class"] == 50]
+    folds = sorted({r["fold"] for r in sel})
+    out = ["| recipe | steps | " + " | ".join(folds) + " | mean (folds run) | Asterisk clean (folds run) |",
+           "|---|---:|" + "---|" * len(folds) + "---:|---:|"]
+    for (recipe, steps), group in sorted(by(sel, "recipe", "steps").items()):
+        cells = []
+        for f in folds:
+            own = [r for r in group if r["fold"] == f and r["speaker"] == f]
+            clean = [r for r in own if r["snr_db"] == "clean"]
+            cells.append(f"{_pct(pooled(clean))} / {_pct(pooled([r for r in own if r['snr_db'] == 0.0]))}"
+                         if clean else "-")
+        fsdd = [r for r in group if r["speaker"] == r["fold"]]
+        ast = [r for r in group if r["speaker"] != r["fold"] and r["snr_db"] == "clean"]
+        mean = (f"{_pct(pooled([r for r in fsdd if r['snr_db'] == 'clean']))} / "
+                f"{_pct(pooled([r for r in fsdd if r['snr_db'] == 0.0]))}")
+        out.append(f"| {recipe} | {steps} | " + " | ".join(cells) + f" | {mean} | {_pct(pooled(ast))} |")
+    return "\n".join(out)
+
+
 def report(rows: list[dict]) -> str:
     parts = []
+    if any(r["protocol"] == "end-to-end" for r in rows):
+        parts += ["## end to end: what each training-recipe ingredient buys (held-out FSDD speaker clean / 0 dB; "
+                  "Asterisk speaker clean; adapool, seed 0, fp32)\n", recipe_table(rows), ""]
     full = [r for r in rows if r["labels_per_class"] == 50]
-    for key, group in sorted(by(full, "pretraining", "recipe", "protocol").items()):
+    for key, group in sorted(by(full, "pretraining", "recipe", "steps", "protocol").items()):
         pools = {r["pooling"] for r in group}
-        parts.append(f"## {key[0]} encoder, training recipe {key[1]}, {key[2]}: leave-one-speaker-out "
+        parts.append(f"## {key[0]} encoder, training recipe {key[1]}, {key[2]} steps, {key[3]}: leave-one-speaker-out "
                      "(adapool, seed 0: one spotter per fold)\n")
         parts.append(loso_table([r for r in group if r["pooling"] == "adapool" and r["seed"] == 0]))
         if len(pools) > 1:  # the folds every pooling was run on, so that each is pooled over the same speakers
@@ -207,7 +235,8 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sel = [r for r in rows if r["speaker"] == r["fold"] and r["labels_per_class"] == 50]
-    groups = sorted({(r["pretraining"], r.get("recipe", "base"), r["protocol"]) for r in sel})
+    groups = sorted({(r["pretraining"], r.get("recipe", "base"), r["protocol"]) for r in sel
+                     if r.get("steps", 450) == 450})
     fig, axes = plt.subplots(len(groups), 3, figsize=(15, 4.6 * len(groups)), sharey=True, squeeze=False)
     for row_axes, group in zip(axes, groups):
         g = [r for r in sel if (r["pretraining"], r.get("recipe", "base"), r["protocol"]) == group]
