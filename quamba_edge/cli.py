@@ -141,7 +141,7 @@ def calibrate(
 
         console.print(_table(f"{by_name(manifest['family']).scales_title} ({manifest['recipe_label']})",
                              ["#", *manifest["scales"][0]],
-                             ([str(i), *(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values())]
+                             ([str(i), *(_scale_cell(v) for v in row.values())]
                               for i, row in enumerate(manifest["scales"]))))
     size = sum(f.stat().st_size for f in path.iterdir()) / 2**20
     rate = (manifest.get("calibration") or {}).get("tokens_per_s")
@@ -235,6 +235,15 @@ def generate(
         seconds = time.perf_counter() - start
     console.print(f"[bold]{escape(prompt)}[/]{escape(tok.decode(out))}", highlight=False)
     err_console.print(f"[dim]{len(out)} tokens in {seconds:.2f} s ({loaded.label}; {runs_on})[/]")
+
+
+def _scale_cell(v) -> str:
+    """A scale (float), a range of per-channel scales ([smallest, largest]) or anything else, for a table cell."""
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, list) and all(isinstance(x, float) for x in v):
+        return "-".join(f"{x:.3g}" for x in v)
+    return str(v)
 
 
 def _fastest(loaded, backend: str) -> tuple[dict, str]:
