@@ -112,11 +112,11 @@ def test_graph_structure_is_portable(quantized):
 
 def test_onnx_hadamard_equals_the_reference_rotation():
     """The exported rotation (a chain of small matmuls) against `rotate`, at sizes with 1, 2 and 3 factors."""
-    from quamba_edge.export.mamba import _MambaGraph
+    from quamba_edge.export.mamba import MambaGraph
 
     for n in (96, 768, 5120):
         model = make_model()
-        graph = _MambaGraph(model, "prefill", torch.float32)
+        graph = MambaGraph(model, "prefill", torch.float32)
         g = graph.g
         g.input("y", onnx.TensorProto.FLOAT, ["b", "l", n])
         out = graph.hadamard("y", n)

@@ -252,17 +252,6 @@ def tokens_for(vocab: int) -> torch.Tensor:
     return torch.randint(0, vocab, (2, 19), generator=torch.Generator().manual_seed(21))
 
 
-def test_build_engine_refuses_mamba2_by_name_and_the_cli_says_what_works(tmp_path):
-    from quamba_edge.checkpoints.mamba2 import save_checkpoint
-    from quamba_edge.engine import build_engine
-    from quamba_edge.errors import QuambaEdgeError
-
-    save_checkpoint(small(), tmp_path / "ckpt")
-    with pytest.raises(QuambaEdgeError, match="Mamba-2 graphs and engines are not built yet.*quamba-edge eval"):
-        build_engine(tmp_path / "ckpt", tmp_path / "engine")
-    assert not (tmp_path / "engine").exists()
-
-
 def test_the_orin_roofline_estimates_mamba2_2_7b():
     from quamba_edge.bench.devices import PROFILES
     from quamba_edge.bench.roofline import estimate

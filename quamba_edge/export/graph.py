@@ -127,22 +127,24 @@ class GraphBuilder:
 
     def _zero_point(self, weight: bool = False, channels: int | None = None, int8: bool = False) -> str:
         """The zero point of an activation (0 int8 or 128 uint8: the coding), of an int8 tensor whatever the coding
-        (`int8`: a state at the graph boundary) or of a weight (coded like activations; per-axis DQ takes one per
-        channel, a 1-D tensor as long as the scale)."""
-        if int8:
-            return self.initializer("w_zero_point", np.zeros((), np.int8))
-        if weight:
-            uint8 = self.activation_type == np.uint8
-            return self.initializer("w_zero_point", np.full(() if channels is None else (channels,),
-                                                            128 if uint8 else 0, self.activation_type))
-        return self.const(0, np.int8) if self.activation_type == np.int8 else self.const(128, np.uint8)
+        (`int8`: a state at the graph boundary) or of a weight (coded like activations). A per-axis Q or DQ
+        (`channels`) takes one per channel, a 1-D tensor as long as its scale."""
+        code = np.int8 if int8 else self.activation_type
+        value = 0 if code == np.int8 else 128
+        if weight or int8 or channels is not None:
+            return self.initializer("w_zero_point" if weight or int8 else "zero_point",
+                                    np.full(() if channels is None else (channels,), value, code))
+        return self.const(value, code)
 
-    def quantize(self, x: str, scale: str, to_int8: bool = False) -> str:
-        return self.op("QuantizeLinear", [x, scale, self._zero_point(int8=to_int8)])
+    def quantize(self, x: str, scale: str, to_int8: bool = False, axis: int | None = None,
+                 channels: int | None = None) -> str:
+        """Q of a float tensor: per-tensor (`scale` a scalar), or per channel along `axis` (`channels` scales)."""
+        return self.op("QuantizeLinear", [x, scale, self._zero_point(channels=channels, int8=to_int8)], axis=axis)
 
     def dequantize(self, q: str, scale: str, axis: int | None = None, weight: bool = False,
                    channels: int | None = None, int8: bool = False) -> str:
-        """DQ of an activation, a weight (`weight`) or an int8 tensor whatever the coding (`int8`)."""
+        """DQ of an activation, a weight (`weight`) or an int8 tensor whatever the coding (`int8`); per channel
+        along `axis` when `channels` is given."""
         return self.op("DequantizeLinear", [q, scale, self._zero_point(weight, channels, int8)], axis=axis)
 
     def int8_weight(self, hint: str, q: torch.Tensor, scale: torch.Tensor, axis: int = 1) -> str:

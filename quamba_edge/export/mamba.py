@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper
+from torch import nn
 
 from quamba_edge.export.graph import GraphBuilder, WeightFile
 from quamba_edge.models.mamba import MambaLM
@@ -40,14 +41,17 @@ FLOATS = {torch.float32: ("fp32", TensorProto.FLOAT, np.float32),  # precision, 
           torch.float16: ("fp16", TensorProto.FLOAT16, np.float16)}
 
 
-class _MambaGraph:
-    """Shared by the fp and int8 exports; the layer bodies differ only in where int8 appears."""
+class MambaGraph:
+    """Shared by the fp and int8 exports; the layer bodies differ only in where int8 appears. export/mamba2.py
+    subclasses it (its own layers, state shape and head; the graph around them is this one)."""
 
-    def __init__(self, model: MambaLM | QuantizedMambaLM, kind: str, dtype: torch.dtype, probes: bool = False,
+    quantized_type: type = QuantizedMambaLM
+
+    def __init__(self, model: nn.Module, kind: str, dtype: torch.dtype, probes: bool = False,
                  activations: str = "int8", weights: WeightFile | None = None):
         if kind not in GRAPHS:
             raise ValueError(f"graph must be one of {GRAPHS}, not {kind!r}")
-        self.quantized = isinstance(model, QuantizedMambaLM)
+        self.quantized = isinstance(model, self.quantized_type)
         if self.quantized and dtype != torch.float32:
             raise ValueError("the int8 graph keeps its float parts in fp32 (DESIGN.md, CPU); use dtype float32")
         self.model, self.kind, self.cfg, self.dtype, self.probes = model, kind, model.cfg, dtype, probes
@@ -200,12 +204,23 @@ class _MambaGraph:
             c = g.op("Add", [c, self.w("conv_b", bias.reshape(1, -1, 1))])
         return g.op("Transpose", [self.silu(c)], perm=[0, 2, 1])
 
+    title = "Mamba-1"
+
+    def head(self, normed: str, emb_name: str, body) -> str:
+        """Logits (b, V) from the final norm's output: the int8 lm_head (--int8-head: MatMulIntegerToFloat in
+        ORT) or the tied embedding."""
+        if self.quantized and self.model.head is not None:
+            return self.qlinear("head", self.g.qdq(normed, self.scalar(self.model.head.in_scale)), self.model.head,
+                                quantize_out=False)
+        return self.g.op("Gemm", [normed, emb_name], transB=1)
+
     def build(self) -> onnx.ModelProto:
         g, cfg, quantized = self.g, self.cfg, self.quantized
         body = self.model if quantized else self.model.backbone
         conv_type = TensorProto.INT8 if quantized else self.T
-        conv_shape = [cfg.n_layer, "batch", cfg.d_inner, cfg.d_conv - 1]
-        ssm_shape = [cfg.n_layer, "batch", cfg.d_inner, cfg.d_state]
+        channels, tail = cfg.conv_state_channels, list(cfg.ssm_state_shape)
+        conv_shape = [cfg.n_layer, "batch", channels, cfg.d_conv - 1]
+        ssm_shape = [cfg.n_layer, "batch", *tail]
         seq = "seq" if self.kind == "prefill" else 1
         ids = g.input("input_ids", TensorProto.INT64, ["batch", seq])
         if self.kind == "decode":
@@ -213,10 +228,9 @@ class _MambaGraph:
             ssm_all = g.input("ssm_state_in", TensorProto.FLOAT, ssm_shape)
         else:
             batch = g.slice(g.op("Shape", [ids]), 0, 1)
-            conv_zero = g.const(np.zeros((1, cfg.d_inner, cfg.d_conv - 1)), self.np_dtype)
-            ssm_zero = g.const(np.zeros((1, cfg.d_inner, cfg.d_state)), np.float32)
-            conv0 = g.expand(conv_zero, batch, [cfg.d_inner, cfg.d_conv - 1])
-            ssm0 = g.expand(ssm_zero, batch, [cfg.d_inner, cfg.d_state])
+            conv0 = g.expand(g.const(np.zeros((1, channels, cfg.d_conv - 1)), self.np_dtype), batch,
+                             [channels, cfg.d_conv - 1])
+            ssm0 = g.expand(g.const(np.zeros((1, *tail)), np.float32), batch, tail)
         emb_name = self.w("embedding", body.embedding.weight)
         h = g.op("Gather", [emb_name, ids], axis=0)  # (b, l, d_model)
         conv_outs, ssm_outs = [], []
@@ -235,18 +249,13 @@ class _MambaGraph:
         if self.probes:
             g.output(h, f"probe_h{cfg.n_layer}", self.T, ["batch", seq, cfg.d_model])
         normed = self.rmsnorm(g.op("Gather", [h, g.const(-1, np.int64)], axis=1), body.norm_f.weight, body.norm_f.eps)
-        if quantized and self.model.head is not None:  # int8 lm_head (--int8-head): MatMulIntegerToFloat in ORT
-            logits = self.qlinear("head", g.qdq(normed, self.scalar(self.model.head.in_scale)), self.model.head,
-                                  quantize_out=False)
-        else:
-            logits = g.op("Gemm", [normed, emb_name], transB=1)
-        g.output(self.cast(logits), "logits", TensorProto.FLOAT, ["batch", cfg.vocab_size])
+        g.output(self.cast(self.head(normed, emb_name, body)), "logits", TensorProto.FLOAT, ["batch", cfg.vocab_size])
         g.output(g.op("Concat", conv_outs, axis=0), "conv_state", conv_type, conv_shape)
         g.output(g.op("Concat", ssm_outs, axis=0), "ssm_state", TensorProto.FLOAT, ssm_shape)
         meta = {"graph": self.kind}
-        if quantized and g.activations == "int8":  # plugins read int8 tensors (not ORT's uint8 coding)
+        if self.plugin_regions and g.activations == "int8":  # plugins read int8 tensors (not ORT's uint8 coding)
             meta["plugin_regions"] = json.dumps(self.plugin_regions)
-        return g.finish(f"quamba-edge Mamba-1 {self.kind} graph ({self.precision})", self.precision, **meta)
+        return g.finish(f"quamba-edge {self.title} {self.kind} graph ({self.precision})", self.precision, **meta)
 
 
 def _scan_body(tag: str) -> onnx.GraphProto:
@@ -282,4 +291,4 @@ def export_mamba(model: MambaLM | QuantizedMambaLM, kind: str, dtype: torch.dtyp
     the last layer as `probe_h{n_layer}` (layer-by-layer parity checks only). `weights`: write the large
     initializers to that external-data file (shared by the graphs that use it) instead of into the graph.
     """
-    return _MambaGraph(model.eval(), kind, dtype, probes, activations, weights).build()
+    return MambaGraph(model.eval(), kind, dtype, probes, activations, weights).build()

@@ -4,6 +4,7 @@ parity cases, the TensorRT profile, the generation workload (TTFT, TPOT) and bit
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from collections.abc import Iterator
@@ -109,7 +110,8 @@ def state_bytes(cfg: MambaConfig, limits: dict, precision: str) -> int:
     """Conv and SSM states in and out of a decode step at the profile's largest batch (conv int8 for int8
     engines, fp16 for fp16; SSM state fp32)."""
     conv = {"int8": 1, "fp16": 2}.get(precision, 4)
-    per_sequence = cfg.n_layer * cfg.d_inner * ((cfg.d_conv - 1) * conv + cfg.d_state * 4)
+    per_layer = cfg.conv_state_channels * (cfg.d_conv - 1) * conv + math.prod(cfg.ssm_state_shape) * 4
+    per_sequence = cfg.n_layer * per_layer
     return 2 * limits["max_batch"] * per_sequence
 
 
@@ -118,8 +120,8 @@ def profile(graph: str, cfg: MambaConfig, limits: dict) -> dict[str, tuple]:
     b, p, opt = limits["max_batch"], limits["max_prompt"], limits["opt_prompt"]
     if graph == "prefill":
         return {"input_ids": ((1, 1), (1, opt), (b, p))}
-    conv = lambda n: (cfg.n_layer, n, cfg.d_inner, cfg.d_conv - 1)  # noqa: E731
-    ssm = lambda n: (cfg.n_layer, n, cfg.d_inner, cfg.d_state)  # noqa: E731
+    conv = lambda n: (cfg.n_layer, n, cfg.conv_state_channels, cfg.d_conv - 1)  # noqa: E731
+    ssm = lambda n: (cfg.n_layer, n, *cfg.ssm_state_shape)  # noqa: E731
     return {"input_ids": ((1, 1), (1, 1), (b, 1)), "conv_state_in": (conv(1), conv(1), conv(b)),
             "ssm_state_in": (ssm(1), ssm(1), ssm(b))}
 

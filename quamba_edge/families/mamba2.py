@@ -1,6 +1,7 @@
 """Mamba-2 language models (issue 19): checkpoints in the mamba-ssm and transformers layouts, text calibration
-and the W8A8 recipes of quant/quamba2.py, bits per byte, generation and bench in PyTorch, and the roofline
-estimate. Graphs, kernels and engines are not built yet: build-engine refuses a Mamba-2 model by name.
+and the W8A8 recipes of quant/quamba2.py, bits per byte, generation, the prefill/decode graphs (export/mamba2.py)
+and ONNX Runtime engines with Mamba-1's parity cases, and the roofline estimate. Not built yet: TensorRT plans
+and the native CPU decoder (build-engine refuses those backends with a message).
 
 What a recipe name means here: `fp` the model as loaded; `naive` per-tensor abs-max W8A8, no rotation;
 `quamba` Quamba's percentile clip of the SSM input x and Hadamard rotation before out_proj, with Quamba2's
@@ -12,10 +13,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 from torch import nn
 
 from quamba_edge.checkpoints.mamba2 import is_mamba2_config, load_mamba2
 from quamba_edge.errors import QuambaEdgeError
+from quamba_edge.export.graph import WeightFile
+from quamba_edge.export.mamba2 import export_mamba2
 from quamba_edge.families import mamba
 from quamba_edge.models.mamba2 import Mamba2Config, Mamba2LM
 from quamba_edge.quant.quamba2 import QuantizedMamba2LM
@@ -23,17 +27,18 @@ from quamba_edge.quant.recipes import DEFAULT_PERCENTILE, Fp, Quamba2, Recipe, c
 
 name = "mamba2"
 graphs = ("prefill", "decode")
-precisions = ("fp32",)
-backends: tuple[str, ...] = ()  # no engine yet
-no_tensorrt = ("Mamba-2 graphs and engines are not built yet (issue 19): build-engine takes Mamba-1, keyword "
-               "spotter and set models. Fix: run this model in PyTorch: `quamba-edge eval`, `generate` and `bench` "
-               "take the checkpoint or its calibrated artifact directly.")
+precisions = ("fp32",)  # an fp model builds in fp32 (fp16 graphs are not implemented); a quantized one in int8
+backends = ("ort",)
+no_tensorrt = ("Mamba-2 TensorRT engines are not built yet (issue 19). Fix: --backend ort builds this model's "
+               "graphs for ONNX Runtime; `quamba-edge bench` and `generate` also run the artifact in PyTorch.")
 generates = True
 scales_title = "activation scales (vectors: their smallest and largest channel scale)"
 plugin_pass = None
 
 tag, tokenizer, extra_files, calibrate = mamba.tag, mamba.tokenizer, mamba.extra_files, mamba.calibrate
 reference, workload = mamba.reference, mamba.workload
+parity, layer_parity, limits, profile, state_bytes = (mamba.parity, mamba.layer_parity, mamba.limits, mamba.profile,
+                                                      mamba.state_bytes)
 evaluate, eval_rows, eval_columns = mamba.evaluate, mamba.eval_rows, mamba.eval_columns
 load_checkpoint, config = load_mamba2, Mamba2Config.from_dict
 
@@ -73,8 +78,14 @@ def quant_config(recipe: str | Recipe, *, hadamard: bool = True, percentile_clip
                    weight_granularity=weight_granularity)
 
 
-def _no_engine(*_, **__):
-    raise QuambaEdgeError(no_tensorrt)
+def export(model: nn.Module, graph: str, precision: str, activations: str, probes: bool = False,
+           weights: WeightFile | None = None) -> onnx.ModelProto:
+    if precision == "fp16":
+        raise QuambaEdgeError("Mamba-2 graphs build in fp32 or int8; fp16 is not implemented. Fix: --precision fp32, "
+                              "or calibrate for int8.")
+    return export_mamba2(model, graph, probes=probes, activations=activations, weights=weights)
 
 
-export = parity = layer_parity = native = limits = profile = state_bytes = _no_engine
+def native(*_, **__):
+    raise QuambaEdgeError("the native CPU decoder runs Mamba-1 only; Mamba-2's is not built yet (issue 19). Fix: "
+                          "--backend ort, or --backend pytorch for generate.")

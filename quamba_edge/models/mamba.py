@@ -47,6 +47,11 @@ class MambaConfig:
         """Channels of the conv state (the conv runs over x alone)."""
         return self.d_inner
 
+    @property
+    def ssm_state_shape(self) -> tuple[int, ...]:
+        """The SSM state of one layer and one sequence: (d_inner, d_state)."""
+        return (self.d_inner, self.d_state)
+
     def parameter_counts(self) -> tuple[int, int]:
         """(parameters of the int8-able layers, all other parameters incl. the tied embedding), whole model."""
         d, D, n, r, k = self.d_inner, self.d_model, self.d_state, self.rank, self.d_conv

@@ -70,6 +70,11 @@ class Mamba2Config:
         """Channels of the conv state (the conv runs over x, B and C)."""
         return self.conv_dim
 
+    @property
+    def ssm_state_shape(self) -> tuple[int, ...]:
+        """The SSD state of one layer and one sequence: (nheads, headdim, d_state)."""
+        return (self.nheads, self.headdim, self.d_state)
+
     def parameter_counts(self) -> tuple[int, int]:
         """(parameters of the int8-able layers: in_proj, conv, out_proj; all other parameters incl. the
         embedding and an untied head), whole model."""

@@ -41,12 +41,29 @@ def ssd_recurrent(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Ten
     return y + x * D[:, None], H
 
 
+def segsum(a: Tensor) -> Tensor:
+    """Segment sums (..., T) -> (..., T, T): out[i, j] = sum_{j<k<=i} a_k for i >= j, and 0 above the diagonal
+    (where exp(out) must be masked). Each entry is its own sum, never a difference of two long cumulative
+    sums, so a decay over thousands of steps keeps its precision (the paper's stable `segsum`)."""
+    T = a.shape[-1]
+    strict = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)
+    return torch.cumsum(a[..., :, None] * strict, dim=-2)
+
+
+def decay_mask(a: Tensor) -> Tensor:
+    """exp(segsum(a)) on and below the diagonal, 0 above: L[i, j] = prod_{j<k<=i} exp(a_k)."""
+    T = a.shape[-1]
+    return torch.exp(segsum(a)) * torch.ones(T, T, device=a.device).tril()
+
+
 def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
                 state: Tensor | None = None, chunk: int = 64) -> tuple[Tensor, Tensor]:
     """The same function as `ssd_recurrent`, as matrix products over chunks of `chunk` steps (fp32).
 
     The sequence is padded to a multiple of `chunk` with dt = 0 (decay 1, no input), so the padding leaves
-    the state unchanged. Returns y (b, l, h, p) and the final state (b, h, p, n)."""
+    the state unchanged. The states between chunks are one more product with the chunks' decay mask (over
+    c + 1 chunk boundaries, the initial state first), not a loop. Returns y (b, l, h, p) and the final state
+    (b, h, p, n). export/mamba2.py writes the same steps as an ONNX graph."""
     b, l, h, p = x.shape
     n = B.shape[-1]
     pad = (-l) % chunk
@@ -57,19 +74,14 @@ def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
     Bh, Ch = _per_head(B, h).view(b, c, chunk, h, n), _per_head(C, h).view(b, c, chunk, h, n)
     a = (dt * A).view(b, c, chunk, h).permute(0, 3, 1, 2)  # (b, h, c, Q): log-decay per step
     cum = torch.cumsum(a, -1)
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=x.device).tril()
-    seg = (cum[..., :, None] - cum[..., None, :]).masked_fill(~causal, float("-inf"))  # (b, h, c, Q, Q)
-    L = torch.exp(seg)
-    scores = torch.einsum("bclhn,bcshn->bhcls", Ch, Bh) * L  # C_i . B_j, masked and decayed
+    scores = torch.einsum("bclhn,bcshn->bhcls", Ch, Bh) * decay_mask(a)  # C_i . B_j, masked and decayed
     y_diag = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)
     to_end = torch.exp(cum[..., -1:] - cum)  # (b, h, c, Q): decay from each step to its chunk's end
     chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bh, to_end, xdt)  # each chunk's own contribution
-    chunk_decay = torch.exp(cum[..., -1])  # (b, h, c)
-    H = state if state is not None else x.new_zeros(b, h, p, n)
-    starts = []
-    for i in range(c):  # l / Q steps: the inter-chunk recurrence
-        starts.append(H)
-        H = chunk_decay[:, :, i, None, None] * H + chunk_states[:, i]
-    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", Ch, torch.stack(starts, 1), torch.exp(cum))
+    H0 = state if state is not None else x.new_zeros(b, h, p, n)
+    states = torch.cat([H0[:, None], chunk_states], 1)  # (b, c+1, h, p, n)
+    between = decay_mask(torch.nn.functional.pad(cum[..., -1], (1, 0)))  # (b, h, c+1, c+1)
+    states = torch.einsum("bhzc,bchpn->bzhpn", between, states)  # the state entering chunk z; the last: final
+    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", Ch, states[:, :-1], torch.exp(cum))
     y = (y_diag + y_off).reshape(b, c * chunk, h, p)[:, :l]
-    return y + x[:, :l] * D[:, None], H
+    return y + x[:, :l] * D[:, None], states[:, -1]
