@@ -19,6 +19,19 @@ from quamba_edge.models.mamba2 import Mamba2Config, Mamba2LM, init_weights
 from quamba_edge.quant.quamba2 import calibrate
 from quamba_edge.quant.recipes import Quamba2
 
+RTX_TIMING_CACHE = "ignore:.*Timing cache operations are no-ops:DeprecationWarning"  # tensorrt-rtx has none
+
+
+@pytest.fixture
+def trt():
+    from quamba_edge.backends import tensorrt as trt_backend
+    from quamba_edge.errors import QuambaEdgeError
+
+    try:
+        return trt_backend.import_tensorrt(allow_rtx=True)
+    except QuambaEdgeError as exc:
+        pytest.skip(f"neither tensorrt nor tensorrt-rtx is installed: {exc}")
+
 
 def small(seed: int = 1, **kw) -> Mamba2LM:
     cfg = Mamba2Config(**{"d_model": 64, "n_layer": 2, "vocab_size": 97, "d_state": 16, "headdim": 16,
@@ -108,7 +121,7 @@ def test_fp16_graphs_are_refused_by_name():
         family.export(small(), "decode", "fp16", "int8")
 
 
-def test_build_engine_builds_ort_engines_and_refuses_tensorrt_and_native(tmp_path):
+def test_build_engine_builds_ort_engines_and_refuses_native(tmp_path):
     from quamba_edge import pipeline
     from quamba_edge.bench.systems import open_system
     from quamba_edge.checkpoints.mamba2 import save_checkpoint
@@ -133,8 +146,34 @@ def test_build_engine_builds_ort_engines_and_refuses_tensorrt_and_native(tmp_pat
     assert build["precision"] == "int8"
     for graph in family.graphs:  # in_proj and out_proj of both layers run as integer kernels
         assert build["ort_kernels"][graph]["integer_kernels"] == {"MatMulIntegerToFloat": 4}
-    for backend, target, match in (("tensorrt", "cuda", "TensorRT engines are not built yet.*--backend ort"),
-                                   ("native", "cpu", "build for --backend ort")):
-        with pytest.raises(QuambaEdgeError, match=match):
-            build_engine(artifact, tmp_path / backend, backend=backend, target=target)
-        assert not (tmp_path / backend).exists()
+    with pytest.raises(QuambaEdgeError, match="build for --backend ort or tensorrt"):
+        build_engine(artifact, tmp_path / "native", backend="native")
+    assert not (tmp_path / "native").exists()
+
+
+@pytest.mark.tensorrt
+@pytest.mark.filterwarnings(RTX_TIMING_CACHE)
+def test_tensorrt_parses_builds_and_checks_the_mamba2_graphs(trt, tmp_path, monkeypatch):
+    """build-engine --backend tensorrt on an int8 Mamba-2 artifact with the real build_plan (tensorrt-rtx as a
+    stand-in for TensorRT: its parser and builder run without a GPU), the family's profile, and the parity check
+    on the plans' graphs in ONNX Runtime (TensorRT's int8 coding; no GPU here to run the plans themselves)."""
+    from quamba_edge import engine as engine_mod
+    from quamba_edge.artifact import save_artifact
+    from quamba_edge.backends import tensorrt as trt_backend
+    from quamba_edge.engine import build_engine
+
+    from .test_trt_onegraph import _OrtStandIn, check_tensorrt_coding
+
+    qmodel = quantized(small())
+    artifact = save_artifact(qmodel, tmp_path / "int8", family=family.name, recipe=qmodel.recipe,
+                             source={"model": "small Mamba-2"}, scales=[])
+    for module in (engine_mod, trt_backend):
+        monkeypatch.setattr(module, "import_tensorrt", lambda allow_rtx=False: trt)
+    monkeypatch.setattr(trt_backend, "gpu_compute_capability", lambda: "8.7")
+    monkeypatch.setattr(engine_mod, "TensorRTRunner", _OrtStandIn)
+    limits = {"max_batch": 2, "max_prompt": 40, "opt_prompt": 16}
+    build = build_engine(artifact, tmp_path / "trt", backend="tensorrt", target="cuda", **limits)
+    assert build["backend"] == "tensorrt" and build["precision"] == "int8" and build["parity"]["passed"]
+    assert {"prefill.plan", "decode.plan", "prefill.engine.json", "decode.engine.json"} <= set(build["files"])
+    for graph in family.graphs:
+        check_tensorrt_coding(onnx.load(str(tmp_path / "trt" / f"{graph}.onnx")), per_channel_activations=True)

@@ -108,9 +108,10 @@ def test_the_profiles_cover_batch_and_length():
 # ------------------------------------------------------------------------------- the graph TensorRT reads
 
 
-def check_tensorrt_coding(proto: onnx.ModelProto) -> None:
+def check_tensorrt_coding(proto: onnx.ModelProto, per_channel_activations: bool = False) -> None:
     """Explicit quantization as TensorRT takes it: int8 activations and weights with zero point 0, per-tensor
-    activation scales, no quantized (int32) bias anywhere, every Conv / MatMul / Add bias float."""
+    activation scales (unless `per_channel_activations`: Mamba-2's head and group scales), no quantized (int32)
+    bias anywhere, every Conv / MatMul / Add bias float."""
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["precision"] == "int8" and meta["activations"] == "int8"
@@ -122,7 +123,7 @@ def check_tensorrt_coding(proto: onnx.ModelProto) -> None:
         zero_point = inits[node.input[2]]
         assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
     for node in q_nodes:
-        assert inits[node.input[1]].size == 1, f"{node.name}: activations are per-tensor"
+        assert per_channel_activations or inits[node.input[1]].size == 1, f"{node.name}: activations are per-tensor"
     dtypes = {t.name: t.data_type for t in proto.graph.initializer}
     for node in proto.graph.node:
         if node.op_type == "Conv" and len(node.input) == 3:

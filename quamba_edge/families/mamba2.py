@@ -1,7 +1,8 @@
 """Mamba-2 language models (issue 19): checkpoints in the mamba-ssm and transformers layouts, text calibration
 and the W8A8 recipes of quant/quamba2.py, bits per byte, generation, the prefill/decode graphs (export/mamba2.py)
-and ONNX Runtime engines with Mamba-1's parity cases, and the roofline estimate. Not built yet: TensorRT plans
-and the native CPU decoder (build-engine refuses those backends with a message).
+and their engines (ONNX Runtime; TensorRT plans, checked here with TensorRT-RTX's parser and builder) with Mamba-1's
+parity cases, and the roofline estimate. Not built yet: the native CPU decoder and TensorRT plugins for the SSD
+layer (build-engine refuses --backend native with a message).
 
 What a recipe name means here: `fp` the model as loaded; `naive` per-tensor abs-max W8A8, no rotation;
 `quamba` Quamba's percentile clip of the SSM input x and Hadamard rotation before out_proj, with Quamba2's
@@ -28,9 +29,8 @@ from quamba_edge.quant.recipes import DEFAULT_PERCENTILE, Fp, Quamba2, Recipe, c
 name = "mamba2"
 graphs = ("prefill", "decode")
 precisions = ("fp32",)  # an fp model builds in fp32 (fp16 graphs are not implemented); a quantized one in int8
-backends = ("ort",)
-no_tensorrt = ("Mamba-2 TensorRT engines are not built yet (issue 19). Fix: --backend ort builds this model's "
-               "graphs for ONNX Runtime; `quamba-edge bench` and `generate` also run the artifact in PyTorch.")
+backends = ("ort", "tensorrt")
+no_tensorrt = ""  # TensorRT builds Mamba-2's portable graphs
 generates = True
 scales_title = "activation scales (vectors: their smallest and largest channel scale)"
 plugin_pass = None
