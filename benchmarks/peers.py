@@ -2,6 +2,7 @@
 
     make bench-peers     # builds llama-cpp-python once into a cached wheel, then runs this script
     python benchmarks/peers.py --llama-src .cache/peers/src --out benchmarks/results/peers.json
+    python benchmarks/peers.py --arch mamba2 --out benchmarks/results/peers_mamba2.json   # Mamba-2 (issue 19)
 
 The model is the mamba-130m shape with random weights (seed 0; see cpu_decode.py for why a shape).
 It is written once as a mamba-ssm checkpoint; llama.cpp's own converter (convert_hf_to_gguf.py from
@@ -10,6 +11,10 @@ quamba-edge builds its fp32 and Quamba int8 ONNX Runtime engines and its native 
 the paper's 16-bit head; --int8-head with the int8 head) from the same checkpoint. Every
 system is timed by quamba-edge's bench loop (prompt, then greedy decode one token at a time), with
 llama.cpp driven through llama-cpp-python's `eval` at n_threads = n_threads_batch = 1.
+
+--arch mamba2: the mamba2-130m shape (24 layers, d_model 768, d_state 128, headdim 64, one group; random
+weights, seed 0) written as a mamba-ssm checkpoint; llama.cpp converts it as `Mamba2ForCausalLM`. quamba-edge runs
+its fp32 and W8A8 (Quamba2 recipe) ONNX Runtime engines and PyTorch; Mamba-2 has no native CPU decoder yet.
 
 The bundled model cannot be compared on quality here: llama.cpp's Mamba converter supplies a GPT-NeoX
 vocabulary (50k tokens), and the bundled model is byte-level (256).
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,10 +43,13 @@ from quamba_edge.backends.torch import TorchRunner
 from quamba_edge.bench.measure import measure
 from quamba_edge.bench.report import machine
 from quamba_edge.bench.systems import open_system
+from quamba_edge.data.text import load_windows
+from quamba_edge.data.tokenizers import ByteTokenizer
 from quamba_edge.engine import build_engine
 from quamba_edge.families import mamba
 from quamba_edge.io import atomic_write_json
 from quamba_edge.kernels import native
+from quamba_edge.models.mamba2 import Mamba2LM
 
 
 def llama_cpp_system(gguf: Path, quant: str, cfg, max_tokens: int, threads: int = 1) -> System:
@@ -98,6 +107,62 @@ def time_gguf(args) -> dict:
     return row
 
 
+def mamba_systems(root: Path, args) -> tuple[str, object, list[System], dict, Path]:
+    """Mamba-1 at the mamba-130m shape: ORT int8 (fp32 head, int8 head) and fp32 engines, the native CPU decoder
+    with each head, PyTorch fp32; the checkpoint directory llama.cpp converts."""
+    model = mamba_130m_shape()
+    fp_dir, artifacts = save_model_artifacts(model, "mamba-130m-shape", root, args.calib_samples, 256)
+    config = json.loads((fp_dir / "config.json").read_text())
+    (fp_dir / "config.json").write_text(json.dumps({**config, "architectures": ["MambaLMHeadModel"]}))
+    systems, names = [], {}
+    for label, src in (*artifacts.items(), ("fp32", fp_dir)):
+        eng = root / f"engine-{label}"
+        build_engine(src, eng, precision="fp32" if label == "fp32" else None, max_prompt=args.prompt_len)
+        systems.append(open_system(str(eng), device="cpu", threads=1))
+    for label, head in (("quamba", "fp16"), ("quamba-int8-head", "int8")):  # the native CPU decoder
+        eng = root / f"native-{label}"
+        build_engine(artifacts[label], eng, backend="native", head=head, max_prompt=args.prompt_len)
+        systems.append(open_system(str(eng), device="cpu", threads=1))
+        names[id(systems[-1])] = f"quamba-edge-native-int8-{head}-head ({native.isa()})"
+    systems.append(open_system(str(fp_dir), device="cpu", threads=1))
+    return "mamba-130m-shape", model.cfg, systems, names, fp_dir
+
+
+def mamba2_systems(root: Path, args) -> tuple[str, object, list[System], dict, Path]:
+    """Mamba-2 at the mamba2-130m shape (random weights, seed 0): ORT int8 (Quamba2 W8A8, calibrated on the
+    default corpus's bytes) and fp32 engines, PyTorch fp32 and int8; a copy of the checkpoint for llama.cpp's
+    converter with the SSM fields it reads at the top level (it does not read mamba-ssm's ssm_cfg)."""
+    from quamba_edge.artifact import save_artifact
+    from quamba_edge.checkpoints.mamba2 import save_checkpoint
+    from quamba_edge.families import mamba2
+    from quamba_edge.models.mamba2 import init_weights, public_shape
+    from quamba_edge.quant.quantize import quantize
+
+    cfg = public_shape("mamba2-130m")
+    model = Mamba2LM(cfg)
+    init_weights(model, seed=0)
+    fp_dir = root / "mamba2-130m-shape-fp"
+    save_checkpoint(model.eval(), fp_dir)
+    windows = load_windows("default", ByteTokenizer(), args.calib_samples, 256).tokens
+    recipe = mamba2.quant_config("quamba")
+    qmodel, scales = quantize(model, recipe, windows.split(8))
+    artifact = save_artifact(qmodel, root / "mamba2-130m-shape-int8", family=mamba2.name, recipe=recipe,
+                             source={"model": "mamba2-130m shape, random weights (seed 0)"}, scales=scales)
+    systems = []
+    for src, precision in ((artifact, None), (fp_dir, "fp32")):
+        eng = root / f"engine-{precision or 'int8'}"
+        build_engine(src, eng, precision=precision, max_prompt=args.prompt_len)
+        systems.append(open_system(str(eng), device="cpu", threads=1))
+    systems += [open_system(str(fp_dir), device="cpu", threads=1), open_system(str(artifact), device="cpu", threads=1)]
+    llama_dir = root / "mamba2-130m-shape-llama"
+    shutil.copytree(fp_dir, llama_dir)
+    config = json.loads((llama_dir / "config.json").read_text())
+    (llama_dir / "config.json").write_text(json.dumps({
+        **config, "architectures": ["Mamba2ForCausalLM"], "d_state": cfg.d_state, "head_dim": cfg.headdim,
+        "n_groups": cfg.ngroups, "expand": cfg.expand, "d_conv": cfg.d_conv}))
+    return "mamba2-130m-shape", cfg, systems, {}, llama_dir
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llama-src", type=Path, default=Path(".cache/peers/src"))
@@ -106,6 +171,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--calib-samples", type=int, default=64)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--arch", choices=("mamba", "mamba2"), default="mamba",
+                    help="mamba: the mamba-130m shape (Quamba, native decoder); mamba2: the mamba2-130m shape")
     ap.add_argument("--gguf", type=Path, help="time only this gguf file (benchmarks/scale.py): one JSON row to --out")
     ap.add_argument("--shape", default="mamba-130m", help="with --gguf: its public shape (models/mamba.PUBLIC_SHAPES)")
     ap.add_argument("--threads", type=int, default=1, help="with --gguf: llama.cpp's threads")
@@ -117,41 +184,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        model = mamba_130m_shape()
-        cfg = model.cfg
         console.print("writing the checkpoint, calibrating, building engines")
-        fp_dir, artifacts = save_model_artifacts(model, "mamba-130m-shape", root, args.calib_samples, 256)
-        config = json.loads((fp_dir / "config.json").read_text())
-        (fp_dir / "config.json").write_text(json.dumps({**config, "architectures": ["MambaLMHeadModel"]}))
-        systems = []
-        for label, src in (*artifacts.items(), ("fp32", fp_dir)):
-            eng = root / f"engine-{label}"
-            build_engine(src, eng, precision="fp32" if label == "fp32" else None, max_prompt=args.prompt_len)
-            systems.append(open_system(str(eng), device="cpu", threads=1))
-        names = {}
-        for label, head in (("quamba", "fp16"), ("quamba-int8-head", "int8")):  # the native CPU decoder
-            eng = root / f"native-{label}"
-            build_engine(artifacts[label], eng, backend="native", head=head, max_prompt=args.prompt_len)
-            systems.append(open_system(str(eng), device="cpu", threads=1))
-            names[id(systems[-1])] = f"quamba-edge-native-int8-{head}-head ({native.isa()})"
-        systems.append(open_system(str(fp_dir), device="cpu", threads=1))
+        make_systems = mamba2_systems if args.arch == "mamba2" else mamba_systems
+        shape, cfg, systems, names, gguf_source = make_systems(root, args)
         for quant in ("q8_0", "f32"):
             console.print(f"converting to gguf {quant} with llama.cpp's converter")
-            gguf = convert(args.llama_src, fp_dir, quant, root / f"model-{quant}.gguf")
+            gguf = convert(args.llama_src, gguf_source, quant, root / f"model-{quant}.gguf")
             systems.append(llama_cpp_system(gguf, quant, cfg, args.prompt_len + args.gen_len))
         for system in systems:
             console.print(f"timing {system.label}")
             work = mamba.workload(cfg, batch=1, prompt_len=args.prompt_len, gen_len=args.gen_len)
             m = measure(system, work, repeats=args.repeats, threads=1)
             name = names.get(id(system)) or (system.label if system.backend == "llama.cpp" else _system_name(m))
-            row = {**m, "system": name, "model": "mamba-130m-shape"}
+            row = {**m, "system": name, "model": shape}
             row.pop("tpot_curve_ms")
             rows.append(row)
     q8 = next(r for r in rows if r["system"] == "llama.cpp-q8_0")
     for r in rows:
         r["decode_vs_llama_q8_0"] = r["decode_tok_s"] / q8["decode_tok_s"]
         r["prompt_vs_llama_q8_0"] = r["prompt_tok_s"] / q8["prompt_tok_s"]
-    table = Table(title=f"one thread, mamba-130m shape, prompt {args.prompt_len}, generate {args.gen_len} (medians)")
+    table = Table(title=f"one thread, {rows[0]['model']}, prompt {args.prompt_len}, generate {args.gen_len} (medians)")
     for col in ("system", "prompt tok/s", "decode tok/s", "decode vs llama.cpp q8_0", "prompt vs llama.cpp q8_0"):
         table.add_column(col, justify="left" if col == "system" else "right", no_wrap=True)
     for r in rows:

@@ -1,6 +1,7 @@
-"""The Mamba-2 graphs (export/mamba2.py) in ONNX Runtime against the PyTorch reference (issue 19): fp32 within
-1e-5, int8 layer by layer in both activation codings, a wrong scale caught, the chunked prefill at lengths that
-are not multiples of the chunk, and build-engine --backend ort end to end."""
+"""The Mamba-2 engines against the PyTorch reference (issue 19): the graphs (export/mamba2.py) in ONNX Runtime (fp32
+within 1e-5, int8 layer by layer in both activation codings, a wrong scale caught, the chunked prefill at lengths
+that are not multiples of the chunk), build-engine --backend ort / tensorrt end to end, and the native CPU decoder
+(csrc/cpu/native/mamba2.cpp) on every ISA path."""
 
 from __future__ import annotations
 
@@ -121,7 +122,7 @@ def test_fp16_graphs_are_refused_by_name():
         family.export(small(), "decode", "fp16", "int8")
 
 
-def test_build_engine_builds_ort_engines_and_refuses_native(tmp_path):
+def test_build_engine_builds_ort_engines_and_refuses_native_for_fp(tmp_path):
     from quamba_edge import pipeline
     from quamba_edge.bench.systems import open_system
     from quamba_edge.checkpoints.mamba2 import save_checkpoint
@@ -146,8 +147,8 @@ def test_build_engine_builds_ort_engines_and_refuses_native(tmp_path):
     assert build["precision"] == "int8"
     for graph in family.graphs:  # in_proj and out_proj of both layers run as integer kernels
         assert build["ort_kernels"][graph]["integer_kernels"] == {"MatMulIntegerToFloat": 4}
-    with pytest.raises(QuambaEdgeError, match="build for --backend ort or tensorrt"):
-        build_engine(artifact, tmp_path / "native", backend="native")
+    with pytest.raises(QuambaEdgeError, match="runs int8 artifacts"):
+        build_engine(tmp_path / "ckpt", tmp_path / "native", backend="native")
     assert not (tmp_path / "native").exists()
 
 
@@ -177,3 +178,63 @@ def test_tensorrt_parses_builds_and_checks_the_mamba2_graphs(trt, tmp_path, monk
     assert {"prefill.plan", "decode.plan", "prefill.engine.json", "decode.engine.json"} <= set(build["files"])
     for graph in family.graphs:
         check_tensorrt_coding(onnx.load(str(tmp_path / "trt" / f"{graph}.onnx")), per_channel_activations=True)
+
+
+# ------------------------------------------------------------------------------ the native Mamba-2 decoder
+
+
+@pytest.mark.parametrize("kw,recipe", [({}, Quamba2()),
+                                       ({"ngroups": 1, "dt_min": 0.001, "dt_max": 0.1, "proj_bias": True},
+                                        Quamba2(percentile=None, hadamard=False, group_scales=False,
+                                                weight_granularity="channel"))], ids=["quamba2", "naive-biases"])
+def test_native_decoder_matches_the_reference_on_every_path(kw, recipe):
+    """csrc/cpu/native/mamba2.cpp: prefill (the recurrence in one call) and decode steps from the states it left,
+    against the PyTorch W8A8 model (chunked prefill, recurrent step) on fresh tokens, on every ISA path this CPU
+    runs; the int8 conv state equal but for a rounding tie (a float op ordered unlike PyTorch's can move a value across
+one), the SSD state and the logits within 1e-5, the paths bit-identical."""
+    from quamba_edge.kernels import native
+
+    qmodel = quantized(small(**kw), recipe)
+    gen = torch.Generator().manual_seed(11)
+    ids = torch.randint(0, qmodel.cfg.vocab_size, (3, 19), generator=gen)
+    steps = torch.randint(0, qmodel.cfg.vocab_size, (3, 3), generator=gen)
+    with torch.no_grad():
+        logits, conv, ssm = qmodel.step(ids)
+    results = {}
+    for isa in native.supported_isas():
+        dec = native.NativeMamba2Decoder(qmodel, isa=isa, batch=3)
+        got = [dec.prefill(ids).clone()]
+        want = [logits[:, -1]]
+        c, s = conv, ssm
+        for t in range(steps.shape[1]):
+            got.append(dec.step(steps[:, t]).clone())
+            with torch.no_grad():
+                lg, c, s = qmodel.step(steps[:, t : t + 1], c, s)
+            want.append(lg[:, -1])
+        flips = (dec.conv_state.int() - c.int()).abs()  # int8: equal except at a rounding tie (DESIGN.md)
+        assert int(flips.max()) <= 1 and float((flips > 0).float().mean()) <= 0.01, isa
+        torch.testing.assert_close(dec.ssm_state, s, rtol=1e-5, atol=1e-5 * float(s.abs().max()))
+        for g, w in zip(got, want):
+            assert float((g - w).abs().max()) <= 1e-5 * float(w.abs().max()), isa
+        results[isa] = (dec.ssm_state.clone(), got[-1])
+    first = next(iter(results.values()))
+    assert all(torch.equal(r[0], first[0]) for r in results.values()), "every path gives the same SSD state"
+
+
+def test_native_backend_builds_for_mamba2_and_refuses_what_it_cannot_run(tmp_path):
+    from quamba_edge.artifact import save_artifact
+    from quamba_edge.engine import build_engine
+    from quamba_edge.errors import QuambaEdgeError
+
+    qmodel = quantized(small())
+    artifact = save_artifact(qmodel, tmp_path / "int8", family=family.name, recipe=qmodel.recipe,
+                             source={"model": "small Mamba-2"}, scales=[])
+    build = build_engine(artifact, tmp_path / "native", backend="native", head="fp16")
+    assert build["backend"] == "native" and build["parity"]["passed"] and build["native"]["head"] == "fp16"
+    with pytest.raises(QuambaEdgeError, match="--head 'int8' is not available for Mamba-2"):
+        family.native(qmodel, "int8")
+    with pytest.raises(QuambaEdgeError, match="runs int8 artifacts"):
+        family.native(small(), None)
+    untied = quantized(small(tie_embeddings=False))
+    with pytest.raises(QuambaEdgeError, match="untied. Fix: --backend ort"):
+        family.native(untied, None)

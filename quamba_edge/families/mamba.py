@@ -164,7 +164,12 @@ def native(model: nn.Module, head: str | None = None) -> tuple[dict, int, str]:
     if head == "int8" and model.head is None:
         raise QuambaEdgeError("--head int8 needs an artifact calibrated with --int8-head. Fix: calibrate with "
                               "--int8-head, or choose --head fp16 (the paper's 16-bit head).")
-    decoder = NativeDecoder(model, head=head)
+    return native_runners(NativeDecoder(model, head=head), model)
+
+
+def native_runners(decoder, model: nn.Module) -> tuple[dict, int, str]:
+    """Prefill and decode runners sharing `decoder` (a NativeDecoder or NativeMamba2Decoder), the bytes one decode
+    step reads (its packed weights, and the fp32 embedding when its head reads it) and a label."""
     step_bytes = decoder.packed_bytes + (model.embedding.weight.nbytes if decoder.head_kind == "fp32" else 0)
     runners = {"prefill": NativePrefillRunner(decoder), "decode": NativeDecodeRunner(decoder)}
     return runners, step_bytes, f"{decoder.isa}, {decoder.head_kind} head"

@@ -1,8 +1,8 @@
 """Mamba-2 language models (issue 19): checkpoints in the mamba-ssm and transformers layouts, text calibration
 and the W8A8 recipes of quant/quamba2.py, bits per byte, generation, the prefill/decode graphs (export/mamba2.py)
 and their engines (ONNX Runtime; TensorRT plans, checked here with TensorRT-RTX's parser and builder) with Mamba-1's
-parity cases, and the roofline estimate. Not built yet: the native CPU decoder and TensorRT plugins for the SSD
-layer (build-engine refuses --backend native with a message).
+parity cases, the native CPU decoder (csrc/cpu/native/mamba2.cpp), and the roofline estimate. Not built yet: CUDA
+kernels and TensorRT plugins for the SSD layer, a chunked prefill in the native decoder, an int8 lm_head.
 
 What a recipe name means here: `fp` the model as loaded; `naive` per-tensor abs-max W8A8, no rotation;
 `quamba` Quamba's percentile clip of the SSM input x and Hadamard rotation before out_proj, with Quamba2's
@@ -22,6 +22,7 @@ from quamba_edge.errors import QuambaEdgeError
 from quamba_edge.export.graph import WeightFile
 from quamba_edge.export.mamba2 import export_mamba2
 from quamba_edge.families import mamba
+from quamba_edge.kernels.native import NativeMamba2Decoder
 from quamba_edge.models.mamba2 import Mamba2Config, Mamba2LM
 from quamba_edge.quant.quamba2 import QuantizedMamba2LM
 from quamba_edge.quant.recipes import DEFAULT_PERCENTILE, Fp, Quamba2, Recipe, check_name
@@ -29,7 +30,8 @@ from quamba_edge.quant.recipes import DEFAULT_PERCENTILE, Fp, Quamba2, Recipe, c
 name = "mamba2"
 graphs = ("prefill", "decode")
 precisions = ("fp32",)  # an fp model builds in fp32 (fp16 graphs are not implemented); a quantized one in int8
-backends = ("ort", "tensorrt")
+backends = ("ort", "tensorrt", "native")
+MAMBA2_HEADS = ("fp32", "fp16", "bf16")  # the native decoder's heads (no int8 head for Mamba-2)
 no_tensorrt = ""  # TensorRT builds Mamba-2's portable graphs
 generates = True
 scales_title = "activation scales (vectors: their smallest and largest channel scale)"
@@ -86,6 +88,16 @@ def export(model: nn.Module, graph: str, precision: str, activations: str, probe
     return export_mamba2(model, graph, probes=probes, activations=activations, weights=weights)
 
 
-def native(*_, **__):
-    raise QuambaEdgeError("the native CPU decoder runs Mamba-1 only; Mamba-2's is not built yet (issue 19). Fix: "
-                          "--backend ort, or --backend pytorch for generate.")
+def native(model: nn.Module, head: str | None = None) -> tuple[dict, int, str]:
+    """The native CPU backend's runners (csrc/cpu/native/mamba2.cpp: prefill and decode sharing one decoder and its
+    states), the bytes one decode step reads (packed weights, and the fp32 embedding when the head reads it) and a
+    label. `head`: fp32 (default) | fp16 | bf16."""
+    if not isinstance(model, QuantizedMamba2LM):
+        raise QuambaEdgeError("--backend native runs int8 artifacts; this model is fp32. Fix: `quamba-edge "
+                              "calibrate` first, then build from its --out directory.")
+    if head is not None and head not in MAMBA2_HEADS:
+        raise QuambaEdgeError(f"--head {head!r} is not available for Mamba-2; known: {', '.join(MAMBA2_HEADS)}.")
+    if not model.cfg.tie_embeddings:
+        raise QuambaEdgeError("the native Mamba-2 decoder takes models whose lm_head is the tied embedding (the "
+                              "mamba2-* checkpoints); this one's is untied. Fix: --backend ort.")
+    return mamba.native_runners(NativeMamba2Decoder(model, head=head), model)

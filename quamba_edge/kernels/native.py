@@ -34,11 +34,12 @@ from quamba_edge.mapped import release_pages
 from quamba_edge.quant.hadamard import factor, small_hadamard
 from quamba_edge.quant.int8 import QLinear, dequantize
 from quamba_edge.quant.quamba import QResidualBlock, QuantizedMambaLM
+from quamba_edge.quant.quamba2 import QuantizedMamba2LM
 
 NATIVE_DIR = CSRC / "cpu" / "native"
 # The torch module (bindings.cpp) and the plain C++ it drives; test_native.cpp is the standalone test's main.
-SOURCES = ("bindings.cpp", "decoder.cpp", "dispatch.cpp", "dot_scalar.cpp", "dot_avx2.cpp", "dot_vnni.cpp",
-           "dot_neon.cpp")
+SOURCES = ("bindings.cpp", "decoder.cpp", "mamba2.cpp", "dispatch.cpp", "dot_scalar.cpp", "dot_avx2.cpp",
+           "dot_vnni.cpp", "dot_neon.cpp")
 CORE_SOURCES = SOURCES[1:]
 # No -march: the baseline ISA for the shared float code, target attributes for each path's kernels.
 # -ffp-contract=off: a * b + c rounds twice, as the PyTorch reference's separate ops do (no FMA contraction);
@@ -51,6 +52,11 @@ LAYER_TENSORS = ("norm_weight", "in_weight", "in_scale", "in_bias", "x_weight", 
                  "out_weight", "out_scale", "out_bias", "conv_weight", "conv_scale", "conv_bias", "A_log", "D",
                  "delta_bias", "scan_scales", "hadamard_K")
 LAYER_FLOATS = ("norm_eps", "norm_scale", "in_out_scale", "x_out_scale", "dt_out_scale", "u_scale", "y_scale")
+# The Mamba-2 decoder's per-layer tensors and floats (bindings.cpp's Mamba2Tensor order).
+MAMBA2_LAYER_TENSORS = ("norm_weight", "in_weight", "in_scale", "in_bias", "proj_scale", "conv_weight", "conv_scale",
+                        "conv_bias", "xbc_scale", "dt_bias", "A", "D", "hadamard_K", "out_weight", "out_scale",
+                        "out_bias")
+MAMBA2_LAYER_FLOATS = ("norm_eps", "norm_scale", "y_scale")
 # One layer's int8 intermediates, as a traced step returns them (each (batch, width)).
 TRACE_POINTS = ("xn", "xz", "u", "dbc", "delta", "y")
 
@@ -239,6 +245,86 @@ class NativeDecoder:
         out = torch.empty(h.shape[0], self.cfg.vocab_size, dtype=torch.float32)
         self._dec.head(h.contiguous(), out)
         return out
+
+
+def pack_mamba2_layer(block: QResidualBlock) -> tuple[list[Tensor], list[float]]:
+    """One Mamba-2 block's tensors (MAMBA2_LAYER_TENSORS) and floats (MAMBA2_LAYER_FLOATS), each scale product
+    formed with the reference's own torch expression (quant/quamba2.py: QMamba2Mixer.forward)."""
+    m = block.mixer
+    cfg = m.cfg
+    d, e = cfg.d_inner, cfg.conv_dim
+    conv_scale = (m.proj_scale[d : d + e, None] * m.conv_weight_scale).reshape(-1).float().expand(e).contiguous()
+
+    def vector(t: Tensor | None) -> Tensor:
+        return _empty(torch.float32) if t is None else t.detach().float().contiguous()
+
+    H = small_hadamard(factor(d)[0]).to(torch.int8).contiguous() if m.hadamard else _empty(torch.int8)
+    tensors = [vector(block.norm.norm.weight), m.in_proj.weight.contiguous(), _linear_scale(m.in_proj),
+               vector(m.in_proj.bias), vector(m.proj_scale), m.conv_weight.contiguous(), conv_scale,
+               vector(m.conv_bias), vector(m.xbc_scale), vector(m.dt_bias), vector(-torch.exp(m.A_log)), vector(m.D), H,
+               m.out_proj.weight.contiguous(), _linear_scale(m.out_proj), vector(m.out_proj.bias)]
+    return tensors, [float(block.norm.norm.eps), float(block.norm.out_scale), float(m.y_scale)]
+
+
+class NativeMamba2Decoder(NativeDecoder):
+    """Prefill and decode runner of a W8A8 Mamba-2 LM (`QuantizedMamba2LM`, CPU, any batch), with NativeDecoder's
+    interface (`prefill`, `step`, `reset`, `load_state`; states conv_state (n_layer, batch, conv_dim, d_conv - 1)
+    int8 and ssm_state (n_layer, batch, nheads, headdim, d_state) fp32, in place). Heads: fp32 (the tied embedding
+    read in place), fp16 or bf16 (converted once); an untied head is refused. The prefill is the recurrence token by
+    token in one C++ call (no chunked form yet): prompt speed is decode speed."""
+
+    def __init__(self, qmodel: QuantizedMamba2LM, head: str | None = None, isa: str | None = None, batch: int = 1):
+        if not isinstance(qmodel, QuantizedMamba2LM):
+            raise TypeError(f"NativeMamba2Decoder runs a QuantizedMamba2LM, not {type(qmodel).__name__}")
+        head = head or "fp32"
+        if head not in HEADS[:3]:
+            raise ValueError(f"head must be one of {HEADS[:3]} for Mamba-2 (no int8 head), not {head!r}")
+        if isa is not None and isa not in ISAS:
+            raise ValueError(f"isa must be one of {ISAS} or None, not {isa!r}")
+        cfg = self.cfg = qmodel.cfg
+        if not cfg.tie_embeddings:
+            raise ValueError("the native Mamba-2 decoder reads its head from the tied embedding; this model's "
+                             "lm_head is untied (run it with --backend ort)")
+        self.head_kind = head
+        self._embedding = qmodel.embedding.weight.detach().float().contiguous()
+        dims = [cfg.d_model, cfg.d_inner, cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state, cfg.d_conv,
+                cfg.vocab_size]
+        floats = [cfg.dt_min, cfg.dt_max or 0.0, cfg.norm_eps]
+        self._dec = load().Mamba2Decoder(dims, floats, self._embedding,
+                                         qmodel.norm_f.weight.detach().float().contiguous(), float(qmodel.norm_f.eps),
+                                         head, isa or "")
+        for block in qmodel.layers:
+            self._dec.add_layer(*pack_mamba2_layer(block))
+            release_pages([*block.parameters(), *block.buffers()])
+        self.reset(batch)
+
+    def reset(self, batch: int = 1) -> None:
+        cfg = self.cfg
+        self.batch = batch
+        self.conv_state = torch.zeros(cfg.n_layer, batch, cfg.conv_dim, cfg.d_conv - 1, dtype=torch.int8)
+        self.ssm_state = torch.zeros(cfg.n_layer, batch, *cfg.ssm_state_shape, dtype=torch.float32)
+        self.logits = torch.zeros(batch, cfg.vocab_size, dtype=torch.float32)
+        self._ids = torch.zeros(batch, dtype=torch.int64)
+
+    def step(self, token_ids: Tensor, traces: list[list[Tensor]] | None = None) -> Tensor:
+        if traces:
+            raise ValueError("the native Mamba-2 decoder has no traces")
+        ids = token_ids.reshape(-1)
+        if ids.numel() != self.batch:
+            raise ValueError(f"{ids.numel()} token ids for a decoder of batch {self.batch}: call reset(batch)")
+        self._ids.copy_(ids)
+        self._dec.step(self._ids, self.conv_state, self.ssm_state, self.logits)
+        return self.logits
+
+    def prefill(self, input_ids: Tensor, traces: list[list[Tensor]] | None = None) -> Tensor:
+        if traces:
+            raise ValueError("the native Mamba-2 decoder has no traces")
+        ids = torch.as_tensor(input_ids)
+        if ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
+            raise ValueError(f"prefill takes token ids (batch, length) with both >= 1, got shape {tuple(ids.shape)}")
+        self.reset(ids.shape[0])
+        self._dec.prefill(ids.to(torch.int64).contiguous(), self.conv_state, self.ssm_state, self.logits)
+        return self.logits
 
 
 def source_files() -> list[Path]:

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "decoder.h"
+#include "mamba2.h"
 
 namespace quamba_edge {
 namespace native {
@@ -208,6 +209,126 @@ class PyDecoder {
   int64_t n_layer_ = 0;
 };
 
+// The Mamba-2 decoder (mamba2.h). dims: d_model, d_inner, nheads, headdim, ngroups, d_state, d_conv, vocab;
+// floats: dt_min, dt_max (0: none), the gated norm's eps. Layer tensors in quamba_edge/kernels/native.py's
+// MAMBA2_LAYER_TENSORS order, floats in MAMBA2_LAYER_FLOATS order.
+enum Mamba2Tensor : int {
+  k2NormW = 0, k2InW, k2InScale, k2InBias, k2ProjScale, k2ConvW, k2ConvScale, k2ConvBias, k2XbcScale, k2DtBias, k2A,
+  k2D, k2HadamardK, k2OutW, k2OutScale, k2OutBias, kNumMamba2Tensors
+};
+
+class PyMamba2Decoder {
+ public:
+  PyMamba2Decoder(std::vector<int64_t> dims, std::vector<double> floats, at::Tensor embedding,
+                  at::Tensor norm_f_weight, double norm_f_eps, const std::string& head, const std::string& isa) {
+    TORCH_CHECK(dims.size() == 8, "dims: [d_model, d_inner, nheads, headdim, ngroups, d_state, d_conv, vocab]");
+    TORCH_CHECK(floats.size() == 3, "floats: [dt_min, dt_max, gate_eps]");
+    Mamba2Spec s;
+    s.d_model = dims[0], s.d_inner = dims[1], s.nheads = dims[2], s.headdim = dims[3], s.ngroups = dims[4];
+    s.d_state = dims[5], s.d_conv = dims[6], s.vocab = dims[7];
+    s.dt_min = static_cast<float>(floats[0]), s.dt_max = static_cast<float>(floats[1]);
+    s.gate_eps = static_cast<float>(floats[2]);
+    check(embedding, at::kFloat, s.vocab * s.d_model, "embedding (vocab, d_model)");
+    check(norm_f_weight, at::kFloat, s.d_model, "norm_f weight");
+    s.embedding = embedding.data_ptr<float>();
+    s.norm_f_weight = norm_f_weight.data_ptr<float>();
+    s.norm_f_eps = static_cast<float>(norm_f_eps);
+    TORCH_CHECK(head == "fp32" || head == "fp16" || head == "bf16", "native Mamba-2 decoder: head must be fp32, "
+                "fp16 or bf16, not '", head, "'");
+    s.head = head == "fp32" ? HeadKind::kF32 : head == "fp16" ? HeadKind::kF16 : HeadKind::kBF16;
+    const Isa chosen = isa.empty() ? select_isa() : parse_isa(isa);
+    TORCH_CHECK(isa_supported(chosen), "native decoder: ISA ", isa, " cannot run on this CPU");
+    keep_ = {embedding, norm_f_weight};
+    dims_ = dims;
+    dec_ = std::make_unique<Mamba2Decoder>(s, chosen);
+  }
+
+  void add_layer(const std::vector<at::Tensor>& t, const std::vector<double>& f) {
+    const int64_t dm = dims_[0], d = dims_[1], H = dims_[2], e = d + 2 * dims_[4] * dims_[5], k = dims_[6];
+    const std::string at = "layer " + std::to_string(n_layer_) + " ";
+    TORCH_CHECK(t.size() == kNumMamba2Tensors && f.size() == 3, at, "has the wrong number of entries");
+    check(t[k2NormW], at::kFloat, dm, at + "norm weight");
+    check(t[k2InW], at::kChar, (d + e + H) * dm, at + "in_proj weight");
+    check(t[k2InScale], at::kFloat, d + e + H, at + "in_proj scale");
+    check(t[k2InBias], at::kFloat, t[k2InBias].numel() ? d + e + H : 0, at + "in_proj bias");
+    check(t[k2ProjScale], at::kFloat, d + e + H, at + "proj scale");
+    check(t[k2ConvW], at::kChar, e * k, at + "conv weight");
+    check(t[k2ConvScale], at::kFloat, e, at + "conv scale");
+    check(t[k2ConvBias], at::kFloat, t[k2ConvBias].numel() ? e : 0, at + "conv bias");
+    check(t[k2XbcScale], at::kFloat, e, at + "xbc scale");
+    for (int i : {k2DtBias, k2A, k2D}) check(t[i], at::kFloat, H, at + "dt_bias / A / D");
+    check(t[k2HadamardK], at::kChar, -1, at + "hadamard_K");
+    check(t[k2OutW], at::kChar, dm * d, at + "out_proj weight");
+    check(t[k2OutScale], at::kFloat, dm, at + "out_proj scale");
+    check(t[k2OutBias], at::kFloat, t[k2OutBias].numel() ? dm : 0, at + "out_proj bias");
+    Mamba2LayerSpec L;
+    L.norm_weight = t[k2NormW].data_ptr<float>();
+    L.norm_eps = static_cast<float>(f[0]);
+    L.norm_scale = static_cast<float>(f[1]);
+    L.y_scale = static_cast<float>(f[2]);
+    L.in_proj = {t[k2InW].data_ptr<int8_t>(), d + e + H, dm, t[k2InScale].data_ptr<float>(),
+                 optional_ptr<float>(t[k2InBias]), 0.0f};
+    L.proj_scale = t[k2ProjScale].data_ptr<float>();
+    L.conv_weight = t[k2ConvW].data_ptr<int8_t>();
+    L.conv_scale = t[k2ConvScale].data_ptr<float>();
+    L.conv_bias = optional_ptr<float>(t[k2ConvBias]);
+    L.xbc_scale = t[k2XbcScale].data_ptr<float>();
+    L.dt_bias = t[k2DtBias].data_ptr<float>();
+    L.A = t[k2A].data_ptr<float>();
+    L.D = t[k2D].data_ptr<float>();
+    if (t[k2HadamardK].numel() > 0) {
+      TORCH_CHECK(t[k2HadamardK].dim() == 2 && t[k2HadamardK].size(0) == t[k2HadamardK].size(1), at,
+                  "hadamard_K must be (K, K)");
+      L.hadamard_K = t[k2HadamardK].data_ptr<int8_t>();
+      L.K = t[k2HadamardK].size(0);
+    }
+    L.out_proj = {t[k2OutW].data_ptr<int8_t>(), dm, d, t[k2OutScale].data_ptr<float>(),
+                  optional_ptr<float>(t[k2OutBias]), 0.0f};
+    dec_->add_layer(L);
+    ++n_layer_;
+  }
+
+  void step(const at::Tensor& ids, at::Tensor conv_state, at::Tensor ssm_state, at::Tensor logits) {
+    const int64_t b = ids.numel();
+    check(ids, at::kLong, -1, "token ids");
+    check_states(b, conv_state, ssm_state, n_layer_);
+    check(logits, at::kFloat, b * dims_[7], "logits (batch, vocab)");
+    pybind11::gil_scoped_release nogil;
+    dec_->step(ids.data_ptr<int64_t>(), b, conv_state.data_ptr<int8_t>(), ssm_state.data_ptr<float>(),
+               logits.data_ptr<float>());
+  }
+
+  void prefill(const at::Tensor& ids, at::Tensor conv_state, at::Tensor ssm_state, at::Tensor logits) {
+    check(ids, at::kLong, -1, "token ids (batch, length)");
+    TORCH_CHECK(ids.dim() == 2 && ids.size(0) > 0 && ids.size(1) > 0, "native decoder: prefill takes token ids "
+                "(batch, length) with batch, length >= 1, got shape ", ids.sizes());
+    const int64_t b = ids.size(0);
+    check_states(b, conv_state, ssm_state, n_layer_);
+    check(logits, at::kFloat, b * dims_[7], "logits (batch, vocab)");
+    for (int64_t i = 0; i < ids.numel(); ++i)
+      TORCH_CHECK(ids.data_ptr<int64_t>()[i] >= 0 && ids.data_ptr<int64_t>()[i] < dims_[7], "native decoder: token "
+                  "id ", ids.data_ptr<int64_t>()[i], " outside the vocabulary");
+    pybind11::gil_scoped_release nogil;
+    dec_->prefill(ids.data_ptr<int64_t>(), b, ids.size(1), conv_state.data_ptr<int8_t>(), ssm_state.data_ptr<float>(),
+                  logits.data_ptr<float>());
+  }
+
+  std::string isa() const { return isa_name(dec_->isa()); }
+  int64_t packed_bytes() const { return dec_->packed_bytes(); }
+
+ private:
+  void check_states(int64_t b, const at::Tensor& conv, const at::Tensor& ssm, int64_t layers) const {
+    const int64_t e = dims_[1] + 2 * dims_[4] * dims_[5];
+    check(conv, at::kChar, layers * b * e * (dims_[6] - 1), "conv_state (n_layer, batch, conv_dim, d_conv - 1)");
+    check(ssm, at::kFloat, layers * b * dims_[1] * dims_[5], "ssm_state (n_layer, batch, nheads, headdim, d_state)");
+  }
+
+  std::unique_ptr<Mamba2Decoder> dec_;
+  std::vector<at::Tensor> keep_;
+  std::vector<int64_t> dims_;
+  int64_t n_layer_ = 0;
+};
+
 std::vector<std::string> supported() {
   std::vector<std::string> out;
   for (Isa i : supported_isas()) out.emplace_back(isa_name(i));
@@ -232,6 +353,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("head", &PyDecoder::head)
       .def_property_readonly("isa", &PyDecoder::isa)
       .def_property_readonly("packed_bytes", &PyDecoder::packed_bytes);
+  pybind11::class_<quamba_edge::native::PyMamba2Decoder>(m, "Mamba2Decoder")
+      .def(pybind11::init<std::vector<int64_t>, std::vector<double>, at::Tensor, at::Tensor, double, const std::string&,
+                          const std::string&>())
+      .def("add_layer", &quamba_edge::native::PyMamba2Decoder::add_layer)
+      .def("step", &quamba_edge::native::PyMamba2Decoder::step)
+      .def("prefill", &quamba_edge::native::PyMamba2Decoder::prefill)
+      .def_property_readonly("isa", &quamba_edge::native::PyMamba2Decoder::isa)
+      .def_property_readonly("packed_bytes", &quamba_edge::native::PyMamba2Decoder::packed_bytes);
   m.def("supported_isas", &nat::supported, "paths this CPU can run, scalar first");
   m.def("best_isa", [] { return std::string(nat::isa_name(nat::best_isa())); });
   m.def("select_isa", [] { return std::string(nat::isa_name(nat::select_isa())); },

@@ -20,29 +20,14 @@ void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("native decoder: " + what);
 }
 
-// kernel_math.h's quantize_int8, rmsnorm_element and conv_silu_quantize with the clamp written as compares
-// (maxss / minss; on the baseline ISA fminf / fmaxf are libm calls, which also kept the epilogue loops from
-// vectorizing): the same int8 for every input, a NaN included (-128 in both), the same float expressions.
-inline int8_t quantize_s8(float x, float scale) {
-  float q = rintf(x / scale);
-  q = q > kQMin ? q : kQMin;
-  q = q < kQMax ? q : kQMax;
-  return static_cast<int8_t>(q);
-}
+// kernel_math.h's rmsnorm_element and conv_silu_quantize on quantize_s8 (decoder.h): the same int8 for every
+// input, the same float expressions.
 inline int8_t rmsnorm_s8(float x, float inv_rms, float weight, float out_scale) {
   return quantize_s8(x * inv_rms * weight, out_scale);
 }
 inline int8_t conv_silu_s8(int32_t acc, float in_times_weight_scale, float bias, float out_scale) {
   const float y = static_cast<float>(acc) * in_times_weight_scale + bias;
   return quantize_s8(silu(y), out_scale);
-}
-
-// RMSNorm of one row: x * (1 / sqrt(mean(x^2) + eps)) * w, as models/mamba.py's RMSNorm.
-float rms_inverse_of(const float* x, int64_t d, float eps) {
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < d; ++i) sum += x[i] * x[i];
-  return rms_inverse(sum, static_cast<int>(d), eps);
 }
 
 // T tokens of one sequence through the scan (the decode step is T = 1), channel by channel so that a channel's
@@ -121,24 +106,6 @@ ScanFn scan_for(Isa isa, int64_t n) {
   return n == 16 ? scan_base<16> : scan_base<0>;
 }
 
-// y Mᵀ with M = (H_K ⊗ H_m) / sqrt(n), then int8: csrc/cpu/ops_cpu.cpp's hadamard_quantize for one row.
-void hadamard_quantize_row(const float* y, int64_t n, const int8_t* H, int64_t K, float scale, float* X,
-                           int8_t* out) {
-  const int64_t m = n / K;
-  const float root_n = sqrtf(static_cast<float>(n));
-  std::copy(y, y + n, X);
-  for (int64_t h = 1; h < m; h *= 2)
-    for (int64_t blk = 0; blk < K; ++blk)
-      for (int64_t i = 0; i < m; i += 2 * h)
-        for (int64_t j = i; j < i + h; ++j) butterfly(X[blk * m + j], X[blk * m + j + h]);
-  for (int64_t row = 0; row < K; ++row)
-    for (int64_t j = 0; j < m; ++j) {
-      float acc = 0.0f;
-      for (int64_t col = 0; col < K; ++col) acc += static_cast<float>(H[row * K + col]) * X[col * m + j];
-      out[row * m + j] = quantize_s8(acc / root_n, scale);
-    }
-}
-
 void copy_trace(int8_t* dst, const int8_t* src, int64_t batch, int64_t width, int64_t src_stride) {
   if (dst == nullptr) return;
   for (int64_t b = 0; b < batch; ++b) std::copy(src + b * src_stride, src + b * src_stride + width, dst + b * width);
@@ -157,9 +124,50 @@ void copy_trace_rows(int8_t* dst, const int8_t* src, int64_t batch, int64_t T, i
 
 }  // namespace
 
-Decoder::Linear Decoder::pack(const LinearSpec& s, int64_t chunk) {
+// RMSNorm of one row: x * (1 / sqrt(mean(x^2) + eps)) * w, as models/mamba.py's RMSNorm.
+float rms_inverse_of(const float* x, int64_t d, float eps) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < d; ++i) sum += x[i] * x[i];
+  return rms_inverse(sum, static_cast<int>(d), eps);
+}
+
+// y Mᵀ with M = (H_K ⊗ H_m) / sqrt(n), then int8: csrc/cpu/ops_cpu.cpp's hadamard_quantize for one row.
+void hadamard_quantize_row(const float* y, int64_t n, const int8_t* H, int64_t K, float scale, float* X,
+                           int8_t* out) {
+  const int64_t m = n / K;
+  const float root_n = sqrtf(static_cast<float>(n));
+  std::copy(y, y + n, X);
+  for (int64_t h = 1; h < m; h *= 2)
+    for (int64_t blk = 0; blk < K; ++blk)
+      for (int64_t i = 0; i < m; i += 2 * h)
+        for (int64_t j = i; j < i + h; ++j) butterfly(X[blk * m + j], X[blk * m + j + h]);
+  for (int64_t row = 0; row < K; ++row)
+    for (int64_t j = 0; j < m; ++j) {
+      float acc = 0.0f;
+      for (int64_t col = 0; col < K; ++col) acc += static_cast<float>(H[row * K + col]) * X[col * m + j];
+      out[row * m + j] = quantize_s8(acc / root_n, scale);
+    }
+}
+
+void embed_rows(const float* embedding, int64_t vocab, int64_t d_model, const int64_t* ids, int64_t batch, float* h) {
+  for (int64_t b = 0; b < batch; ++b) {
+    if (ids[b] < 0 || ids[b] >= vocab)
+      throw std::invalid_argument("native decoder: token id " + std::to_string(ids[b]) + " outside the vocabulary");
+    std::copy(embedding + ids[b] * d_model, embedding + (ids[b] + 1) * d_model, h + b * d_model);
+  }
+}
+
+int64_t copy_hadamard(const int8_t* H, int64_t K, int64_t d, std::vector<int8_t>& out) {
+  if (H == nullptr) return 0;
+  require(K > 0 && d % K == 0 && is_power_of_two(d / K), "d_inner is not K * 2^k for the given H_K");
+  out.assign(H, H + K * K);
+  return K;
+}
+
+PackedLinear pack_linear(const LinearSpec& s, int64_t chunk) {
   require(s.weight != nullptr && s.scale != nullptr && s.n > 0 && s.k > 0, "a linear layer is missing");
-  Linear l;
+  PackedLinear l;
   l.n = s.n;
   l.k = s.k;
   l.n_pad = pad_n(s.n);
@@ -178,6 +186,74 @@ Decoder::Linear Decoder::pack(const LinearSpec& s, int64_t chunk) {
   return l;
 }
 
+LmHead::LmHead(const DotKernels& kernels, HeadKind kind, const float* embedding, int64_t vocab, int64_t d_model,
+               const float* norm_weight, float norm_eps, const LinearSpec& int8_head, float in_scale)
+    : kernels_(kernels), kind_(kind), embedding_(embedding), vocab_(vocab), d_model_(d_model), norm_eps_(norm_eps),
+      in_scale_(in_scale) {
+  require(embedding != nullptr && norm_weight != nullptr, "embedding and norm_f weight are required");
+  norm_weight_.assign(norm_weight, norm_weight + d_model);
+  if (kind == HeadKind::kF16 || kind == HeadKind::kBF16) {
+    // Converted and packed a block of rows at a time (pack_16 is block-local): no second full-size copy.
+    const bool half = kind == HeadKind::kF16;
+    const int64_t rows = 64 * kRowBlock, k_pad = pad8(d_model);
+    head16_ = Buffer<uint16_t>(pad_n(vocab) * k_pad);
+    std::vector<uint16_t> converted(rows * d_model);
+    for (int64_t r0 = 0; r0 < vocab; r0 += rows) {
+      const int64_t m = std::min(rows, vocab - r0);
+      const float* src = embedding + r0 * d_model;
+      for (int64_t i = 0; i < m * d_model; ++i) converted[i] = half ? float_to_half(src[i]) : float_to_bf16(src[i]);
+      pack_16(converted.data(), m, d_model, head16_.data() + r0 * k_pad);
+    }
+  } else if (kind == HeadKind::kInt8) {
+    require(int8_head.n == vocab && int8_head.k == d_model && int8_head.out_scale == 0,
+            "int8 head is not (vocab, d_model) fp32-out");
+    head8_ = pack_linear(int8_head, kernels.chunk);
+    acc_ = Buffer<int32_t>(head8_.n_pad);
+  }
+  normed_ = Buffer<float>(pad8(d_model));  // zero-padded for the 16-bit head
+  out_ = Buffer<float>(pad_n(vocab));
+  xq_ = Buffer<int8_t>(pad_k(d_model));
+  scratch_ = Buffer<uint8_t>(2 * pad_k(d_model));
+}
+
+int64_t LmHead::packed_bytes() const {
+  return head16_.size() * 2 + (head8_.n ? head8_.bytes() : 0);
+}
+
+void LmHead::run(const float* h, int64_t batch, float* logits) {
+  const int64_t dm = d_model_, dm8 = pad8(dm), vocab_pad = pad_n(vocab_);
+  float* x = normed_.data();
+  for (int64_t b = 0; b < batch; ++b) {
+    const float* hb = h + b * dm;
+    const float inv = rms_inverse_of(hb, dm, norm_eps_);
+    for (int64_t c = 0; c < dm; ++c) x[c] = hb[c] * inv * norm_weight_[c];
+    float* out = logits + b * vocab_;
+    // the packed heads write vocab_pad outputs: straight into the logits when that is the vocabulary
+    float* padded_out = vocab_pad == vocab_ ? out : out_.data();
+    switch (kind_) {
+      case HeadKind::kF32:
+        kernels_.gemv_f32(embedding_, vocab_, dm, x, out);
+        break;
+      case HeadKind::kF16:
+        kernels_.gemv_f16(head16_.data(), vocab_pad, dm8, x, padded_out);
+        break;
+      case HeadKind::kBF16:
+        kernels_.gemv_bf16(head16_.data(), vocab_pad, dm8, x, padded_out);
+        break;
+      case HeadKind::kInt8: {
+        int8_t* xq = xq_.data();
+        for (int64_t c = 0; c < dm; ++c) xq[c] = quantize_s8(x[c], in_scale_);
+        kernels_.gemv_s8(head8_.w.data(), head8_.row_sum.data(), head8_.n_pad, head8_.k_pad, xq, scratch_.data(),
+                         acc_.data());
+        for (int64_t j = 0; j < vocab_; ++j) out[j] = static_cast<float>(acc_[j]) * head8_.scale[j];
+        break;
+      }
+    }
+    if ((kind_ == HeadKind::kF16 || kind_ == HeadKind::kBF16) && padded_out != out)
+      std::copy(padded_out, padded_out + vocab_, out);
+  }
+}
+
 Decoder::Decoder(const ModelSpec& spec, Isa isa)
     : kernels_(kernels(isa)),
       d_model_(spec.d_model),
@@ -186,33 +262,13 @@ Decoder::Decoder(const ModelSpec& spec, Isa isa)
       d_conv_(spec.d_conv),
       rank_(spec.rank),
       vocab_(spec.vocab),
-      embedding_(spec.embedding),
-      norm_f_eps_(spec.norm_f_eps),
-      head_kind_(spec.head),
-      head_in_scale_(spec.head_in_scale) {
+      embedding_(spec.embedding) {
   require(d_model_ > 0 && d_inner_ > 0 && d_state_ > 0 && d_conv_ >= 2 && rank_ > 0 && vocab_ > 0,
           "every dimension must be positive and d_conv >= 2");
   require(d_state_ <= kMaxDState, "d_state above kMaxDState");
-  require(embedding_ != nullptr && spec.norm_f_weight != nullptr, "embedding and norm_f weight are required");
-  norm_f_weight_.assign(spec.norm_f_weight, spec.norm_f_weight + d_model_);
+  head_ = LmHead(kernels_, spec.head, spec.embedding, vocab_, d_model_, spec.norm_f_weight, spec.norm_f_eps,
+                 spec.int8_head, spec.head_in_scale);
   for (const LayerSpec& s : spec.layers) add_layer(s);
-  if (head_kind_ == HeadKind::kF16 || head_kind_ == HeadKind::kBF16) {
-    // Converted and packed a block of rows at a time (pack_16 is block-local): no second full-size copy.
-    const bool half = head_kind_ == HeadKind::kF16;
-    const int64_t rows = 64 * kRowBlock, k_pad = pad8(d_model_);
-    head16_ = Buffer<uint16_t>(pad_n(vocab_) * k_pad);
-    std::vector<uint16_t> converted(rows * d_model_);
-    for (int64_t r0 = 0; r0 < vocab_; r0 += rows) {
-      const int64_t m = std::min(rows, vocab_ - r0);
-      const float* src = embedding_ + r0 * d_model_;
-      for (int64_t i = 0; i < m * d_model_; ++i) converted[i] = half ? float_to_half(src[i]) : float_to_bf16(src[i]);
-      pack_16(converted.data(), m, d_model_, head16_.data() + r0 * k_pad);
-    }
-  } else if (head_kind_ == HeadKind::kInt8) {
-    require(spec.int8_head.n == vocab_ && spec.int8_head.k == d_model_ && spec.int8_head.out_scale == 0,
-            "int8 head is not (vocab, d_model) fp32-out");
-    head8_ = pack(spec.int8_head, kernels_.chunk);
-  }
   scan_bc_ = Buffer<float>(2 * kPrefillChunk * d_state_);
 }
 
@@ -227,10 +283,10 @@ void Decoder::add_layer(const LayerSpec& s) {
   require(s.x_proj.n == rank_ + 2 * n && s.x_proj.k == d && s.x_proj.out_scale > 0, "x_proj is not (r + 2n, d) int8-out");
   require(s.dt_proj.n == d && s.dt_proj.k == rank_ && s.dt_proj.out_scale > 0, "dt_proj is not (d, r) int8-out");
   require(s.out_proj.n == d_model_ && s.out_proj.k == d && s.out_proj.out_scale == 0, "out_proj is not (d_model, d) fp32-out");
-  L.in_proj = pack(s.in_proj, kernels_.chunk);
-  L.x_proj = pack(s.x_proj, kernels_.chunk);
-  L.dt_proj = pack(s.dt_proj, kernels_.chunk);
-  L.out_proj = pack(s.out_proj, kernels_.chunk);
+  L.in_proj = pack_linear(s.in_proj, kernels_.chunk);
+  L.x_proj = pack_linear(s.x_proj, kernels_.chunk);
+  L.dt_proj = pack_linear(s.dt_proj, kernels_.chunk);
+  L.out_proj = pack_linear(s.out_proj, kernels_.chunk);
   require(s.conv_weight && s.conv_scale && s.conv_bias && s.A_log && s.D && s.delta_bias, "conv or scan tensors missing");
   L.conv_weight.assign(s.conv_weight, s.conv_weight + d * d_conv_);
   L.conv_weight_t.resize(d_conv_ * d);
@@ -244,21 +300,16 @@ void Decoder::add_layer(const LayerSpec& s) {
   for (int64_t i = 0; i < d * n; ++i) L.A[i] = scan_A(s.A_log[i], L.scan_scales);
   L.D.assign(s.D, s.D + d);
   L.delta_bias.assign(s.delta_bias, s.delta_bias + d);
-  L.K = s.hadamard_K != nullptr ? s.K : 0;
-  if (L.K > 0) {
-    require(d % L.K == 0 && is_power_of_two(d / L.K), "d_inner is not K * 2^k for the given H_K");
-    L.hadamard_K.assign(s.hadamard_K, s.hadamard_K + L.K * L.K);
-  }
+  L.K = copy_hadamard(s.hadamard_K, s.K, d, L.hadamard_K);
   L.y_scale = s.y_scale;
   layers_.push_back(std::move(L));
   batch_ = prefill_batch_ = 0;  // the scratch is sized from the layers: made again at the next call
 }
 
 int64_t Decoder::packed_bytes() const {
-  auto lin = [](const Linear& l) { return l.n_pad * l.k_pad + 4 * l.n * (2 + (l.bias.empty() ? 0 : 1)); };
-  int64_t total = head16_.size() * 2 + (head8_.n ? lin(head8_) : 0);
+  int64_t total = head_.packed_bytes();
   for (const Layer& L : layers_)
-    total += lin(L.in_proj) + lin(L.x_proj) + lin(L.dt_proj) + lin(L.out_proj) + L.A.size() * 4 +
+    total += L.in_proj.bytes() + L.x_proj.bytes() + L.dt_proj.bytes() + L.out_proj.bytes() + L.A.size() * 4 +
              static_cast<int64_t>(L.conv_weight.size()) + 8 * d_inner_;
   return total;
 }
@@ -272,18 +323,14 @@ void Decoder::ensure_batch(int64_t batch) {
   u_ = Buffer<int8_t>(batch * L.x_proj.k_pad);
   dt_ = Buffer<int8_t>(batch * L.dt_proj.k_pad);
   yq_ = Buffer<int8_t>(batch * L.out_proj.k_pad);
-  hq_ = Buffer<int8_t>(batch * pad_k(d_model_));
   xz_ = Buffer<int8_t>(batch * 2 * d);
   dbc_ = Buffer<int8_t>(batch * L.x_proj.n);
   delta_ = Buffer<int8_t>(batch * d);
-  const int64_t widest = std::max({L.in_proj.n_pad, L.out_proj.n_pad, L.x_proj.n_pad, L.dt_proj.n_pad,
-                                   head_kind_ == HeadKind::kInt8 ? head8_.n_pad : 0});
+  const int64_t widest = std::max({L.in_proj.n_pad, L.out_proj.n_pad, L.x_proj.n_pad, L.dt_proj.n_pad});
   acc_ = Buffer<int32_t>(widest);
   y_ = Buffer<float>(batch * d);
   rot_ = Buffer<float>(d);
   h_ = Buffer<float>(batch * d_model_);
-  normed_ = Buffer<float>(batch * pad8(d_model_));  // rows zero-padded for the 16-bit head
-  head_out_ = Buffer<float>(pad_n(vocab_));
   const int64_t widest_k = std::max({L.in_proj.k_pad, L.x_proj.k_pad, L.dt_proj.k_pad, L.out_proj.k_pad,
                                      pad_k(d_model_)});
   gemv_scratch_ = Buffer<uint8_t>(2 * widest_k);
@@ -387,12 +434,7 @@ void Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state, floa
     }
     // out_proj (fp32 out) + residual
     gemv(L.out_proj, yq, acc);
-    const Linear& op = L.out_proj;
-    for (int64_t j = 0; j < dm; ++j) {
-      float o = static_cast<float>(acc[j]) * op.scale[j];
-      if (!op.bias.empty()) o = o + op.bias[j];
-      hb[j] = hb[j] + o;
-    }
+    add_residual(L.out_proj, acc, hb);
   }
   if (trace != nullptr) {
     copy_trace(trace->xn, xn_.data(), batch, dm, L.in_proj.k_pad);
@@ -404,51 +446,14 @@ void Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state, floa
   }
 }
 
-void Decoder::head(const float* h, int64_t batch, float* logits) {
-  ensure_batch(batch);
-  const int64_t dm = d_model_, dm8 = pad8(dm), vocab_pad = pad_n(vocab_);
-  for (int64_t b = 0; b < batch; ++b) {
-    const float* hb = h + b * dm;
-    float* x = normed_.data() + b * dm8;
-    const float inv = rms_inverse_of(hb, dm, norm_f_eps_);
-    for (int64_t c = 0; c < dm; ++c) x[c] = hb[c] * inv * norm_f_weight_[c];
-    float* out = logits + b * vocab_;
-    // the packed heads write vocab_pad outputs: straight into the logits when that is the vocabulary
-    float* padded_out = vocab_pad == vocab_ ? out : head_out_.data();
-    switch (head_kind_) {
-      case HeadKind::kF32:
-        kernels_.gemv_f32(embedding_, vocab_, dm, x, out);
-        break;
-      case HeadKind::kF16:
-        kernels_.gemv_f16(head16_.data(), vocab_pad, dm8, x, padded_out);
-        break;
-      case HeadKind::kBF16:
-        kernels_.gemv_bf16(head16_.data(), vocab_pad, dm8, x, padded_out);
-        break;
-      case HeadKind::kInt8: {
-        int8_t* xq = hq_.data() + b * pad_k(dm);
-        for (int64_t c = 0; c < dm; ++c) xq[c] = quantize_s8(x[c], head_in_scale_);
-        int32_t* acc = acc_.data();
-        gemv(head8_, xq, acc);
-        for (int64_t j = 0; j < vocab_; ++j) out[j] = static_cast<float>(acc[j]) * head8_.scale[j];
-        break;
-      }
-    }
-    if ((head_kind_ == HeadKind::kF16 || head_kind_ == HeadKind::kBF16) && padded_out != out)
-      std::copy(padded_out, padded_out + vocab_, out);
-  }
-}
+void Decoder::head(const float* h, int64_t batch, float* logits) { head_.run(h, batch, logits); }
 
 void Decoder::step(const int64_t* ids, int64_t batch, int8_t* conv_state, float* ssm_state, float* logits,
                    const Trace* traces) {
   ensure_batch(batch);
   const int64_t dm = d_model_;
   float* h = h_.data();
-  for (int64_t b = 0; b < batch; ++b) {
-    if (ids[b] < 0 || ids[b] >= vocab_)
-      throw std::invalid_argument("native decoder: token id " + std::to_string(ids[b]) + " outside the vocabulary");
-    std::copy(embedding_ + ids[b] * dm, embedding_ + (ids[b] + 1) * dm, h + b * dm);
-  }
+  embed_rows(embedding_, vocab_, dm, ids, batch, h);
   const int64_t conv_stride = batch * d_inner_ * (d_conv_ - 1), ssm_stride = batch * d_inner_ * d_state_;
   for (int64_t i = 0; i < n_layer(); ++i)
     layer(i, h, batch, conv_state + i * conv_stride, ssm_state + i * ssm_stride,
@@ -526,15 +531,7 @@ void Decoder::prefill_layer(int64_t i, int64_t batch, int64_t T, int64_t t0, int
     }
   }
   // out_proj (fp32 out) + residual
-  const Linear& op = L.out_proj;
-  gemm(op, yq, ld_yq, rows, [&](int64_t r, const int32_t* acc) {
-    float* hr = h + r * dm;
-    for (int64_t j = 0; j < dm; ++j) {
-      float o = static_cast<float>(acc[j]) * op.scale[j];
-      if (!op.bias.empty()) o = o + op.bias[j];
-      hr[j] = hr[j] + o;
-    }
-  });
+  gemm(L.out_proj, yq, ld_yq, rows, [&](int64_t r, const int32_t* acc) { add_residual(L.out_proj, acc, h + r * dm); });
   if (trace != nullptr) {
     copy_trace_rows(trace->xn, xn, batch, T, t0, length, dm, ld_xn);
     copy_trace_rows(trace->xz, xz, batch, T, t0, length, 2 * d, 2 * d);

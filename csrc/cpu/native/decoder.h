@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "isa.h"
+#include "quamba_edge/kernel_math.h"
 
 namespace quamba_edge {
 namespace native {
@@ -59,6 +60,21 @@ class Buffer {
   std::unique_ptr<T, Free> p_;
   int64_t n_ = 0;
 };
+
+// Float helpers the decoders share (decoder.cpp). quantize_s8 is kernel_math.h's quantize_int8 with the clamp
+// written as compares (maxss / minss; on the baseline ISA fminf / fmaxf are libm calls, which also kept the epilogue
+// loops from vectorizing): the same int8 for every input, a NaN included (-128 in both).
+inline int8_t quantize_s8(float x, float scale) {
+  float q = rintf(x / scale);
+  q = q > kQMin ? q : kQMin;
+  q = q < kQMax ? q : kQMax;
+  return static_cast<int8_t>(q);
+}
+// 1 / sqrt(mean(x^2) + eps) of one row of d floats (models/mamba.py's RMSNorm).
+float rms_inverse_of(const float* x, int64_t d, float eps);
+// One row y (n) -> int8 (y Mᵀ) / scale with M = (H_K ⊗ H_m) / sqrt(n) (H: K x K ±1, n = K m, m a power of two;
+// K = 1 for none); X: n floats of scratch.
+void hadamard_quantize_row(const float* y, int64_t n, const int8_t* H, int64_t K, float scale, float* X, int8_t* out);
 
 // Views of the quantized model's tensors (row-major, host memory) handed to the constructor.
 struct LinearSpec {
@@ -107,6 +123,59 @@ struct Trace {
   int8_t *xn = nullptr, *xz = nullptr, *u = nullptr, *dbc = nullptr, *delta = nullptr, *y = nullptr;
 };
 
+// A linear layer's int8 weight packed once for the path's kernels (isa.h: pack_s8), its row sums and its fp32
+// epilogue (per-output scales, bias, output scale), shared by the Mamba-1 and Mamba-2 decoders.
+struct PackedLinear {
+  Buffer<int8_t> w;  // (n_pad, k_pad) in the path's packed layout
+  Buffer<int32_t> row_sum;  // (n_pad)
+  std::vector<float> scale, bias;
+  int64_t n = 0, k = 0, n_pad = 0, k_pad = 0;
+  float out_scale = 0.0f;
+  int64_t bytes() const { return n_pad * k_pad + 4 * n * (2 + (bias.empty() ? 0 : 1)); }
+};
+PackedLinear pack_linear(const LinearSpec& s, int64_t chunk);
+// h (n) += the fp32 epilogue of an fp32-out layer's int32 outputs: acc * scale (+ bias), the residual add.
+inline void add_residual(const PackedLinear& l, const int32_t* acc, float* h) {
+  for (int64_t j = 0; j < l.n; ++j) {
+    float o = static_cast<float>(acc[j]) * l.scale[j];
+    if (!l.bias.empty()) o = o + l.bias[j];
+    h[j] = h[j] + o;
+  }
+}
+// The embedding rows (vocab, d_model) of ids (batch) into h (batch, d_model); throws for an id outside the vocabulary.
+void embed_rows(const float* embedding, int64_t vocab, int64_t d_model, const int64_t* ids, int64_t batch, float* h);
+// A layer's H_K (K x K, ±1) for the Hadamard rotation of a d-wide row into `out`; returns K, or 0 when H is nullptr
+// (no rotation). Throws when d is not K times a power of two.
+int64_t copy_hadamard(const int8_t* H, int64_t K, int64_t d, std::vector<int8_t>& out);
+
+// The final RMSNorm and the head of an LM, on one path's kernels: fp32 (the tied embedding, read in place: it must
+// outlive the head), fp16 / bf16 (that matrix converted once, round to nearest even, fp32 accumulation) or int8
+// (a per-channel int8 matrix, packed). Owns its per-row scratch.
+class LmHead {
+ public:
+  LmHead() = default;
+  LmHead(const DotKernels& kernels, HeadKind kind, const float* embedding, int64_t vocab, int64_t d_model,
+         const float* norm_weight, float norm_eps, const LinearSpec& int8_head, float in_scale);
+  // h (batch, d_model) fp32 -> logits (batch, vocab) fp32.
+  void run(const float* h, int64_t batch, float* logits);
+  HeadKind kind() const { return kind_; }
+  int64_t packed_bytes() const;  // the 16-bit or int8 matrix and its scales (0 for fp32: the embedding is shared)
+
+ private:
+  DotKernels kernels_{};
+  HeadKind kind_ = HeadKind::kF32;
+  const float* embedding_ = nullptr;
+  int64_t vocab_ = 0, d_model_ = 0;
+  std::vector<float> norm_weight_;
+  float norm_eps_ = 1e-5f, in_scale_ = 1.0f;
+  Buffer<uint16_t> head16_;
+  PackedLinear head8_;
+  Buffer<float> normed_, out_;
+  Buffer<int8_t> xq_;
+  Buffer<int32_t> acc_;
+  Buffer<uint8_t> scratch_;
+};
+
 class Decoder {
  public:
   // Packs every weight in the layout of `isa`'s kernels (the embedding is used in place for the rows a step looks
@@ -136,13 +205,7 @@ class Decoder {
   int64_t packed_bytes() const;  // weight bytes this decoder owns (packed int8, 16-bit head, scales)
 
  private:
-  struct Linear {
-    Buffer<int8_t> w;  // (n_pad, k_pad) in the path's packed layout (isa.h: pack_s8)
-    Buffer<int32_t> row_sum;  // (n_pad)
-    std::vector<float> scale, bias;
-    int64_t n = 0, k = 0, n_pad = 0, k_pad = 0;
-    float out_scale = 0.0f;
-  };
+  using Linear = PackedLinear;
   struct Layer {
     std::vector<float> norm_weight;
     float norm_eps, norm_scale;
@@ -158,7 +221,6 @@ class Decoder {
     float y_scale;
   };
 
-  static Linear pack(const LinearSpec& s, int64_t chunk);
   void gemv(const Linear& l, const int8_t* x, int32_t* acc);
   // X (M, ldx) int8 rows through l, kGemmRows at a time; epilogue(row, acc) gets each row's n_pad int32.
   template <class Epilogue>
@@ -172,19 +234,14 @@ class Decoder {
   DotKernels kernels_;
   int64_t d_model_, d_inner_, d_state_, d_conv_, rank_, vocab_;
   const float* embedding_;
-  std::vector<float> norm_f_weight_;
-  float norm_f_eps_;
-  HeadKind head_kind_;
-  Buffer<uint16_t> head16_;  // kF16 / kBF16: the tied matrix converted once (round to nearest even), pack_16
-  Linear head8_;
-  float head_in_scale_;
+  LmHead head_;
   std::vector<Layer> layers_;
 
   // Per-token scratch, sized for `batch_` sequences; padded int8 inputs keep zeros past their width.
   int64_t batch_ = 0;
-  Buffer<int8_t> xn_, u_, dt_, yq_, hq_, xz_, dbc_, delta_;
+  Buffer<int8_t> xn_, u_, dt_, yq_, xz_, dbc_, delta_;
   Buffer<int32_t> acc_;
-  Buffer<float> y_, rot_, h_, normed_, head_out_;
+  Buffer<float> y_, rot_, h_;
   Buffer<uint8_t> gemv_scratch_;
   Buffer<float> scan_bc_;  // (2, kPrefillChunk, d_state): a scan's B and C rows, dequantized
 

@@ -1,0 +1,247 @@
+// The whole-model Mamba-2 decode step (mamba2.h). Compiled like decoder.cpp (no FMA contraction): the float code
+// is the baseline ISA's, shared by every path; the SSD state update also has an AVX2 copy of the same code.
+#include "mamba2.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+namespace quamba_edge {
+namespace native {
+
+namespace {
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("native Mamba-2 decoder: " + what);
+}
+
+// One head's SSD step: S (p, n) = decay S + (dt x_i) B for each row i, y_i = <S_i, C> + D x_i; <S_i, C> summed in a
+// fixed order (eight elementwise partial sums, then a fixed tree), so every vector width gives the same bits.
+__attribute__((always_inline)) inline void ssd_head_body(int64_t p, int64_t n, float decay, float dt, float D,
+                                                         const float* x, const float* B, const float* C, float* S,
+                                                         float* y) {
+  const int64_t n8 = n / 8 * 8;
+  for (int64_t i = 0; i < p; ++i) {
+    float* __restrict s = S + i * n;
+    const float dtx = dt * x[i];
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) s[k] = decay * s[k] + dtx * B[k];
+    alignas(32) float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t k0 = 0; k0 < n8; k0 += 8)
+      for (int l = 0; l < 8; ++l) part[l] += s[k0 + l] * C[k0 + l];
+    for (int64_t k = n8; k < n; ++k) part[k - n8] += s[k] * C[k];
+    const float dot = ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]));
+    y[i] = dot + x[i] * D;
+  }
+}
+
+using SsdFn = void (*)(int64_t, int64_t, float, float, float, const float*, const float*, const float*, float*,
+                       float*);
+
+void ssd_head_base(int64_t p, int64_t n, float decay, float dt, float D, const float* x, const float* B,
+                   const float* C, float* S, float* y) {
+  ssd_head_body(p, n, decay, dt, D, x, B, C, S, y);
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+__attribute__((target("avx2"))) void ssd_head_avx2(int64_t p, int64_t n, float decay, float dt, float D,
+                                                   const float* x, const float* B, const float* C, float* S,
+                                                   float* y) {
+  ssd_head_body(p, n, decay, dt, D, x, B, C, S, y);
+}
+#endif
+
+SsdFn ssd_for(Isa isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (isa == Isa::kAvx2 || isa == Isa::kAvxVnni || isa == Isa::kAvx512Vnni) return ssd_head_avx2;
+#endif
+  (void)isa;
+  return ssd_head_base;
+}
+
+// torch.nn.functional.softplus (beta 1, threshold 20) with libm's exp and log1p: once per head, so accuracy first.
+inline float softplus_exact(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+}  // namespace
+
+Mamba2Decoder::Mamba2Decoder(const Mamba2Spec& spec, Isa isa)
+    : kernels_(kernels(isa)),
+      d_model_(spec.d_model),
+      d_inner_(spec.d_inner),
+      nheads_(spec.nheads),
+      headdim_(spec.headdim),
+      ngroups_(spec.ngroups),
+      d_state_(spec.d_state),
+      d_conv_(spec.d_conv),
+      conv_dim_(spec.d_inner + 2 * spec.ngroups * spec.d_state),
+      vocab_(spec.vocab),
+      dt_min_(spec.dt_min),
+      dt_max_(spec.dt_max),
+      gate_eps_(spec.gate_eps),
+      embedding_(spec.embedding) {
+  require(d_model_ > 0 && nheads_ > 0 && headdim_ > 0 && ngroups_ > 0 && d_state_ > 0 && d_conv_ >= 2 && vocab_ > 0,
+          "every dimension must be positive and d_conv >= 2");
+  require(d_inner_ == nheads_ * headdim_ && nheads_ % ngroups_ == 0, "d_inner must be nheads * headdim and the "
+          "heads must split into ngroups");
+  require(spec.head != HeadKind::kInt8, "the int8 head is not implemented for Mamba-2");
+  head_ = LmHead(kernels_, spec.head, spec.embedding, vocab_, d_model_, spec.norm_f_weight, spec.norm_f_eps,
+                 LinearSpec{}, 1.0f);
+}
+
+void Mamba2Decoder::add_layer(const Mamba2LayerSpec& s) {
+  const int64_t d = d_inner_, e = conv_dim_, H = nheads_;
+  Layer L;
+  require(s.norm_weight && s.proj_scale && s.conv_weight && s.conv_scale && s.xbc_scale && s.dt_bias && s.A && s.D,
+          "a layer tensor is missing");
+  require(s.in_proj.n == d + e + H && s.in_proj.k == d_model_ && s.in_proj.out_scale == 0,
+          "in_proj is not (d + e + nheads, d_model) fp32-out");
+  require(s.out_proj.n == d_model_ && s.out_proj.k == d && s.out_proj.out_scale == 0,
+          "out_proj is not (d_model, d_inner) fp32-out");
+  L.norm_weight.assign(s.norm_weight, s.norm_weight + d_model_);
+  L.norm_eps = s.norm_eps;
+  L.norm_scale = s.norm_scale;
+  L.in_proj = pack_linear(s.in_proj, kernels_.chunk);
+  L.out_proj = pack_linear(s.out_proj, kernels_.chunk);
+  L.proj_scale.assign(s.proj_scale, s.proj_scale + d + e + H);
+  L.conv_weight.assign(s.conv_weight, s.conv_weight + e * d_conv_);
+  L.conv_scale.assign(s.conv_scale, s.conv_scale + e);
+  L.conv_bias = s.conv_bias ? std::vector<float>(s.conv_bias, s.conv_bias + e) : std::vector<float>(e, 0.0f);
+  L.xbc_scale.assign(s.xbc_scale, s.xbc_scale + e);
+  L.dt_bias.assign(s.dt_bias, s.dt_bias + H);
+  L.A.assign(s.A, s.A + H);
+  L.D.assign(s.D, s.D + H);
+  L.K = copy_hadamard(s.hadamard_K, s.K, d, L.hadamard_K);
+  L.y_scale = s.y_scale;
+  layers_.push_back(std::move(L));
+  batch_ = 0;  // the scratch is sized from the layers: made again at the next call
+}
+
+int64_t Mamba2Decoder::packed_bytes() const {
+  int64_t total = head_.packed_bytes();
+  for (const Layer& L : layers_)
+    total += L.in_proj.bytes() + L.out_proj.bytes() + static_cast<int64_t>(L.conv_weight.size()) +
+             4 * static_cast<int64_t>(L.proj_scale.size() + 3 * L.conv_scale.size() + 3 * L.A.size());
+  return total;
+}
+
+void Mamba2Decoder::ensure_batch(int64_t batch) {
+  if (batch <= batch_) return;
+  require(!layers_.empty(), "no layers (add_layer first)");
+  const Layer& L = layers_.front();
+  xn_ = Buffer<int8_t>(L.in_proj.k_pad);
+  xbc_q_ = Buffer<int8_t>(conv_dim_);
+  yq_ = Buffer<int8_t>(L.out_proj.k_pad);
+  acc_ = Buffer<int32_t>(std::max(L.in_proj.n_pad, L.out_proj.n_pad));
+  z_ = Buffer<float>(d_inner_);
+  xbc_ = Buffer<float>(conv_dim_);
+  dt_ = Buffer<float>(nheads_);
+  y_ = Buffer<float>(d_inner_);
+  rot_ = Buffer<float>(d_inner_);
+  h_ = Buffer<float>(batch * d_model_);
+  gemv_scratch_ = Buffer<uint8_t>(2 * std::max(L.in_proj.k_pad, L.out_proj.k_pad));
+  batch_ = batch;
+}
+
+void Mamba2Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state, float* ssm_state) {
+  require(i >= 0 && i < n_layer(), "layer index out of range");
+  ensure_batch(batch);
+  const Layer& L = layers_[i];
+  const int64_t d = d_inner_, e = conv_dim_, H = nheads_, P = headdim_, N = d_state_, k = d_conv_, dm = d_model_;
+  const int64_t heads_per_group = H / ngroups_, group = d / ngroups_;
+  const SsdFn ssd = ssd_for(kernels_.isa);
+  int32_t* acc = acc_.data();
+  float *z = z_.data(), *xbc = xbc_.data(), *dt = dt_.data(), *y = y_.data();
+  int8_t *xn = xn_.data(), *xbc_q = xbc_q_.data(), *yq = yq_.data();
+  for (int64_t b = 0; b < batch; ++b) {
+    float* hb = h + b * dm;
+    const float inv = rms_inverse_of(hb, dm, L.norm_eps);
+    for (int64_t c = 0; c < dm; ++c) xn[c] = quantize_s8(hb[c] * inv * L.norm_weight[c], L.norm_scale);
+    // in_proj -> z | xBC | dt, each channel quantized with its own scale (z and dt then dequantized)
+    const PackedLinear& ip = L.in_proj;
+    kernels_.gemv_s8(ip.w.data(), ip.row_sum.data(), ip.n_pad, ip.k_pad, xn, gemv_scratch_.data(), acc);
+    for (int64_t j = 0; j < ip.n; ++j) {
+      float v = static_cast<float>(acc[j]) * ip.scale[j];
+      if (!ip.bias.empty()) v = v + ip.bias[j];
+      const int8_t q = quantize_s8(v, L.proj_scale[j]);
+      if (j < d) {
+        z[j] = dequantize_int8(q, L.proj_scale[j]);
+      } else if (j < d + e) {
+        xbc_q[j - d] = q;
+      } else {
+        dt[j - d - e] = dequantize_int8(q, L.proj_scale[j]);
+      }
+    }
+    // causal conv step over x, B and C + SiLU + requantize (then dequantized for the SSD); the state shifts in place
+    int8_t* cs = conv_state + b * e * (k - 1);
+    for (int64_t c = 0; c < e; ++c) {
+      int8_t* st = cs + c * (k - 1);
+      const int8_t* w = L.conv_weight.data() + c * k;
+      int32_t a = 0;
+      for (int64_t j = 0; j < k - 1; ++j) a += int32_t(w[j]) * int32_t(st[j]);
+      a += int32_t(w[k - 1]) * int32_t(xbc_q[c]);
+      const float v = static_cast<float>(a) * L.conv_scale[c] + L.conv_bias[c];
+      xbc[c] = dequantize_int8(quantize_s8(silu(v), L.xbc_scale[c]), L.xbc_scale[c]);
+      for (int64_t j = 0; j + 1 < k - 1; ++j) st[j] = st[j + 1];
+      st[k - 2] = xbc_q[c];
+    }
+    // the SSD step of every head; its state (P, N) in place
+    const float* Bs = xbc + d;
+    const float* Cs = xbc + d + ngroups_ * N;
+    float* S = ssm_state + b * H * P * N;
+    for (int64_t hh = 0; hh < H; ++hh) {
+      float dth = softplus_exact(dt[hh] + L.dt_bias[hh]);
+      dth = dth > dt_min_ ? dth : dt_min_;
+      if (dt_max_ > 0.0f) dth = dth < dt_max_ ? dth : dt_max_;
+      const int64_t g = hh / heads_per_group;
+      ssd(P, N, expf(dth * L.A[hh]), dth, L.D[hh], xbc + hh * P, Bs + g * N, Cs + g * N, S + hh * P * N, y + hh * P);
+    }
+    // gate: RMSNorm over each group of y * SiLU(z) (its weight is in out_proj), then Hadamard + quantize -> yq
+    for (int64_t g0 = 0; g0 < d; g0 += group) {
+      float ss = 0.0f;
+      for (int64_t c = g0; c < g0 + group; ++c) {
+        y[c] = y[c] * silu(z[c]);
+        ss += y[c] * y[c];
+      }
+      const float r = 1.0f / sqrtf(ss / static_cast<float>(group) + gate_eps_);
+      for (int64_t c = g0; c < g0 + group; ++c) y[c] = y[c] * r;
+    }
+    if (L.K > 0) {
+      hadamard_quantize_row(y, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq);
+    } else {
+      for (int64_t c = 0; c < d; ++c) yq[c] = quantize_s8(y[c], L.y_scale);
+    }
+    // out_proj (fp32 out) + residual
+    const PackedLinear& op = L.out_proj;
+    kernels_.gemv_s8(op.w.data(), op.row_sum.data(), op.n_pad, op.k_pad, yq, gemv_scratch_.data(), acc);
+    add_residual(op, acc, hb);
+  }
+}
+
+void Mamba2Decoder::advance(const int64_t* ids, int64_t batch, int8_t* conv_state, float* ssm_state) {
+  ensure_batch(batch);
+  const int64_t dm = d_model_;
+  float* h = h_.data();
+  embed_rows(embedding_, vocab_, dm, ids, batch, h);
+  const int64_t conv_stride = batch * conv_dim_ * (d_conv_ - 1), ssm_stride = batch * d_inner_ * d_state_;
+  for (int64_t i = 0; i < n_layer(); ++i) layer(i, h, batch, conv_state + i * conv_stride, ssm_state + i * ssm_stride);
+}
+
+void Mamba2Decoder::step(const int64_t* ids, int64_t batch, int8_t* conv_state, float* ssm_state, float* logits) {
+  advance(ids, batch, conv_state, ssm_state);
+  head_.run(h_.data(), batch, logits);
+}
+
+void Mamba2Decoder::prefill(const int64_t* ids, int64_t batch, int64_t length, int8_t* conv_state, float* ssm_state,
+                            float* logits) {
+  require(batch > 0 && length > 0, "a prefill needs at least one sequence of at least one token");
+  std::vector<int64_t> column(batch);
+  for (int64_t t = 0; t < length; ++t) {
+    for (int64_t b = 0; b < batch; ++b) column[b] = ids[b * length + t];
+    advance(column.data(), batch, conv_state, ssm_state);
+  }
+  head_.run(h_.data(), batch, logits);  // the last position only
+}
+
+}  // namespace native
+}  // namespace quamba_edge
