@@ -76,7 +76,8 @@ def test_the_chunked_prefill_keeps_its_precision_over_a_long_prompt():
 
 @pytest.mark.parametrize("activations", ["int8", "uint8"])
 @pytest.mark.parametrize("recipe", [Quamba2(), Quamba2(percentile=None, hadamard=False, group_scales=False,
-                                                       weight_granularity="channel")], ids=["quamba2", "naive"])
+                                                       weight_granularity="channel"), Quamba2(int8_head=True)],
+                         ids=["quamba2", "naive", "int8-head"])
 def test_int8_graphs_match_layer_by_layer(activations, recipe):
     qmodel = quantized(small(), recipe)
     report = check(runners(qmodel, activations), family.parity(qmodel, "int8"), "int8")
@@ -186,7 +187,9 @@ def test_tensorrt_parses_builds_and_checks_the_mamba2_graphs(trt, tmp_path, monk
 @pytest.mark.parametrize("kw,recipe", [({}, Quamba2()),
                                        ({"ngroups": 1, "dt_min": 0.001, "dt_max": 0.1, "proj_bias": True},
                                         Quamba2(percentile=None, hadamard=False, group_scales=False,
-                                                weight_granularity="channel"))], ids=["quamba2", "naive-biases"])
+                                                weight_granularity="channel")),
+                                       ({"tie_embeddings": False}, Quamba2(int8_head=True))],
+                         ids=["quamba2", "naive-biases", "untied-int8-head"])
 def test_native_decoder_matches_the_reference_on_every_path(kw, recipe):
     """csrc/cpu/native/mamba2.cpp: prefill (the recurrence in one call) and decode steps from the states it left,
     against the PyTorch W8A8 model (chunked prefill, recurrent step) on fresh tokens, on every ISA path this CPU
@@ -195,6 +198,7 @@ one), the SSD state and the logits within 1e-5, the paths bit-identical."""
     from quamba_edge.kernels import native
 
     qmodel = quantized(small(**kw), recipe)
+    assert (qmodel.head is not None) == recipe.int8_head and recipe.label.endswith("int8-head") == recipe.int8_head
     gen = torch.Generator().manual_seed(11)
     ids = torch.randint(0, qmodel.cfg.vocab_size, (3, 19), generator=gen)
     steps = torch.randint(0, qmodel.cfg.vocab_size, (3, 3), generator=gen)
@@ -231,10 +235,14 @@ def test_native_backend_builds_for_mamba2_and_refuses_what_it_cannot_run(tmp_pat
                              source={"model": "small Mamba-2"}, scales=[])
     build = build_engine(artifact, tmp_path / "native", backend="native", head="fp16")
     assert build["backend"] == "native" and build["parity"]["passed"] and build["native"]["head"] == "fp16"
-    with pytest.raises(QuambaEdgeError, match="--head 'int8' is not available for Mamba-2"):
-        family.native(qmodel, "int8")
+    with pytest.raises(QuambaEdgeError, match="unknown --head 'fp8'"):
+        family.native(qmodel, "fp8")
     with pytest.raises(QuambaEdgeError, match="runs int8 artifacts"):
         family.native(small(), None)
     untied = quantized(small(tie_embeddings=False))
     with pytest.raises(QuambaEdgeError, match="untied. Fix: --backend ort"):
         family.native(untied, None)
+    with pytest.raises(QuambaEdgeError, match="needs an artifact calibrated with --int8-head"):
+        family.native(qmodel, "int8")
+    with pytest.raises(QuambaEdgeError, match="would run another head than the calibrated one"):
+        family.native(quantized(small(), Quamba2(int8_head=True)), "fp16")

@@ -47,6 +47,8 @@ class Mamba2Graph(MambaGraph):
         self.G, self.hg = cfg.ngroups, cfg.nheads // cfg.ngroups
 
     def head(self, normed: str, emb_name: str, body) -> str:
+        if self.quantized and self.model.head is not None:  # --int8-head
+            return super().head(normed, emb_name, body)
         lm_head = self.model.lm_head
         weight = emb_name if self.cfg.tie_embeddings else self.w("lm_head", lm_head.weight)
         return self.g.op("Gemm", [normed, weight], transB=1)

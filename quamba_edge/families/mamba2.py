@@ -6,7 +6,8 @@ kernels and TensorRT plugins for the SSD layer, a chunked prefill in the native 
 
 What a recipe name means here: `fp` the model as loaded; `naive` per-tensor abs-max W8A8, no rotation;
 `quamba` Quamba's percentile clip of the SSM input x and Hadamard rotation before out_proj, with Quamba2's
-per-head x and per-group B/C scales (--no-hadamard and --no-percentile-clip turn parts off, as for Mamba-1).
+per-head x and per-group B/C scales (--no-hadamard and --no-percentile-clip turn parts off, as for Mamba-1;
+--int8-head makes lm_head int8 too).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ name = "mamba2"
 graphs = ("prefill", "decode")
 precisions = ("fp32",)  # an fp model builds in fp32 (fp16 graphs are not implemented); a quantized one in int8
 backends = ("ort", "tensorrt", "native")
-MAMBA2_HEADS = ("fp32", "fp16", "bf16")  # the native decoder's heads (no int8 head for Mamba-2)
+MAMBA2_HEADS = ("fp32", "fp16", "bf16", "int8")  # the native decoder's heads
 no_tensorrt = ""  # TensorRT builds Mamba-2's portable graphs
 generates = True
 scales_title = "activation scales (vectors: their smallest and largest channel scale)"
@@ -70,14 +71,13 @@ def quant_config(recipe: str | Recipe, *, hadamard: bool = True, percentile_clip
             raise QuambaEdgeError(f"a {recipe.kind} recipe does not apply to Mamba-2; use --recipe naive or quamba.")
         return recipe
     check_name(recipe)
-    if int8_head:
-        raise QuambaEdgeError("--int8-head is not implemented for Mamba-2 (its lm_head stays fp32). Fix: drop it.")
     if recipe == "fp":
         return Fp()
     if recipe == "naive":
-        return Quamba2(percentile=None, hadamard=False, group_scales=False, weight_granularity=weight_granularity)
+        return Quamba2(percentile=None, hadamard=False, group_scales=False, weight_granularity=weight_granularity,
+                       int8_head=int8_head)
     return Quamba2(percentile=percentile if percentile_clip else None, hadamard=hadamard,
-                   weight_granularity=weight_granularity)
+                   weight_granularity=weight_granularity, int8_head=int8_head)
 
 
 def export(model: nn.Module, graph: str, precision: str, activations: str, probes: bool = False,
@@ -91,13 +91,20 @@ def export(model: nn.Module, graph: str, precision: str, activations: str, probe
 def native(model: nn.Module, head: str | None = None) -> tuple[dict, int, str]:
     """The native CPU backend's runners (csrc/cpu/native/mamba2.cpp: prefill and decode sharing one decoder and its
     states), the bytes one decode step reads (packed weights, and the fp32 embedding when the head reads it) and a
-    label. `head`: fp32 (default) | fp16 | bf16."""
+    label. `head`: fp32 | fp16 | bf16 | int8 (None: int8 if the artifact has one (--int8-head), else fp32)."""
     if not isinstance(model, QuantizedMamba2LM):
         raise QuambaEdgeError("--backend native runs int8 artifacts; this model is fp32. Fix: `quamba-edge "
                               "calibrate` first, then build from its --out directory.")
+    if model.head is not None and head not in (None, "int8"):
+        raise QuambaEdgeError(f"this artifact was calibrated with an int8 lm_head (--int8-head); --head {head} would "
+                              "run another head than the calibrated one. Fix: drop --head, or calibrate without "
+                              "--int8-head for a 16-bit head.")
+    if head == "int8" and model.head is None:
+        raise QuambaEdgeError("--head int8 needs an artifact calibrated with --int8-head. Fix: calibrate with "
+                              "--int8-head, or choose --head fp16.")
     if head is not None and head not in MAMBA2_HEADS:
-        raise QuambaEdgeError(f"--head {head!r} is not available for Mamba-2; known: {', '.join(MAMBA2_HEADS)}.")
-    if not model.cfg.tie_embeddings:
+        raise QuambaEdgeError(f"unknown --head {head!r}; known: {', '.join(MAMBA2_HEADS)}.")
+    if not model.cfg.tie_embeddings and model.head is None:
         raise QuambaEdgeError("the native Mamba-2 decoder takes models whose lm_head is the tied embedding (the "
                               "mamba2-* checkpoints); this one's is untied. Fix: --backend ort.")
     return mamba.native_runners(NativeMamba2Decoder(model, head=head), model)

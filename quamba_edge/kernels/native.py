@@ -269,30 +269,40 @@ def pack_mamba2_layer(block: QResidualBlock) -> tuple[list[Tensor], list[float]]
 class NativeMamba2Decoder(NativeDecoder):
     """Prefill and decode runner of a W8A8 Mamba-2 LM (`QuantizedMamba2LM`, CPU, any batch), with NativeDecoder's
     interface (`prefill`, `step`, `reset`, `load_state`; states conv_state (n_layer, batch, conv_dim, d_conv - 1)
-    int8 and ssm_state (n_layer, batch, nheads, headdim, d_state) fp32, in place). Heads: fp32 (the tied embedding
-    read in place), fp16 or bf16 (converted once); an untied head is refused. The prefill is the recurrence token by
-    token in one C++ call (no chunked form yet): prompt speed is decode speed."""
+    int8 and ssm_state (n_layer, batch, nheads, headdim, d_state) fp32, in place). Heads: fp32 (the tied
+    embedding read in place), fp16 or bf16 (converted once), int8 (--int8-head); an untied fp head is refused.
+    The prefill is the recurrence token by token in one C++ call (no chunked form yet): prompt speed is decode
+    speed."""
 
     def __init__(self, qmodel: QuantizedMamba2LM, head: str | None = None, isa: str | None = None, batch: int = 1):
         if not isinstance(qmodel, QuantizedMamba2LM):
             raise TypeError(f"NativeMamba2Decoder runs a QuantizedMamba2LM, not {type(qmodel).__name__}")
-        head = head or "fp32"
-        if head not in HEADS[:3]:
-            raise ValueError(f"head must be one of {HEADS[:3]} for Mamba-2 (no int8 head), not {head!r}")
+        head = head or ("int8" if qmodel.head is not None else "fp32")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, not {head!r}")
+        if head == "int8" and qmodel.head is None:
+            raise ValueError("head='int8' needs a model quantized with --int8-head (recipe int8_head=True)")
         if isa is not None and isa not in ISAS:
             raise ValueError(f"isa must be one of {ISAS} or None, not {isa!r}")
         cfg = self.cfg = qmodel.cfg
-        if not cfg.tie_embeddings:
+        if not cfg.tie_embeddings and head != "int8":
             raise ValueError("the native Mamba-2 decoder reads its head from the tied embedding; this model's "
                              "lm_head is untied (run it with --backend ort)")
         self.head_kind = head
         self._embedding = qmodel.embedding.weight.detach().float().contiguous()
+        if head == "int8":
+            h = qmodel.head
+            head_w, head_s, head_in = h.weight.contiguous(), _linear_scale(h), float(h.in_scale)
+        else:
+            head_w, head_s, head_in = _empty(torch.int8), _empty(torch.float32), 1.0
         dims = [cfg.d_model, cfg.d_inner, cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state, cfg.d_conv,
                 cfg.vocab_size]
         floats = [cfg.dt_min, cfg.dt_max or 0.0, cfg.norm_eps]
         self._dec = load().Mamba2Decoder(dims, floats, self._embedding,
                                          qmodel.norm_f.weight.detach().float().contiguous(), float(qmodel.norm_f.eps),
-                                         head, isa or "")
+                                         head, head_w, head_s, head_in, isa or "")
+        if head != "fp32":  # packed (int8) or converted (fp16, bf16): the source pages can go
+            release_pages([self._embedding, head_w])
         for block in qmodel.layers:
             self._dec.add_layer(*pack_mamba2_layer(block))
             release_pages([*block.parameters(), *block.buffers()])

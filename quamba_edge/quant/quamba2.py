@@ -153,6 +153,8 @@ class QuantizedMamba2LM(StepLoop, nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embedding.weight
+        self.head = (QLinear(cfg.d_model, cfg.vocab_size, granularity="channel", bias=False, int8_output=False)
+                     if recipe.int8_head else None)  # --int8-head: a per-channel int8 copy of lm_head
 
     def empty_state(self, batch: int, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
         cfg, device = self.cfg, self.embedding.weight.device
@@ -166,8 +168,12 @@ class QuantizedMamba2LM(StepLoop, nn.Module):
         return self.layers
 
     def logits(self, h: Tensor) -> Tensor:
-        """Final norm and the fp32 head on the residual stream (b, l, d_model) -> (b, l, vocab)."""
-        return self.lm_head(self.norm_f(h))
+        """Final norm and the head (fp32, or int8 with --int8-head) on the residual stream (b, l, d_model) ->
+        (b, l, vocab)."""
+        normed = self.norm_f(h)
+        if self.head is not None:
+            return self.head(quantize(normed, self.head.in_scale))
+        return self.lm_head(normed)
 
 
 # ------------------------------------------------------------------------------------------ calibration
@@ -176,7 +182,8 @@ class QuantizedMamba2LM(StepLoop, nn.Module):
 def observe_activations(model: Mamba2LM, batches: Iterable[Tensor], recipe: Quamba2,
                         on_batch: Callable[[int], None] | None = None) -> list[dict[str, Tensor]]:
     """Run the fp model over `batches` (token ids (b, l)); per layer the scales of `norm` (0-d), `proj`
-    (in_proj's output channels), `xbc` (conv output channels) and `y` (0-d). Raises QuambaEdgeError for no
+    (in_proj's output channels), `xbc` (conv output channels) and `y` (0-d); with `recipe.int8_head` one more
+    entry after the layers, {"head": the lm_head input's scale (0-d)}. Raises QuambaEdgeError for no
     batches, a NaN/Inf activation (naming the layer, point and batch), or a width with no Hadamard size."""
     cfg = model.cfg
     if recipe.hadamard:
@@ -197,6 +204,9 @@ def observe_activations(model: Mamba2LM, batches: Iterable[Tensor], recipe: Quam
     for i, layer in enumerate(model.backbone.layers):
         for name, tap in taps.items():
             calib.tap(getattr(layer.mixer, name), i, tap)
+    if recipe.int8_head:
+        observers.append({"head": BlockObserver([(0, cfg.d_model)], [None])})
+        calib.tap(model.backbone.norm_f, cfg.n_layer, lambda m, x, y: (("head", y.float()),))
     calib.run(model, batches, on_batch)
     return [{p: o.scale() if p in ("proj", "xbc") else o.scale()[0] for p, o in obs.items()} for obs in observers]
 
@@ -215,6 +225,8 @@ def build_quantized(model: Mamba2LM, scales: list[dict[str, Tensor]], recipe: Qu
     if not cfg.tie_embeddings:
         qm.lm_head.weight.copy_(model.lm_head.weight.float())
     qm.norm_f.weight.copy_(model.backbone.norm_f.weight.float())
+    if recipe.int8_head:
+        qm.head.load_float(*quantize_weight(model.lm_head.weight.float(), "channel"), scales[-1]["head"], None)
     M = hadamard_matrix(cfg.d_inner) if recipe.hadamard else None
     for layer, qlayer, s in zip(model.backbone.layers, qm.layers, scales):
         fp, q = layer.mixer, qlayer.mixer

@@ -77,7 +77,8 @@ class Quamba2(_W8A8):
     """percentile: quantile of |x| (the SSM input, per head with group scales) for its scale (None: abs-max);
     hadamard: rotate the normalised scan output before out_proj; group_scales: one scale per head for x, per
     group for B and C, and per segment (z, x, B, C, dt) of in_proj's output, where the naive recipe has one
-    scale per tensor (Quamba2, Chiang et al., ICML 2025); weight_granularity: tensor | channel."""
+    scale per tensor (Quamba2, Chiang et al., ICML 2025); weight_granularity: tensor | channel; int8_head: the
+    lm_head int8 too, per-channel weights and a static input scale (as Quamba's --int8-head)."""
 
     kind: ClassVar[str] = "quamba2"
     quantize: ClassVar[bool] = True
@@ -85,6 +86,7 @@ class Quamba2(_W8A8):
     hadamard: bool = True
     group_scales: bool = True
     weight_granularity: str = "tensor"
+    int8_head: bool = False
 
     @property
     def label(self) -> str:
@@ -97,7 +99,7 @@ class Quamba2(_W8A8):
                 parts.append(f"p{self.percentile}")
             parts += (["no-hadamard"] if not self.hadamard else []) + (
                 ["no-group-scales"] if not self.group_scales else [])
-        return "-".join(parts + self._suffixes())
+        return "-".join(parts + self._suffixes() + (["int8-head"] if self.int8_head else []))
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,25 @@ void check(const at::Tensor& t, at::ScalarType dtype, int64_t numel, const std::
               numel);
 }
 
+// The head a decoder runs: "fp32" | "fp16" | "bf16" | "int8" (then its per-channel weight (vocab, d_model) int8,
+// scale (vocab) and static input scale).
+struct HeadChoice {
+  HeadKind kind;
+  LinearSpec int8;
+  float in_scale;
+};
+HeadChoice choose_head(const std::string& head, const at::Tensor& weight, const at::Tensor& scale, double in_scale,
+                       int64_t vocab, int64_t dm) {
+  if (head == "fp32") return {HeadKind::kF32, {}, 1.0f};
+  if (head == "fp16") return {HeadKind::kF16, {}, 1.0f};
+  if (head == "bf16") return {HeadKind::kBF16, {}, 1.0f};
+  TORCH_CHECK(head == "int8", "native decoder: head must be fp32, fp16, bf16 or int8, not '", head, "'");
+  check(weight, at::kChar, vocab * dm, "int8 head weight (vocab, d_model)");
+  check(scale, at::kFloat, vocab, "int8 head scale (vocab)");
+  return {HeadKind::kInt8, LinearSpec{weight.data_ptr<int8_t>(), vocab, dm, scale.data_ptr<float>(), nullptr, 0.0f},
+          static_cast<float>(in_scale)};
+}
+
 template <class T>
 const T* optional_ptr(const at::Tensor& t) {
   return t.numel() == 0 ? nullptr : t.data_ptr<T>();
@@ -51,21 +70,8 @@ class PyDecoder {
     s.norm_f_weight = norm_f_weight.data_ptr<float>();
     s.norm_f_eps = static_cast<float>(norm_f_eps);
     keep_ = {embedding, norm_f_weight, head_weight, head_scale};
-    if (head == "fp32") {
-      s.head = HeadKind::kF32;
-    } else if (head == "fp16") {
-      s.head = HeadKind::kF16;
-    } else if (head == "bf16") {
-      s.head = HeadKind::kBF16;
-    } else if (head == "int8") {
-      s.head = HeadKind::kInt8;
-      check(head_weight, at::kChar, s.vocab * dm, "int8 head weight (vocab, d_model)");
-      check(head_scale, at::kFloat, s.vocab, "int8 head scale (vocab)");
-      s.int8_head = LinearSpec{head_weight.data_ptr<int8_t>(), s.vocab, dm, head_scale.data_ptr<float>(), nullptr, 0.0f};
-      s.head_in_scale = static_cast<float>(head_in_scale);
-    } else {
-      TORCH_CHECK(false, "native decoder: head must be fp32, fp16, bf16 or int8, not '", head, "'");
-    }
+    const HeadChoice h = choose_head(head, head_weight, head_scale, head_in_scale, s.vocab, dm);
+    s.head = h.kind, s.int8_head = h.int8, s.head_in_scale = h.in_scale;
     const Isa chosen = isa.empty() ? select_isa() : parse_isa(isa);
     TORCH_CHECK(isa_supported(chosen), "native decoder: ISA ", isa, " cannot run on this CPU");
     dec_ = std::make_unique<Decoder>(s, chosen);  // packs the head; the embedding stays shared
@@ -220,7 +226,8 @@ enum Mamba2Tensor : int {
 class PyMamba2Decoder {
  public:
   PyMamba2Decoder(std::vector<int64_t> dims, std::vector<double> floats, at::Tensor embedding,
-                  at::Tensor norm_f_weight, double norm_f_eps, const std::string& head, const std::string& isa) {
+                  at::Tensor norm_f_weight, double norm_f_eps, const std::string& head, at::Tensor head_weight,
+                  at::Tensor head_scale, double head_in_scale, const std::string& isa) {
     TORCH_CHECK(dims.size() == 8, "dims: [d_model, d_inner, nheads, headdim, ngroups, d_state, d_conv, vocab]");
     TORCH_CHECK(floats.size() == 3, "floats: [dt_min, dt_max, gate_eps]");
     Mamba2Spec s;
@@ -233,12 +240,11 @@ class PyMamba2Decoder {
     s.embedding = embedding.data_ptr<float>();
     s.norm_f_weight = norm_f_weight.data_ptr<float>();
     s.norm_f_eps = static_cast<float>(norm_f_eps);
-    TORCH_CHECK(head == "fp32" || head == "fp16" || head == "bf16", "native Mamba-2 decoder: head must be fp32, "
-                "fp16 or bf16, not '", head, "'");
-    s.head = head == "fp32" ? HeadKind::kF32 : head == "fp16" ? HeadKind::kF16 : HeadKind::kBF16;
+    const HeadChoice h = choose_head(head, head_weight, head_scale, head_in_scale, s.vocab, s.d_model);
+    s.head = h.kind, s.int8_head = h.int8, s.head_in_scale = h.in_scale;
     const Isa chosen = isa.empty() ? select_isa() : parse_isa(isa);
     TORCH_CHECK(isa_supported(chosen), "native decoder: ISA ", isa, " cannot run on this CPU");
-    keep_ = {embedding, norm_f_weight};
+    keep_ = {embedding, norm_f_weight, head_weight, head_scale};
     dims_ = dims;
     dec_ = std::make_unique<Mamba2Decoder>(s, chosen);
   }
@@ -355,7 +361,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_property_readonly("packed_bytes", &PyDecoder::packed_bytes);
   pybind11::class_<quamba_edge::native::PyMamba2Decoder>(m, "Mamba2Decoder")
       .def(pybind11::init<std::vector<int64_t>, std::vector<double>, at::Tensor, at::Tensor, double, const std::string&,
-                          const std::string&>())
+                          at::Tensor, at::Tensor, double, const std::string&>())
       .def("add_layer", &quamba_edge::native::PyMamba2Decoder::add_layer)
       .def("step", &quamba_edge::native::PyMamba2Decoder::step)
       .def("prefill", &quamba_edge::native::PyMamba2Decoder::prefill)

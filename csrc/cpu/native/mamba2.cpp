@@ -84,9 +84,8 @@ Mamba2Decoder::Mamba2Decoder(const Mamba2Spec& spec, Isa isa)
           "every dimension must be positive and d_conv >= 2");
   require(d_inner_ == nheads_ * headdim_ && nheads_ % ngroups_ == 0, "d_inner must be nheads * headdim and the "
           "heads must split into ngroups");
-  require(spec.head != HeadKind::kInt8, "the int8 head is not implemented for Mamba-2");
   head_ = LmHead(kernels_, spec.head, spec.embedding, vocab_, d_model_, spec.norm_f_weight, spec.norm_f_eps,
-                 LinearSpec{}, 1.0f);
+                 spec.int8_head, spec.head_in_scale);
 }
 
 void Mamba2Decoder::add_layer(const Mamba2LayerSpec& s) {

@@ -10,7 +10,7 @@
 //   S_h (p, n, fp32)   = decay_h S_h + (dt_h x_h) B_gᵀ   (head h reads group g = h / (H / G)); y_h = S_h C_g + D_h x_h
 //   yq  (d)            = quantize(RMSNorm_group(y * SiLU(z)) Mᵀ, s_y)   (the norm's weight is in W_out)
 //   h  += int32(W_out yq) * (s_y s_Wout) + b
-// then logits = head(RMSNorm_f(h)) (decoder.h's LmHead: fp32, fp16 or bf16).
+// then logits = head(RMSNorm_f(h)) (decoder.h's LmHead: fp32, fp16, bf16 or int8).
 //
 // Agreement with the PyTorch reference is DESIGN.md's end-to-end int8 bound (a rounding tie may flip an int8 value):
 // the SSD reduction over the state and SiLU's exp are computed in another order than PyTorch's. Every ISA path gives
@@ -50,7 +50,9 @@ struct Mamba2Spec {
   const float* embedding = nullptr;    // (vocab, d_model) fp32, read in place (and by the fp32 head)
   const float* norm_f_weight = nullptr;
   float norm_f_eps = 1e-5f;
-  HeadKind head = HeadKind::kF32;      // kF32, kF16 or kBF16
+  HeadKind head = HeadKind::kF32;
+  LinearSpec int8_head;                // kInt8: (vocab, d_model) per-channel int8, fp32 out
+  float head_in_scale = 1.0f;
 };
 
 class Mamba2Decoder {
