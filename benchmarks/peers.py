@@ -14,7 +14,9 @@ llama.cpp driven through llama-cpp-python's `eval` at n_threads = n_threads_batc
 
 --arch mamba2: the mamba2-130m shape (24 layers, d_model 768, d_state 128, headdim 64, one group; random
 weights, seed 0) written as a mamba-ssm checkpoint; llama.cpp converts it as `Mamba2ForCausalLM`. quamba-edge runs
-its fp32 and W8A8 (Quamba2 recipe) ONNX Runtime engines and PyTorch; Mamba-2 has no native CPU decoder yet.
+its W8A8 model (Quamba2 recipe) on the native CPU decoder (the paper's 16-bit head, and --int8-head; its prefill is
+the recurrence token by token, so prompt speed is decode speed there) and in ONNX Runtime, and its fp32 model in ONNX
+Runtime and PyTorch.
 
 The bundled model cannot be compared on quality here: llama.cpp's Mamba converter supplies a GPT-NeoX
 vocabulary (50k tokens), and the bundled model is byte-level (256).
@@ -130,8 +132,10 @@ def mamba_systems(root: Path, args) -> tuple[str, object, list[System], dict, Pa
 
 def mamba2_systems(root: Path, args) -> tuple[str, object, list[System], dict, Path]:
     """Mamba-2 at the mamba2-130m shape (random weights, seed 0): ORT int8 (Quamba2 W8A8, calibrated on the
-    default corpus's bytes) and fp32 engines, PyTorch fp32 and int8; a copy of the checkpoint for llama.cpp's
-    converter with the SSM fields it reads at the top level (it does not read mamba-ssm's ssm_cfg)."""
+    default corpus's bytes; fp32 head and --int8-head) and fp32 engines, the native decoder (fp16 and int8 head),
+    PyTorch fp32 and int8;
+    a copy of the checkpoint for llama.cpp's converter with the SSM fields it reads at the top level (it does
+    not read mamba-ssm's ssm_cfg)."""
     from quamba_edge.artifact import save_artifact
     from quamba_edge.checkpoints.mamba2 import save_checkpoint
     from quamba_edge.families import mamba2
@@ -144,15 +148,25 @@ def mamba2_systems(root: Path, args) -> tuple[str, object, list[System], dict, P
     fp_dir = root / "mamba2-130m-shape-fp"
     save_checkpoint(model.eval(), fp_dir)
     windows = load_windows("default", ByteTokenizer(), args.calib_samples, 256).tokens
-    recipe = mamba2.quant_config("quamba")
-    qmodel, scales = quantize(model, recipe, windows.split(8))
-    artifact = save_artifact(qmodel, root / "mamba2-130m-shape-int8", family=mamba2.name, recipe=recipe,
-                             source={"model": "mamba2-130m shape, random weights (seed 0)"}, scales=scales)
+    artifacts = {}
+    for int8_head in (False, True):
+        recipe = mamba2.quant_config("quamba", int8_head=int8_head)
+        qmodel, scales = quantize(model, recipe, windows.split(8))
+        artifacts[recipe.label] = save_artifact(
+            qmodel, root / f"mamba2-130m-shape-{recipe.label}", family=mamba2.name, recipe=recipe,
+            source={"model": "mamba2-130m shape, random weights (seed 0)"}, scales=scales)
+    artifact = artifacts["quamba2"]
     systems = []
-    for src, precision in ((artifact, None), (fp_dir, "fp32")):
-        eng = root / f"engine-{precision or 'int8'}"
-        build_engine(src, eng, precision=precision, max_prompt=args.prompt_len)
+    for label, src in (*artifacts.items(), ("fp32", fp_dir)):
+        eng = root / f"engine-{label}"
+        build_engine(src, eng, precision="fp32" if label == "fp32" else None, max_prompt=args.prompt_len)
         systems.append(open_system(str(eng), device="cpu", threads=1))
+    names = {}
+    for label, head in (("quamba2", "fp16"), ("quamba2-int8-head", "int8")):  # the native CPU decoder (mamba2.cpp)
+        eng = root / f"native-{label}"
+        build_engine(artifacts[label], eng, backend="native", head=head, max_prompt=args.prompt_len)
+        systems.append(open_system(str(eng), device="cpu", threads=1))
+        names[id(systems[-1])] = f"quamba-edge-native-int8-{head}-head ({native.isa()})"
     systems += [open_system(str(fp_dir), device="cpu", threads=1), open_system(str(artifact), device="cpu", threads=1)]
     llama_dir = root / "mamba2-130m-shape-llama"
     shutil.copytree(fp_dir, llama_dir)
@@ -160,7 +174,7 @@ def mamba2_systems(root: Path, args) -> tuple[str, object, list[System], dict, P
     (llama_dir / "config.json").write_text(json.dumps({
         **config, "architectures": ["Mamba2ForCausalLM"], "d_state": cfg.d_state, "head_dim": cfg.headdim,
         "n_groups": cfg.ngroups, "expand": cfg.expand, "d_conv": cfg.d_conv}))
-    return "mamba2-130m-shape", cfg, systems, {}, llama_dir
+    return "mamba2-130m-shape", cfg, systems, names, llama_dir
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

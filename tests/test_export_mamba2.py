@@ -246,3 +246,43 @@ def test_native_backend_builds_for_mamba2_and_refuses_what_it_cannot_run(tmp_pat
         family.native(qmodel, "int8")
     with pytest.raises(QuambaEdgeError, match="would run another head than the calibrated one"):
         family.native(quantized(small(), Quamba2(int8_head=True)), "fp16")
+
+
+# ------------------------------------------------------------------------------ the kernel op (CUDA on a GPU)
+
+
+def ssd_step_inputs(b: int, H: int, P: int, G: int, N: int, gen: torch.Generator) -> tuple:
+    """xbc (b, H P + 2 G N) int8 with per-channel scales, dt (b, H), dt_bias, A, D (H): the op's inputs."""
+    e = H * P + 2 * G * N
+    xbc = torch.randint(-128, 128, (b, e), generator=gen, dtype=torch.int8)
+    xbc_scale = torch.rand(e, generator=gen) * 0.02 + 0.005
+    dt = torch.randn(b, H, generator=gen)
+    dt_bias = torch.randn(H, generator=gen) - 2.0
+    A = -torch.rand(H, generator=gen) * 8 - 0.5
+    D = torch.randn(H, generator=gen)
+    return xbc, xbc_scale, dt, dt_bias, A, D
+
+
+def test_the_ssd_step_op_chained_equals_the_chunked_form():
+    """torch.ops.quamba_edge.ssd_step (the reference here, csrc/cuda/ssd_step.cu on a GPU: tests/test_kernels_cuda.py)
+    stepped over 5 tokens equals models/ssd.py's chunked form over the same dequantized sequence (another algorithm:
+    segment sums and matrix products), with dt clamped as the config says."""
+    from quamba_edge.kernels import ops
+    from quamba_edge.models.ssd import ssd_chunked
+    from quamba_edge.quant.int8 import dequantize
+
+    b, H, P, G, N, steps = 2, 8, 16, 2, 32, 5
+    gen = torch.Generator().manual_seed(2)
+    state0 = torch.randn(b, H, P, N, generator=gen)
+    state = state0.clone()
+    xbc, xbc_scale, dt, dt_bias, A, D = ssd_step_inputs(b, H, P, G, N, gen)
+    xbcs = torch.randint(-128, 128, (steps, *xbc.shape), generator=gen, dtype=torch.int8)
+    dts = torch.randn(steps, b, H, generator=gen)
+    ys = torch.stack([ops.ssd_step(xbcs[t], xbc_scale, dts[t], dt_bias, A, D, state, G, 0.001, 0.1)
+                      for t in range(steps)], 1)  # (b, steps, d)
+    x, B, C = dequantize(xbcs, xbc_scale).transpose(0, 1).split([H * P, G * N, G * N], -1)
+    dt_seq = torch.nn.functional.softplus(dts.transpose(0, 1) + dt_bias).clamp(0.001, 0.1)
+    y, final = ssd_chunked(x.unflatten(-1, (H, P)), dt_seq, A, B.unflatten(-1, (G, N)), C.unflatten(-1, (G, N)), D,
+                           state0, chunk=4)
+    torch.testing.assert_close(ys, y.flatten(-2), rtol=1e-5, atol=1e-5 * float(y.abs().max()))
+    torch.testing.assert_close(state, final, rtol=1e-5, atol=1e-5 * float(final.abs().max()))

@@ -111,3 +111,18 @@ def test_kernel_model_on_cuda_matches_the_reference():
         logits, conv, ssm = fast.step(ids.cuda())
     assert rel_err(logits.cpu(), ref_logits) < 2e-3 and rel_err(ssm.cpu(), ref_ssm) < 2e-3
     assert (conv.cpu().int() - ref_conv.int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("b,H,P,G,N", [(1, 4, 16, 1, 16), (3, 24, 64, 1, 128), (2, 8, 32, 4, 64)])
+def test_mamba2_ssd_step_cuda(b, H, P, G, N):
+    """csrc/cuda/ssd_step.cu against the reference op (quant/quamba2.py's SSD step), steps chained in place."""
+    from .test_export_mamba2 import ssd_step_inputs
+
+    gen = torch.Generator().manual_seed(H)
+    state_ref = torch.randn(b, H, P, N, generator=gen)
+    state = state_ref.cuda()
+    for step in range(3):
+        args = ssd_step_inputs(b, H, P, G, N, gen)
+        y_ref = kernels.reference.ssd_step(*args[:6], state_ref, G, 0.001, 0.1 if step else 0.0)
+        y = ops.ssd_step(*cuda(*args[:6]), state, G, 0.001, 0.1 if step else 0.0)
+        assert rel_err(y.cpu(), y_ref) < 1e-5 and rel_err(state.cpu(), state_ref) < 1e-5

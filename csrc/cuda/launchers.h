@@ -42,6 +42,21 @@ struct ConvParams {
 // Largest row the Hadamard kernel holds in shared memory (fp32): 12288 = 3 · 4096 (Mamba-2.8B: 5120).
 constexpr int kMaxHadamardSize = 12288;
 
+// Mamba-2's SSD decode step (ssd_step.cu): one token per sequence, the state updated in place.
+struct SsdStepParams {
+  const int8_t* xbc;        // (batch, d_inner + 2 ngroups d_state): the conv's int8 output x | B | C
+  const float* xbc_scale;   // (d_inner + 2 ngroups d_state)
+  const float* dt;          // (batch, nheads): in_proj's dt, dequantized (before dt_bias and softplus)
+  const float* dt_bias;     // (nheads)
+  const float* A;           // (nheads): -exp(A_log)
+  const float* D;           // (nheads)
+  float* state;             // (batch, nheads, headdim, d_state) fp32, in place
+  float* y;                 // (batch, d_inner)
+  int batch, nheads, headdim, ngroups, d_state, d_inner;
+  float dt_min, dt_max;     // dt_max <= 0: no upper limit
+};
+
+cudaError_t ssd_step(const SsdStepParams& p, cudaStream_t stream);
 cudaError_t selective_scan(const ScanParams& p, cudaStream_t stream);
 cudaError_t conv1d_silu(const ConvParams& p, cudaStream_t stream);
 cudaError_t conv1d_silu_step(const ConvParams& p, cudaStream_t stream);

@@ -140,6 +140,41 @@ at::Tensor hadamard_quantize_cuda(const at::Tensor& y, const at::Tensor& hadamar
   return out;
 }
 
+at::Tensor ssd_step_cuda(const at::Tensor& xbc, const at::Tensor& xbc_scale, const at::Tensor& dt,
+                         const at::Tensor& dt_bias, const at::Tensor& A, const at::Tensor& D, at::Tensor ssm_state,
+                         int64_t ngroups, double dt_min, double dt_max) {
+  const char* op = "ssd_step";
+  check_arg(op, ssm_state, "ssm_state", at::kFloat, 4, "(batch, nheads, headdim, d_state)", xbc.device());
+  const int64_t batch = ssm_state.size(0), H = ssm_state.size(1), P = ssm_state.size(2), N = ssm_state.size(3);
+  TORCH_CHECK(ngroups > 0 && H % ngroups == 0, "quamba_edge::ssd_step: ", H, " heads do not split into ", ngroups,
+              " groups");
+  const int64_t d = H * P, e = d + 2 * ngroups * N;
+  check_arg(op, xbc, "xbc", at::kChar, 2, "(batch, d_inner + 2 ngroups d_state)", xbc.device());
+  check_size(op, xbc, "xbc", 0, batch, "ssm_state's batch");
+  check_size(op, xbc, "xbc", 1, e, "d_inner + 2 ngroups d_state");
+  check_arg(op, dt, "dt", at::kFloat, 2, "(batch, nheads)", xbc.device());
+  check_size(op, dt, "dt", 1, H, "nheads");
+  check_numel(op, xbc_scale, "xbc_scale", {e}, xbc.device());
+  for (const auto& [t, name] : {std::pair{&dt_bias, "dt_bias"}, {&A, "A"}, {&D, "D"}})
+    check_numel(op, *t, name, {H}, xbc.device());
+  const c10::cuda::CUDAGuard guard(xbc.device());
+  at::Tensor y = at::empty({batch, d}, xbc.options().dtype(at::kFloat));
+  cuda::SsdStepParams p{};
+  p.xbc = xbc.data_ptr<int8_t>();
+  p.xbc_scale = xbc_scale.data_ptr<float>();
+  p.dt = dt.data_ptr<float>();
+  p.dt_bias = dt_bias.data_ptr<float>();
+  p.A = A.data_ptr<float>();
+  p.D = D.data_ptr<float>();
+  p.state = ssm_state.data_ptr<float>();
+  p.y = y.data_ptr<float>();
+  p.batch = static_cast<int>(batch), p.nheads = static_cast<int>(H), p.headdim = static_cast<int>(P);
+  p.ngroups = static_cast<int>(ngroups), p.d_state = static_cast<int>(N), p.d_inner = static_cast<int>(d);
+  p.dt_min = static_cast<float>(dt_min), p.dt_max = static_cast<float>(dt_max);
+  check_launch(cuda::ssd_step(p, c10::cuda::getCurrentCUDAStream().stream()), op);
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(quamba_edge, CUDA, m) {
@@ -149,6 +184,7 @@ TORCH_LIBRARY_IMPL(quamba_edge, CUDA, m) {
   m.impl("conv1d_silu_step", &conv1d_silu_step_cuda);
   m.impl("rmsnorm_quantize", &rmsnorm_quantize_cuda);
   m.impl("hadamard_quantize", &hadamard_quantize_cuda);
+  m.impl("ssd_step", &ssd_step_cuda);
 }
 
 }  // namespace quamba_edge

@@ -4,6 +4,7 @@
     torch.ops.quamba_edge.conv1d_silu / conv1d_silu_step         int8 causal depthwise conv -> SiLU -> int8
     torch.ops.quamba_edge.rmsnorm_quantize                       fp32 RMSNorm -> int8
     torch.ops.quamba_edge.hadamard_quantize                      y·Mᵀ (M = H_K ⊗ H_2^k / √n) -> int8
+    torch.ops.quamba_edge.ssd_step                               Mamba-2's SSD decode step (int8 xBC, fp32 state)
 
 The schemas are defined here, with the PyTorch reference as the fallback kernel for every device.
 `load()` builds csrc/ (csrc/cpu always; csrc/cuda too when torch has CUDA), whose registrations then
@@ -32,6 +33,8 @@ SCHEMAS = {
     "conv1d_silu_step": f"(Tensor x, Tensor(a!) conv_state, {_CONV_ARGS}) -> Tensor",
     "rmsnorm_quantize": "(Tensor x, Tensor weight, float eps, Tensor out_scale) -> Tensor",
     "hadamard_quantize": "(Tensor y, Tensor hadamard_K, Tensor out_scale) -> Tensor",
+    "ssd_step": ("(Tensor xbc, Tensor xbc_scale, Tensor dt, Tensor dt_bias, Tensor A, Tensor D, Tensor(a!) ssm_state, "
+                 "int ngroups, float dt_min, float dt_max) -> Tensor"),
 }
 
 _LIB = torch.library.Library("quamba_edge", "DEF")  # kept alive for the process: it owns the registrations

@@ -18,7 +18,7 @@ from quamba_edge.paths import PACKAGE_DIR, cache_dir
 
 CSRC = Path(os.environ.get("QUAMBA_EDGE_CSRC", PACKAGE_DIR.parent / "csrc"))
 CPU_SOURCES = ("cpu/ops_cpu.cpp",)
-CUDA_SOURCES = ("cuda/scan.cu", "cuda/conv1d.cu", "cuda/norm_hadamard.cu", "torch/ops_cuda.cpp")
+CUDA_SOURCES = ("cuda/scan.cu", "cuda/conv1d.cu", "cuda/norm_hadamard.cu", "cuda/ssd_step.cu", "torch/ops_cuda.cpp")
 # torch picks the C++ standard its headers need. OpenMP SIMD (not OpenMP threads) lets the scan's
 # inner loops vectorize (-fno-trapping-math lets the exp's clamps become selects); no -ffast-math:
 # the int8 rounding must match the reference.

@@ -12,11 +12,26 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from quamba_edge.models.scan import selective_scan as _scan
+from quamba_edge.models.ssd import ssd_recurrent
 from quamba_edge.quant.hadamard import rotate
 from quamba_edge.quant.int8 import dequantize, quantize
 
 # Order of the float32 `scales` argument of the scan ops (csrc/include/quamba_edge/kernel_math.h).
 SCAN_SCALES = ("u", "delta", "B", "C", "z", "A_log", "D", "delta_bias")
+
+
+def ssd_step(xbc: Tensor, xbc_scale: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, ssm_state: Tensor,
+             ngroups: int, dt_min: float, dt_max: float) -> Tensor:
+    """Mamba-2's SSD decode step as QMamba2Mixer runs it (quant/quamba2.py): xbc (b, d + 2 G n) int8 with per-channel
+    scales, dt (b, H) dequantized, ssm_state (b, H, p, n) fp32 updated in place; dt_max <= 0: no upper limit.
+    Returns y (b, d) fp32 with the D skip (before the gate)."""
+    b, H, p, n = ssm_state.shape
+    x, B, C = dequantize(xbc, xbc_scale).split([H * p, ngroups * n, ngroups * n], dim=-1)
+    dt = F.softplus(dt + dt_bias).clamp(dt_min, dt_max if dt_max > 0 else None)
+    y, state = ssd_recurrent(x.reshape(b, 1, H, p), dt[:, None], A, B.reshape(b, 1, ngroups, n),
+                             C.reshape(b, 1, ngroups, n), D, ssm_state)
+    ssm_state.copy_(state)
+    return y.reshape(b, H * p)
 
 
 def selective_scan(u: Tensor, delta: Tensor, B: Tensor, C: Tensor, z: Tensor, A_log: Tensor, D: Tensor,
