@@ -49,6 +49,8 @@ lint: venv
 quality: corpus
 	$(BIN)/python benchmarks/quality.py --all-recipes --max-samples 256 --threads $(THREADS) --markdown \
 		--out benchmarks/results/quality.json
+	$(BIN)/python benchmarks/quality.py --base default-mamba2 --all-recipes --samples 128 --max-samples 128 \
+		--threads $(THREADS) --workdir out/quality-mamba2 --out benchmarks/results/quality_mamba2.json
 
 # llama.cpp for benchmarks/peers.py: built from source once (about 7 min on 2 cores) into a cached wheel,
 # never inside the tests. The sdist also carries llama.cpp's own gguf converter, unpacked next to it.

@@ -1,11 +1,15 @@
-"""Quality of every recipe on the bundled model: bits/byte and next-token accuracy on held-out text.
+"""Quality of every recipe on a bundled model: bits/byte and next-token accuracy on held-out text.
 
     python benchmarks/quality.py --all-recipes --out benchmarks/results/quality.json
+    python benchmarks/quality.py --base default-mamba2 --all-recipes --samples 128 --max-samples 128 \
+        --workdir out/quality-mamba2 --out benchmarks/results/quality_mamba2.json
     python benchmarks/quality.py --models default out/naive out/quamba --max-samples 128
 
-`--all-recipes` calibrates fp, naive, quamba, the two quamba ablations and quamba with an int8
-lm_head (512 x 512 tokens of the training novels, file order) and evaluates each on the held-out
-novel. Every row is measured in this run; the table also shows bits/byte relative to fp32.
+`--all-recipes` calibrates every recipe of --base's family (512 x 512 tokens of the training novels by default,
+file order) and evaluates each on the held-out novel. Mamba: fp, naive, quamba, the two quamba ablations and
+quamba with an int8 lm_head. Mamba-2: fp, naive, quamba2 (Quamba's percentile clip and Hadamard rotation with
+Quamba2's per-head x and per-group B/C scales), each of the three removed, per-channel weights, an int8 lm_head.
+Every row is measured in this run; the table also shows bits/byte relative to fp32.
 """
 
 from __future__ import annotations
@@ -21,18 +25,31 @@ from rich.console import Console
 from rich.table import Table
 
 from quamba_edge import __version__, pipeline
+from quamba_edge.bench.report import machine
 from quamba_edge.families.registry import load
 from quamba_edge.io import atomic_write_json
-from quamba_edge.quant.recipes import make_recipe
+from quamba_edge.quant.recipes import Fp, Quamba2, make_recipe
 
-ALL_RECIPES = [
-    make_recipe("fp"),
-    make_recipe("naive"),
-    make_recipe("quamba"),
-    make_recipe("quamba", hadamard=False),
-    make_recipe("quamba", percentile_clip=False),
-    make_recipe("quamba", int8_head=True),  # not in the paper: the lm_head int8 too (CPU decode speed)
-]
+ALL_RECIPES = {  # by family
+    "mamba": [
+        make_recipe("fp"),
+        make_recipe("naive"),
+        make_recipe("quamba"),
+        make_recipe("quamba", hadamard=False),
+        make_recipe("quamba", percentile_clip=False),
+        make_recipe("quamba", int8_head=True),  # not in the paper: the lm_head int8 too (CPU decode speed)
+    ],
+    "mamba2": [
+        Fp(),
+        Quamba2(percentile=None, hadamard=False, group_scales=False),  # naive
+        Quamba2(),
+        Quamba2(percentile=None),
+        Quamba2(hadamard=False),
+        Quamba2(group_scales=False),
+        Quamba2(weight_granularity="channel"),
+        Quamba2(int8_head=True),
+    ],
+}
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -65,7 +82,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     specs: list[str] = list(args.models)
     calib_seconds: dict[str, float] = {}
     if args.all_recipes:
-        for recipe in ALL_RECIPES:
+        family = load(args.base).family.name
+        if family not in ALL_RECIPES:
+            ap.error(f"--all-recipes takes a Mamba or Mamba-2 base; {args.base} is a {family} model")
+        for recipe in ALL_RECIPES[family]:
             target = args.workdir / recipe.label
             console.print(f"calibrating [bold]{recipe.label}[/] -> {target}")
             start = time.perf_counter()
@@ -107,8 +127,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.out:
         atomic_write_json(args.out, {
             "benchmark": "quality", "toolkit_version": __version__, "torch": torch.__version__,
-            "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "threads": args.threads},
+            "base": args.base, "machine": {**machine("cpu"), "platform": platform.platform(), "threads": args.threads},
             "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "rows": rows,
         })

@@ -132,9 +132,14 @@ float rms_inverse_of(const float* x, int64_t d, float eps) {
   return rms_inverse(sum, static_cast<int>(d), eps);
 }
 
-// y Mᵀ with M = (H_K ⊗ H_m) / sqrt(n), then int8: csrc/cpu/ops_cpu.cpp's hadamard_quantize for one row.
-void hadamard_quantize_row(const float* y, int64_t n, const int8_t* H, int64_t K, float scale, float* X,
-                           int8_t* out) {
+namespace {
+
+// y Mᵀ with M = (H_K ⊗ H_m) / sqrt(n), then int8: csrc/cpu/ops_cpu.cpp's hadamard_quantize for one row. The dense
+// H_K part runs over blocks of columns j (vectorizable), each output still summed over col = 0..K-1 in order, so the
+// baseline and AVX2 copies give the same bits.
+__attribute__((always_inline)) inline void hadamard_body(const float* y, int64_t n, const int8_t* H, int64_t K,
+                                                         float scale, float* X, int8_t* out) {
+  constexpr int64_t kBlock = 256;
   const int64_t m = n / K;
   const float root_n = sqrtf(static_cast<float>(n));
   std::copy(y, y + n, X);
@@ -142,12 +147,40 @@ void hadamard_quantize_row(const float* y, int64_t n, const int8_t* H, int64_t K
     for (int64_t blk = 0; blk < K; ++blk)
       for (int64_t i = 0; i < m; i += 2 * h)
         for (int64_t j = i; j < i + h; ++j) butterfly(X[blk * m + j], X[blk * m + j + h]);
+  alignas(32) float acc[kBlock];
   for (int64_t row = 0; row < K; ++row)
-    for (int64_t j = 0; j < m; ++j) {
-      float acc = 0.0f;
-      for (int64_t col = 0; col < K; ++col) acc += static_cast<float>(H[row * K + col]) * X[col * m + j];
-      out[row * m + j] = quantize_s8(acc / root_n, scale);
+    for (int64_t j0 = 0; j0 < m; j0 += kBlock) {
+      const int64_t bs = std::min(kBlock, m - j0);
+      for (int64_t j = 0; j < bs; ++j) acc[j] = 0.0f;
+      for (int64_t col = 0; col < K; ++col) {
+        const float hc = static_cast<float>(H[row * K + col]);
+        const float* xc = X + col * m + j0;
+        for (int64_t j = 0; j < bs; ++j) acc[j] += hc * xc[j];
+      }
+      int8_t* o = out + row * m + j0;
+      for (int64_t j = 0; j < bs; ++j) o[j] = quantize_s8(acc[j] / root_n, scale);
     }
+}
+
+void hadamard_base(const float* y, int64_t n, const int8_t* H, int64_t K, float scale, float* X, int8_t* out) {
+  hadamard_body(y, n, H, K, scale, X, out);
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+__attribute__((target("avx2"))) void hadamard_avx2(const float* y, int64_t n, const int8_t* H, int64_t K, float scale,
+                                                   float* X, int8_t* out) {
+  hadamard_body(y, n, H, K, scale, X, out);
+}
+#endif
+
+}  // namespace
+
+HadamardFn hadamard_for(Isa isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (isa == Isa::kAvx2 || isa == Isa::kAvxVnni || isa == Isa::kAvx512Vnni) return hadamard_avx2;
+#endif
+  (void)isa;
+  return hadamard_base;
 }
 
 void embed_rows(const float* embedding, int64_t vocab, int64_t d_model, const int64_t* ids, int64_t batch, float* h) {
@@ -428,7 +461,7 @@ void Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state, floa
     // Hadamard + quantize -> yq
     int8_t* yq = yq_.data() + b * L.out_proj.k_pad;
     if (L.K > 0) {
-      hadamard_quantize_row(y, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq);
+      hadamard_for(kernels_.isa)(y, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq);
     } else {
       for (int64_t c = 0; c < d; ++c) yq[c] = quantize_s8(y[c], L.y_scale);
     }
@@ -525,7 +558,7 @@ void Decoder::prefill_layer(int64_t i, int64_t batch, int64_t T, int64_t t0, int
   // Hadamard + quantize -> yq
   for (int64_t r = 0; r < rows; ++r) {
     if (L.K > 0) {
-      hadamard_quantize_row(y + r * d, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq + r * ld_yq);
+      hadamard_for(kernels_.isa)(y + r * d, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq + r * ld_yq);
     } else {
       for (int64_t c = 0; c < d; ++c) yq[r * ld_yq + c] = quantize_s8(y[r * d + c], L.y_scale);
     }

@@ -73,8 +73,10 @@ inline int8_t quantize_s8(float x, float scale) {
 // 1 / sqrt(mean(x^2) + eps) of one row of d floats (models/mamba.py's RMSNorm).
 float rms_inverse_of(const float* x, int64_t d, float eps);
 // One row y (n) -> int8 (y Mᵀ) / scale with M = (H_K ⊗ H_m) / sqrt(n) (H: K x K ±1, n = K m, m a power of two;
-// K = 1 for none); X: n floats of scratch.
-void hadamard_quantize_row(const float* y, int64_t n, const int8_t* H, int64_t K, float scale, float* X, int8_t* out);
+// K = 1 for none); X: n floats of scratch. hadamard_for(isa): the copy compiled for that path (the same bits).
+using HadamardFn = void (*)(const float* y, int64_t n, const int8_t* H, int64_t K, float scale, float* X,
+                            int8_t* out);
+HadamardFn hadamard_for(Isa isa);
 
 // Views of the quantized model's tensors (row-major, host memory) handed to the constructor.
 struct LinearSpec {

@@ -60,6 +60,89 @@ SsdFn ssd_for(Isa isa) {
   return ssd_head_base;
 }
 
+// The elementwise float parts of a layer's row, written once (always inlined) and compiled twice: for the baseline
+// ISA and with 8-lane AVX vectors. Elementwise IEEE operations in one order (no FMA: -ffp-contract=off, no "fma"
+// target) and sequential sums, so both copies give the same bits.
+#define QE_ROW_OP __attribute__((always_inline)) inline
+
+// in_proj's int32 (+ bias) -> z (dequantized), xBC (int8), dt (dequantized), each channel at its own scale.
+QE_ROW_OP void in_epilogue_body(const int32_t* acc, const float* scale, const float* bias, const float* s, int64_t d,
+                                int64_t e, int64_t H, float* z, int8_t* xbc_q, float* dt) {
+  alignas(32) float v[64];
+  for (int64_t j0 = 0; j0 < d + e + H; j0 += 64) {
+    const int64_t bs = std::min<int64_t>(64, d + e + H - j0);
+    for (int64_t j = 0; j < bs; ++j) v[j] = static_cast<float>(acc[j0 + j]) * scale[j0 + j];
+    if (bias != nullptr)
+      for (int64_t j = 0; j < bs; ++j) v[j] = v[j] + bias[j0 + j];
+    alignas(32) int8_t q[64];
+    for (int64_t j = 0; j < bs; ++j) q[j] = quantize_s8(v[j], s[j0 + j]);
+    for (int64_t j = 0; j < bs; ++j) {
+      const int64_t c = j0 + j;
+      if (c < d) {
+        z[c] = dequantize_int8(q[j], s[c]);
+      } else if (c < d + e) {
+        xbc_q[c - d] = q[j];
+      } else {
+        dt[c - d - e] = dequantize_int8(q[j], s[c]);
+      }
+    }
+  }
+}
+
+// The float half of the conv step over e channels: acc * scale + bias -> SiLU -> int8 at xbc_scale -> dequantized.
+QE_ROW_OP void conv_float_body(int64_t e, const int32_t* acc, const float* scale, const float* bias,
+                               const float* xbc_scale, float* xbc) {
+  for (int64_t c = 0; c < e; ++c) {
+    const float v = static_cast<float>(acc[c]) * scale[c] + bias[c];
+    xbc[c] = dequantize_int8(quantize_s8(silu(v), xbc_scale[c]), xbc_scale[c]);
+  }
+}
+
+// y (d) <- RMSNorm over each group of `group` channels of y * SiLU(z), without the norm's weight.
+QE_ROW_OP void gate_body(int64_t d, int64_t group, float eps, const float* z, float* y) {
+  for (int64_t c = 0; c < d; ++c) y[c] = y[c] * silu(z[c]);
+  for (int64_t g0 = 0; g0 < d; g0 += group) {
+    float ss = 0.0f;
+    for (int64_t c = g0; c < g0 + group; ++c) ss += y[c] * y[c];
+    const float r = 1.0f / sqrtf(ss / static_cast<float>(group) + eps);
+    for (int64_t c = g0; c < g0 + group; ++c) y[c] = y[c] * r;
+  }
+}
+
+struct RowOps {
+  void (*in_epilogue)(const int32_t*, const float*, const float*, const float*, int64_t, int64_t, int64_t, float*,
+                      int8_t*, float*);
+  void (*conv_float)(int64_t, const int32_t*, const float*, const float*, const float*, float*);
+  void (*gate)(int64_t, int64_t, float, const float*, float*);
+};
+
+#define QE_ROW_OPS(suffix, attr)                                                                                    \
+  attr void in_epilogue_##suffix(const int32_t* acc, const float* scale, const float* bias, const float* s,         \
+                                 int64_t d, int64_t e, int64_t H, float* z, int8_t* xbc_q, float* dt) {             \
+    in_epilogue_body(acc, scale, bias, s, d, e, H, z, xbc_q, dt);                                                   \
+  }                                                                                                                 \
+  attr void conv_float_##suffix(int64_t e, const int32_t* acc, const float* scale, const float* bias,              \
+                                const float* xbc_scale, float* xbc) {                                               \
+    conv_float_body(e, acc, scale, bias, xbc_scale, xbc);                                                           \
+  }                                                                                                                 \
+  attr void gate_##suffix(int64_t d, int64_t group, float eps, const float* z, float* y) {                          \
+    gate_body(d, group, eps, z, y);                                                                                 \
+  }                                                                                                                 \
+  constexpr RowOps kRowOps_##suffix{in_epilogue_##suffix, conv_float_##suffix, gate_##suffix};
+
+QE_ROW_OPS(base, )
+#if defined(__x86_64__) || defined(_M_X64)
+QE_ROW_OPS(avx2, __attribute__((target("avx2"))))
+#endif
+
+const RowOps& row_ops_for(Isa isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+  if (isa == Isa::kAvx2 || isa == Isa::kAvxVnni || isa == Isa::kAvx512Vnni) return kRowOps_avx2;
+#endif
+  (void)isa;
+  return kRowOps_base;
+}
+
 // torch.nn.functional.softplus (beta 1, threshold 20) with libm's exp and log1p: once per head, so accuracy first.
 inline float softplus_exact(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
@@ -132,6 +215,7 @@ void Mamba2Decoder::ensure_batch(int64_t batch) {
   xbc_q_ = Buffer<int8_t>(conv_dim_);
   yq_ = Buffer<int8_t>(L.out_proj.k_pad);
   acc_ = Buffer<int32_t>(std::max(L.in_proj.n_pad, L.out_proj.n_pad));
+  conv_acc_ = Buffer<int32_t>(conv_dim_);
   z_ = Buffer<float>(d_inner_);
   xbc_ = Buffer<float>(conv_dim_);
   dt_ = Buffer<float>(nheads_);
@@ -149,7 +233,9 @@ void Mamba2Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state
   const int64_t d = d_inner_, e = conv_dim_, H = nheads_, P = headdim_, N = d_state_, k = d_conv_, dm = d_model_;
   const int64_t heads_per_group = H / ngroups_, group = d / ngroups_;
   const SsdFn ssd = ssd_for(kernels_.isa);
+  const RowOps& ops = row_ops_for(kernels_.isa);
   int32_t* acc = acc_.data();
+  int32_t* conv_acc = conv_acc_.data();
   float *z = z_.data(), *xbc = xbc_.data(), *dt = dt_.data(), *y = y_.data();
   int8_t *xn = xn_.data(), *xbc_q = xbc_q_.data(), *yq = yq_.data();
   for (int64_t b = 0; b < batch; ++b) {
@@ -159,18 +245,8 @@ void Mamba2Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state
     // in_proj -> z | xBC | dt, each channel quantized with its own scale (z and dt then dequantized)
     const PackedLinear& ip = L.in_proj;
     kernels_.gemv_s8(ip.w.data(), ip.row_sum.data(), ip.n_pad, ip.k_pad, xn, gemv_scratch_.data(), acc);
-    for (int64_t j = 0; j < ip.n; ++j) {
-      float v = static_cast<float>(acc[j]) * ip.scale[j];
-      if (!ip.bias.empty()) v = v + ip.bias[j];
-      const int8_t q = quantize_s8(v, L.proj_scale[j]);
-      if (j < d) {
-        z[j] = dequantize_int8(q, L.proj_scale[j]);
-      } else if (j < d + e) {
-        xbc_q[j - d] = q;
-      } else {
-        dt[j - d - e] = dequantize_int8(q, L.proj_scale[j]);
-      }
-    }
+    ops.in_epilogue(acc, ip.scale.data(), ip.bias.empty() ? nullptr : ip.bias.data(), L.proj_scale.data(), d, e, H, z,
+                    xbc_q, dt);
     // causal conv step over x, B and C + SiLU + requantize (then dequantized for the SSD); the state shifts in place
     int8_t* cs = conv_state + b * e * (k - 1);
     for (int64_t c = 0; c < e; ++c) {
@@ -178,12 +254,11 @@ void Mamba2Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state
       const int8_t* w = L.conv_weight.data() + c * k;
       int32_t a = 0;
       for (int64_t j = 0; j < k - 1; ++j) a += int32_t(w[j]) * int32_t(st[j]);
-      a += int32_t(w[k - 1]) * int32_t(xbc_q[c]);
-      const float v = static_cast<float>(a) * L.conv_scale[c] + L.conv_bias[c];
-      xbc[c] = dequantize_int8(quantize_s8(silu(v), L.xbc_scale[c]), L.xbc_scale[c]);
+      conv_acc[c] = a + int32_t(w[k - 1]) * int32_t(xbc_q[c]);
       for (int64_t j = 0; j + 1 < k - 1; ++j) st[j] = st[j + 1];
       st[k - 2] = xbc_q[c];
     }
+    ops.conv_float(e, conv_acc, L.conv_scale.data(), L.conv_bias.data(), L.xbc_scale.data(), xbc);
     // the SSD step of every head; its state (P, N) in place
     const float* Bs = xbc + d;
     const float* Cs = xbc + d + ngroups_ * N;
@@ -196,17 +271,9 @@ void Mamba2Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state
       ssd(P, N, expf(dth * L.A[hh]), dth, L.D[hh], xbc + hh * P, Bs + g * N, Cs + g * N, S + hh * P * N, y + hh * P);
     }
     // gate: RMSNorm over each group of y * SiLU(z) (its weight is in out_proj), then Hadamard + quantize -> yq
-    for (int64_t g0 = 0; g0 < d; g0 += group) {
-      float ss = 0.0f;
-      for (int64_t c = g0; c < g0 + group; ++c) {
-        y[c] = y[c] * silu(z[c]);
-        ss += y[c] * y[c];
-      }
-      const float r = 1.0f / sqrtf(ss / static_cast<float>(group) + gate_eps_);
-      for (int64_t c = g0; c < g0 + group; ++c) y[c] = y[c] * r;
-    }
+    ops.gate(d, group, gate_eps_, z, y);
     if (L.K > 0) {
-      hadamard_quantize_row(y, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq);
+      hadamard_for(kernels_.isa)(y, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq);
     } else {
       for (int64_t c = 0; c < d; ++c) yq[c] = quantize_s8(y[c], L.y_scale);
     }

@@ -96,7 +96,7 @@ class Mamba2Decoder {
 
   int64_t batch_ = 0;
   Buffer<int8_t> xn_, xbc_q_, yq_;
-  Buffer<int32_t> acc_;
+  Buffer<int32_t> acc_, conv_acc_;
   Buffer<float> z_, xbc_, dt_, y_, rot_, h_;
   Buffer<uint8_t> gemv_scratch_;
 };
