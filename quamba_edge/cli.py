@@ -93,9 +93,9 @@ def calibrate(
                                                   help="Clip the SSM input at --percentile (quamba).")] = True,
     weight_granularity: Annotated[str, typer.Option(help="tensor | channel.")] = "tensor",
     int8_head: Annotated[bool, typer.Option("--int8-head/--fp-head",
-                                            help="Also make the tied lm_head int8 (per-channel). Not part of the "
-                                                 "paper's recipe; faster CPU decode; its quality is measured "
-                                                 "by `eval`.")] = False,
+                                            help="Also make the lm_head int8 (per-channel; Mamba and Mamba-2). "
+                                                 "Not part of the paper's recipe; faster CPU decode; its quality "
+                                                 "is measured by `eval`.")] = False,
     int8_conv_features: Annotated[bool, typer.Option(
         "--int8-conv-features/--float-conv-features",
         help="Speech models: also make the wav2vec 2.0 conv feature encoder int8. Off by default: it cost our "
