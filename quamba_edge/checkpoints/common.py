@@ -166,6 +166,36 @@ def adopt(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype |
 
 # ------------------------------------------------- config.json fields, checked (errors name the field)
 
+# mamba-ssm's MambaConfig, the top level (mamba_ssm/models/config_mamba.py), shared by the Mamba-1 and Mamba-2
+# checkpoints: what each field does here ("honoured", "refused" unless our block's value, "ignored": no arithmetic).
+MAMBA_SSM_FIELDS: dict[str, str] = {
+    "d_model": "honoured", "n_layer": "honoured", "vocab_size": "honoured (padded up to pad_vocab_size_multiple)",
+    "pad_vocab_size_multiple": "honoured", "tie_embeddings": "honoured", "norm_epsilon": "honoured",
+    "rms_norm": "refused unless true (false = LayerNorm with bias)",
+    "d_intermediate": "refused unless 0 (an MLP after every mixer)",
+    "attn_layer_idx": "refused unless empty (hybrid attention layers)", "attn_cfg": "ignored (attention layers only)",
+    "residual_in_fp32": "ignored (the residual stream is fp32 here anyway)",
+    "fused_add_norm": "ignored (a fused kernel of the same arithmetic)",
+    "ssm_cfg": "read field by field below; an unknown key is refused",
+}
+
+
+def check_mamba_ssm_fields(raw: dict, refuse, mixer: str) -> None:
+    """The top level of a mamba-ssm config.json: no unknown field, an RMSNorm block without MLP or attention layers.
+    `refuse(field, value, why)` makes the family's error (naming its fix); `mixer`: "Mamba" or "Mamba-2"."""
+    unknown = sorted(set(raw) - set(MAMBA_SSM_FIELDS) - METADATA_FIELDS)
+    if unknown:
+        raise QuambaEdgeError(f"config.json has fields mamba-ssm's MambaConfig does not have: {unknown}. "
+                              "Fix: remove them if they are not part of the model, or use the layout that "
+                              "defines them.")
+    if raw.get("rms_norm", True) is not True:
+        raise refuse("rms_norm", raw["rms_norm"], "LayerNorm blocks (with bias) instead of RMSNorm")
+    if raw.get("d_intermediate", 0) not in (0, None):
+        raise refuse("d_intermediate", raw["d_intermediate"], "an MLP after every mixer")
+    if raw.get("attn_layer_idx"):
+        raise refuse("attn_layer_idx", raw["attn_layer_idx"], f"attention layers among the {mixer} layers")
+
+
 def config_int(raw: dict, field: str, default: int | None = None, label: str | None = None) -> int:
     """raw[field] (or `default`) as a positive integer; QuambaEdgeError naming `label or field` otherwise."""
     value = raw.get(field, default)

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from quamba_edge.checkpoints import common
 from quamba_edge.checkpoints.common import (
-    METADATA_FIELDS,
     adopt,
     config_eps,
     config_flag,
@@ -62,15 +62,9 @@ def detect_layout(raw: dict) -> str:
 # (initialisation, kernels, caching, token ids, or a precision we exceed by computing in fp32).
 # mamba-ssm: MambaConfig (mamba_ssm/models/config_mamba.py) and the Mamba-1 mixer's arguments (ssm_cfg).
 MAMBA_SSM_FIELDS: dict[str, str] = {
-    "d_model": "honoured", "n_layer": "honoured", "vocab_size": "honoured (padded up to pad_vocab_size_multiple)",
-    "pad_vocab_size_multiple": "honoured", "tie_embeddings": "honoured: false, or a head unequal to the "
-    "embedding, is refused", "norm_epsilon": "honoured (ours; mamba-ssm fixes 1e-5)",
-    "rms_norm": "refused unless true (false = LayerNorm with bias)",
-    "d_intermediate": "refused unless 0 (an MLP after every mixer)",
-    "attn_layer_idx": "refused unless empty (hybrid attention layers)", "attn_cfg": "ignored (attention layers only)",
-    "residual_in_fp32": "ignored (the residual stream is fp32 here anyway)",
-    "fused_add_norm": "ignored (a fused kernel of the same arithmetic)",
-    "ssm_cfg": "read field by field below; an unknown key is refused",
+    **common.MAMBA_SSM_FIELDS,
+    "tie_embeddings": "honoured: false, or a head unequal to the embedding, is refused",
+    "norm_epsilon": "honoured (ours; mamba-ssm fixes 1e-5)",
 }
 MAMBA_SSM_SSM_CFG_FIELDS: dict[str, str] = {
     "layer": "refused unless Mamba1", "d_state": "honoured", "d_conv": "honoured",
@@ -124,17 +118,7 @@ def config_from_raw(raw: dict) -> MambaConfig:
     changes the arithmetic (the tables above). Raises QuambaEdgeError naming the field and its value."""
     layout = detect_layout(raw)
     if layout == "mamba-ssm":
-        unknown = sorted(set(raw) - set(MAMBA_SSM_FIELDS) - METADATA_FIELDS)
-        if unknown:
-            raise QuambaEdgeError(f"config.json has fields mamba-ssm's MambaConfig does not have: {unknown}. "
-                                  "Fix: remove them if they are not part of the model, or use the layout that "
-                                  "defines them.")
-        if raw.get("rms_norm", True) is not True:
-            raise _refuse("rms_norm", raw["rms_norm"], "LayerNorm blocks (with bias) instead of RMSNorm")
-        if raw.get("d_intermediate", 0) not in (0, None):
-            raise _refuse("d_intermediate", raw["d_intermediate"], "an MLP after every mixer")
-        if raw.get("attn_layer_idx"):
-            raise _refuse("attn_layer_idx", raw["attn_layer_idx"], "attention layers among the Mamba layers")
+        common.check_mamba_ssm_fields(raw, _refuse, "Mamba")
         ssm = raw.get("ssm_cfg") or {}
         if not isinstance(ssm, dict):
             raise QuambaEdgeError(f"config.json has `ssm_cfg: {json.dumps(ssm)}`; it must be an object.")

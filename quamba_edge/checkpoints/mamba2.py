@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from quamba_edge.checkpoints.common import (
-    METADATA_FIELDS,
+from quamba_edge.checkpoints.common import (  # noqa: F401 - MAMBA_SSM_FIELDS: this layout's top-level table
+    MAMBA_SSM_FIELDS,
     adopt,
+    check_mamba_ssm_fields,
     config_eps,
     config_flag,
     config_int,
@@ -38,16 +39,7 @@ from quamba_edge.models.mamba2 import Mamba2Config, Mamba2LM
 LAYOUTS = "a mamba-ssm Mamba-2 or Hugging Face Mamba2ForCausalLM directory (config.json + weights)"
 
 # mamba-ssm's MambaConfig (mamba_ssm/models/config_mamba.py), with ssm_cfg.layer = "Mamba2".
-MAMBA_SSM_FIELDS: dict[str, str] = {
-    "d_model": "honoured", "n_layer": "honoured", "vocab_size": "honoured (padded up to pad_vocab_size_multiple)",
-    "pad_vocab_size_multiple": "honoured", "tie_embeddings": "honoured", "norm_epsilon": "honoured",
-    "rms_norm": "refused unless true (false = LayerNorm with bias)",
-    "d_intermediate": "refused unless 0 (an MLP after every mixer)",
-    "attn_layer_idx": "refused unless empty (hybrid attention layers)", "attn_cfg": "ignored (attention layers only)",
-    "residual_in_fp32": "ignored (the residual stream is fp32 here anyway)",
-    "fused_add_norm": "ignored (a fused kernel of the same arithmetic)",
-    "ssm_cfg": "read field by field below; an unknown key is refused",
-}
+# (the top level is MAMBA_SSM_FIELDS of checkpoints/common.py, shared with Mamba-1)
 # The Mamba2 mixer's arguments (mamba_ssm/modules/mamba2.py) and their defaults.
 MAMBA2_SSM_CFG_FIELDS: dict[str, str] = {
     "layer": "must be Mamba2", "d_state": "honoured (default 128)", "d_conv": "honoured (default 4)",
@@ -134,16 +126,7 @@ def config_from_raw(raw: dict) -> Mamba2Config:
         raise QuambaEdgeError("config.json is not a Mamba-2 config: expected `ssm_cfg.layer: \"Mamba2\"` "
                               "(mamba-ssm) or `model_type: \"mamba2\"` (Hugging Face).")
     if "d_model" in raw:
-        unknown = sorted(set(raw) - set(MAMBA_SSM_FIELDS) - METADATA_FIELDS)
-        if unknown:
-            raise QuambaEdgeError(f"config.json has fields mamba-ssm's MambaConfig does not have: {unknown}. "
-                                  "Fix: remove them if they are not part of the model.")
-        if raw.get("rms_norm", True) is not True:
-            raise _refuse("rms_norm", raw["rms_norm"], "LayerNorm blocks (with bias) instead of RMSNorm")
-        if raw.get("d_intermediate", 0) not in (0, None):
-            raise _refuse("d_intermediate", raw["d_intermediate"], "an MLP after every mixer")
-        if raw.get("attn_layer_idx"):
-            raise _refuse("attn_layer_idx", raw["attn_layer_idx"], "attention layers among the Mamba-2 layers")
+        check_mamba_ssm_fields(raw, _refuse, "Mamba-2")
         ssm = raw["ssm_cfg"]
         unknown = sorted(set(ssm) - set(MAMBA2_SSM_CFG_FIELDS))
         if unknown:

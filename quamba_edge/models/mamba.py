@@ -21,8 +21,20 @@ from torch import Tensor, nn
 from quamba_edge.models.scan import selective_scan, selective_scan_train
 
 
+class DictConfig:
+    """`to_dict` / `from_dict` of a frozen config dataclass (config.json's `model_config`); from_dict drops keys the
+    class does not have (older or other toolkits' extras)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
 @dataclass(frozen=True)
-class MambaConfig:
+class MambaConfig(DictConfig):
     d_model: int = 384
     n_layer: int = 6
     vocab_size: int = 256
@@ -58,13 +70,6 @@ class MambaConfig:
         int8_layers = D * 2 * d + d * k + d * (r + 2 * n) + r * d + d * D
         other = d * n + 2 * d + d + D  # A_log, D, conv bias + dt bias, norm
         return self.n_layer * int8_layers, self.n_layer * other + self.vocab_size * D + D
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> MambaConfig:
-        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
 
 # The public Mamba-1 sizes (state-spaces/mamba-*: d_model, n_layer; vocabulary padded to 50280), for

@@ -19,18 +19,18 @@ chunked (SSD) form, a single token the recurrence; both are the same function (t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from quamba_edge.models.mamba import Backbone, StepLoop
+from quamba_edge.models.mamba import Backbone, DictConfig, StepLoop
 from quamba_edge.models.ssd import ssd_chunked, ssd_recurrent
 
 
 @dataclass(frozen=True)
-class Mamba2Config:
+class Mamba2Config(DictConfig):
     d_model: int = 256
     n_layer: int = 4
     vocab_size: int = 256
@@ -83,13 +83,6 @@ class Mamba2Config:
         other = 3 * h + e + d + D  # dt_bias, A_log, D; conv bias; gated norm; block norm
         head = 0 if self.tie_embeddings else self.vocab_size * D
         return self.n_layer * int8_layers, self.n_layer * other + self.vocab_size * D + head + D
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> Mamba2Config:
-        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
 
 # The public Mamba-2 sizes (state-spaces/mamba2-*: d_model, n_layer; d_state 128, headdim 64, ngroups 1,
