@@ -1,8 +1,9 @@
 """Mamba-2 language models (issue 19): checkpoints in the mamba-ssm and transformers layouts, text calibration
 and the W8A8 recipes of quant/quamba2.py, bits per byte, generation, the prefill/decode graphs (export/mamba2.py)
 and their engines (ONNX Runtime; TensorRT plans, checked here with TensorRT-RTX's parser and builder) with Mamba-1's
-parity cases, the native CPU decoder (csrc/cpu/native/mamba2.cpp), and the roofline estimate. Not built yet: CUDA
-kernels and TensorRT plugins for the SSD layer, a chunked prefill in the native decoder, an int8 lm_head.
+parity cases, the native CPU decoder (csrc/cpu/native/mamba2.cpp), and the roofline estimate. Not built yet:
+TensorRT plugins for the SSD layer and a chunked prefill in the native decoder; the CUDA SSD step
+(csrc/cuda/ssd_step.cu) compiles for sm_87 and sm_90 but has not run on a GPU.
 
 What a recipe name means here: `fp` the model as loaded; `naive` per-tensor abs-max W8A8, no rotation;
 `quamba` Quamba's percentile clip of the SSM input x and Hadamard rotation before out_proj, with Quamba2's
