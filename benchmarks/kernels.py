@@ -136,7 +136,22 @@ def width_rows(d: int, lengths: tuple[int, ...], device: str, repeats: int, gen:
     rows.append(_pair("rmsnorm_quantize", f"1 x {d // 2}", device, repeats,
                       lambda: ops.rmsnorm_quantize(h, w, 1e-5, s),
                       lambda: reference.rmsnorm_quantize(h, w, 1e-5, s)))
+    rows.append(ssd_step_row(d, device, repeats, gen))
     return rows
+
+
+def ssd_step_row(d: int, device: str, repeats: int, gen: torch.Generator) -> dict:
+    """Mamba-2's SSD decode step at this width (heads of 64, d_state 128, one group: mamba2-130m at d 1536,
+    mamba2-2.7b at 5120). On the CPU the op is its PyTorch reference (the native decoder is the CPU path)."""
+    heads, p, n = d // 64, 64, 128
+    e = d + 2 * n
+    xbc = torch.randint(-128, 128, (1, e), generator=gen, dtype=torch.int8).to(device)
+    vectors = (torch.full((e,), 0.02), torch.randn(1, heads, generator=gen), torch.randn(heads, generator=gen) - 2,
+               -torch.rand(heads, generator=gen) * 8, torch.randn(heads, generator=gen))
+    args = (xbc, *(t.to(device) for t in vectors))
+    state = torch.zeros(1, heads, p, n, device=device)
+    return _pair("ssd_step (Mamba-2)", f"b1 h{heads} p{p} n{n}", device, repeats,
+                 lambda: ops.ssd_step(*args, state, 1, 0.0, 0.0), lambda: reference.ssd_step(*args, state, 1, 0.0, 0.0))
 
 
 def _pair(op: str, shape: str, device: str, repeats: int, fast, ref) -> dict:
