@@ -70,3 +70,15 @@ def rel_close(out: torch.Tensor, ref: torch.Tensor, rtol: float = 1e-5) -> None:
     """DESIGN.md's fp32 agreement: the largest error relative to the largest reference magnitude."""
     err = ((out.double() - ref.double()).abs().max() / ref.double().abs().max()).item()
     assert err < rtol, f"relative error {err:.3g} > {rtol}"
+
+
+@pytest.fixture
+def trt():
+    """TensorRT's Python module, or tensorrt-rtx's (its parser and builder run without a GPU); skips without both."""
+    from quamba_edge.backends.tensorrt import import_tensorrt
+    from quamba_edge.errors import QuambaEdgeError
+
+    try:
+        return import_tensorrt(allow_rtx=True)
+    except QuambaEdgeError as exc:
+        pytest.skip(f"neither tensorrt nor tensorrt-rtx is installed: {exc}")

@@ -20,18 +20,7 @@ from quamba_edge.models.mamba2 import Mamba2Config, Mamba2LM, init_weights
 from quamba_edge.quant.quamba2 import calibrate
 from quamba_edge.quant.recipes import Quamba2
 
-RTX_TIMING_CACHE = "ignore:.*Timing cache operations are no-ops:DeprecationWarning"  # tensorrt-rtx has none
-
-
-@pytest.fixture
-def trt():
-    from quamba_edge.backends import tensorrt as trt_backend
-    from quamba_edge.errors import QuambaEdgeError
-
-    try:
-        return trt_backend.import_tensorrt(allow_rtx=True)
-    except QuambaEdgeError as exc:
-        pytest.skip(f"neither tensorrt nor tensorrt-rtx is installed: {exc}")
+from .test_trt_onegraph import RTX_TIMING_CACHE
 
 
 def small(seed: int = 1, **kw) -> Mamba2LM:

@@ -75,14 +75,6 @@ def artifact(request, tmp_path_factory) -> Path:
     return ARTIFACTS[request.param](tmp_path_factory.mktemp(request.param) / "int8")
 
 
-@pytest.fixture
-def trt():
-    try:
-        return trt_backend.import_tensorrt(allow_rtx=True)
-    except QuambaEdgeError as exc:
-        pytest.skip(f"neither tensorrt nor tensorrt-rtx is installed: {exc}")
-
-
 # ------------------------------------------------------------------------------------------------- profiles
 
 

@@ -155,16 +155,22 @@ def native(model: nn.Module, head: str | None = None) -> tuple[dict, int, str]:
     if not isinstance(model, QuantizedMambaLM):
         raise QuambaEdgeError("--backend native runs int8 artifacts; this model is fp32. Fix: `quamba-edge "
                               "calibrate` first, then build from its --out directory.")
+    check_native_head(model, head, NATIVE_HEADS)
+    return native_runners(NativeDecoder(model, head=head), model)
+
+
+def check_native_head(model: nn.Module, head: str | None, known: tuple[str, ...]) -> None:
+    """--head against a quantized model's own head (Mamba and Mamba-2): an int8-head artifact runs its int8 head;
+    --head int8 needs one; anything else must be in `known`. Raises QuambaEdgeError naming the fix."""
     if model.head is not None and head not in (None, "int8"):
         raise QuambaEdgeError(f"this artifact was calibrated with an int8 lm_head (--int8-head); --head {head} "
                               "would run another head than the calibrated one. Fix: drop --head (or --head int8), "
                               "or calibrate with --fp-head for a 16-bit head.")
-    if head is not None and head not in NATIVE_HEADS:
-        raise QuambaEdgeError(f"unknown --head {head!r}; known: {', '.join(NATIVE_HEADS)}.")
+    if head is not None and head not in known:
+        raise QuambaEdgeError(f"unknown --head {head!r}; known: {', '.join(known)}.")
     if head == "int8" and model.head is None:
         raise QuambaEdgeError("--head int8 needs an artifact calibrated with --int8-head. Fix: calibrate with "
                               "--int8-head, or choose --head fp16 (the paper's 16-bit head).")
-    return native_runners(NativeDecoder(model, head=head), model)
 
 
 def native_runners(decoder, model: nn.Module) -> tuple[dict, int, str]:

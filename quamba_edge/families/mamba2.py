@@ -96,15 +96,7 @@ def native(model: nn.Module, head: str | None = None) -> tuple[dict, int, str]:
     if not isinstance(model, QuantizedMamba2LM):
         raise QuambaEdgeError("--backend native runs int8 artifacts; this model is fp32. Fix: `quamba-edge "
                               "calibrate` first, then build from its --out directory.")
-    if model.head is not None and head not in (None, "int8"):
-        raise QuambaEdgeError(f"this artifact was calibrated with an int8 lm_head (--int8-head); --head {head} would "
-                              "run another head than the calibrated one. Fix: drop --head, or calibrate without "
-                              "--int8-head for a 16-bit head.")
-    if head == "int8" and model.head is None:
-        raise QuambaEdgeError("--head int8 needs an artifact calibrated with --int8-head. Fix: calibrate with "
-                              "--int8-head, or choose --head fp16.")
-    if head is not None and head not in MAMBA2_HEADS:
-        raise QuambaEdgeError(f"unknown --head {head!r}; known: {', '.join(MAMBA2_HEADS)}.")
+    mamba.check_native_head(model, head, MAMBA2_HEADS)
     if not model.cfg.tie_embeddings and model.head is None:
         raise QuambaEdgeError("the native Mamba-2 decoder takes models whose lm_head is the tied embedding (the "
                               "mamba2-* checkpoints); this one's is untied. Fix: --backend ort.")

@@ -93,6 +93,23 @@ def _empty(dtype: torch.dtype) -> Tensor:
     return torch.empty(0, dtype=dtype)
 
 
+def _head_tensors(qmodel, head: str | None, isa: str | None) -> tuple[str, Tensor, Tensor, float]:
+    """The head a decoder of `qmodel` (QuantizedMambaLM or QuantizedMamba2LM) runs and its int8 weight, scales and
+    input scale (empty for a 16/32-bit head). Raises ValueError for an unknown head or ISA, or head='int8' on a model
+    without an int8 head."""
+    head = head or ("int8" if qmodel.head is not None else "fp32")
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, not {head!r}")
+    if head == "int8" and qmodel.head is None:
+        raise ValueError("head='int8' needs a model quantized with --int8-head (recipe int8_head=True)")
+    if isa is not None and isa not in ISAS:
+        raise ValueError(f"isa must be one of {ISAS} or None, not {isa!r}")
+    if head == "int8":
+        h = qmodel.head
+        return head, h.weight.contiguous(), _linear_scale(h), float(h.in_scale)
+    return head, _empty(torch.int8), _empty(torch.float32), 1.0
+
+
 def pack_layer(block: QResidualBlock) -> tuple[list[Tensor], list[float]]:
     """One block's tensors (LAYER_TENSORS) and floats (LAYER_FLOATS), computed with the reference's own
     torch expressions so every scale product is the same fp32 number."""
@@ -143,23 +160,12 @@ class NativeDecoder:
         pages are released as they are packed and fault back in if the model is used again)."""
         if not isinstance(qmodel, QuantizedMambaLM):
             raise TypeError(f"NativeDecoder runs a QuantizedMambaLM (a quantized model), not {type(qmodel).__name__}")
-        head = head or ("int8" if qmodel.head is not None else "fp32")
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, not {head!r}")
-        if head == "int8" and qmodel.head is None:
-            raise ValueError("head='int8' needs a model quantized with --int8-head (recipe int8_head=True)")
-        if isa is not None and isa not in ISAS:
-            raise ValueError(f"isa must be one of {ISAS} or None, not {isa!r}")
+        head, head_w, head_s, head_in = _head_tensors(qmodel, head, isa)
         cfg = self.cfg = qmodel.cfg
         self.head_kind = head
         mod = load()
         # read in place: the rows a step looks up, and the whole matrix by the fp32 head
         self._embedding = qmodel.embedding.weight.detach().float().contiguous()
-        if head == "int8":
-            h = qmodel.head
-            head_w, head_s, head_in = h.weight.contiguous(), _linear_scale(h), float(h.in_scale)
-        else:
-            head_w, head_s, head_in = _empty(torch.int8), _empty(torch.float32), 1.0
         dims = [cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.rank, cfg.vocab_size]
         self._dec = mod.Decoder(dims, self._embedding, qmodel.norm_f.weight.detach().float().contiguous(),
                                 float(qmodel.norm_f.eps), head, head_w, head_s, head_in, isa or "")
@@ -186,8 +192,8 @@ class NativeDecoder:
         """Zero states for `batch` sequences (allocates; a step never does)."""
         cfg = self.cfg
         self.batch = batch
-        self.conv_state = torch.zeros(cfg.n_layer, batch, cfg.d_inner, cfg.d_conv - 1, dtype=torch.int8)
-        self.ssm_state = torch.zeros(cfg.n_layer, batch, cfg.d_inner, cfg.d_state, dtype=torch.float32)
+        self.conv_state = torch.zeros(cfg.n_layer, batch, cfg.conv_state_channels, cfg.d_conv - 1, dtype=torch.int8)
+        self.ssm_state = torch.zeros(cfg.n_layer, batch, *cfg.ssm_state_shape, dtype=torch.float32)
         self.logits = torch.zeros(batch, cfg.vocab_size, dtype=torch.float32)
         self._ids = torch.zeros(batch, dtype=torch.int64)
 
@@ -207,7 +213,7 @@ class NativeDecoder:
         if ids.numel() != self.batch:
             raise ValueError(f"{ids.numel()} token ids for a decoder of batch {self.batch}: call reset(batch)")
         self._ids.copy_(ids)
-        self._dec.step(self._ids, self.conv_state, self.ssm_state, self.logits, traces or [])
+        self._dec.step(self._ids, self.conv_state, self.ssm_state, self.logits, *self._trace_args(traces))
         return self.logits
 
     def prefill(self, input_ids: Tensor, traces: list[list[Tensor]] | None = None) -> Tensor:
@@ -223,8 +229,12 @@ class NativeDecoder:
             raise ValueError(f"prefill takes token ids (batch, length) with both >= 1, got shape {tuple(ids.shape)}")
         self.reset(ids.shape[0])
         self._dec.prefill(ids.to(torch.int64).contiguous(), self.conv_state, self.ssm_state, self.logits,
-                          traces or [])
+                          *self._trace_args(traces))
         return self.logits
+
+    def _trace_args(self, traces: list[list[Tensor]] | None) -> list:
+        """The C++ step's and prefill's trailing argument: the trace tensors (none: an empty list)."""
+        return [traces or []]
 
     def trace_buffers(self, length: int | None = None) -> list[list[Tensor]]:
         """Fresh int8 tensors for `step(traces=...)`: per layer xn (b, d_model), xz (b, 2d), u (b, d),
@@ -277,24 +287,13 @@ class NativeMamba2Decoder(NativeDecoder):
     def __init__(self, qmodel: QuantizedMamba2LM, head: str | None = None, isa: str | None = None, batch: int = 1):
         if not isinstance(qmodel, QuantizedMamba2LM):
             raise TypeError(f"NativeMamba2Decoder runs a QuantizedMamba2LM, not {type(qmodel).__name__}")
-        head = head or ("int8" if qmodel.head is not None else "fp32")
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, not {head!r}")
-        if head == "int8" and qmodel.head is None:
-            raise ValueError("head='int8' needs a model quantized with --int8-head (recipe int8_head=True)")
-        if isa is not None and isa not in ISAS:
-            raise ValueError(f"isa must be one of {ISAS} or None, not {isa!r}")
+        head, head_w, head_s, head_in = _head_tensors(qmodel, head, isa)
         cfg = self.cfg = qmodel.cfg
         if not cfg.tie_embeddings and head != "int8":
             raise ValueError("the native Mamba-2 decoder reads its head from the tied embedding; this model's "
                              "lm_head is untied (run it with --backend ort)")
         self.head_kind = head
         self._embedding = qmodel.embedding.weight.detach().float().contiguous()
-        if head == "int8":
-            h = qmodel.head
-            head_w, head_s, head_in = h.weight.contiguous(), _linear_scale(h), float(h.in_scale)
-        else:
-            head_w, head_s, head_in = _empty(torch.int8), _empty(torch.float32), 1.0
         dims = [cfg.d_model, cfg.d_inner, cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state, cfg.d_conv,
                 cfg.vocab_size]
         floats = [cfg.dt_min, cfg.dt_max or 0.0, cfg.norm_eps]
@@ -308,33 +307,10 @@ class NativeMamba2Decoder(NativeDecoder):
             release_pages([*block.parameters(), *block.buffers()])
         self.reset(batch)
 
-    def reset(self, batch: int = 1) -> None:
-        cfg = self.cfg
-        self.batch = batch
-        self.conv_state = torch.zeros(cfg.n_layer, batch, cfg.conv_dim, cfg.d_conv - 1, dtype=torch.int8)
-        self.ssm_state = torch.zeros(cfg.n_layer, batch, *cfg.ssm_state_shape, dtype=torch.float32)
-        self.logits = torch.zeros(batch, cfg.vocab_size, dtype=torch.float32)
-        self._ids = torch.zeros(batch, dtype=torch.int64)
-
-    def step(self, token_ids: Tensor, traces: list[list[Tensor]] | None = None) -> Tensor:
+    def _trace_args(self, traces: list[list[Tensor]] | None) -> list:
         if traces:
             raise ValueError("the native Mamba-2 decoder has no traces")
-        ids = token_ids.reshape(-1)
-        if ids.numel() != self.batch:
-            raise ValueError(f"{ids.numel()} token ids for a decoder of batch {self.batch}: call reset(batch)")
-        self._ids.copy_(ids)
-        self._dec.step(self._ids, self.conv_state, self.ssm_state, self.logits)
-        return self.logits
-
-    def prefill(self, input_ids: Tensor, traces: list[list[Tensor]] | None = None) -> Tensor:
-        if traces:
-            raise ValueError("the native Mamba-2 decoder has no traces")
-        ids = torch.as_tensor(input_ids)
-        if ids.dim() != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
-            raise ValueError(f"prefill takes token ids (batch, length) with both >= 1, got shape {tuple(ids.shape)}")
-        self.reset(ids.shape[0])
-        self._dec.prefill(ids.to(torch.int64).contiguous(), self.conv_state, self.ssm_state, self.logits)
-        return self.logits
+        return []
 
 
 def source_files() -> list[Path]:

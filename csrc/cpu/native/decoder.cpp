@@ -99,7 +99,7 @@ __attribute__((target("avx2"))) void scan_avx2(QE_SCAN_ARGS) {
 
 ScanFn scan_for(Isa isa, int64_t n) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (isa == Isa::kAvx2 || isa == Isa::kAvxVnni || isa == Isa::kAvx512Vnni)
+  if (has_avx2(isa))
     return n == 16 ? scan_avx2<16> : scan_avx2<0>;
 #endif
   (void)isa;
@@ -177,7 +177,7 @@ __attribute__((target("avx2"))) void hadamard_avx2(const float* y, int64_t n, co
 
 HadamardFn hadamard_for(Isa isa) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (isa == Isa::kAvx2 || isa == Isa::kAvxVnni || isa == Isa::kAvx512Vnni) return hadamard_avx2;
+  if (has_avx2(isa)) return hadamard_avx2;
 #endif
   (void)isa;
   return hadamard_base;

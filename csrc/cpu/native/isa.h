@@ -22,6 +22,9 @@ namespace native {
 
 enum class Isa : int { kScalar = 0, kAvx2, kAvxVnni, kAvx512Vnni, kNeon };
 
+// The x86 paths that have AVX2: the float code the decoders compile twice (baseline and AVX2) takes its AVX2 copy.
+inline bool has_avx2(Isa isa) { return isa == Isa::kAvx2 || isa == Isa::kAvxVnni || isa == Isa::kAvx512Vnni; }
+
 // Packed int8 weights (the layout `pack_s8` writes, once, at load): a row's length is zero-padded to
 // k_pad, a multiple of kKAlign bytes (one AVX-512 register); rows are zero-padded to n_pad, a multiple of
 // kRowBlock, and each block of kRowBlock rows is stored interleaved in `chunk`-byte pieces

@@ -54,7 +54,7 @@ __attribute__((target("avx2"))) void ssd_head_avx2(int64_t p, int64_t n, float d
 
 SsdFn ssd_for(Isa isa) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (isa == Isa::kAvx2 || isa == Isa::kAvxVnni || isa == Isa::kAvx512Vnni) return ssd_head_avx2;
+  if (has_avx2(isa)) return ssd_head_avx2;
 #endif
   (void)isa;
   return ssd_head_base;
@@ -137,7 +137,7 @@ QE_ROW_OPS(avx2, __attribute__((target("avx2"))))
 
 const RowOps& row_ops_for(Isa isa) {
 #if defined(__x86_64__) || defined(_M_X64)
-  if (isa == Isa::kAvx2 || isa == Isa::kAvxVnni || isa == Isa::kAvx512Vnni) return kRowOps_avx2;
+  if (has_avx2(isa)) return kRowOps_avx2;
 #endif
   (void)isa;
   return kRowOps_base;
