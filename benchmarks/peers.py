@@ -14,9 +14,9 @@ llama.cpp driven through llama-cpp-python's `eval` at n_threads = n_threads_batc
 
 --arch mamba2: the mamba2-130m shape (24 layers, d_model 768, d_state 128, headdim 64, one group; random
 weights, seed 0) written as a mamba-ssm checkpoint; llama.cpp converts it as `Mamba2ForCausalLM`. quamba-edge runs
-its W8A8 model (Quamba2 recipe) on the native CPU decoder (the paper's 16-bit head, and --int8-head; its prefill is
-the recurrence token by token, so prompt speed is decode speed there) and in ONNX Runtime, and its fp32 model in ONNX
-Runtime and PyTorch.
+its W8A8 model (Quamba2 recipe) on the native CPU decoder (the paper's 16-bit head, and --int8-head; its prefill
+runs int8 GEMMs over 64-token chunks with the SSD recurrence along time) and in ONNX Runtime, and its fp32 model in
+ONNX Runtime and PyTorch.
 
 The bundled model cannot be compared on quality here: llama.cpp's Mamba converter supplies a GPT-NeoX
 vocabulary (50k tokens), and the bundled model is byte-level (256).

@@ -1,8 +1,8 @@
 """Mamba-2 language models (issue 19): checkpoints in the mamba-ssm and transformers layouts, text calibration
 and the W8A8 recipes of quant/quamba2.py, bits per byte, generation, the prefill/decode graphs (export/mamba2.py)
 and their engines (ONNX Runtime; TensorRT plans, checked here with TensorRT-RTX's parser and builder) with Mamba-1's
-parity cases, the native CPU decoder (csrc/cpu/native/mamba2.cpp), and the roofline estimate. Not built yet:
-TensorRT plugins for the SSD layer and a chunked prefill in the native decoder; the CUDA SSD step
+parity cases, the native CPU decoder (csrc/cpu/native/mamba2.cpp: chunked int8-GEMM prefill, one-call decode
+step), and the roofline estimate. Not built yet: TensorRT plugins for the SSD layer; the CUDA SSD step
 (csrc/cuda/ssd_step.cu) compiles for sm_87 and sm_90 but has not run on a GPU.
 
 What a recipe name means here: `fp` the model as loaded; `naive` per-tensor abs-max W8A8, no rotation;

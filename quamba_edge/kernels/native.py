@@ -281,8 +281,8 @@ class NativeMamba2Decoder(NativeDecoder):
     interface (`prefill`, `step`, `reset`, `load_state`; states conv_state (n_layer, batch, conv_dim, d_conv - 1)
     int8 and ssm_state (n_layer, batch, nheads, headdim, d_state) fp32, in place). Heads: fp32 (the tied
     embedding read in place), fp16 or bf16 (converted once), int8 (--int8-head); an untied fp head is refused.
-    The prefill is the recurrence token by token in one C++ call (no chunked form yet): prompt speed is decode
-    speed."""
+    The prefill runs layer-major over 64-token chunks (int8 GEMMs over the chunk's tokens, the conv and the SSD
+    recurrence along time): the same states, bit for bit, as stepping token by token."""
 
     def __init__(self, qmodel: QuantizedMamba2LM, head: str | None = None, isa: str | None = None, batch: int = 1):
         if not isinstance(qmodel, QuantizedMamba2LM):

@@ -390,17 +390,6 @@ void Decoder::ensure_prefill(int64_t batch) {
   prefill_batch_ = batch;
 }
 
-template <class Epilogue>
-void Decoder::gemm(const Linear& l, const int8_t* X, int64_t ldx, int64_t M, Epilogue&& epilogue) {
-  int32_t* acc = p_acc_.data();
-  for (int64_t m0 = 0; m0 < M; m0 += kGemmRows) {
-    const int64_t mt = std::min(kGemmRows, M - m0);
-    kernels_.gemm_s8(l.w.data(), l.row_sum.data(), l.n_pad, l.k_pad, X + m0 * ldx, ldx, mt, gemm_scratch_.data(), acc,
-                     l.n_pad);
-    for (int64_t m = 0; m < mt; ++m) epilogue(m0 + m, acc + m * l.n_pad);
-  }
-}
-
 void Decoder::gemv(const Linear& l, const int8_t* x, int32_t* acc) {
   kernels_.gemv_s8(l.w.data(), l.row_sum.data(), l.n_pad, l.k_pad, x, gemv_scratch_.data(), acc);
 }
@@ -578,30 +567,15 @@ void Decoder::prefill_layer(int64_t i, int64_t batch, int64_t T, int64_t t0, int
 void Decoder::prefill(const int64_t* ids, int64_t batch, int64_t length, int8_t* conv_state, float* ssm_state,
                       float* logits, const Trace* traces) {
   require(batch > 0 && length > 0, "a prefill needs at least one sequence of at least one token");
-  for (int64_t i = 0; i < batch * length; ++i)
-    if (ids[i] < 0 || ids[i] >= vocab_)
-      throw std::invalid_argument("native decoder: token id " + std::to_string(ids[i]) + " outside the vocabulary");
   ensure_batch(batch);
   ensure_prefill(batch);
-  const int64_t dm = d_model_;
   const int64_t conv_stride = batch * d_inner_ * (d_conv_ - 1), ssm_stride = batch * d_inner_ * d_state_;
-  float* h = p_h_.data();
-  for (int64_t t0 = 0; t0 < length; t0 += kPrefillChunk) {
-    const int64_t T = std::min(kPrefillChunk, length - t0);
-    for (int64_t b = 0; b < batch; ++b)
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t id = ids[b * length + t0 + t];
-        std::copy(embedding_ + id * dm, embedding_ + (id + 1) * dm, h + (b * T + t) * dm);
-      }
+  prefill_chunks(embedding_, vocab_, d_model_, ids, batch, length, p_h_.data(), h_.data(), [&](int64_t T, int64_t t0) {
     for (int64_t i = 0; i < n_layer(); ++i)
       prefill_layer(i, batch, T, t0, length, conv_state + i * conv_stride, ssm_state + i * ssm_stride,
                     traces != nullptr ? traces + i : nullptr);
-    if (t0 + T == length) {  // only the last position goes through the head
-      for (int64_t b = 0; b < batch; ++b)
-        std::copy(h + (b * T + T - 1) * dm, h + (b * T + T) * dm, h_.data() + b * dm);
-      head(h_.data(), batch, logits);
-    }
-  }
+  });
+  head(h_.data(), batch, logits);  // only the last position goes through the head
 }
 
 }  // namespace native

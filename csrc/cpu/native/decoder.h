@@ -22,11 +22,15 @@
 // step's, in the same order, so a prefill leaves the same states (bit for bit) as stepping token by token.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
+#include <stdexcept>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "isa.h"
@@ -136,6 +140,41 @@ struct PackedLinear {
   int64_t bytes() const { return n_pad * k_pad + 4 * n * (2 + (bias.empty() ? 0 : 1)); }
 };
 PackedLinear pack_linear(const LinearSpec& s, int64_t chunk);
+// X (M, ldx) int8 rows (k_pad valid bytes each, padding zero) through l, kGemmRows rows per gemm_s8 call;
+// epilogue(row, acc) gets each row's n_pad int32 outputs. acc: kGemmRows * l.n_pad int32 of scratch; scratch:
+// gemm_scratch_bytes(l.k_pad) bytes. The prefill projections of both decoders.
+template <class Epilogue>
+void gemm_rows(const DotKernels& kernels, const PackedLinear& l, const int8_t* X, int64_t ldx, int64_t M,
+               int32_t* acc, uint8_t* scratch, Epilogue&& epilogue) {
+  for (int64_t m0 = 0; m0 < M; m0 += kGemmRows) {
+    const int64_t mt = M - m0 < kGemmRows ? M - m0 : kGemmRows;
+    kernels.gemm_s8(l.w.data(), l.row_sum.data(), l.n_pad, l.k_pad, X + m0 * ldx, ldx, mt, scratch, acc, l.n_pad);
+    for (int64_t m = 0; m < mt; ++m) epilogue(m0 + m, acc + m * l.n_pad);
+  }
+}
+// The chunk loop of both decoders' prefill over ids (batch, length) row-major: throws for an id outside the
+// vocabulary; then for each chunk of T <= kPrefillChunk tokens per sequence, the embedding rows into h (row b * T + t:
+// token t0 + t of sequence b) and layers(T, t0) (every layer on those rows, in place); finally the last position of
+// each sequence into last (batch, d_model), for the head.
+template <class Layers>
+void prefill_chunks(const float* embedding, int64_t vocab, int64_t d_model, const int64_t* ids, int64_t batch,
+                    int64_t length, float* h, float* last, Layers&& layers) {
+  for (int64_t i = 0; i < batch * length; ++i)
+    if (ids[i] < 0 || ids[i] >= vocab)
+      throw std::invalid_argument("native decoder: token id " + std::to_string(ids[i]) + " outside the vocabulary");
+  for (int64_t t0 = 0; t0 < length; t0 += kPrefillChunk) {
+    const int64_t T = length - t0 < kPrefillChunk ? length - t0 : kPrefillChunk;
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t t = 0; t < T; ++t) {
+        const float* row = embedding + ids[b * length + t0 + t] * d_model;
+        std::copy(row, row + d_model, h + (b * T + t) * d_model);
+      }
+    layers(T, t0);
+    if (t0 + T == length)
+      for (int64_t b = 0; b < batch; ++b)
+        std::copy(h + (b * T + T - 1) * d_model, h + (b * T + T) * d_model, last + b * d_model);
+  }
+}
 // h (n) += the fp32 epilogue of an fp32-out layer's int32 outputs: acc * scale (+ bias), the residual add.
 inline void add_residual(const PackedLinear& l, const int32_t* acc, float* h) {
   for (int64_t j = 0; j < l.n; ++j) {
@@ -224,9 +263,11 @@ class Decoder {
   };
 
   void gemv(const Linear& l, const int8_t* x, int32_t* acc);
-  // X (M, ldx) int8 rows through l, kGemmRows at a time; epilogue(row, acc) gets each row's n_pad int32.
+  // gemm_rows on the prefill scratch.
   template <class Epilogue>
-  void gemm(const Linear& l, const int8_t* X, int64_t ldx, int64_t M, Epilogue&& epilogue);
+  void gemm(const Linear& l, const int8_t* X, int64_t ldx, int64_t M, Epilogue&& epilogue) {
+    gemm_rows(kernels_, l, X, ldx, M, p_acc_.data(), gemm_scratch_.data(), std::forward<Epilogue>(epilogue));
+  }
   // One layer over rows = batch * T tokens (row b * T + t is token t0 + t of sequence b) of the prefill buffers.
   void prefill_layer(int64_t i, int64_t batch, int64_t T, int64_t t0, int64_t length, int8_t* conv_state,
                      float* ssm_state, const Trace* trace);

@@ -187,6 +187,9 @@ void Mamba2Decoder::add_layer(const Mamba2LayerSpec& s) {
   L.out_proj = pack_linear(s.out_proj, kernels_.chunk);
   L.proj_scale.assign(s.proj_scale, s.proj_scale + d + e + H);
   L.conv_weight.assign(s.conv_weight, s.conv_weight + e * d_conv_);
+  L.conv_weight_t.resize(e * d_conv_);
+  for (int64_t c = 0; c < e; ++c)
+    for (int64_t j = 0; j < d_conv_; ++j) L.conv_weight_t[j * e + c] = s.conv_weight[c * d_conv_ + j];
   L.conv_scale.assign(s.conv_scale, s.conv_scale + e);
   L.conv_bias = s.conv_bias ? std::vector<float>(s.conv_bias, s.conv_bias + e) : std::vector<float>(e, 0.0f);
   L.xbc_scale.assign(s.xbc_scale, s.xbc_scale + e);
@@ -196,7 +199,7 @@ void Mamba2Decoder::add_layer(const Mamba2LayerSpec& s) {
   L.K = copy_hadamard(s.hadamard_K, s.K, d, L.hadamard_K);
   L.y_scale = s.y_scale;
   layers_.push_back(std::move(L));
-  batch_ = 0;  // the scratch is sized from the layers: made again at the next call
+  batch_ = prefill_batch_ = 0;  // the scratch is sized from the layers: made again at the next call
 }
 
 int64_t Mamba2Decoder::packed_bytes() const {
@@ -264,9 +267,7 @@ void Mamba2Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state
     const float* Cs = xbc + d + ngroups_ * N;
     float* S = ssm_state + b * H * P * N;
     for (int64_t hh = 0; hh < H; ++hh) {
-      float dth = softplus_exact(dt[hh] + L.dt_bias[hh]);
-      dth = dth > dt_min_ ? dth : dt_min_;
-      if (dt_max_ > 0.0f) dth = dth < dt_max_ ? dth : dt_max_;
+      const float dth = head_dt(dt[hh], L.dt_bias[hh]);
       const int64_t g = hh / heads_per_group;
       ssd(P, N, expf(dth * L.A[hh]), dth, L.D[hh], xbc + hh * P, Bs + g * N, Cs + g * N, S + hh * P * N, y + hh * P);
     }
@@ -284,6 +285,13 @@ void Mamba2Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state
   }
 }
 
+float Mamba2Decoder::head_dt(float dt, float dt_bias) const {
+  float v = softplus_exact(dt + dt_bias);
+  v = v > dt_min_ ? v : dt_min_;
+  if (dt_max_ > 0.0f) v = v < dt_max_ ? v : dt_max_;
+  return v;
+}
+
 void Mamba2Decoder::advance(const int64_t* ids, int64_t batch, int8_t* conv_state, float* ssm_state) {
   ensure_batch(batch);
   const int64_t dm = d_model_;
@@ -298,15 +306,106 @@ void Mamba2Decoder::step(const int64_t* ids, int64_t batch, int8_t* conv_state, 
   head_.run(h_.data(), batch, logits);
 }
 
+void Mamba2Decoder::ensure_prefill(int64_t batch) {
+  if (batch <= prefill_batch_) return;
+  require(!layers_.empty(), "no layers (add_layer first)");
+  const Layer& L = layers_.front();
+  const int64_t rows = batch * kPrefillChunk, e = conv_dim_;
+  p_h_ = Buffer<float>(rows * d_model_);
+  p_z_ = Buffer<float>(rows * d_inner_);
+  p_xbc_ = Buffer<float>(rows * e);
+  p_dt_ = Buffer<float>(rows * nheads_);
+  p_y_ = Buffer<float>(rows * d_inner_);
+  p_xn_ = Buffer<int8_t>(rows * L.in_proj.k_pad);
+  p_xbc_q_ = Buffer<int8_t>(rows * e);
+  p_yq_ = Buffer<int8_t>(rows * L.out_proj.k_pad);
+  p_xpad_ = Buffer<int8_t>((d_conv_ - 1 + kPrefillChunk) * e);
+  p_acc_ = Buffer<int32_t>(kGemmRows * std::max(L.in_proj.n_pad, L.out_proj.n_pad));
+  p_conv_acc_ = Buffer<int32_t>(e);
+  gemm_scratch_ = Buffer<uint8_t>(gemm_scratch_bytes(std::max(L.in_proj.k_pad, L.out_proj.k_pad)));
+  prefill_batch_ = batch;
+}
+
+void Mamba2Decoder::prefill_layer(int64_t i, int64_t batch, int64_t T, int8_t* conv_state, float* ssm_state) {
+  const Layer& L = layers_[i];
+  const int64_t d = d_inner_, e = conv_dim_, H = nheads_, P = headdim_, N = d_state_, k = d_conv_, dm = d_model_;
+  const int64_t rows = batch * T, ld_xn = L.in_proj.k_pad, ld_yq = L.out_proj.k_pad;
+  const int64_t heads_per_group = H / ngroups_, group = d / ngroups_;
+  const SsdFn ssd = ssd_for(kernels_.isa);
+  const RowOps& ops = row_ops_for(kernels_.isa);
+  float *h = p_h_.data(), *z = p_z_.data(), *xbc = p_xbc_.data(), *dt = p_dt_.data(), *y = p_y_.data();
+  int8_t *xn = p_xn_.data(), *xbc_q = p_xbc_q_.data(), *yq = p_yq_.data(), *xpad = p_xpad_.data();
+  int32_t* conv_acc = p_conv_acc_.data();
+  // RMSNorm + quantize -> xn, row by row
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* hr = h + r * dm;
+    const float inv = rms_inverse_of(hr, dm, L.norm_eps);
+    for (int64_t c = 0; c < dm; ++c) xn[r * ld_xn + c] = quantize_s8(hr[c] * inv * L.norm_weight[c], L.norm_scale);
+  }
+  // in_proj -> z | xBC | dt, per row
+  const PackedLinear& ip = L.in_proj;
+  const float* ip_bias = ip.bias.empty() ? nullptr : ip.bias.data();
+  gemm_rows(kernels_, ip, xn, ld_xn, rows, p_acc_.data(), gemm_scratch_.data(), [&](int64_t r, const int32_t* acc) {
+    ops.in_epilogue(acc, ip.scale.data(), ip_bias, L.proj_scale.data(), d, e, H, z + r * d, xbc_q + r * e, dt + r * H);
+  });
+  // causal conv along time over x, B and C + SiLU + requantize (dequantized for the SSD): the k-1 state columns, then
+  // the chunk's rows, by time; the state keeps the last k-1
+  const int32_t* wt = L.conv_weight_t.data();
+  for (int64_t b = 0; b < batch; ++b) {
+    int8_t* cs = conv_state + b * e * (k - 1);
+    for (int64_t j = 0; j < k - 1; ++j)
+      for (int64_t c = 0; c < e; ++c) xpad[j * e + c] = cs[c * (k - 1) + j];
+    std::copy(xbc_q + b * T * e, xbc_q + (b * T + T) * e, xpad + (k - 1) * e);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t c = 0; c < e; ++c) {
+        int32_t a = 0;
+        for (int64_t j = 0; j < k; ++j) a += wt[j * e + c] * int32_t(xpad[(t + j) * e + c]);
+        conv_acc[c] = a;
+      }
+      ops.conv_float(e, conv_acc, L.conv_scale.data(), L.conv_bias.data(), L.xbc_scale.data(), xbc + (b * T + t) * e);
+    }
+    for (int64_t c = 0; c < e; ++c)
+      for (int64_t j = 0; j < k - 1; ++j) cs[c * (k - 1) + j] = xpad[(T + j) * e + c];
+  }
+  // the SSD recurrence along time, head by head (its (p, n) state stays in cache over the chunk)
+  for (int64_t b = 0; b < batch; ++b) {
+    float* S = ssm_state + b * H * P * N;
+    for (int64_t hh = 0; hh < H; ++hh) {
+      const int64_t g = hh / heads_per_group;
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t r = b * T + t;
+        const float* xr = xbc + r * e;
+        const float dth = head_dt(dt[r * H + hh], L.dt_bias[hh]);
+        ssd(P, N, expf(dth * L.A[hh]), dth, L.D[hh], xr + hh * P, xr + d + g * N, xr + d + (ngroups_ + g) * N,
+            S + hh * P * N, y + r * d + hh * P);
+      }
+    }
+  }
+  // gate, Hadamard + quantize -> yq, row by row
+  for (int64_t r = 0; r < rows; ++r) {
+    ops.gate(d, group, gate_eps_, z + r * d, y + r * d);
+    if (L.K > 0) {
+      hadamard_for(kernels_.isa)(y + r * d, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq + r * ld_yq);
+    } else {
+      for (int64_t c = 0; c < d; ++c) yq[r * ld_yq + c] = quantize_s8(y[r * d + c], L.y_scale);
+    }
+  }
+  // out_proj (fp32 out) + residual
+  gemm_rows(kernels_, L.out_proj, yq, ld_yq, rows, p_acc_.data(), gemm_scratch_.data(),
+            [&](int64_t r, const int32_t* acc) { add_residual(L.out_proj, acc, h + r * dm); });
+}
+
 void Mamba2Decoder::prefill(const int64_t* ids, int64_t batch, int64_t length, int8_t* conv_state, float* ssm_state,
                             float* logits) {
   require(batch > 0 && length > 0, "a prefill needs at least one sequence of at least one token");
-  std::vector<int64_t> column(batch);
-  for (int64_t t = 0; t < length; ++t) {
-    for (int64_t b = 0; b < batch; ++b) column[b] = ids[b * length + t];
-    advance(column.data(), batch, conv_state, ssm_state);
-  }
-  head_.run(h_.data(), batch, logits);  // the last position only
+  ensure_batch(batch);
+  ensure_prefill(batch);
+  const int64_t conv_stride = batch * conv_dim_ * (d_conv_ - 1), ssm_stride = batch * d_inner_ * d_state_;
+  prefill_chunks(embedding_, vocab_, d_model_, ids, batch, length, p_h_.data(), h_.data(), [&](int64_t T, int64_t) {
+    for (int64_t i = 0; i < n_layer(); ++i)
+      prefill_layer(i, batch, T, conv_state + i * conv_stride, ssm_state + i * ssm_stride);
+  });
+  head_.run(h_.data(), batch, logits);  // only the last position goes through the head
 }
 
 }  // namespace native

@@ -12,6 +12,12 @@
 //   h  += int32(W_out yq) * (s_y s_Wout) + b
 // then logits = head(RMSNorm_f(h)) (decoder.h's LmHead: fp32, fp16, bf16 or int8).
 //
+// Prefill runs the same formulas layer-major over kPrefillChunk tokens of every sequence at a time (decoder.h): the
+// projections are int8 GEMMs over all those rows (each packed weight read once per chunk, not once per token), the
+// conv runs along time per channel and the SSD recurrence along time per head (its (p, n) state stays in cache), and
+// only the last position goes through the head. Every float operation is the step's, in the same order, so a
+// prefill leaves the same states (bit for bit) as stepping token by token.
+//
 // Agreement with the PyTorch reference is DESIGN.md's end-to-end int8 bound (a rounding tie may flip an int8 value):
 // the SSD reduction over the state and SiLU's exp are computed in another order than PyTorch's. Every ISA path gives
 // the same bits (the integer products are exact; the float code is shared, with fixed-order sums).
@@ -63,8 +69,8 @@ class Mamba2Decoder {
   // One token per sequence: ids (batch) -> logits (batch, vocab). conv_state (n_layer, batch, e, d_conv-1) int8 and
   // ssm_state (n_layer, batch, H, p, n) fp32 are read and updated in place.
   void step(const int64_t* ids, int64_t batch, int8_t* conv_state, float* ssm_state, float* logits);
-  // ids (batch, length) row-major: the prompt token by token through `step` (the recurrence; no chunked form yet);
-  // logits of the last position.
+  // ids (batch, length) row-major -> logits (batch, vocab) of the last position; the states (those before the prompt,
+  // usually zeros) advanced over all `length` tokens in place. Scratch grows with batch, not with length.
   void prefill(const int64_t* ids, int64_t batch, int64_t length, int8_t* conv_state, float* ssm_state,
                float* logits);
   // One layer on h (batch, d_model) fp32 in place, with that layer's states (batch, e, d_conv-1), (batch, H, p, n).
@@ -81,9 +87,16 @@ class Mamba2Decoder {
     float norm_eps, norm_scale, y_scale;
     PackedLinear in_proj, out_proj;
     std::vector<int8_t> conv_weight, hadamard_K;
+    std::vector<int32_t> conv_weight_t;  // (d_conv, e): the taps by time, for the prefill's conv along time
     int64_t K;
   };
   void ensure_batch(int64_t batch);
+  void ensure_prefill(int64_t batch);
+  // One layer over rows = batch * T tokens of the prefill buffers (row b * T + t is token t of the chunk of sequence
+  // b), its states (batch, e, d_conv-1) and (batch, H, p, n) advanced over the T tokens.
+  void prefill_layer(int64_t i, int64_t batch, int64_t T, int8_t* conv_state, float* ssm_state);
+  // The step's dt_h of one head from in_proj's dequantized dt: clamp(softplus(dt + dt_bias), dt_min, dt_max).
+  float head_dt(float dt, float dt_bias) const;
   // Embedding rows of ids (batch) and every layer: the residual stream after them in h_.
   void advance(const int64_t* ids, int64_t batch, int8_t* conv_state, float* ssm_state);
 
@@ -99,6 +112,13 @@ class Mamba2Decoder {
   Buffer<int32_t> acc_, conv_acc_;
   Buffer<float> z_, xbc_, dt_, y_, rot_, h_;
   Buffer<uint8_t> gemv_scratch_;
+
+  // Prefill scratch for `prefill_batch_` sequences of kPrefillChunk tokens (rows), the step's layouts by row.
+  int64_t prefill_batch_ = 0;
+  Buffer<float> p_h_, p_z_, p_xbc_, p_dt_, p_y_;   // (rows, d_model), (rows, d), (rows, e), (rows, H), (rows, d)
+  Buffer<int8_t> p_xn_, p_xbc_q_, p_yq_, p_xpad_;  // (rows, in k_pad), (rows, e), (rows, out k_pad), (k-1+chunk, e)
+  Buffer<int32_t> p_acc_, p_conv_acc_;             // (kGemmRows, widest n_pad), (e)
+  Buffer<uint8_t> gemm_scratch_;
 };
 
 }  // namespace native
