@@ -265,6 +265,30 @@ def test_native_backend_builds_for_mamba2_and_refuses_what_it_cannot_run(tmp_pat
         family.native(quantized(small(), Quamba2(int8_head=True)), "fp16")
 
 
+def test_untied_int8_head_artifact_keeps_only_the_int8_head(tmp_path):
+    """--int8-head on an untied model (Codestral's layout): the artifact holds the int8 head and no fp32 lm_head
+    (nothing would read it), and loads back to the same logits; its ONNX Runtime engine passes parity."""
+    from safetensors import safe_open
+
+    from quamba_edge.artifact import save_artifact
+    from quamba_edge.engine import build_engine
+    from quamba_edge.families.registry import load
+
+    qmodel = quantized(small(tie_embeddings=False), Quamba2(int8_head=True))
+    assert qmodel.lm_head is None and qmodel.head is not None
+    artifact = save_artifact(qmodel, tmp_path / "int8", family=family.name, recipe=qmodel.recipe,
+                             source={"model": "small untied Mamba-2"}, scales=[])
+    keys = set()
+    for shard in artifact.glob("*.safetensors"):
+        with safe_open(str(shard), "pt") as f:
+            keys |= set(f.keys())
+    assert "head.weight" in keys and not any(k.startswith("lm_head") for k in keys)
+    ids = torch.randint(0, qmodel.cfg.vocab_size, (2, 9), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(load(artifact).model.step(ids)[0], qmodel.step(ids)[0])
+    assert build_engine(artifact, tmp_path / "ort")["parity"]["passed"]
+
+
 # ------------------------------------------------------------------------------ the kernel op (CUDA on a GPU)
 
 

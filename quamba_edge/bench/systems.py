@@ -11,8 +11,7 @@ from quamba_edge.backends.base import System
 from quamba_edge.backends.torch import TorchRunner
 from quamba_edge.engine import is_engine, load_engine, weight_bytes
 from quamba_edge.errors import QuambaEdgeError
-from quamba_edge.families.registry import load
-from quamba_edge.models import mamba, mamba2
+from quamba_edge.families.registry import load, public_shape
 
 
 def open_system(spec: str, *, device: str, threads: int, kernels: bool = False, prepack: bool = True) -> System:
@@ -46,9 +45,9 @@ def precision_and_config(spec: str):
 
     A public Mamba or Mamba-2 size (`mamba-2.8b`, `mamba2-2.7b`, ...) stands for its shape alone: estimates need
     no weights."""
-    for shapes in (mamba, mamba2):
-        if spec in shapes.PUBLIC_SHAPES and not Path(spec).exists():
-            return shapes.public_shape(spec), None, None
+    shape = public_shape(spec)
+    if shape is not None and not Path(spec).exists():
+        return shape, None, None
     engine = is_engine(Path(spec))
     loaded = load_engine(Path(spec)) if engine else load(spec)
     family, cfg, precision = loaded.family, loaded.cfg, loaded.precision

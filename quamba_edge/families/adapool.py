@@ -30,6 +30,7 @@ detect, structure = onegraph.detector(FAMILY), onegraph.structurer(SetModel)
 load_checkpoint, config = load_set_checkpoint, config_from_dict
 graphs, precisions, backends, generates, scales_title, plugin_pass = onegraph.TRAITS
 quant_config, tag, extra_files, state_bytes = onegraph.SHARED
+public_shapes: dict = {}  # estimates cover language models
 reference, _case = onegraph.one_call(("sets", "mask"), "output")
 
 

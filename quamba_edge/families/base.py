@@ -152,6 +152,7 @@ class Family(Protocol):
     scales_title: str  # what calibrate's table of scales shows
     plugin_pass: Callable | None  # TensorRT graph pass to csrc/ plugins (Mamba), else None
     eval_columns: tuple[Column, ...]  # what `eval` prints per row of eval_rows(result)
+    public_shapes: dict[str, Any]  # a public size's name (`mamba-2.8b`) -> its config, for estimates without weights
 
     def detect(self, directory: Path) -> bool: ...
     def load_checkpoint(self, directory: Path) -> nn.Module: ...

@@ -32,7 +32,7 @@ from quamba_edge.families.base import Calibration, Column, Compute, Loaded, Prog
 from quamba_edge.kernels.mamba import KernelMambaLM
 from quamba_edge.kernels.native import HEADS as NATIVE_HEADS
 from quamba_edge.kernels.native import NativeDecoder
-from quamba_edge.models.mamba import MambaConfig, MambaLM
+from quamba_edge.models.mamba import PUBLIC_SHAPES, MambaConfig, MambaLM, public_shape
 from quamba_edge.quant.quamba import QuantizedMambaLM
 from quamba_edge.quant.quantize import quantize
 from quamba_edge.quant.recipes import Fp, Quamba, Recipe, make_recipe
@@ -42,6 +42,7 @@ graphs = ("prefill", "decode")
 precisions = ("fp32", "fp16")  # what an fp model builds in; a quantized one is int8
 backends = ("ort", "tensorrt", "native")
 generates = True  # the roofline estimate and --plot apply
+public_shapes = {size: public_shape(size) for size in PUBLIC_SHAPES}  # state-spaces/mamba-*
 scales_title = "activation scales; int8 step = scale"
 plugin_pass = rewrite  # TensorRT: conv and scan regions -> csrc/ plugin nodes
 

@@ -25,7 +25,7 @@ from quamba_edge.export.graph import WeightFile
 from quamba_edge.export.mamba2 import export_mamba2
 from quamba_edge.families import mamba
 from quamba_edge.kernels.native import NativeMamba2Decoder
-from quamba_edge.models.mamba2 import Mamba2Config, Mamba2LM
+from quamba_edge.models.mamba2 import PUBLIC_SHAPES, Mamba2Config, Mamba2LM, public_shape
 from quamba_edge.quant.quamba2 import QuantizedMamba2LM
 from quamba_edge.quant.recipes import DEFAULT_PERCENTILE, Fp, Quamba2, Recipe, check_name
 
@@ -36,6 +36,7 @@ backends = ("ort", "tensorrt", "native")
 MAMBA2_HEADS = ("fp32", "fp16", "bf16", "int8")  # the native decoder's heads
 no_tensorrt = ""  # TensorRT builds Mamba-2's portable graphs
 generates = True
+public_shapes = {size: public_shape(size) for size in PUBLIC_SHAPES}  # state-spaces/mamba2-*
 scales_title = "activation scales (vectors: their smallest and largest channel scale)"
 plugin_pass = None
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
+from typing import Any
 
 from quamba_edge.artifact import MANIFEST, load_weights, read_manifest
 from quamba_edge.checkpoints.common import resolve_model_dir
@@ -14,6 +16,15 @@ from quamba_edge.quant import recipes
 
 # Detection asks in this order: Mamba-2 before Mamba-1, whose layouts carry no family key either.
 FAMILIES: dict[str, Family] = {f.name: f for f in (mamba2, mamba, wav2vec2, adapool)}
+
+
+def public_shape(spec: str) -> Any | None:
+    """The config of a public size named by `spec` (`mamba-2.8b`, `mamba2-2.7b`, ...: its shape alone, for
+    estimates that need no weights), or None when no family has a public size of that name."""
+    for family in FAMILIES.values():
+        if spec in family.public_shapes:
+            return copy.deepcopy(family.public_shapes[spec])
+    return None
 
 
 def by_name(name: str | None, where: str = "") -> Family:

@@ -36,6 +36,7 @@ detect, structure = onegraph.detector(FAMILY), onegraph.structurer(KeywordSpotte
 config = KwsConfig.from_dict
 graphs, precisions, backends, generates, scales_title, plugin_pass = onegraph.TRAITS
 quant_config, tag, extra_files, state_bytes = onegraph.SHARED
+public_shapes: dict = {}  # estimates cover language models
 reference, _case = onegraph.one_call(("audio",), "logits")
 
 

@@ -150,7 +150,9 @@ class QuantizedMamba2LM(StepLoop, nn.Module):
         self.layers = nn.ModuleList(QResidualBlock(cfg, recipe, QMamba2Mixer(cfg, recipe))
                                     for _ in range(cfg.n_layer))
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = None  # untied with --int8-head: only the int8 copy is kept
+        if cfg.tie_embeddings or not recipe.int8_head:
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embedding.weight
         self.head = (QLinear(cfg.d_model, cfg.vocab_size, granularity="channel", bias=False, int8_output=False)
@@ -222,7 +224,7 @@ def build_quantized(model: Mamba2LM, scales: list[dict[str, Tensor]], recipe: Qu
     cfg, g = model.cfg, recipe.weight_granularity
     qm = QuantizedMamba2LM(cfg, recipe)
     qm.embedding.weight.copy_(model.backbone.embedding.weight.float())
-    if not cfg.tie_embeddings:
+    if not cfg.tie_embeddings and qm.lm_head is not None:
         qm.lm_head.weight.copy_(model.lm_head.weight.float())
     qm.norm_f.weight.copy_(model.backbone.norm_f.weight.float())
     if recipe.int8_head:
