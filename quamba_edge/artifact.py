@@ -61,13 +61,16 @@ def weight_files(manifest: dict) -> list[str]:
 
 def load_weights(structure: Callable[[], torch.nn.Module], path: Path, manifest: dict) -> torch.nn.Module:
     """The family's model (`structure()`, built on the meta device) holding the artifact's weights, memory-mapped
-    from its safetensors files (checkpoints.common.adopt); a tied parameter comes along with the one it is.
-    Any other missing or unexpected name is a QuambaEdgeError."""
+    from its safetensors files (checkpoints.common.adopt); a tied parameter comes along with the one it is, and
+    the names in the model's `superseded_weights` (what older artifacts of it hold and nothing reads now) are
+    skipped. Any other missing or unexpected name is a QuambaEdgeError."""
     state: dict[str, torch.Tensor] = {}
     for name in weight_files(manifest):
         state.update(map_safetensors(Path(path) / name))
     with on_meta():
         empty = structure()
+    for name in getattr(empty, "superseded_weights", ()):
+        state.pop(name, None)
     expected = empty.state_dict()
     missing = sorted(set(expected) - set(state) - tied_names(empty))
     unexpected = sorted(set(state) - set(expected))

@@ -181,7 +181,7 @@ def test_tensorrt_parses_builds_and_checks_the_mamba2_graphs(trt, tmp_path, monk
                                        ({"tie_embeddings": False}, Quamba2(int8_head=True))],
                          ids=["quamba2", "naive-biases", "untied-int8-head"])
 def test_native_decoder_matches_the_reference_on_every_path(kw, recipe):
-    """csrc/cpu/native/mamba2.cpp: prefill (the recurrence in one call) and decode steps from the states it left,
+    """csrc/cpu/native/mamba2.cpp: prefill (one chunk here) and decode steps from the states it left,
     against the PyTorch W8A8 model (chunked prefill, recurrent step) on fresh tokens, on every ISA path this CPU
     runs; the int8 conv state equal but for a rounding tie (a float op ordered unlike PyTorch's can move a value across
 one), the SSD state and the logits within 1e-5, the paths bit-identical."""
@@ -215,8 +215,14 @@ one), the SSD state and the logits within 1e-5, the paths bit-identical."""
     assert all(torch.equal(r[0], first[0]) for r in results.values()), "every path gives the same SSD state"
 
 
-@pytest.mark.parametrize("batch,length", [(1, 1), (2, 63), (2, 70), (1, 130)])  # 64 tokens a chunk
-def test_native_chunked_prefill_equals_stepping_and_the_reference(batch, length):
+CHUNKED_CASES = [({}, Quamba2(), 1, 1), ({}, Quamba2(), 2, 63), ({}, Quamba2(), 2, 70), ({}, Quamba2(), 1, 130),
+                 ({"ngroups": 1, "proj_bias": True}, Quamba2(hadamard=False, weight_granularity="channel"), 2, 70),
+                 ({"tie_embeddings": False}, Quamba2(int8_head=True), 2, 70)]  # 64 tokens a chunk
+
+
+@pytest.mark.parametrize("kw,recipe,batch,length", CHUNKED_CASES,
+                         ids=["1x1", "2x63", "2x70", "1x130", "no-hadamard-biases-2x70", "untied-int8-head-2x70"])
+def test_native_chunked_prefill_equals_stepping_and_the_reference(kw, recipe, batch, length):
     """The chunked native prefill (int8 GEMMs over a chunk's tokens, conv and SSD along time) leaves the same states
     and logits, bit for bit, as stepping the prompt token by token, on every ISA path, on fresh prompts across chunk
     boundaries. The step is held to DESIGN.md's bound against the PyTorch model by the test above; over a long prompt
@@ -224,22 +230,23 @@ def test_native_chunked_prefill_equals_stepping_and_the_reference(batch, length)
     so the whole-prompt comparison with PyTorch is a sanity bound: SSD state and logits within 5% relative."""
     from quamba_edge.kernels import native
 
-    qmodel = quantized(small())
-    ids = torch.randint(0, qmodel.cfg.vocab_size, (batch, length),
-                        generator=torch.Generator().manual_seed(random.randrange(2**31)))
+    qmodel = quantized(small(**kw), recipe)
+    seed = random.randrange(2**31)
+    ids = torch.randint(0, qmodel.cfg.vocab_size, (batch, length), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         ref_logits, _, ref_ssm = qmodel.step(ids)
     for isa in native.supported_isas():
+        what = f"{isa}, prompt seed {seed}"
         dec = native.NativeMamba2Decoder(qmodel, isa=isa, batch=batch)
         logits = dec.prefill(ids).clone()
         by_steps = native.NativeMamba2Decoder(qmodel, isa=isa, batch=batch)
         for t in range(length):
             by_steps.step(ids[:, t])
-        assert torch.equal(dec.conv_state, by_steps.conv_state), isa
-        assert torch.equal(dec.ssm_state, by_steps.ssm_state), isa
-        assert torch.equal(logits, by_steps.logits), isa
+        assert torch.equal(dec.conv_state, by_steps.conv_state), what
+        assert torch.equal(dec.ssm_state, by_steps.ssm_state), what
+        assert torch.equal(logits, by_steps.logits), what
         for got, want in ((dec.ssm_state, ref_ssm), (logits, ref_logits[:, -1])):
-            assert float((got - want).abs().max()) <= 0.05 * float(want.abs().max()), isa
+            assert float((got - want).abs().max()) <= 0.05 * float(want.abs().max()), what
 
 
 def test_native_backend_builds_for_mamba2_and_refuses_what_it_cannot_run(tmp_path):
@@ -267,7 +274,8 @@ def test_native_backend_builds_for_mamba2_and_refuses_what_it_cannot_run(tmp_pat
 
 def test_untied_int8_head_artifact_keeps_only_the_int8_head(tmp_path):
     """--int8-head on an untied model (Codestral's layout): the artifact holds the int8 head and no fp32 lm_head
-    (nothing would read it), and loads back to the same logits; its ONNX Runtime engine passes parity."""
+    (nothing would read it), and loads back to the same logits; its ONNX Runtime engine passes parity. An artifact
+    written before, with that fp32 lm_head, still loads."""
     from safetensors import safe_open
 
     from quamba_edge.artifact import save_artifact
@@ -287,6 +295,12 @@ def test_untied_int8_head_artifact_keeps_only_the_int8_head(tmp_path):
     with torch.no_grad():
         assert torch.equal(load(artifact).model.step(ids)[0], qmodel.step(ids)[0])
     assert build_engine(artifact, tmp_path / "ort")["parity"]["passed"]
+    older = copy.deepcopy(qmodel)  # an artifact written before: the unread fp32 lm_head beside the int8 head
+    older.lm_head = torch.nn.Linear(qmodel.cfg.d_model, qmodel.cfg.vocab_size, bias=False)
+    older_artifact = save_artifact(older, tmp_path / "older", family=family.name, recipe=qmodel.recipe,
+                                   source={"model": "small untied Mamba-2"}, scales=[])
+    with torch.no_grad():
+        assert torch.equal(load(older_artifact).model.step(ids)[0], qmodel.step(ids)[0])
 
 
 # ------------------------------------------------------------------------------ the kernel op (CUDA on a GPU)
