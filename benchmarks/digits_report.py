@@ -204,11 +204,35 @@ def recipe_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def seed_table(rows: list[dict]) -> str | None:
+    """How far one training seed moves a spotter, end to end (adapool, fp32): for each recipe, step count and fold
+    trained with more than one seed, every seed's held-out speaker clean / 0 dB (mean of the three noises) and
+    Asterisk clean. None when no fold has a second seed."""
+    sel = [r for r in rows if r["protocol"] == "end-to-end" and r["pooling"] == "adapool" and r["precision"] == "fp32"
+           and r["labels_per_class"] == 50]
+    groups = {k: g for k, g in sorted(by(sel, "recipe", "steps", "fold").items()) if len({r["seed"] for r in g}) > 1}
+    if not groups:
+        return None
+    out = ["| recipe | steps | fold | seed | held-out clean | held-out 0 dB | Asterisk clean |",
+           "|---|---:|---|---:|---:|---:|---:|"]
+    for (recipe, steps, fold), group in groups.items():
+        for seed, g in sorted(by(group, "seed").items()):
+            own = [r for r in g if r["speaker"] == fold]
+            ast = [r for r in g if r["speaker"] != fold and r["snr_db"] == "clean"]
+            clean, noisy = [r for r in own if r["snr_db"] == "clean"], [r for r in own if r["snr_db"] == 0.0]
+            out.append(f"| {recipe} | {steps} | {fold} | {seed[0]} | {_pct(pooled(clean))} | {_pct(pooled(noisy))} "
+                       f"| {_pct(pooled(ast))} |")
+    return "\n".join(out)
+
+
 def report(rows: list[dict]) -> str:
     parts = []
     if any(r["protocol"] == "end-to-end" for r in rows):
         parts += ["## end to end: what each training-recipe ingredient buys (held-out FSDD speaker clean / 0 dB; "
                   "Asterisk speaker clean; adapool, seed 0, fp32)\n", recipe_table(rows), ""]
+        seeds = seed_table(rows)
+        if seeds is not None:
+            parts += ["## end to end: the spread over training seeds (adapool, fp32)\n", seeds, ""]
     full = [r for r in rows if r["labels_per_class"] == 50]
     for key, group in sorted(by(full, "pretraining", "recipe", "steps", "protocol").items()):
         pools = {r["pooling"] for r in group}

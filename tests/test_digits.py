@@ -286,3 +286,27 @@ def test_eval_of_one_model_per_fold_prints_the_leave_one_speaker_out_table(tmp_p
     summary = out["summary"]["rows"]
     assert len(summary) == len(digits.CONDITIONS)
     assert all(r["trials"] == 6 and r["speaker"] == "george+lucas" for r in summary)
+
+
+def test_report_shows_the_seed_spread_only_where_a_fold_has_two_seeds():
+    """benchmarks/digits_report.py: a fold trained with seeds 0 and 1 gets one row per seed (held-out clean and
+    0 dB, Asterisk clean, each pooled over its trials); a report of single-seed runs has no such table."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "digits_report.py"
+    spec = importlib.util.spec_from_file_location("digits_report", path)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+
+    def row(seed, speaker, snr, noise, acc):
+        return {"protocol": "end-to-end", "pooling": "adapool", "precision": "fp32", "labels_per_class": 50,
+                "recipe": "rev0.5-eq0.5-syn100", "steps": 900, "fold": "george", "seed": seed, "speaker": speaker,
+                "snr_db": snr, "noise": noise, "accuracy": acc, "trials": 200}
+
+    rows = [row(s, "george", "clean", "silence", a) for s, a in ((0, 0.745), (1, 0.70))]
+    rows += [row(s, "george", 0.0, n, a) for s, a in ((0, 0.6), (1, 0.5)) for n in ("white", "pink", "babble")]
+    rows += [row(s, "asterisk-en", "clean", "silence", a) for s, a in ((0, 0.8), (1, 0.9))]
+    table = report.seed_table(rows)
+    assert "| rev0.5-eq0.5-syn100 | 900 | george | 0 | 74.5 | 60.0 | 80.0 |" in table
+    assert "| rev0.5-eq0.5-syn100 | 900 | george | 1 | 70.0 | 50.0 | 90.0 |" in table
+    assert report.seed_table([r for r in rows if r["seed"] == 0]) is None
