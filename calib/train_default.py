@@ -7,6 +7,10 @@ Reproducible: the seed, step count, batch shape and the sha256 of the training t
     QUAMBA_EDGE_CACHE=.cache python calib/train_default.py --steps 1500 --out quamba_edge/assets/default
     QUAMBA_EDGE_CACHE=.cache python calib/train_default.py --arch mamba2 --steps 600 --threads 1 \
         --out quamba_edge/assets/default-mamba2
+
+A long run can span sessions: with `--state FILE` the optimizer moments, the batch sampler's generator, the step
+and the history are written to FILE (with the weights) at every evaluation, and a later run with the same options
+continues from it, step for step as if never stopped; `--stop-after N` ends a session's share after N steps in all.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from quamba_edge.checkpoints import mamba as mamba_ckpt
 from quamba_edge.checkpoints import mamba2 as mamba2_ckpt
 from quamba_edge.data.austen import heldout_text_file, train_text_files
+from quamba_edge.io import atomic_write
 from quamba_edge.models import mamba, mamba2
 
 
@@ -48,7 +53,11 @@ def heldout_bits_per_byte(model: torch.nn.Module, data: torch.Tensor, seq_len: i
     return nll / count / math.log(2)
 
 
-def main() -> None:
+RESUME_KEYS = ("arch", "seed", "steps", "batch", "seq_len", "lr", "d_model", "n_layer", "d_state", "headdim",
+               "ngroups")  # what a resumed run must share with the run it continues
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=16)
@@ -64,12 +73,28 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--out", type=Path, default=Path("quamba_edge/assets/default"))
-    args = ap.parse_args()
+    ap.add_argument("--state", type=Path, default=None,
+                    help="training state file (git-ignored, e.g. .cache/train-mamba2.pt): saved at every evaluation, "
+                         "continued from when it exists")
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="stop once this many of --steps are done (a later run with --state continues)")
+    return ap
 
+
+def main() -> None:
+    args = parser().parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     train, train_sha = load_bytes(train_text_files())
     heldout, heldout_sha = load_bytes([heldout_text_file()])
+    train_model(args, train, train_sha, heldout, heldout_sha)
+
+
+def train_model(args: argparse.Namespace, train: torch.Tensor, train_sha: str, heldout: torch.Tensor,
+                heldout_sha: str) -> torch.nn.Module:
+    """Train (or continue, from args.state) the model the options describe on `train` (bytes as int64); write its
+    checkpoint and training.json to args.out at every evaluation (bits/byte on `heldout`). Returns the model.
+    Raises SystemExit naming the option when args.state was written by a run with other options."""
+    torch.manual_seed(args.seed)
     if args.arch == "mamba2":
         cfg = mamba2.Mamba2Config(d_model=args.d_model, n_layer=args.n_layer, vocab_size=256,
                                   d_state=args.d_state or 64, headdim=args.headdim, ngroups=args.ngroups)
@@ -95,9 +120,24 @@ def main() -> None:
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     gen = torch.Generator().manual_seed(args.seed)
-    history = []
-    start = time.time()
-    for step in range(args.steps):
+    history: list[dict] = []
+    first, spent = 0, 0.0
+    options = {k: getattr(args, k) for k in RESUME_KEYS}
+    if args.state is not None and args.state.exists():
+        state = torch.load(args.state, weights_only=True)
+        if state["options"] != options:
+            changed = sorted(k for k in options if state["options"].get(k) != options[k])
+            raise SystemExit(f"{args.state} continues a run with other options ({', '.join(changed)}: "
+                             f"{[state['options'].get(k) for k in changed]}). Fix: pass that run's options, or "
+                             "another --state file to start afresh.")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        first, history, spent = state["step"], state["history"], state["seconds"]
+        print(f"continuing from step {first} ({args.state})", flush=True)
+    last = min(args.steps, args.stop_after) if args.stop_after is not None else args.steps
+    start = time.time() - spent
+    for step in range(first, last):
         starts = torch.randint(0, len(train) - args.seq_len - 1, (args.batch,), generator=gen)
         batch = torch.stack([train[s : s + args.seq_len + 1] for s in starts.tolist()])
         for group in opt.param_groups:
@@ -123,9 +163,15 @@ def main() -> None:
                 "train_text_sha256": train_sha, "train_bytes": len(train),
                 "heldout_text_sha256": heldout_sha, "history": history,
                 "command": "python calib/train_default.py " + " ".join(
-                    f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+                    f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                    if v is not None and k not in ("state", "stop_after")),
             }
             save_checkpoint(model, args.out, extra={"training": info})
+            if args.state is not None:
+                payload = {"options": options, "step": step + 1, "history": history, "seconds": time.time() - start,
+                           "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state()}
+                atomic_write(args.state, lambda tmp, payload=payload: torch.save(payload, tmp))
+    return model
 
 
 if __name__ == "__main__":
