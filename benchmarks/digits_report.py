@@ -259,14 +259,20 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sel = [r for r in rows if r["speaker"] == r["fold"] and r["labels_per_class"] == 50]
-    groups = sorted({(r["pretraining"], r.get("recipe", "base"), r["protocol"]) for r in sel
-                     if r.get("steps", 450) == 450})
+
+    def key(r: dict) -> tuple:
+        return r["pretraining"], r.get("recipe", "base"), r.get("steps", 450), r["protocol"]
+
+    groups = sorted({key(r) for r in sel})
     fig, axes = plt.subplots(len(groups), 3, figsize=(15, 4.6 * len(groups)), sharey=True, squeeze=False)
     for row_axes, group in zip(axes, groups):
-        g = [r for r in sel if (r["pretraining"], r.get("recipe", "base"), r["protocol"]) == group]
+        g = [r for r in sel if key(r) == group]
         pools = {r["pooling"] for r in g}  # the folds every pooling ran on, as in the tables
         common = set.intersection(*({r["fold"] for r in g if r["pooling"] == p} for p in pools))
-        g = [r for r in g if r["fold"] in common]
+        # the seeds run on all of those folds, so that a mean over seeds pools the same speakers
+        full = {(p, s) for p, s in {(r["pooling"], r["seed"]) for r in g}
+                if common <= {r["fold"] for r in g if (r["pooling"], r["seed"]) == (p, s)}}
+        g = [r for r in g if r["fold"] in common and (r["pooling"], r["seed"]) in full]
         cells = by(g, "pooling", "precision", "noise", "snr_db", "seed")
         clean = by(g, "pooling", "precision", "snr_db", "seed")
         for ax, noise in zip(row_axes, ("white", "pink", "babble")):
@@ -286,9 +292,11 @@ def plot(rows: list[dict], path: Path) -> None:
                         ax.errorbar(xs, ys, yerr=errs, linestyle=style, marker="o", capsize=3, color=f"C{colour}",
                                     label=f"{pool} ({precision})")
             ax.set_xticks(range(len(ORDER)), ["clean" if s == "clean" else f"{s:g} dB" for s in ORDER])
-            ax.set_title(f"{noise} noise: {group[0]} encoder, {group[1]}, {group[2]}", fontsize=9)
+            folds = f"{len(common)} folds" if len(common) > 1 else f"fold {next(iter(common))}"
+            ax.set_title(f"{noise}: {group[0]}, {group[1]}, {group[2]} steps, {group[3]}, {folds}", fontsize=8)
             ax.grid(alpha=0.3)
         row_axes[0].set_ylabel("accuracy on the held-out speaker, % (12 classes)")
+        row_axes[0].set_ylim(0, 100)
         row_axes[0].legend(fontsize=7)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
