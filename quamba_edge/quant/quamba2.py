@@ -150,11 +150,9 @@ class QuantizedMamba2LM(StepLoop, nn.Module):
         self.layers = nn.ModuleList(QResidualBlock(cfg, recipe, QMamba2Mixer(cfg, recipe))
                                     for _ in range(cfg.n_layer))
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.lm_head = None  # untied with --int8-head: only the int8 copy is kept
-        self.superseded_weights: tuple[str, ...] = ("lm_head.weight",)  # older artifacts hold it; nothing reads it
-        if cfg.tie_embeddings or not recipe.int8_head:
-            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-            self.superseded_weights = ()
+        fp_head = cfg.tie_embeddings or not recipe.int8_head  # untied with --int8-head: only the int8 copy is kept
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False) if fp_head else None
+        self.superseded_weights = () if fp_head else ("lm_head.weight",)  # older artifacts hold it; nothing reads it
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embedding.weight
         self.head = (QLinear(cfg.d_model, cfg.vocab_size, granularity="channel", bias=False, int8_output=False)

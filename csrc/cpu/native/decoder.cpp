@@ -22,9 +22,6 @@ void require(bool ok, const std::string& what) {
 
 // kernel_math.h's rmsnorm_element and conv_silu_quantize on quantize_s8 (decoder.h): the same int8 for every
 // input, the same float expressions.
-inline int8_t rmsnorm_s8(float x, float inv_rms, float weight, float out_scale) {
-  return quantize_s8(x * inv_rms * weight, out_scale);
-}
 inline int8_t conv_silu_s8(int32_t acc, float in_times_weight_scale, float bias, float out_scale) {
   const float y = static_cast<float>(acc) * in_times_weight_scale + bias;
   return quantize_s8(silu(y), out_scale);
@@ -181,6 +178,20 @@ HadamardFn hadamard_for(Isa isa) {
 #endif
   (void)isa;
   return hadamard_base;
+}
+
+void rotate_quantize_row(Isa isa, const float* y, int64_t n, const int8_t* H, int64_t K, float scale, float* X,
+                         int8_t* out) {
+  if (K > 0) {
+    hadamard_for(isa)(y, n, H, K, scale, X, out);
+  } else {
+    for (int64_t c = 0; c < n; ++c) out[c] = quantize_s8(y[c], scale);
+  }
+}
+
+void rmsnorm_quantize_row(const float* h, int64_t d, float eps, const float* weight, float scale, int8_t* out) {
+  const float inv = rms_inverse_of(h, d, eps);
+  for (int64_t c = 0; c < d; ++c) out[c] = quantize_s8(h[c] * inv * weight[c], scale);
 }
 
 void embed_rows(const float* embedding, int64_t vocab, int64_t d_model, const int64_t* ids, int64_t batch, float* h) {
@@ -384,6 +395,7 @@ void Decoder::ensure_prefill(int64_t batch) {
   p_delta_ = Buffer<int8_t>(rows * d);
   p_yq_ = Buffer<int8_t>(rows * L.out_proj.k_pad);
   p_xpad_ = Buffer<int8_t>((d_conv_ - 1 + kPrefillChunk) * d);
+  p_conv_acc_ = Buffer<int32_t>(d);
   p_acc_ = Buffer<int32_t>(kGemmRows * std::max({L.in_proj.n_pad, L.out_proj.n_pad, L.x_proj.n_pad, L.dt_proj.n_pad}));
   gemm_scratch_ = Buffer<uint8_t>(
       gemm_scratch_bytes(std::max({L.in_proj.k_pad, L.x_proj.k_pad, L.dt_proj.k_pad, L.out_proj.k_pad})));
@@ -405,8 +417,7 @@ void Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state, floa
     float* hb = h + b * dm;
     // RMSNorm + quantize -> xn
     int8_t* xn = xn_.data() + b * L.in_proj.k_pad;
-    const float inv = rms_inverse_of(hb, dm, L.norm_eps);
-    for (int64_t c = 0; c < dm; ++c) xn[c] = rmsnorm_s8(hb[c], inv, L.norm_weight[c], L.norm_scale);
+    rmsnorm_quantize_row(hb, dm, L.norm_eps, L.norm_weight.data(), L.norm_scale, xn);
     // in_proj -> xz (x and z share one scale)
     int8_t* xz = xz_.data() + b * 2 * d;
     gemv(L.in_proj, xn, acc);
@@ -449,11 +460,7 @@ void Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state, floa
             L.scan_scales, ssm_state + b * d * n, y, 0, scan_bc_.data());
     // Hadamard + quantize -> yq
     int8_t* yq = yq_.data() + b * L.out_proj.k_pad;
-    if (L.K > 0) {
-      hadamard_for(kernels_.isa)(y, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq);
-    } else {
-      for (int64_t c = 0; c < d; ++c) yq[c] = quantize_s8(y[c], L.y_scale);
-    }
+    rotate_quantize_row(kernels_.isa, y, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq);
     // out_proj (fp32 out) + residual
     gemv(L.out_proj, yq, acc);
     add_residual(L.out_proj, acc, hb);
@@ -492,11 +499,8 @@ void Decoder::prefill_layer(int64_t i, int64_t batch, int64_t T, int64_t t0, int
   int8_t *xn = p_xn_.data(), *xz = p_xz_.data(), *u = p_u_.data(), *dbc = p_dbc_.data(), *dt = p_dt_.data();
   int8_t *delta = p_delta_.data(), *yq = p_yq_.data();
   // RMSNorm + quantize -> xn, row by row
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* hr = h + r * dm;
-    const float inv = rms_inverse_of(hr, dm, L.norm_eps);
-    for (int64_t c = 0; c < dm; ++c) xn[r * ld_xn + c] = rmsnorm_s8(hr[c], inv, L.norm_weight[c], L.norm_scale);
-  }
+  for (int64_t r = 0; r < rows; ++r)
+    rmsnorm_quantize_row(h + r * dm, dm, L.norm_eps, L.norm_weight.data(), L.norm_scale, xn + r * ld_xn);
   // in_proj -> xz
   const Linear& ip = L.in_proj;
   gemm(ip, xn, ld_xn, rows, [&](int64_t r, const int32_t* acc) {
@@ -508,25 +512,14 @@ void Decoder::prefill_layer(int64_t i, int64_t batch, int64_t T, int64_t t0, int
         out[j] = quantize_s8(static_cast<float>(acc[j]) * ip.scale[j] + ip.bias[j], ip.out_scale);
     }
   });
-  // causal conv along time + SiLU + requantize -> u: the k-1 state columns, then the chunk's x, as rows by time
-  int8_t* xpad = p_xpad_.data();
-  const int32_t* wt = L.conv_weight_t.data();
-  for (int64_t b = 0; b < batch; ++b) {
-    int8_t* cs = conv_state + b * d * (k - 1);
-    for (int64_t j = 0; j < k - 1; ++j)
-      for (int64_t c = 0; c < d; ++c) xpad[j * d + c] = cs[c * (k - 1) + j];
-    for (int64_t t = 0; t < T; ++t) std::copy(xz + (b * T + t) * 2 * d, xz + (b * T + t) * 2 * d + d, xpad + (k - 1 + t) * d);
-    for (int64_t t = 0; t < T; ++t) {
-      int8_t* ut = u + (b * T + t) * ld_u;
-      for (int64_t c = 0; c < d; ++c) {
-        int32_t a = 0;
-        for (int64_t j = 0; j < k; ++j) a += wt[j * d + c] * int32_t(xpad[(t + j) * d + c]);
-        ut[c] = conv_silu_s8(a, L.conv_scale[c], L.conv_bias[c], L.u_scale);
-      }
-    }
-    for (int64_t c = 0; c < d; ++c)
-      for (int64_t j = 0; j < k - 1; ++j) cs[c * (k - 1) + j] = xpad[(T + j) * d + c];
-  }
+  // causal conv along time over x (the first d of each xz row) + SiLU + requantize -> u; the state (d, k-1) advances
+  for (int64_t b = 0; b < batch; ++b)
+    conv_along_time(conv_state + b * d * (k - 1), xz + b * T * 2 * d, 2 * d, T, d, k, L.conv_weight_t.data(),
+                    p_xpad_.data(), p_conv_acc_.data(), [&](int64_t t, const int32_t* acc) {
+                      int8_t* ut = u + (b * T + t) * ld_u;
+                      for (int64_t c = 0; c < d; ++c)
+                        ut[c] = conv_silu_s8(acc[c], L.conv_scale[c], L.conv_bias[c], L.u_scale);
+                    });
   // x_proj -> dt, B, C; dt_proj -> delta
   gemm(L.x_proj, u, ld_u, rows, [&](int64_t r, const int32_t* acc) {
     int8_t* out = dbc + r * nx;
@@ -545,13 +538,8 @@ void Decoder::prefill_layer(int64_t i, int64_t batch, int64_t T, int64_t t0, int
             2 * d, L.A.data(), L.D.data(), L.delta_bias.data(), L.scan_scales, ssm_state + b * d * n, y + b * T * d, d,
             scan_bc_.data());
   // Hadamard + quantize -> yq
-  for (int64_t r = 0; r < rows; ++r) {
-    if (L.K > 0) {
-      hadamard_for(kernels_.isa)(y + r * d, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq + r * ld_yq);
-    } else {
-      for (int64_t c = 0; c < d; ++c) yq[r * ld_yq + c] = quantize_s8(y[r * d + c], L.y_scale);
-    }
-  }
+  for (int64_t r = 0; r < rows; ++r)
+    rotate_quantize_row(kernels_.isa, y + r * d, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq + r * ld_yq);
   // out_proj (fp32 out) + residual
   gemm(L.out_proj, yq, ld_yq, rows, [&](int64_t r, const int32_t* acc) { add_residual(L.out_proj, acc, h + r * dm); });
   if (trace != nullptr) {

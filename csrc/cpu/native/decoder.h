@@ -81,6 +81,12 @@ float rms_inverse_of(const float* x, int64_t d, float eps);
 using HadamardFn = void (*)(const float* y, int64_t n, const int8_t* H, int64_t K, float scale, float* X,
                             int8_t* out);
 HadamardFn hadamard_for(Isa isa);
+// out_proj's int8 input from one row y (n): rotated by hadamard_for(isa) when K > 0 (H, K from copy_hadamard; X: n
+// floats of scratch), else y itself quantized at `scale`. Both decoders, step and prefill.
+void rotate_quantize_row(Isa isa, const float* y, int64_t n, const int8_t* H, int64_t K, float scale, float* X,
+                         int8_t* out);
+// One row h (d) through RMSNorm (weight, eps: models/mamba.py's RMSNorm) and quantized at `scale` into out (d).
+void rmsnorm_quantize_row(const float* h, int64_t d, float eps, const float* weight, float scale, int8_t* out);
 
 // Views of the quantized model's tensors (row-major, host memory) handed to the constructor.
 struct LinearSpec {
@@ -174,6 +180,27 @@ void prefill_chunks(const float* embedding, int64_t vocab, int64_t d_model, cons
       for (int64_t b = 0; b < batch; ++b)
         std::copy(h + (b * T + T - 1) * d_model, h + (b * T + T) * d_model, last + b * d_model);
   }
+}
+// The causal depthwise conv along time of one sequence's T new inputs (both decoders' prefill): rows x (T, stride
+// ldx; the first `channels` int8 of each) after the state cs (channels, k-1) int8, oldest first; taps wt (k,
+// channels) int32. row(t, acc) gets position t's int32 sums (acc: `channels` int32 of scratch); cs then holds the
+// last k-1 inputs. xpad: (k-1+T) * channels int8 of scratch. Integer sums: the same as k-1 steps of the state.
+template <class Row>
+void conv_along_time(int8_t* cs, const int8_t* x, int64_t ldx, int64_t T, int64_t channels, int64_t k,
+                     const int32_t* wt, int8_t* xpad, int32_t* acc, Row&& row) {
+  for (int64_t j = 0; j < k - 1; ++j)
+    for (int64_t c = 0; c < channels; ++c) xpad[j * channels + c] = cs[c * (k - 1) + j];
+  for (int64_t t = 0; t < T; ++t) std::copy(x + t * ldx, x + t * ldx + channels, xpad + (k - 1 + t) * channels);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t c = 0; c < channels; ++c) {
+      int32_t a = 0;
+      for (int64_t j = 0; j < k; ++j) a += wt[j * channels + c] * int32_t(xpad[(t + j) * channels + c]);
+      acc[c] = a;
+    }
+    row(t, acc);
+  }
+  for (int64_t c = 0; c < channels; ++c)
+    for (int64_t j = 0; j < k - 1; ++j) cs[c * (k - 1) + j] = xpad[(T + j) * channels + c];
 }
 // h (n) += the fp32 epilogue of an fp32-out layer's int32 outputs: acc * scale (+ bias), the residual add.
 inline void add_residual(const PackedLinear& l, const int32_t* acc, float* h) {
@@ -292,7 +319,7 @@ class Decoder {
   int64_t prefill_batch_ = 0;
   Buffer<float> p_h_, p_y_;  // (rows, d_model) residual stream; (rows, d) scan output
   Buffer<int8_t> p_xn_, p_xz_, p_u_, p_dbc_, p_dt_, p_delta_, p_yq_, p_xpad_;
-  Buffer<int32_t> p_acc_;  // (kGemmRows, widest n_pad)
+  Buffer<int32_t> p_acc_, p_conv_acc_;  // (kGemmRows, widest n_pad); (d) the conv's sums of one position
   Buffer<uint8_t> gemm_scratch_;
 };
 

@@ -243,8 +243,7 @@ void Mamba2Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state
   int8_t *xn = xn_.data(), *xbc_q = xbc_q_.data(), *yq = yq_.data();
   for (int64_t b = 0; b < batch; ++b) {
     float* hb = h + b * dm;
-    const float inv = rms_inverse_of(hb, dm, L.norm_eps);
-    for (int64_t c = 0; c < dm; ++c) xn[c] = quantize_s8(hb[c] * inv * L.norm_weight[c], L.norm_scale);
+    rmsnorm_quantize_row(hb, dm, L.norm_eps, L.norm_weight.data(), L.norm_scale, xn);
     // in_proj -> z | xBC | dt, each channel quantized with its own scale (z and dt then dequantized)
     const PackedLinear& ip = L.in_proj;
     kernels_.gemv_s8(ip.w.data(), ip.row_sum.data(), ip.n_pad, ip.k_pad, xn, gemv_scratch_.data(), acc);
@@ -273,11 +272,7 @@ void Mamba2Decoder::layer(int64_t i, float* h, int64_t batch, int8_t* conv_state
     }
     // gate: RMSNorm over each group of y * SiLU(z) (its weight is in out_proj), then Hadamard + quantize -> yq
     ops.gate(d, group, gate_eps_, z, y);
-    if (L.K > 0) {
-      hadamard_for(kernels_.isa)(y, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq);
-    } else {
-      for (int64_t c = 0; c < d; ++c) yq[c] = quantize_s8(y[c], L.y_scale);
-    }
+    rotate_quantize_row(kernels_.isa, y, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq);
     // out_proj (fp32 out) + residual
     const PackedLinear& op = L.out_proj;
     kernels_.gemv_s8(op.w.data(), op.row_sum.data(), op.n_pad, op.k_pad, yq, gemv_scratch_.data(), acc);
@@ -337,36 +332,21 @@ void Mamba2Decoder::prefill_layer(int64_t i, int64_t batch, int64_t T, int8_t* c
   int8_t *xn = p_xn_.data(), *xbc_q = p_xbc_q_.data(), *yq = p_yq_.data(), *xpad = p_xpad_.data();
   int32_t* conv_acc = p_conv_acc_.data();
   // RMSNorm + quantize -> xn, row by row
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* hr = h + r * dm;
-    const float inv = rms_inverse_of(hr, dm, L.norm_eps);
-    for (int64_t c = 0; c < dm; ++c) xn[r * ld_xn + c] = quantize_s8(hr[c] * inv * L.norm_weight[c], L.norm_scale);
-  }
+  for (int64_t r = 0; r < rows; ++r)
+    rmsnorm_quantize_row(h + r * dm, dm, L.norm_eps, L.norm_weight.data(), L.norm_scale, xn + r * ld_xn);
   // in_proj -> z | xBC | dt, per row
   const PackedLinear& ip = L.in_proj;
   const float* ip_bias = ip.bias.empty() ? nullptr : ip.bias.data();
   gemm_rows(kernels_, ip, xn, ld_xn, rows, p_acc_.data(), gemm_scratch_.data(), [&](int64_t r, const int32_t* acc) {
     ops.in_epilogue(acc, ip.scale.data(), ip_bias, L.proj_scale.data(), d, e, H, z + r * d, xbc_q + r * e, dt + r * H);
   });
-  // causal conv along time over x, B and C + SiLU + requantize (dequantized for the SSD): the k-1 state columns, then
-  // the chunk's rows, by time; the state keeps the last k-1
-  const int32_t* wt = L.conv_weight_t.data();
-  for (int64_t b = 0; b < batch; ++b) {
-    int8_t* cs = conv_state + b * e * (k - 1);
-    for (int64_t j = 0; j < k - 1; ++j)
-      for (int64_t c = 0; c < e; ++c) xpad[j * e + c] = cs[c * (k - 1) + j];
-    std::copy(xbc_q + b * T * e, xbc_q + (b * T + T) * e, xpad + (k - 1) * e);
-    for (int64_t t = 0; t < T; ++t) {
-      for (int64_t c = 0; c < e; ++c) {
-        int32_t a = 0;
-        for (int64_t j = 0; j < k; ++j) a += wt[j * e + c] * int32_t(xpad[(t + j) * e + c]);
-        conv_acc[c] = a;
-      }
-      ops.conv_float(e, conv_acc, L.conv_scale.data(), L.conv_bias.data(), L.xbc_scale.data(), xbc + (b * T + t) * e);
-    }
-    for (int64_t c = 0; c < e; ++c)
-      for (int64_t j = 0; j < k - 1; ++j) cs[c * (k - 1) + j] = xpad[(T + j) * e + c];
-  }
+  // causal conv along time over x, B and C + SiLU + requantize (dequantized for the SSD); the state (e, k-1) advances
+  for (int64_t b = 0; b < batch; ++b)
+    conv_along_time(conv_state + b * e * (k - 1), xbc_q + b * T * e, e, T, e, k, L.conv_weight_t.data(), xpad,
+                    conv_acc, [&](int64_t t, const int32_t* acc) {
+                      ops.conv_float(e, acc, L.conv_scale.data(), L.conv_bias.data(), L.xbc_scale.data(),
+                                     xbc + (b * T + t) * e);
+                    });
   // the SSD recurrence along time, head by head (its (p, n) state stays in cache over the chunk)
   for (int64_t b = 0; b < batch; ++b) {
     float* S = ssm_state + b * H * P * N;
@@ -384,11 +364,7 @@ void Mamba2Decoder::prefill_layer(int64_t i, int64_t batch, int64_t T, int8_t* c
   // gate, Hadamard + quantize -> yq, row by row
   for (int64_t r = 0; r < rows; ++r) {
     ops.gate(d, group, gate_eps_, z + r * d, y + r * d);
-    if (L.K > 0) {
-      hadamard_for(kernels_.isa)(y + r * d, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq + r * ld_yq);
-    } else {
-      for (int64_t c = 0; c < d; ++c) yq[r * ld_yq + c] = quantize_s8(y[r * d + c], L.y_scale);
-    }
+    rotate_quantize_row(kernels_.isa, y + r * d, d, L.hadamard_K.data(), L.K, L.y_scale, rot_.data(), yq + r * ld_yq);
   }
   // out_proj (fp32 out) + residual
   gemm_rows(kernels_, L.out_proj, yq, ld_yq, rows, p_acc_.data(), gemm_scratch_.data(),
