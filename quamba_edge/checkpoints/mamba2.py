@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from quamba_edge.checkpoints.common import (  # noqa: F401 - MAMBA_SSM_FIELDS: this layout's top-level table
-    MAMBA_SSM_FIELDS,
+from quamba_edge.checkpoints.common import (
     adopt,
     check_mamba_ssm_fields,
     config_eps,
