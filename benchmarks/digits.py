@@ -148,23 +148,37 @@ def logits_of(model, conv: torch.Tensor, states: torch.Tensor | None, batch: int
     return np.concatenate(out)
 
 
+def training_tag(recipe: digits.Recipe, copies: int = COPIES, masking: tuple[float, float] = (0.0, 0.0)) -> str:
+    """The recipe's name, plus what else shaped the training windows and steps when it is not the default:
+    e.g. 'rev0.5-eq0.5-syn100-x4-mt0.2-mc0.2' (4 windows per take; time and channel masking)."""
+    extras = [f"x{copies}" if copies != COPIES else "", f"mt{masking[0]:g}" if masking[0] else "",
+              f"mc{masking[1]:g}" if masking[1] else ""]
+    return "-".join([recipe.name, *(e for e in extras if e)])
+
+
 def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: int, held_out: str,
             labels_per_class: int | None, int8: bool, log, save: Path | None = None,
-            recipe: digits.Recipe = digits.Recipe(), steps: int = STEPS) -> list[dict]:
+            recipe: digits.Recipe = digits.Recipe(), steps: int = STEPS, copies: int = COPIES,
+            masking: tuple[float, float] = (0.0, 0.0)) -> list[dict]:
     """Train one spotter on the four speakers other than `held_out` (and the synthetic voices when `data`
-    has them); score it on `held_out` and the Asterisk speaker, every condition, fp32 (and int8)."""
+    has them); score it on `held_out` and the Asterisk speaker, every condition, fp32 (and int8).
+    `masking` = (time, channel) SpecAugment probabilities of fine-tuning (FinetuneConfig.mask_*_prob)."""
     frozen, e2e = protocol == "frozen", protocol == "end-to-end"
     x, y = fold_data(data, held_out, "states" if frozen else "audio" if e2e else "conv", labels_per_class)
     batch = 32 if e2e else BATCH
     epochs = max(1, round(steps * batch / len(y)))
     cfg = FinetuneConfig(pool=pool, epochs=epochs, lr=LR[protocol], encoder_lr=0 if frozen else 1e-3,
-                         seed=seed, window_s=digits.WINDOW_S, batch_size=batch, train_conv=e2e)
+                         seed=seed, window_s=digits.WINDOW_S, batch_size=batch, train_conv=e2e,
+                         mask_time_prob=masking[0] if not frozen else 0.0,
+                         mask_channel_prob=masking[1] if not frozen else 0.0)
+    tag = training_tag(recipe, copies, (cfg.mask_time_prob, cfg.mask_channel_prob))
     start = time.perf_counter()
     model = finetune(load_encoder(spec), digits.LABELS, x, y, cfg)
     train_s = time.perf_counter() - start
     speakers = [s for s in digits.speakers() if s != held_out]
     model.cfg.trained_on = {"dataset": "fsdd", "speakers": speakers, "labels_per_class": labels_per_class or 50,
-                            "recipe": dataclasses.asdict(recipe)}
+                            "recipe": dataclasses.asdict(recipe), "copies": copies,
+                            "masking": {"time": cfg.mask_time_prob, "channel": cfg.mask_channel_prob}}
     if save is not None:
         save_kws(model, save, {"training": {"encoder": spec, "pretraining": name, "protocol": protocol,
                                             "seed": seed, "epochs": cfg.epochs, "lr": cfg.lr,
@@ -192,11 +206,11 @@ def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: in
                 rows.append({"speaker": speaker, "fold": held_out, "pooling": pool, "precision": precision,
                              "snr_db": "clean" if t.snr_db is None else t.snr_db, "noise": t.noise, "seed": seed,
                              "accuracy": acc, "ci95": [lo, hi], "trials": len(t.labels), "encoder": "tiny",
-                             "pretraining": name, "protocol": protocol, "recipe": recipe.name,
+                             "pretraining": name, "protocol": protocol, "recipe": tag,
                              "labels_per_class": labels_per_class or 50, "train_seconds": round(train_s, 1),
                              "steps": steps})
     clean = [r["accuracy"] for r in rows if r["speaker"] == held_out and r["snr_db"] == "clean"]
-    log(f"[{name}/{recipe.name}/{protocol}/{pool}/seed {seed}/{held_out}/{labels_per_class or 50} takes] "
+    log(f"[{name}/{tag}/{protocol}/{pool}/seed {seed}/{held_out}/{labels_per_class or 50} takes] "
         f"clean fp32 {clean[0]:.3f}{f' int8 {clean[1]:.3f}' if int8 else ''} ({train_s:.0f} s)")
     return rows
 
@@ -222,6 +236,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="share of training clips through a random equaliser")
     ap.add_argument("--synthetic", type=int, default=digits.CHANNEL_RECIPE.synthetic,
                     help="synthetic (TTS) takes per digit added to every fold (0: none; needs `make speech`)")
+    ap.add_argument("--mask-time", type=float, default=0.0,
+                    help="fine-tuning's time masking (SpecAugment; wav2vec 2.0 mask_prob): spans of 5 frames")
+    ap.add_argument("--mask-channel", type=float, default=0.0,
+                    help="fine-tuning's channel masking (wav2vec 2.0 mask_channel_prob): spans of 16 channels")
     ap.add_argument("--steps", type=int, default=STEPS, help="optimizer steps per model (the epochs follow)")
     ap.add_argument("--save", action="store_true", help="save each seed-0 model under out/digits/models/")
     ap.add_argument("--out", type=Path)
@@ -255,6 +273,8 @@ def main(argv: list[str] | None = None) -> None:
 
         merge(args.inputs, args.json, args.plot)
         return
+    if args.protocol == "frozen" and (args.mask_time or args.mask_channel):
+        ap.error("--mask-time/--mask-channel need a trained encoder: use --protocol fine-tune or end-to-end")
     name, _, spec = args.encoder.partition("=")
     recipe = digits.Recipe(args.reversed_unknown, args.channel_eq, args.synthetic)
     if args.stage == "grid" and args.protocol == "end-to-end":
@@ -275,12 +295,14 @@ def main(argv: list[str] | None = None) -> None:
             else [(args.pools[0], args.seeds[0], k) for k in args.labels])
     for pool, seed, k in jobs:
         for held_out in folds:
-            tag = f"{name}-{args.protocol}" if recipe == digits.Recipe() else f"{name}-{recipe.name}-{args.protocol}"
+            masking = (args.mask_time, args.mask_channel)
+            trained = training_tag(recipe, args.copies, masking)
+            tag = f"{name}-{args.protocol}" if trained == "base" else f"{name}-{trained}-{args.protocol}"
             tag += f"-{args.steps}steps" if args.steps != STEPS else ""
             where = OUT / "models" / f"{tag}-{pool}-{held_out}" if args.save and seed == 0 else None
             int8 = args.int8_seeds is None or seed in args.int8_seeds
             rows += run_one(data, spec, name, args.protocol, pool, seed, held_out, k, int8 and k is None, log, where,
-                            recipe, args.steps)
+                            recipe, args.steps, args.copies, masking)
             save_rows()
 
 

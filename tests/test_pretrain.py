@@ -111,3 +111,47 @@ def test_end_to_end_finetune_trains_the_conv_stack_too():
     with pytest.raises(ValueError, match="encoder_lr"):
         finetune(encoder, ("low", "high"), torch.from_numpy(audio), labels,
                  FinetuneConfig(encoder_lr=0, train_conv=True))
+
+
+def test_span_mask_for_fine_tuning_may_mask_nothing_and_covers_about_prob():
+    gen = torch.Generator().manual_seed(0)
+    assert not span_mask(64, 50, 0.0, 5, gen, min_spans=0).any()
+    mask = span_mask(2000, 50, 0.3, 5, gen, min_spans=0)
+    # 0.3 * 50 / 5 = 3 spans of 5 frames; overlaps make the covered share a little below 0.3
+    assert 0.2 < float(mask.float().mean()) < 0.3
+
+
+def test_channel_mask_zeroes_projected_channels_in_every_frame():
+    torch.manual_seed(4)
+    from quamba_edge.models.wav2vec2 import Wav2Vec2Encoder
+
+    encoder = Wav2Vec2Encoder(Wav2Vec2Config.from_dict(SMALL)).eval()
+    conv = encoder.conv_features(torch.randn(3, 8000))
+    hidden = encoder.cfg.hidden_size
+    channels = torch.zeros(3, hidden, dtype=torch.bool)
+    channels[1, : hidden // 4] = True
+    with torch.no_grad():
+        plain, masked = encoder.contextualize(conv).hidden, encoder.contextualize(conv, channel_mask=channels).hidden
+    assert torch.equal(plain[[0, 2]], masked[[0, 2]]) and not torch.allclose(plain[1], masked[1])
+    with pytest.raises(ValueError, match="channel_mask"):
+        encoder.contextualize(conv, channel_mask=channels[:, :4])
+
+
+def test_end_to_end_finetune_with_time_and_channel_masking_learns_and_trains_mask_emb():
+    torch.manual_seed(3)
+    from quamba_edge.models.wav2vec2 import Wav2Vec2Encoder
+
+    encoder = Wav2Vec2Encoder(Wav2Vec2Config.from_dict(SMALL))
+    mask_emb = encoder.mask_emb.detach().clone()
+    t = np.arange(8000) / 16000
+    rng = np.random.default_rng(3)
+    audio = np.stack([np.sin(2 * np.pi * (200 if i % 2 else 2000) * t) + 0.1 * rng.standard_normal(8000)
+                      for i in range(32)]).astype(np.float32)
+    labels = torch.tensor([i % 2 for i in range(32)])
+    cfg = FinetuneConfig(pool="adapool", epochs=6, batch_size=8, lr=3e-3, encoder_lr=1e-3, train_conv=True,
+                         mask_time_prob=0.3, mask_channel_prob=0.3)
+    model = finetune(encoder, ("low", "high"), torch.from_numpy(audio), labels, cfg)
+    assert not torch.equal(model.encoder.mask_emb, mask_emb)  # masked frames reached the loss
+    assert (predict(model, audio) == labels.numpy()).mean() == 1.0  # inference runs unmasked
+    with pytest.raises(ValueError, match="masking"):
+        FinetuneConfig(mask_time_prob=1.5)

@@ -327,10 +327,12 @@ class Wav2Vec2Encoder(nn.Module):
         return self.feature_encoder(waveform).transpose(1, 2)
 
     def contextualize(self, conv: Tensor, frame_mask: Tensor | None = None,
-                      mask: Tensor | None = None) -> Wav2Vec2Output:
+                      mask: Tensor | None = None, channel_mask: Tensor | None = None) -> Wav2Vec2Output:
         """Everything after the conv stack: conv (b, t, c) from `conv_features`; frame_mask (b, t) bool,
         True on real frames of a padded batch (None: all real); mask (b, t) bool, frames to replace by
-        `mask_emb` (pre-training's time masking)."""
+        `mask_emb` (pre-training's and fine-tuning's time masking); channel_mask (b, hidden_size) bool,
+        projected feature channels set to zero in every frame (fine-tuning's channel masking, fairseq
+        `mask_channel_prob`, applied where fairseq applies it: after the feature projection)."""
         feature_pen = conv.float().pow(2).mean()
         m = self.cfg.feature_grad_mult
         if self.training and m != 1.0:  # same value, gradient into the conv stack scaled by m
@@ -339,8 +341,13 @@ class Wav2Vec2Encoder(nn.Module):
         for name, given in (("mask", mask), ("frame_mask", frame_mask)):
             if given is not None and given.shape != (b, t):
                 raise ValueError(f"{name} must be (batch, frames) = {(b, t)}, got {tuple(given.shape)}")
+        if channel_mask is not None and channel_mask.shape != (b, self.cfg.hidden_size):
+            raise ValueError(f"channel_mask must be (batch, hidden_size) = {(b, self.cfg.hidden_size)}, "
+                             f"got {tuple(channel_mask.shape)}")
         features = self.feature_norm(conv)
         h = F.dropout(self.feature_proj(features), self.cfg.feat_proj_dropout, self.training)
+        if channel_mask is not None:
+            h = h.masked_fill(channel_mask.bool().unsqueeze(1), 0.0)
         if mask is not None:
             h = torch.where(mask.bool().unsqueeze(-1), self.mask_emb.to(h.dtype), h)
         key_mask = None

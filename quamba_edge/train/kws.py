@@ -23,6 +23,7 @@ from torch import Tensor
 from quamba_edge.data.speech import KwsTrials, kws_trials
 from quamba_edge.models.kws import KeywordSpotter, KwsConfig, normalize_window
 from quamba_edge.models.wav2vec2 import Wav2Vec2Encoder
+from quamba_edge.train.pretrain import span_mask
 
 TRAIN_SNRS: tuple[float | None, ...] = (None, 20.0, 10.0, 5.0, 0.0)
 TRAIN_NOISES = ("pink", "white", "babble")
@@ -38,6 +39,22 @@ class FinetuneConfig:
     train_conv: bool = False  # True: end to end, the conv stack too; `features` are then the raw windows
     seed: int = 0
     window_s: float = 1.5  # the window the features were cut from (KwsConfig.window_s)
+    # SpecAugment as wav2vec 2.0 fine-tunes (fairseq mask_prob / mask_channel_prob; not in the frozen protocol):
+    # about prob * frames / length spans of `mask_time_length` frames replaced by the encoder's mask_emb, and
+    # about prob * hidden / length spans of `mask_channel_length` projected feature channels zeroed, per window
+    mask_time_prob: float = 0.0
+    mask_time_length: int = 5
+    mask_channel_prob: float = 0.0
+    mask_channel_length: int = 16
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.mask_time_prob <= 1 and 0 <= self.mask_channel_prob <= 1
+                and self.mask_time_length >= 1 and self.mask_channel_length >= 1):
+            raise ValueError(f"bad masking in {self}: probabilities lie in [0, 1], span lengths are >= 1")
+
+    @property
+    def masking(self) -> bool:
+        return self.mask_time_prob > 0 or self.mask_channel_prob > 0
 
 
 def training_windows(clips: Mapping[str, Sequence[np.ndarray]], n: int, seed: int,
@@ -88,6 +105,7 @@ def finetune(encoder: Wav2Vec2Encoder, labels: tuple[str, ...], features: Tensor
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in groups], total_steps=steps,
                                                     pct_start=0.1)
     gen = torch.Generator().manual_seed(cfg.seed)
+    mask_gen = torch.Generator().manual_seed(cfg.seed + 1)  # its own stream: masking leaves the data order as is
     model.train()
     if frozen:
         model.encoder.eval()  # no dropout in a frozen encoder
@@ -97,10 +115,14 @@ def finetune(encoder: Wav2Vec2Encoder, labels: tuple[str, ...], features: Tensor
         total, correct = 0.0, 0
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
-            if cfg.train_conv:
+            if frozen:
+                logits = model.head(features[idx])
+            elif cfg.masking:
+                logits = _masked_logits(model, features[idx], cfg, mask_gen)
+            elif cfg.train_conv:
                 logits = model(features[idx])
             else:
-                logits = model.head(features[idx] if frozen else model.encoder.contextualize(features[idx]).hidden)
+                logits = model.head(model.encoder.contextualize(features[idx]).hidden)
             loss = torch.nn.functional.cross_entropy(logits, targets[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -112,6 +134,17 @@ def finetune(encoder: Wav2Vec2Encoder, labels: tuple[str, ...], features: Tensor
             on_epoch(epoch, {"loss": total / len(features), "train_accuracy": correct / len(features),
                              "seconds": time.perf_counter() - start})
     return model.eval()
+
+
+def _masked_logits(model: KeywordSpotter, batch: Tensor, cfg: FinetuneConfig, generator: torch.Generator) -> Tensor:
+    """Training logits with time and channel masks: `batch` is audio windows (train_conv) or conv features."""
+    conv = model.encoder.conv_features(normalize_window(batch)) if cfg.train_conv else batch
+    b, t, _ = conv.shape
+    time_mask = (span_mask(b, t, cfg.mask_time_prob, cfg.mask_time_length, generator, min_spans=0)
+                 if cfg.mask_time_prob else None)
+    channel_mask = (span_mask(b, model.encoder.cfg.hidden_size, cfg.mask_channel_prob, cfg.mask_channel_length,
+                              generator, min_spans=0) if cfg.mask_channel_prob else None)
+    return model.head(model.encoder.contextualize(conv, mask=time_mask, channel_mask=channel_mask).hidden)
 
 
 @torch.no_grad()

@@ -45,13 +45,16 @@ class PretrainConfig:
         return asdict(self)
 
 
-def span_mask(batch: int, frames: int, mask_prob: float, length: int, generator: torch.Generator) -> torch.Tensor:
-    """wav2vec 2.0's time mask: about mask_prob * frames / length span starts per utterance, each masking
-    `length` frames (spans may overlap), at least two masked frames so negatives exist."""
+def span_mask(batch: int, frames: int, mask_prob: float, length: int, generator: torch.Generator,
+              min_spans: int = 2) -> torch.Tensor:
+    """wav2vec 2.0's time mask, (batch, frames) bool: about mask_prob * frames / length span starts per
+    utterance (fairseq's `compute_mask_indices`, rounded at random), each masking `length` frames (spans may
+    overlap), at least `min_spans` spans (pre-training: two, so negatives exist; fine-tuning: zero). Also the
+    channel mask of fine-tuning, with channels in place of frames."""
     mask = torch.zeros(batch, frames, dtype=torch.bool)
     span = min(length, max(frames - 1, 1))
     for b in range(batch):
-        n = max(int(mask_prob * frames / span + float(torch.rand((), generator=generator))), 2)
+        n = max(int(mask_prob * frames / span + float(torch.rand((), generator=generator))), min_spans)
         starts = torch.randint(0, frames - span + 1, (n,), generator=generator)
         for s in starts.tolist():
             mask[b, s:s + span] = True
