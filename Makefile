@@ -51,6 +51,7 @@ quality: corpus
 		--out benchmarks/results/quality.json
 	$(BIN)/python benchmarks/quality.py --base default-mamba2 --all-recipes --samples 128 --max-samples 128 \
 		--threads $(THREADS) --workdir out/quality-mamba2 --out benchmarks/results/quality_mamba2.json
+	$(BIN)/python benchmarks/outliers.py --models default default-mamba2 --json benchmarks/results/outliers.json
 
 # llama.cpp for benchmarks/peers.py: built from source once (about 7 min on 2 cores) into a cached wheel,
 # never inside the tests. The sdist also carries llama.cpp's own gguf converter, unpacked next to it.

@@ -5,8 +5,9 @@ Reproducible: the seed, step count, batch shape and the sha256 of the training t
 `training.json` beside the weights. The held-out novel is only used to report bits/byte.
 
     QUAMBA_EDGE_CACHE=.cache python calib/train_default.py --steps 1500 --out quamba_edge/assets/default
-    QUAMBA_EDGE_CACHE=.cache python calib/train_default.py --arch mamba2 --steps 600 --threads 1 \
-        --out quamba_edge/assets/default-mamba2
+    QUAMBA_EDGE_CACHE=.cache python calib/train_default.py --arch mamba2 --steps 1000 --batch 16 --seq-len 256 \
+        --lr 0.002 --seed 0 --d-model 384 --n-layer 6 --d-state 64 --headdim 64 --ngroups 2 --threads 1 \
+        --eval-every 50 --out quamba_edge/assets/default-mamba2 --state .cache/train-mamba2-1000.pt
 
 A long run can span sessions: with `--state FILE` the optimizer moments, the batch sampler's generator, the step
 and the history are written to FILE (with the weights) at every evaluation, and a later run with the same options
