@@ -3,19 +3,24 @@ treats, measured on the fp model.
 
     python benchmarks/outliers.py --models default default-mamba2 --json benchmarks/results/outliers.json
 
-Points, per layer (the same for Mamba-1 and Mamba-2): `ssm_in`, the SSM input x (silu of the causal conv's
-output; Mamba-2's x channels only, not B and C), which Quamba clips at a percentile; `out_proj_in`, the
-scan output (after Mamba-2's gated RMSNorm) that out_proj reads, which Quamba rotates with a Hadamard
-matrix. For each: the ratio of the largest channel's abs-max to the median channel's (an outlier channel
-makes it large), and the signal-to-quantization-noise ratio (SQNR, dB) of per-tensor abs-max int8 (naive's
-activation quantizer: scale = max|x| / 127) over all calibration tokens. Quamba (Chiang et al., 2024,
-"Quamba: A Post-Training Quantization Recipe for Selective State Space Models") names both points as the
-ones where naive W8A8 loses its accuracy.
+Points, per layer:
+* `ssm_in`: the SSM input x (SiLU of the causal conv's output; Mamba-2's x channels only, not B and C), which
+  Quamba clips at a percentile;
+* `gated_scan`: the scan output gated, y * SiLU(z);
+* `out_proj_in`: the tensor naive W8A8 quantizes for out_proj, which Quamba rotates with a Hadamard matrix.
+  Mamba-1: `gated_scan` itself. Mamba-2: `gated_scan` RMS-normalized per group, without the norm's weight
+  (quant/quamba2.py folds it into out_proj), so the two rows of a Mamba-2 model show what its norm removes.
+For each: the ratio of the largest channel's abs-max to the median channel's (an outlier channel makes it
+large), and the signal-to-quantization-noise ratio (SQNR, dB) of per-tensor abs-max int8 (naive's activation
+quantizer: scale = max|x| / 127) over all calibration tokens; the summary gives the median over layers and the
+worst layer. Quamba (Chiang et al., 2024, "Quamba: A Post-Training Quantization Recipe for Selective State
+Space Models") names the SSM input and out_proj's input as where naive W8A8 loses its accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -47,7 +52,8 @@ def channel_spread(x: torch.Tensor) -> float:
 
 @torch.no_grad()
 def measure(model: torch.nn.Module, batch: torch.Tensor) -> list[dict]:
-    """Run `batch` (b, l) token ids through the fp model; per layer the two points' spread and SQNR."""
+    """Run `batch` (b, l) token ids through the fp model (Mamba-1 or Mamba-2: a mixer with conv1d and out_proj,
+    Mamba-2's also with its gated `norm`); per layer and point its channel count, spread and SQNR."""
     layers = model.backbone.layers
     seen: dict[tuple[int, str], torch.Tensor] = {}
     handles = []
@@ -58,17 +64,26 @@ def measure(model: torch.nn.Module, batch: torch.Tensor) -> list[dict]:
         def conv_hook(m, inputs, out, i=i, d=d_inner):  # (b, channels, l) -> x channels (tokens, d_inner)
             seen[(i, "ssm_in")] = F.silu(out.float())[:, :d].transpose(1, 2).reshape(-1, d)
 
-        def out_proj_hook(m, inputs, out, i=i):
-            seen[(i, "out_proj_in")] = inputs[0].float().reshape(-1, inputs[0].shape[-1])
+        def out_proj_hook(m, inputs, out, i=i):  # Mamba-1: y * SiLU(z), which naive quantizes as it is
+            seen[(i, "gated_scan")] = seen[(i, "out_proj_in")] = inputs[0].float().reshape(-1, inputs[0].shape[-1])
 
-        handles += [mixer.conv1d.register_forward_hook(conv_hook), mixer.out_proj.register_forward_hook(out_proj_hook)]
+        def norm_hook(m, inputs, out, i=i):  # Mamba-2: GatedRMSNorm(y, z); what naive quantizes has no weight
+            gated = (inputs[0].float() * F.silu(inputs[1].float())).reshape(-1, inputs[0].shape[-1])
+            g = gated.unflatten(-1, (-1, m.group))
+            seen[(i, "gated_scan")] = gated
+            seen[(i, "out_proj_in")] = (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + m.eps)).flatten(-2)
+
+        handles.append(mixer.conv1d.register_forward_hook(conv_hook))
+        gate = getattr(mixer, "norm", None)
+        handles.append(gate.register_forward_hook(norm_hook) if gate is not None
+                       else mixer.out_proj.register_forward_hook(out_proj_hook))
     try:
         model(batch)
     finally:
         for h in handles:
             h.remove()
-    return [{"layer": i, "point": p, "channel_spread": channel_spread(x), "per_tensor_sqnr_db": per_tensor_sqnr_db(x)}
-            for (i, p), x in sorted(seen.items())]
+    return [{"layer": i, "point": p, "channels": x.shape[1], "channel_spread": channel_spread(x),
+             "per_tensor_sqnr_db": per_tensor_sqnr_db(x)} for (i, p), x in sorted(seen.items())]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -91,19 +106,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         table.add_column(col, justify="left" if col in ("model", "point") else "right")
     summary = []
     for spec in args.models:
-        for point in ("ssm_in", "out_proj_in"):
+        for point in ("ssm_in", "gated_scan", "out_proj_in"):
             sel = [r for r in rows if r["model"] == spec and r["point"] == point]
-            spread = torch.tensor([r["channel_spread"] for r in sel])
-            sqnr = torch.tensor([r["per_tensor_sqnr_db"] for r in sel])
-            s = {"model": spec, "point": point, "spread_median": float(spread.median()),
-                 "spread_max": float(spread.max()), "sqnr_median_db": float(sqnr.median()),
-                 "sqnr_min_db": float(sqnr.min())}
+            spread = [r["channel_spread"] for r in sel]
+            sqnr = [r["per_tensor_sqnr_db"] for r in sel]
+            s = {"model": spec, "point": point, "spread_median": statistics.median(spread), "spread_max": max(spread),
+                 "sqnr_median_db": statistics.median(sqnr), "sqnr_min_db": min(sqnr)}
             summary.append(s)
             table.add_row(spec, point, f"{s['spread_median']:.1f}x", f"{s['spread_max']:.1f}x",
                           f"{s['sqnr_median_db']:.1f}", f"{s['sqnr_min_db']:.1f}")
     Console().print(table)
     if args.json:
-        atomic_write_json(args.json, {"command": "python " + " ".join(sys.argv), "machine": machine("cpu"),
+        command = "python benchmarks/outliers.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        atomic_write_json(args.json, {"command": command, "machine": machine("cpu"),
                                       "samples": args.samples, "seq_len": args.seq_len, "summary": summary,
                                       "rows": rows})
         print(f"wrote {args.json}")

@@ -26,11 +26,30 @@ def test_channel_spread_and_sqnr_see_an_outlier_channel():
 
 def test_measure_hooks_both_families_points():
     from quamba_edge.families.registry import load
+    from quamba_edge.quant.quamba2 import normalized_gate
 
     batch = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(1))
     for spec in ("default", "default-mamba2"):
         model = load(spec).model.float().eval()
         rows = outliers.measure(model, batch)
-        assert len(rows) == 2 * len(model.backbone.layers)
-        assert {r["point"] for r in rows} == {"ssm_in", "out_proj_in"}
+        assert len(rows) == 3 * len(model.backbone.layers)
+        assert {r["point"] for r in rows} == {"ssm_in", "gated_scan", "out_proj_in"}
+        d_inner = model.backbone.layers[0].mixer.out_proj.in_features
+        assert all(r["channels"] == d_inner for r in rows)  # x alone: Mamba-2's B and C channels are not in ssm_in
         assert all(r["channel_spread"] >= 1 and 0 < r["per_tensor_sqnr_db"] < 60 for r in rows)
+
+    # Mamba-2, an independent capture of layer 0: x from the conv output, and the quantizer's own normalized_gate
+    model = load("default-mamba2").model.float().eval()
+    mixer, got = model.backbone.layers[0].mixer, {}
+    handles = [mixer.conv1d.register_forward_hook(lambda m, i, o: got.update(xbc=o)),  # update returns None,
+               mixer.norm.register_forward_hook(lambda m, i, o: got.update(yz=i))]  # so the output stays
+    with torch.no_grad():
+        model(batch)
+    for h in handles:
+        h.remove()
+    x = torch.nn.functional.silu(got["xbc"])[:, :mixer.cfg.d_inner].transpose(1, 2).reshape(-1, mixer.cfg.d_inner)
+    gated = normalized_gate(*got["yz"], mixer.cfg).reshape(-1, mixer.cfg.d_inner)
+    layer0 = {r["point"]: r for r in rows if r["layer"] == 0}
+    assert abs(layer0["ssm_in"]["channel_spread"] - outliers.channel_spread(x)) < 1e-6
+    assert abs(layer0["out_proj_in"]["per_tensor_sqnr_db"] - outliers.per_tensor_sqnr_db(gated)) < 1e-4
+    assert layer0["gated_scan"]["per_tensor_sqnr_db"] != layer0["out_proj_in"]["per_tensor_sqnr_db"]

@@ -155,3 +155,51 @@ def test_end_to_end_finetune_with_time_and_channel_masking_learns_and_trains_mas
     assert (predict(model, audio) == labels.numpy()).mean() == 1.0  # inference runs unmasked
     with pytest.raises(ValueError, match="masking"):
         FinetuneConfig(mask_time_prob=1.5)
+
+
+@pytest.mark.parametrize("train_conv", [True, False], ids=["end-to-end", "fine-tune"])
+def test_masked_training_with_no_span_drawn_equals_unmasked_training(train_conv):
+    """A mask probability so small that no span is drawn must train exactly as no masking does: the masked path
+    computes what the plain one does, and its generator leaves the data order and dropout streams alone."""
+    from quamba_edge.models.wav2vec2 import Wav2Vec2Encoder
+
+    t = np.arange(8000) / 16000
+    rng = np.random.default_rng(5)
+    audio = np.stack([np.sin(2 * np.pi * (200 if i % 2 else 2000) * t) + 0.1 * rng.standard_normal(8000)
+                      for i in range(16)]).astype(np.float32)
+    labels = torch.tensor([i % 2 for i in range(16)])
+    weights = []
+    for prob in (0.0, 1e-9):
+        torch.manual_seed(5)
+        encoder = Wav2Vec2Encoder(Wav2Vec2Config.from_dict(SMALL))
+        x = torch.from_numpy(audio) if train_conv else conv_features(encoder, audio)
+        cfg = FinetuneConfig(pool="avg", epochs=2, batch_size=8, lr=3e-3, encoder_lr=1e-3, train_conv=train_conv,
+                             mask_time_prob=prob, mask_channel_prob=prob)
+        assert cfg.masking == (prob > 0)
+        weights.append(finetune(encoder, ("low", "high"), x, labels, cfg).state_dict())
+    # mask_emb alone may differ: in the masked run it gets a zero gradient, so AdamW's weight decay moves it;
+    # without masking it gets none and the optimizer skips it. Every weight that computes a logit must agree.
+    assert weights[0].keys() == weights[1].keys()
+    for k, v in weights[0].items():
+        assert k == "encoder.mask_emb" or torch.equal(v, weights[1][k]), k
+
+
+def test_fine_tune_protocol_with_masking_learns_and_frozen_refuses_masking():
+    torch.manual_seed(6)
+    from quamba_edge.models.wav2vec2 import Wav2Vec2Encoder
+
+    encoder = Wav2Vec2Encoder(Wav2Vec2Config.from_dict(SMALL))
+    t = np.arange(8000) / 16000
+    rng = np.random.default_rng(6)
+    audio = np.stack([np.sin(2 * np.pi * (200 if i % 2 else 2000) * t) + 0.1 * rng.standard_normal(8000)
+                      for i in range(32)]).astype(np.float32)
+    labels = torch.tensor([i % 2 for i in range(32)])
+    feats = conv_features(encoder, audio)
+    mask_emb = encoder.mask_emb.detach().clone()
+    cfg = FinetuneConfig(pool="adapool", epochs=6, batch_size=8, lr=3e-3, encoder_lr=1e-3, mask_time_prob=0.3,
+                         mask_channel_prob=0.3)
+    model = finetune(encoder, ("low", "high"), feats, labels, cfg)
+    assert not torch.equal(model.encoder.mask_emb, mask_emb)
+    assert (predict(model, audio) == labels.numpy()).mean() == 1.0
+    with pytest.raises(ValueError, match="masking needs a trained encoder"):
+        finetune(encoder, ("low", "high"), feats, labels, FinetuneConfig(encoder_lr=0, mask_time_prob=0.2))

@@ -331,8 +331,9 @@ class Wav2Vec2Encoder(nn.Module):
         """Everything after the conv stack: conv (b, t, c) from `conv_features`; frame_mask (b, t) bool,
         True on real frames of a padded batch (None: all real); mask (b, t) bool, frames to replace by
         `mask_emb` (pre-training's and fine-tuning's time masking); channel_mask (b, hidden_size) bool,
-        projected feature channels set to zero in every frame (fine-tuning's channel masking, fairseq
-        `mask_channel_prob`, applied where fairseq applies it: after the feature projection)."""
+        projected feature channels set to zero (fine-tuning's channel masking, fairseq `mask_channel_prob`,
+        after the feature projection as in fairseq, but before the time mask, so `mask_emb` frames keep every
+        channel)."""
         feature_pen = conv.float().pow(2).mean()
         m = self.cfg.feature_grad_mult
         if self.training and m != 1.0:  # same value, gradient into the conv stack scaled by m

@@ -39,9 +39,12 @@ class FinetuneConfig:
     train_conv: bool = False  # True: end to end, the conv stack too; `features` are then the raw windows
     seed: int = 0
     window_s: float = 1.5  # the window the features were cut from (KwsConfig.window_s)
-    # SpecAugment as wav2vec 2.0 fine-tunes (fairseq mask_prob / mask_channel_prob; not in the frozen protocol):
-    # about prob * frames / length spans of `mask_time_length` frames replaced by the encoder's mask_emb, and
-    # about prob * hidden / length spans of `mask_channel_length` projected feature channels zeroed, per window
+    # SpecAugment in the manner of wav2vec 2.0's fine-tuning (fairseq mask_prob / mask_channel_prob; the fine-tune
+    # and end-to-end protocols only): per window about prob * frames / length spans of `mask_time_length` frames
+    # replaced by the encoder's mask_emb, and about prob * hidden / length spans of `mask_channel_length`
+    # projected feature channels zeroed. Where it differs from fairseq: no minimum span count (fairseq masks at
+    # least 2 time spans), span starts drawn with replacement, and channels zeroed before the time mask (so
+    # mask_emb frames keep every channel)
     mask_time_prob: float = 0.0
     mask_time_length: int = 5
     mask_channel_prob: float = 0.0
@@ -94,6 +97,9 @@ def finetune(encoder: Wav2Vec2Encoder, labels: tuple[str, ...], features: Tensor
     frozen = cfg.encoder_lr == 0
     if frozen and cfg.train_conv:
         raise ValueError("train_conv needs encoder_lr > 0")
+    if frozen and cfg.masking:
+        raise ValueError("masking needs a trained encoder (encoder_lr > 0): the frozen protocol trains the head "
+                         "on the encoder's cached output, which no mask reaches")
     if not cfg.train_conv:  # frozen: the whole encoder stays fixed; fine-tune: its conv stack
         for p in (model.encoder if frozen else model.encoder.feature_encoder).parameters():
             p.requires_grad_(False)

@@ -48,9 +48,10 @@ class PretrainConfig:
 def span_mask(batch: int, frames: int, mask_prob: float, length: int, generator: torch.Generator,
               min_spans: int = 2) -> torch.Tensor:
     """wav2vec 2.0's time mask, (batch, frames) bool: about mask_prob * frames / length span starts per
-    utterance (fairseq's `compute_mask_indices`, rounded at random), each masking `length` frames (spans may
-    overlap), at least `min_spans` spans (pre-training: two, so negatives exist; fine-tuning: zero). Also the
-    channel mask of fine-tuning, with channels in place of frames."""
+    utterance (fairseq's `compute_mask_indices`, rounded at random; its starts are distinct, ours are drawn with
+    replacement), each masking `length` frames (spans may overlap), at least `min_spans` spans (pre-training:
+    two, so negatives exist; train/kws.py's fine-tuning: none). Also the channel mask of fine-tuning, with
+    channels in place of frames."""
     mask = torch.zeros(batch, frames, dtype=torch.bool)
     span = min(length, max(frames - 1, 1))
     for b in range(batch):
