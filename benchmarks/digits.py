@@ -169,9 +169,8 @@ def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: in
     epochs = max(1, round(steps * batch / len(y)))
     cfg = FinetuneConfig(pool=pool, epochs=epochs, lr=LR[protocol], encoder_lr=0 if frozen else 1e-3,
                          seed=seed, window_s=digits.WINDOW_S, batch_size=batch, train_conv=e2e,
-                         mask_time_prob=masking[0] if not frozen else 0.0,
-                         mask_channel_prob=masking[1] if not frozen else 0.0)
-    tag = training_tag(recipe, copies, (cfg.mask_time_prob, cfg.mask_channel_prob))
+                         mask_time_prob=masking[0], mask_channel_prob=masking[1])  # frozen + masking: finetune refuses
+    tag = training_tag(recipe, copies, masking)
     start = time.perf_counter()
     model = finetune(load_encoder(spec), digits.LABELS, x, y, cfg)
     train_s = time.perf_counter() - start
@@ -293,12 +292,12 @@ def main(argv: list[str] | None = None) -> None:
 
     jobs = ([(pool, seed, None) for pool in args.pools for seed in args.seeds] if args.stage == "grid"
             else [(args.pools[0], args.seeds[0], k) for k in args.labels])
+    masking = (args.mask_time, args.mask_channel)
+    trained = training_tag(recipe, args.copies, masking)
+    tag = f"{name}-{args.protocol}" if trained == "base" else f"{name}-{trained}-{args.protocol}"
+    tag += f"-{args.steps}steps" if args.steps != STEPS else ""
     for pool, seed, k in jobs:
         for held_out in folds:
-            masking = (args.mask_time, args.mask_channel)
-            trained = training_tag(recipe, args.copies, masking)
-            tag = f"{name}-{args.protocol}" if trained == "base" else f"{name}-{trained}-{args.protocol}"
-            tag += f"-{args.steps}steps" if args.steps != STEPS else ""
             where = OUT / "models" / f"{tag}-{pool}-{held_out}" if args.save and seed == 0 else None
             int8 = args.int8_seeds is None or seed in args.int8_seeds
             rows += run_one(data, spec, name, args.protocol, pool, seed, held_out, k, int8 and k is None, log, where,

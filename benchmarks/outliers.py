@@ -34,6 +34,7 @@ from quamba_edge.data.text import read_text, take_windows
 from quamba_edge.data.tokenizers import ByteTokenizer
 from quamba_edge.families.registry import load
 from quamba_edge.io import atomic_write_json
+from quamba_edge.quant.quamba2 import normalized_gate
 
 
 def per_tensor_sqnr_db(x: torch.Tensor) -> float:
@@ -67,11 +68,10 @@ def measure(model: torch.nn.Module, batch: torch.Tensor) -> list[dict]:
         def out_proj_hook(m, inputs, out, i=i):  # Mamba-1: y * SiLU(z), which naive quantizes as it is
             seen[(i, "gated_scan")] = seen[(i, "out_proj_in")] = inputs[0].float().reshape(-1, inputs[0].shape[-1])
 
-        def norm_hook(m, inputs, out, i=i):  # Mamba-2: GatedRMSNorm(y, z); what naive quantizes has no weight
-            gated = (inputs[0].float() * F.silu(inputs[1].float())).reshape(-1, inputs[0].shape[-1])
-            g = gated.unflatten(-1, (-1, m.group))
-            seen[(i, "gated_scan")] = gated
-            seen[(i, "out_proj_in")] = (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + m.eps)).flatten(-2)
+        def norm_hook(m, inputs, out, i=i, cfg=mixer.cfg):  # Mamba-2: GatedRMSNorm(y, z); naive's tensor has no weight
+            y, z = inputs
+            seen[(i, "gated_scan")] = (y.float() * F.silu(z.float())).reshape(-1, y.shape[-1])
+            seen[(i, "out_proj_in")] = normalized_gate(y, z, cfg).reshape(-1, y.shape[-1])
 
         handles.append(mixer.conv1d.register_forward_hook(conv_hook))
         gate = getattr(mixer, "norm", None)

@@ -121,14 +121,7 @@ def finetune(encoder: Wav2Vec2Encoder, labels: tuple[str, ...], features: Tensor
         total, correct = 0.0, 0
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
-            if frozen:
-                logits = model.head(features[idx])
-            elif cfg.masking:
-                logits = _masked_logits(model, features[idx], cfg, mask_gen)
-            elif cfg.train_conv:
-                logits = model(features[idx])
-            else:
-                logits = model.head(model.encoder.contextualize(features[idx]).hidden)
+            logits = model.head(features[idx]) if frozen else _training_logits(model, features[idx], cfg, mask_gen)
             loss = torch.nn.functional.cross_entropy(logits, targets[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -142,8 +135,9 @@ def finetune(encoder: Wav2Vec2Encoder, labels: tuple[str, ...], features: Tensor
     return model.eval()
 
 
-def _masked_logits(model: KeywordSpotter, batch: Tensor, cfg: FinetuneConfig, generator: torch.Generator) -> Tensor:
-    """Training logits with time and channel masks: `batch` is audio windows (train_conv) or conv features."""
+def _training_logits(model: KeywordSpotter, batch: Tensor, cfg: FinetuneConfig, generator: torch.Generator) -> Tensor:
+    """Training logits of a trained encoder, with the config's time and channel masks (none at probability 0):
+    `batch` is audio windows (train_conv) or the frozen conv stack's cached output."""
     conv = model.encoder.conv_features(normalize_window(batch)) if cfg.train_conv else batch
     b, t, _ = conv.shape
     time_mask = (span_mask(b, t, cfg.mask_time_prob, cfg.mask_time_length, generator, min_spans=0)
