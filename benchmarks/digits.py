@@ -58,11 +58,20 @@ BATCH = 64
 LR = {"frozen": 2e-3, "fine-tune": 1e-3, "end-to-end": 1e-3}
 
 
-def load_encoder(spec: str) -> Wav2Vec2Encoder:
-    """A pre-trained encoder directory, or `scratch`: the tiny config, initialised with seed 0."""
+def load_encoder(spec: str, dropout: float | None = None) -> Wav2Vec2Encoder:
+    """A pre-trained encoder directory, or `scratch`: the tiny config, initialised with seed 0.
+
+    `dropout` (scratch only; None: the config's 0.1): the transformer's dropout, attention dropout and
+    feature-projection dropout, with layerdrop at half of it (the config's 0.05 at 0.1)."""
     if spec == "scratch":
+        cfg = Wav2Vec2Config.tiny()
+        if dropout is not None:
+            cfg = dataclasses.replace(cfg, dropout=dropout, attention_dropout=dropout, feat_proj_dropout=dropout,
+                                      layerdrop=dropout / 2)
         torch.manual_seed(0)
-        return Wav2Vec2Encoder(Wav2Vec2Config.tiny()).eval()
+        return Wav2Vec2Encoder(cfg).eval()
+    if dropout is not None:
+        raise ValueError("--dropout applies to the scratch encoder only (a pre-trained one keeps its config)")
     return load_wav2vec2(spec)[0].eval()
 
 
@@ -148,21 +157,23 @@ def logits_of(model, conv: torch.Tensor, states: torch.Tensor | None, batch: int
     return np.concatenate(out)
 
 
-def training_tag(recipe: digits.Recipe, copies: int = COPIES, masking: tuple[float, float] = (0.0, 0.0)) -> str:
+def training_tag(recipe: digits.Recipe, copies: int = COPIES, masking: tuple[float, float] = (0.0, 0.0),
+                 dropout: float | None = None) -> str:
     """The recipe's name, plus what else shaped the training windows and steps when it is not the default:
-    e.g. 'rev0.5-eq0.5-syn100-x4-mt0.2-mc0.2' (4 windows per take; time and channel masking)."""
+    e.g. 'rev0.5-eq0.5-syn100-x4-mt0.2-mc0.2-d0' (4 windows per take; time and channel masking; no dropout)."""
     extras = [f"x{copies}" if copies != COPIES else "", f"mt{masking[0]:g}" if masking[0] else "",
-              f"mc{masking[1]:g}" if masking[1] else ""]
+              f"mc{masking[1]:g}" if masking[1] else "", f"d{dropout:g}" if dropout is not None else ""]
     return "-".join([recipe.name, *(e for e in extras if e)])
 
 
 def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: int, held_out: str,
             labels_per_class: int | None, int8: bool, log, save: Path | None = None,
             recipe: digits.Recipe = digits.Recipe(), steps: int = STEPS, copies: int = COPIES,
-            masking: tuple[float, float] = (0.0, 0.0)) -> list[dict]:
+            masking: tuple[float, float] = (0.0, 0.0), dropout: float | None = None) -> list[dict]:
     """Train one spotter on the four speakers other than `held_out` (and the synthetic voices when `data`
     has them); score it on `held_out` and the Asterisk speaker, every condition, fp32 (and int8).
-    `masking` = (time, channel) SpecAugment probabilities of fine-tuning (FinetuneConfig.mask_*_prob)."""
+    `masking` = (time, channel) SpecAugment probabilities of fine-tuning (FinetuneConfig.mask_*_prob);
+    `dropout`: the scratch encoder's (load_encoder)."""
     frozen, e2e = protocol == "frozen", protocol == "end-to-end"
     x, y = fold_data(data, held_out, "states" if frozen else "audio" if e2e else "conv", labels_per_class)
     batch = 32 if e2e else BATCH
@@ -170,9 +181,9 @@ def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: in
     cfg = FinetuneConfig(pool=pool, epochs=epochs, lr=LR[protocol], encoder_lr=0 if frozen else 1e-3,
                          seed=seed, window_s=digits.WINDOW_S, batch_size=batch, train_conv=e2e,
                          mask_time_prob=masking[0], mask_channel_prob=masking[1])  # frozen + masking: finetune refuses
-    tag = training_tag(recipe, copies, masking)
+    tag = training_tag(recipe, copies, masking, dropout)
     start = time.perf_counter()
-    model = finetune(load_encoder(spec), digits.LABELS, x, y, cfg)
+    model = finetune(load_encoder(spec, dropout), digits.LABELS, x, y, cfg)
     train_s = time.perf_counter() - start
     speakers = [s for s in digits.speakers() if s != held_out]
     model.cfg.trained_on = {"dataset": "fsdd", "speakers": speakers, "labels_per_class": labels_per_class or 50,
@@ -239,6 +250,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="fine-tuning's time masking (SpecAugment; wav2vec 2.0 mask_prob): spans of 5 frames")
     ap.add_argument("--mask-channel", type=float, default=0.0,
                     help="fine-tuning's channel masking (wav2vec 2.0 mask_channel_prob): spans of 16 channels")
+    ap.add_argument("--dropout", type=float, default=None,
+                    help="scratch encoder only: its dropout, attention and feature-projection dropout (default "
+                         "0.1), layerdrop half of it")
     ap.add_argument("--steps", type=int, default=STEPS, help="optimizer steps per model (the epochs follow)")
     ap.add_argument("--save", action="store_true", help="save each seed-0 model under out/digits/models/")
     ap.add_argument("--out", type=Path)
@@ -274,6 +288,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.protocol == "frozen" and (args.mask_time or args.mask_channel):
         ap.error("--mask-time/--mask-channel need a trained encoder: use --protocol fine-tune or end-to-end")
+    if args.dropout is not None and (args.protocol == "frozen" or not args.encoder.endswith("=scratch")):
+        ap.error("--dropout sets the scratch encoder's dropout while it trains: use --encoder NAME=scratch with "
+                 "--protocol fine-tune or end-to-end")
     name, _, spec = args.encoder.partition("=")
     recipe = digits.Recipe(args.reversed_unknown, args.channel_eq, args.synthetic)
     if args.stage == "grid" and args.protocol == "end-to-end":
@@ -293,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs = ([(pool, seed, None) for pool in args.pools for seed in args.seeds] if args.stage == "grid"
             else [(args.pools[0], args.seeds[0], k) for k in args.labels])
     masking = (args.mask_time, args.mask_channel)
-    trained = training_tag(recipe, args.copies, masking)
+    trained = training_tag(recipe, args.copies, masking, args.dropout)
     tag = f"{name}-{args.protocol}" if trained == "base" else f"{name}-{trained}-{args.protocol}"
     tag += f"-{args.steps}steps" if args.steps != STEPS else ""
     for pool, seed, k in jobs:
@@ -301,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
             where = OUT / "models" / f"{tag}-{pool}-{held_out}" if args.save and seed == 0 else None
             int8 = args.int8_seeds is None or seed in args.int8_seeds
             rows += run_one(data, spec, name, args.protocol, pool, seed, held_out, k, int8 and k is None, log, where,
-                            recipe, args.steps, args.copies, masking)
+                            recipe, args.steps, args.copies, masking, args.dropout)
             save_rows()
 
 

@@ -310,3 +310,33 @@ def test_report_shows_the_seed_spread_only_where_a_fold_has_two_seeds():
     assert "| rev0.5-eq0.5-syn100 | 900 | george | 0 | 74.5 | 60.0 | 80.0 |" in table
     assert "| rev0.5-eq0.5-syn100 | 900 | george | 1 | 70.0 | 50.0 | 90.0 |" in table
     assert report.seed_table([r for r in rows if r["seed"] == 0]) is None
+
+
+def test_the_scratch_encoders_dropout_is_overridden_tagged_and_refused_for_a_pretrained_one(tmp_path):
+    """benchmarks/digits.py --dropout: the scratch encoder is built with that dropout (layerdrop half of it),
+    the same conv weights as the default build, a tag that says so; a pre-trained encoder refuses it."""
+    import importlib.util
+    import sys
+
+    bench = Path(__file__).parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("digits_bench", bench / "digits.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    default, none = module.load_encoder("scratch"), module.load_encoder("scratch", 0.0)
+    cfg = none.cfg
+    assert (cfg.dropout, cfg.attention_dropout, cfg.feat_proj_dropout, cfg.layerdrop) == (0.0, 0.0, 0.0, 0.0)
+    assert default.cfg.dropout == 0.1 and module.load_encoder("scratch", 0.2).cfg.layerdrop == 0.1
+    conv = [n for n, _ in default.named_parameters() if n.startswith("feature_encoder")]
+    assert conv and all(torch.equal(default.get_parameter(n), none.get_parameter(n)) for n in conv)
+    x = torch.randn(2, 4000)
+    none.train()
+    torch.testing.assert_close(none(x).hidden, none.eval()(x).hidden)  # no dropout left: train = eval
+    recipe = digits.Recipe(0.5, 0.5, 100)
+    assert module.training_tag(recipe, 4, (0.0, 0.0), 0.0) == "rev0.5-eq0.5-syn100-x4-d0"
+    assert module.training_tag(recipe) == "rev0.5-eq0.5-syn100"
+    with pytest.raises(ValueError, match="scratch encoder only"):
+        module.load_encoder(str(tmp_path), 0.0)
