@@ -142,6 +142,8 @@ digits: pretrain-real speech
 	$(E2E) $(BASE) --folds george jackson lucas yweweler --out out/digits/e2e-base.json
 	$(E2E) --steps 900 --folds george jackson --out out/digits/e2e-channel-900steps-a.json & \
 	$(E2E) --steps 900 --folds lucas nicolas yweweler --out out/digits/e2e-channel-900steps-b.json; wait
+	$(E2E) --steps 900 --copies 4 --folds george jackson --out out/digits/e2e-channel-900steps-x4-a.json & \
+	$(E2E) --steps 900 --copies 4 --folds lucas nicolas yweweler --out out/digits/e2e-channel-900steps-x4-b.json; wait
 	$(DIGITS) features --encoder scratch=scratch $(BASE)
 	$(DIGITS) features --encoder wav2vec2=out/pretrain-asterisk/wav2vec2 $(BASE)
 	$(DIGITS) features --encoder ccc=out/pretrain-asterisk/ccc $(BASE)
