@@ -183,7 +183,8 @@ def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: in
                          mask_time_prob=masking[0], mask_channel_prob=masking[1])  # frozen + masking: finetune refuses
     tag = training_tag(recipe, copies, masking, dropout)
     start = time.perf_counter()
-    model = finetune(load_encoder(spec, dropout), digits.LABELS, x, y, cfg)
+    epochs: list[dict] = []  # the training curve: loss and accuracy on the (augmented, dropped-out) windows
+    model = finetune(load_encoder(spec, dropout), digits.LABELS, x, y, cfg, lambda e, m: epochs.append(m))
     train_s = time.perf_counter() - start
     speakers = [s for s in digits.speakers() if s != held_out]
     model.cfg.trained_on = {"dataset": "fsdd", "speakers": speakers, "labels_per_class": labels_per_class or 50,
@@ -218,10 +219,12 @@ def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: in
                              "accuracy": acc, "ci95": [lo, hi], "trials": len(t.labels), "encoder": "tiny",
                              "pretraining": name, "protocol": protocol, "recipe": tag,
                              "labels_per_class": labels_per_class or 50, "train_seconds": round(train_s, 1),
-                             "steps": steps})
+                             "steps": steps, "train_loss": round(epochs[-1]["loss"], 4),
+                             "train_accuracy": round(epochs[-1]["train_accuracy"], 4)})
     clean = [r["accuracy"] for r in rows if r["speaker"] == held_out and r["snr_db"] == "clean"]
     log(f"[{name}/{tag}/{protocol}/{pool}/seed {seed}/{held_out}/{labels_per_class or 50} takes] "
-        f"clean fp32 {clean[0]:.3f}{f' int8 {clean[1]:.3f}' if int8 else ''} ({train_s:.0f} s)")
+        f"clean fp32 {clean[0]:.3f}{f' int8 {clean[1]:.3f}' if int8 else ''} ({train_s:.0f} s; last epoch: loss "
+        f"{epochs[-1]['loss']:.3f}, training accuracy {epochs[-1]['train_accuracy']:.3f})")
     return rows
 
 
