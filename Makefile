@@ -123,7 +123,7 @@ kws: speech
 # Issue 18: the digit spotter on real speech (FSDD leave-one-speaker-out, the Asterisk English speaker): end to end
 # with the channel recipe (reversed takes as unknown, a random equaliser, 100 synthetic takes per digit: about 20
 # CPU-min a fold) and its ablations, the first recipe ("base") end to end, every pooling x 3 seeds on a frozen
-# encoder, fp32 and int8, and the pre-training comparison (~6 h on 2 cores; each features cache is 3.7 GB in
+# encoder, fp32 and int8, and the pre-training comparison (~8 h on 2 cores; each features cache is 3.7 GB in
 # out/digits). See benchmarks/digits.py.
 digits-data: venv
 	$(BIN)/python calib/build_digits.py

@@ -61,8 +61,13 @@ LR = {"frozen": 2e-3, "fine-tune": 1e-3, "end-to-end": 1e-3}
 def load_encoder(spec: str, dropout: float | None = None) -> Wav2Vec2Encoder:
     """A pre-trained encoder directory, or `scratch`: the tiny config, initialised with seed 0.
 
-    `dropout` (scratch only; None: the config's 0.1): the transformer's dropout, attention dropout and
-    feature-projection dropout, with layerdrop at half of it (the config's 0.05 at 0.1)."""
+    `dropout` (scratch only; None: the config's 0.1; 0 <= dropout < 1): the transformer's dropout, attention
+    dropout and feature-projection dropout, with layerdrop at half of it (the config's 0.05 at 0.1). Every
+    weight is initialised as in the default build except the positional conv's, whose scale follows fairseq's
+    sqrt(4 (1 - dropout) / (kernel * dim)) (x1.054 at dropout 0): the scratch encoder of that config.
+    Raises ValueError for a dropout outside [0, 1) or with a pre-trained encoder."""
+    if dropout is not None and not 0 <= dropout < 1:
+        raise ValueError(f"dropout must lie in [0, 1), not {dropout}")
     if spec == "scratch":
         cfg = Wav2Vec2Config.tiny()
         if dropout is not None:
@@ -183,8 +188,8 @@ def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: in
                          mask_time_prob=masking[0], mask_channel_prob=masking[1])  # frozen + masking: finetune refuses
     tag = training_tag(recipe, copies, masking, dropout)
     start = time.perf_counter()
-    epochs: list[dict] = []  # the training curve: loss and accuracy on the (augmented, dropped-out) windows
-    model = finetune(load_encoder(spec, dropout), digits.LABELS, x, y, cfg, lambda e, m: epochs.append(m))
+    curve: list[dict] = []  # per epoch: loss and accuracy on the (augmented, dropped-out) training windows
+    model = finetune(load_encoder(spec, dropout), digits.LABELS, x, y, cfg, lambda e, m: curve.append(m))
     train_s = time.perf_counter() - start
     speakers = [s for s in digits.speakers() if s != held_out]
     model.cfg.trained_on = {"dataset": "fsdd", "speakers": speakers, "labels_per_class": labels_per_class or 50,
@@ -219,12 +224,12 @@ def run_one(data: dict, spec: str, name: str, protocol: str, pool: str, seed: in
                              "accuracy": acc, "ci95": [lo, hi], "trials": len(t.labels), "encoder": "tiny",
                              "pretraining": name, "protocol": protocol, "recipe": tag,
                              "labels_per_class": labels_per_class or 50, "train_seconds": round(train_s, 1),
-                             "steps": steps, "train_loss": round(epochs[-1]["loss"], 4),
-                             "train_accuracy": round(epochs[-1]["train_accuracy"], 4)})
+                             "steps": steps, "train_loss": round(curve[-1]["loss"], 4),
+                             "train_accuracy": round(curve[-1]["train_accuracy"], 4)})
     clean = [r["accuracy"] for r in rows if r["speaker"] == held_out and r["snr_db"] == "clean"]
     log(f"[{name}/{tag}/{protocol}/{pool}/seed {seed}/{held_out}/{labels_per_class or 50} takes] "
         f"clean fp32 {clean[0]:.3f}{f' int8 {clean[1]:.3f}' if int8 else ''} ({train_s:.0f} s; last epoch: loss "
-        f"{epochs[-1]['loss']:.3f}, training accuracy {epochs[-1]['train_accuracy']:.3f})")
+        f"{curve[-1]['loss']:.3f}, training accuracy {curve[-1]['train_accuracy']:.3f})")
     return rows
 
 
@@ -254,8 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mask-channel", type=float, default=0.0,
                     help="fine-tuning's channel masking (wav2vec 2.0 mask_channel_prob): spans of 16 channels")
     ap.add_argument("--dropout", type=float, default=None,
-                    help="scratch encoder only: its dropout, attention and feature-projection dropout (default "
-                         "0.1), layerdrop half of it")
+                    help="scratch encoder only, in [0, 1): its dropout, attention and feature-projection dropout "
+                         "(default 0.1), layerdrop half of it; the positional conv's init scale follows it")
     ap.add_argument("--steps", type=int, default=STEPS, help="optimizer steps per model (the epochs follow)")
     ap.add_argument("--save", action="store_true", help="save each seed-0 model under out/digits/models/")
     ap.add_argument("--out", type=Path)
@@ -291,10 +296,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.protocol == "frozen" and (args.mask_time or args.mask_channel):
         ap.error("--mask-time/--mask-channel need a trained encoder: use --protocol fine-tune or end-to-end")
-    if args.dropout is not None and (args.protocol == "frozen" or not args.encoder.endswith("=scratch")):
-        ap.error("--dropout sets the scratch encoder's dropout while it trains: use --encoder NAME=scratch with "
-                 "--protocol fine-tune or end-to-end")
     name, _, spec = args.encoder.partition("=")
+    if args.dropout is not None and (args.protocol == "frozen" or spec != "scratch" or not 0 <= args.dropout < 1):
+        ap.error("--dropout (in [0, 1)) sets the scratch encoder's dropout while it trains: use --encoder "
+                 "NAME=scratch with --protocol fine-tune or end-to-end")
     recipe = digits.Recipe(args.reversed_unknown, args.channel_eq, args.synthetic)
     if args.stage == "grid" and args.protocol == "end-to-end":
         data = windows(args.trials, log, args.asterisk_trials, args.copies, recipe)

@@ -314,7 +314,9 @@ def test_report_shows_the_seed_spread_only_where_a_fold_has_two_seeds():
 
 def test_the_scratch_encoders_dropout_is_overridden_tagged_and_refused_for_a_pretrained_one(tmp_path):
     """benchmarks/digits.py --dropout: the scratch encoder is built with that dropout (layerdrop half of it),
-    the same conv weights as the default build, a tag that says so; a pre-trained encoder refuses it."""
+    every weight of the default build except the positional conv's init scale (fairseq's, which follows the
+    dropout), a tag that says so; a pre-trained encoder, the frozen protocol and a dropout outside [0, 1) are
+    refused before any data is built."""
     import importlib.util
     import sys
 
@@ -330,8 +332,11 @@ def test_the_scratch_encoders_dropout_is_overridden_tagged_and_refused_for_a_pre
     cfg = none.cfg
     assert (cfg.dropout, cfg.attention_dropout, cfg.feat_proj_dropout, cfg.layerdrop) == (0.0, 0.0, 0.0, 0.0)
     assert default.cfg.dropout == 0.1 and module.load_encoder("scratch", 0.2).cfg.layerdrop == 0.1
-    conv = [n for n, _ in default.named_parameters() if n.startswith("feature_encoder")]
-    assert conv and all(torch.equal(default.get_parameter(n), none.get_parameter(n)) for n in conv)
+    a, b = default.state_dict(), none.state_dict()
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == ["pos_conv.weight_v", "pos_conv.weight_g"]
+    scale = (none.pos_conv.weight_v.norm() / default.pos_conv.weight_v.norm()).item()
+    assert math.isclose(scale, (1 / 0.9) ** 0.5, rel_tol=1e-5)  # std ~ sqrt(1 - dropout)
     x = torch.randn(2, 4000)
     none.train()
     torch.testing.assert_close(none(x).hidden, none.eval()(x).hidden)  # no dropout left: train = eval
@@ -340,3 +345,9 @@ def test_the_scratch_encoders_dropout_is_overridden_tagged_and_refused_for_a_pre
     assert module.training_tag(recipe) == "rev0.5-eq0.5-syn100"
     with pytest.raises(ValueError, match="scratch encoder only"):
         module.load_encoder(str(tmp_path), 0.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        module.load_encoder("scratch", 1.0)
+    for argv in (["grid", "--dropout", "0"], ["grid", "--protocol", "end-to-end", "--dropout", "1"],
+                 ["grid", "--protocol", "end-to-end", "--encoder", f"w={tmp_path}", "--dropout", "0"]):
+        with pytest.raises(SystemExit):
+            module.main(argv)
