@@ -76,7 +76,7 @@ def load_encoder(spec: str, dropout: float | None = None) -> Wav2Vec2Encoder:
         torch.manual_seed(0)
         return Wav2Vec2Encoder(cfg).eval()
     if dropout is not None:
-        raise ValueError("--dropout applies to the scratch encoder only (a pre-trained one keeps its config)")
+        raise ValueError("dropout applies to the scratch encoder only (a pre-trained one keeps its config)")
     return load_wav2vec2(spec)[0].eval()
 
 
@@ -297,9 +297,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.protocol == "frozen" and (args.mask_time or args.mask_channel):
         ap.error("--mask-time/--mask-channel need a trained encoder: use --protocol fine-tune or end-to-end")
     name, _, spec = args.encoder.partition("=")
-    if args.dropout is not None and (args.protocol == "frozen" or spec != "scratch" or not 0 <= args.dropout < 1):
-        ap.error("--dropout (in [0, 1)) sets the scratch encoder's dropout while it trains: use --encoder "
-                 "NAME=scratch with --protocol fine-tune or end-to-end")
+    if args.dropout is not None:  # refused before any data is built: load_encoder's checks, then the protocol's
+        try:
+            load_encoder(spec, args.dropout)
+        except ValueError as e:
+            ap.error(f"--dropout: {e}")
+        if args.protocol == "frozen":
+            ap.error("--dropout sets the scratch encoder's dropout while it trains: use --protocol fine-tune or "
+                     "end-to-end")
     recipe = digits.Recipe(args.reversed_unknown, args.channel_eq, args.synthetic)
     if args.stage == "grid" and args.protocol == "end-to-end":
         data = windows(args.trials, log, args.asterisk_trials, args.copies, recipe)

@@ -34,6 +34,16 @@ def toy_sources(n_takes: int = 3, long_clip: bool = False) -> digits.Sources:
     return digits.Sources(clips, [tone(0.4, 1500, 99)], [tone(2.0, 700, 98), tone(1.5, 900, 97)])
 
 
+def bench_script(name: str):
+    """benchmarks/<name>.py, imported as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def real_fsdd() -> Path:
     try:
         return fsdd.fsdd_root()
@@ -291,12 +301,7 @@ def test_eval_of_one_model_per_fold_prints_the_leave_one_speaker_out_table(tmp_p
 def test_report_shows_the_seed_spread_only_where_a_fold_has_two_seeds():
     """benchmarks/digits_report.py: a fold trained with seeds 0 and 1 gets one row per seed (held-out clean and
     0 dB, Asterisk clean, each pooled over its trials); a report of single-seed runs has no such table."""
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "benchmarks" / "digits_report.py"
-    spec = importlib.util.spec_from_file_location("digits_report", path)
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    report = bench_script("digits_report")
 
     def row(seed, speaker, snr, noise, acc):
         return {"protocol": "end-to-end", "pooling": "adapool", "precision": "fp32", "labels_per_class": 50,
@@ -317,17 +322,7 @@ def test_the_scratch_encoders_dropout_is_overridden_tagged_and_refused_for_a_pre
     every weight of the default build except the positional conv's init scale (fairseq's, which follows the
     dropout), a tag that says so; a pre-trained encoder, the frozen protocol and a dropout outside [0, 1) are
     refused before any data is built."""
-    import importlib.util
-    import sys
-
-    bench = Path(__file__).parents[1] / "benchmarks"
-    sys.path.insert(0, str(bench))
-    try:
-        spec = importlib.util.spec_from_file_location("digits_bench", bench / "digits.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(bench))
+    module = bench_script("digits")
     default, none = module.load_encoder("scratch"), module.load_encoder("scratch", 0.0)
     cfg = none.cfg
     assert (cfg.dropout, cfg.attention_dropout, cfg.feat_proj_dropout, cfg.layerdrop) == (0.0, 0.0, 0.0, 0.0)
